@@ -1,0 +1,168 @@
+//! The one error type of the use cases, and its mapping to gRPC.
+//!
+//! Every error has a kind (which becomes the gRPC code, and through it the
+//! HTTP status), a stable machine-readable `reason` (UPPER_SNAKE_CASE, carried
+//! as a `google.rpc.ErrorInfo`), a message for people and optional details.
+//! Internal errors keep their cause for the log and tell the client nothing
+//! more than "internal error".
+
+use crate::domain::Invalid;
+use std::collections::HashMap;
+use tonic::Code;
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// The `ErrorInfo.domain` of our errors.
+pub const ERROR_DOMAIN: &str = "amazing-payments";
+
+/// What kind of failure; decides the gRPC code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    InvalidArgument,
+    NotFound,
+    AlreadyExists,
+    FailedPrecondition,
+    Unauthenticated,
+    PermissionDenied,
+    Aborted,
+    ResourceExhausted,
+    Unavailable,
+    Internal,
+}
+
+impl Kind {
+    pub fn code(self) -> Code {
+        match self {
+            Kind::InvalidArgument => Code::InvalidArgument,
+            Kind::NotFound => Code::NotFound,
+            Kind::AlreadyExists => Code::AlreadyExists,
+            Kind::FailedPrecondition => Code::FailedPrecondition,
+            Kind::Unauthenticated => Code::Unauthenticated,
+            Kind::PermissionDenied => Code::PermissionDenied,
+            Kind::Aborted => Code::Aborted,
+            Kind::ResourceExhausted => Code::ResourceExhausted,
+            Kind::Unavailable => Code::Unavailable,
+            Kind::Internal => Code::Internal,
+        }
+    }
+}
+
+/// An error of a use case.
+#[derive(Debug, thiserror::Error)]
+#[error("{reason}: {message}")]
+pub struct AppError {
+    pub kind: Kind,
+    pub reason: &'static str,
+    pub message: String,
+    /// Facts for programs, such as `field`.
+    pub details: HashMap<String, String>,
+    /// The cause of an internal error: logged, never sent.
+    #[source]
+    pub source: Option<anyhow::Error>,
+}
+
+impl AppError {
+    pub fn new(kind: Kind, reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            reason,
+            message: message.into(),
+            details: HashMap::new(),
+            source: None,
+        }
+    }
+
+    pub fn detail(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.details.insert(key.to_string(), value.into());
+        self
+    }
+
+    pub fn invalid(reason: &'static str, message: impl Into<String>) -> Self {
+        Self::new(Kind::InvalidArgument, reason, message)
+    }
+
+    pub fn not_found(reason: &'static str, message: impl Into<String>) -> Self {
+        Self::new(Kind::NotFound, reason, message)
+    }
+
+    pub fn unavailable(reason: &'static str, message: impl Into<String>) -> Self {
+        Self::new(Kind::Unavailable, reason, message)
+    }
+
+    pub fn unauthenticated(reason: &'static str, message: impl Into<String>) -> Self {
+        Self::new(Kind::Unauthenticated, reason, message)
+    }
+
+    /// An unexpected failure; `cause` goes to the log only.
+    pub fn internal(cause: anyhow::Error) -> Self {
+        let mut e = Self::new(Kind::Internal, "INTERNAL", "internal error");
+        e.source = Some(cause);
+        e
+    }
+}
+
+impl From<Invalid> for AppError {
+    fn from(e: Invalid) -> Self {
+        AppError::invalid(e.reason, e.message).detail("field", e.field)
+    }
+}
+
+impl From<sqlx::Error> for AppError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            // The pool could not reach the database in time: try again later.
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+                AppError::unavailable(
+                    "DATABASE_UNAVAILABLE",
+                    "the database is unavailable; try again later",
+                )
+            }
+            other => AppError::internal(anyhow::Error::new(other).context("database")),
+        }
+    }
+}
+
+impl From<AppError> for tonic::Status {
+    fn from(e: AppError) -> Self {
+        if e.kind == Kind::Internal {
+            let cause = e
+                .source
+                .as_ref()
+                .map(|c| format!("{c:#}"))
+                .unwrap_or_default();
+            tracing::error!(reason = e.reason, cause = %cause, "internal error");
+        }
+        let details = ErrorDetails::with_error_info(e.reason, ERROR_DOMAIN, e.details);
+        tonic::Status::with_error_details(e.kind.code(), e.message, details)
+    }
+}
+
+/// The `ErrorInfo` reason and metadata carried by a status, if any.
+pub fn reason_of(status: &tonic::Status) -> Option<(String, HashMap<String, String>)> {
+    status
+        .get_details_error_info()
+        .map(|i| (i.reason, i.metadata))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_becomes_a_status_with_its_reason_and_field() {
+        let e: AppError = Invalid::new("email", "INVALID_EMAIL", "email is not valid").into();
+        let status: tonic::Status = e.into();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(status.message(), "email is not valid");
+        let (reason, meta) = reason_of(&status).unwrap();
+        assert_eq!(reason, "INVALID_EMAIL");
+        assert_eq!(meta["field"], "email");
+    }
+
+    #[test]
+    fn an_internal_error_tells_the_client_nothing_of_its_cause() {
+        let status: tonic::Status =
+            AppError::internal(anyhow::anyhow!("password=hunter2 at db:5432")).into();
+        assert_eq!(status.code(), Code::Internal);
+        assert_eq!(status.message(), "internal error");
+    }
+}

@@ -1,0 +1,97 @@
+//! The use cases: what the service does, whichever door a request came in
+//! by. gRPC and REST both end here; this layer speaks in domain types and
+//! [`AppError`], never in transport types.
+//!
+//! Rule: no database connection or transaction is held across a call to
+//! Stripe. Each store function takes the pool and returns its connection.
+
+pub mod apikeys;
+pub mod customers;
+pub mod error;
+pub mod health;
+
+pub use error::{AppError, Kind};
+
+use crate::{secret::Secret, stripe};
+use sqlx::PgPool;
+
+/// How callers are authenticated.
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    /// When false every call is served without a key (old clients); a warning
+    /// is logged at every start.
+    pub required: bool,
+    /// The key of the keyed hash under which API keys are stored.
+    pub pepper: Secret,
+}
+
+/// Everything a use case needs. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct App {
+    pub db: PgPool,
+    pub stripe: stripe::Client,
+    pub auth: AuthSettings,
+}
+
+/// Who is calling: the API key, or nobody when checks are off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub api_key_id: Option<i64>,
+}
+
+/// Maps a failed Stripe call to what our client is told.
+pub fn stripe_failure(e: stripe::StripeError) -> AppError {
+    use stripe::StripeError::*;
+    match e {
+        Network { message, .. } => {
+            tracing::warn!(error = %message, "stripe unreachable");
+            AppError::unavailable(
+                "STRIPE_UNAVAILABLE",
+                "the payment provider could not be reached; try again later",
+            )
+        }
+        Api(a) if a.status == 409 || a.status == 429 || a.status >= 500 => {
+            tracing::warn!(status = a.status, error = %a, "stripe failed");
+            AppError::unavailable(
+                "STRIPE_UNAVAILABLE",
+                "the payment provider is unavailable; try again later",
+            )
+            .detail("stripe_request_id", a.request_id.unwrap_or_default())
+        }
+        Api(a) if a.status == 401 || a.status == 403 => {
+            let mut err = AppError::new(
+                Kind::Internal,
+                "STRIPE_AUTHENTICATION_FAILED",
+                "the payment provider rejected this service's credentials",
+            );
+            err.source = Some(anyhow::anyhow!("stripe refused the key: {a}"));
+            err
+        }
+        Api(a) => {
+            let mut err = AppError::new(
+                Kind::FailedPrecondition,
+                "STRIPE_REFUSED",
+                format!(
+                    "the payment provider refused the request: {}",
+                    a.message.clone().unwrap_or_default()
+                ),
+            );
+            for (k, v) in [
+                ("stripe_code", &a.code),
+                ("stripe_param", &a.param),
+                ("stripe_request_id", &a.request_id),
+            ] {
+                if let Some(v) = v {
+                    err = err.detail(k, v.clone());
+                }
+            }
+            err
+        }
+        Decode {
+            message,
+            request_id,
+        } => AppError::internal(anyhow::anyhow!(
+            "unreadable stripe answer (request {request_id:?}): {message}"
+        )),
+    }
+}

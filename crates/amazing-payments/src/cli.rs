@@ -1,0 +1,203 @@
+//! The command line: `serve`, `migrate`, `apikey create|list|revoke`. Flags
+//! mirror the environment variables (see `--help` of each command).
+
+use crate::{
+    app::{App, apikeys},
+    config::{AuthArgs, ConfigError, DbArgs, ServeArgs, ServeConfig, StripeArgs},
+    server, store, stripe, telemetry,
+};
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio::net::TcpListener;
+
+/// amazing-payments: payments in front of Stripe, over gRPC and REST/JSON.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Serve the API (REST on JSON_PORT, gRPC on RPC_PORT); applies migrations first.
+    Serve {
+        #[command(flatten)]
+        serve: ServeArgs,
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(flatten)]
+        stripe: StripeArgs,
+        #[command(flatten)]
+        auth: AuthArgs,
+    },
+    /// Create the database if it is missing and apply the migrations.
+    Migrate {
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Manage the API keys of the service's clients.
+    Apikey {
+        #[command(subcommand)]
+        action: ApiKeyAction,
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(flatten)]
+        auth: AuthArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ApiKeyAction {
+    /// Make a key; it is printed once, on a line of its own, and never again.
+    Create {
+        #[arg(long)]
+        name: String,
+    },
+    /// List the keys: id, prefix, name, created, revoked.
+    List,
+    /// Revoke a key, by its prefix (ap_xxxxxxxx) or id.
+    Revoke { key: String },
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve {
+            serve,
+            db,
+            stripe,
+            auth,
+        } => {
+            let config = ServeConfig::new(&serve, &db, &stripe, &auth)?;
+            if auth.pepper_is_default() {
+                tracing::warn!(
+                    "API_KEY_PEPPER is not set: API keys are hashed under the built-in development pepper; set it in production"
+                );
+            }
+            serve_until_signal(config).await
+        }
+        Command::Migrate { db } => {
+            let db = db.config()?;
+            store::create_database_if_missing(&db).await?;
+            store::migrate(&store::pool(&db)).await?;
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::Apikey { action, db, auth } => {
+            let pool = store::pool(&db.config()?);
+            let auth = auth.settings()?;
+            match action {
+                ApiKeyAction::Create { name } => {
+                    let key = apikeys::create(&pool, &auth, &name)
+                        .await
+                        .map_err(|e| anyhow::anyhow!(e.message))?;
+                    eprintln!(
+                        "API key {} ({}) named {name:?}: shown this once, keep it safe",
+                        key.id, key.prefix
+                    );
+                    println!("{}", key.key.expose());
+                }
+                ApiKeyAction::List => {
+                    println!(
+                        "{:<6} {:<12} {:<26} {:<8} name",
+                        "id", "prefix", "created", "status"
+                    );
+                    for k in store::apikeys::list(&pool).await? {
+                        let status = if k.revoked_at.is_some() {
+                            "revoked"
+                        } else {
+                            "active"
+                        };
+                        println!(
+                            "{:<6} {:<12} {:<26} {:<8} {}",
+                            k.id,
+                            k.prefix,
+                            k.created_at.to_rfc3339(),
+                            status,
+                            k.name
+                        );
+                    }
+                }
+                ApiKeyAction::Revoke { key } => {
+                    if store::apikeys::revoke(&pool, key.trim()).await? {
+                        println!("revoked {key}");
+                    } else {
+                        anyhow::bail!("no active API key {key}");
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Checks the database and Stripe, then serves until SIGTERM or SIGINT.
+async fn serve_until_signal(config: ServeConfig) -> anyhow::Result<()> {
+    tracing::info!(config = ?config, "starting");
+    if !config.auth.required {
+        tracing::warn!("AUTH_DISABLED is set: every call is served without an API key");
+    }
+    let pool = store::pool(&config.db);
+    if config.migrate {
+        store::create_database_if_missing(&config.db).await?;
+        store::migrate(&pool).await?;
+    }
+    let stripe = stripe::Client::new(config.stripe.clone())?;
+    check_stripe_key(&stripe).await?;
+    let rest = TcpListener::bind(config.rest)
+        .await
+        .with_context(|| format!("JSON_PORT: cannot listen on {}", config.rest))?;
+    let grpc = TcpListener::bind(config.grpc)
+        .await
+        .with_context(|| format!("RPC_PORT: cannot listen on {}", config.grpc))?;
+    let (rest_addr, grpc_addr) = (rest.local_addr()?, grpc.local_addr()?);
+    let app = App {
+        db: pool,
+        stripe,
+        auth: config.auth,
+    };
+    println!("REST:     http://{rest_addr}/v1/...");
+    println!("gRPC:     {grpc_addr} (reflection on)");
+    println!("API docs: http://{rest_addr}/docs (OpenAPI at /openapi.json)");
+    tracing::info!(rest = %rest_addr, grpc = %grpc_addr, "serving");
+    server::run(app, rest, grpc, server::shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Retrieves the balance, as the earlier service did, to check `STRIPE_KEY`.
+async fn check_stripe_key(stripe: &stripe::Client) -> anyhow::Result<()> {
+    match stripe.retrieve_balance().await {
+        Ok(_) => Ok(()),
+        Err(stripe::StripeError::Api(e)) if e.status == 401 || e.status == 403 => {
+            Err(ConfigError {
+                variable: "STRIPE_KEY",
+                message: format!(
+                    "was rejected by Stripe ({} {}, request {})",
+                    e.status,
+                    e.kind,
+                    e.request_id.unwrap_or_default()
+                ),
+            }
+            .into())
+        }
+        Err(e) => Err(anyhow::anyhow!(
+            "STRIPE_KEY could not be checked: Stripe at {} failed: {e}",
+            stripe.settings().api_base
+        )),
+    }
+}
+
+/// Installs logging and runs; the exit code of the process.
+pub async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    telemetry::init();
+    match run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

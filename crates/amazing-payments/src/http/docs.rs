@@ -1,0 +1,63 @@
+//! API documentation: the OpenAPI document generated from `proto/` at build
+//! time, at `/openapi.json`, and Swagger UI at `/docs`, served from files
+//! compiled into the binary (no network needed).
+
+use super::error::RestError;
+use axum::{
+    Router,
+    extract::Path,
+    http::{StatusCode, header},
+    response::{IntoResponse, Redirect, Response},
+    routing::get,
+};
+use std::sync::{Arc, OnceLock};
+use tonic::Code;
+
+/// The OpenAPI 3 document of every REST route.
+pub const OPENAPI_JSON: &str = include_str!(concat!(env!("OUT_DIR"), "/openapi.json"));
+
+pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
+    Router::new()
+        .route("/openapi.json", get(openapi))
+        .route("/docs", get(|| async { Redirect::permanent("/docs/") }))
+        .route("/docs/", get(|| swagger(String::new())))
+        .route(
+            "/docs/{*file}",
+            get(|Path(file): Path<String>| swagger(file)),
+        )
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON).into_response()
+}
+
+fn config() -> Arc<utoipa_swagger_ui::Config<'static>> {
+    static CONFIG: OnceLock<Arc<utoipa_swagger_ui::Config<'static>>> = OnceLock::new();
+    CONFIG
+        .get_or_init(|| Arc::new(utoipa_swagger_ui::Config::from("/openapi.json")))
+        .clone()
+}
+
+async fn swagger(file: String) -> Response {
+    match utoipa_swagger_ui::serve(&file, config()) {
+        Ok(Some(f)) => (
+            [(header::CONTENT_TYPE, f.content_type)],
+            f.bytes.into_owned(),
+        )
+            .into_response(),
+        Ok(None) => RestError::new(
+            StatusCode::NOT_FOUND,
+            Code::NotFound,
+            "ROUTE_NOT_FOUND",
+            format!("no file /docs/{file}"),
+        )
+        .into_response(),
+        Err(e) => RestError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Code::Internal,
+            "INTERNAL",
+            e.to_string(),
+        )
+        .into_response(),
+    }
+}

@@ -1,0 +1,123 @@
+//! Error answers over REST. Every failure, from a use case, from a malformed
+//! body or from an unknown route, answers in one JSON shape:
+//! `{"code": 3, "status": "INVALID_ARGUMENT", "message": "...", "reason": "INVALID_EMAIL", "details": {...}}`
+//! with the HTTP status the earlier gateway used for the gRPC code.
+
+use crate::app::error::{AppError, reason_of};
+use axum::{
+    Json,
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde_json::{Map, Value, json};
+use tonic::Code;
+
+/// The HTTP status of a gRPC code (grpc-gateway's table).
+pub fn http_status(code: Code) -> StatusCode {
+    match code {
+        Code::Ok => StatusCode::OK,
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => {
+            StatusCode::BAD_REQUEST
+        }
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        Code::Cancelled => StatusCode::from_u16(499).expect("499 is a valid status"),
+        Code::Internal | Code::Unknown | Code::DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// The name of a gRPC code, e.g. `INVALID_ARGUMENT`.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// An error answer over REST.
+#[derive(Debug)]
+pub struct RestError {
+    pub http: StatusCode,
+    pub code: Code,
+    pub message: String,
+    pub reason: String,
+    pub details: Map<String, Value>,
+}
+
+impl RestError {
+    /// An error the gateway itself finds (bad JSON, unknown route...).
+    pub fn new(http: StatusCode, code: Code, reason: &str, message: impl Into<String>) -> Self {
+        Self {
+            http,
+            code,
+            message: message.into(),
+            reason: reason.to_string(),
+            details: Map::new(),
+        }
+    }
+}
+
+impl From<tonic::Status> for RestError {
+    fn from(status: tonic::Status) -> Self {
+        let (reason, meta) = reason_of(&status)
+            .unwrap_or_else(|| (code_name(status.code()).to_string(), Default::default()));
+        Self {
+            http: http_status(status.code()),
+            code: status.code(),
+            message: status.message().to_string(),
+            reason,
+            details: meta
+                .into_iter()
+                .map(|(k, v)| (k, Value::String(v)))
+                .collect(),
+        }
+    }
+}
+
+impl From<AppError> for RestError {
+    fn from(e: AppError) -> Self {
+        tonic::Status::from(e).into()
+    }
+}
+
+impl IntoResponse for RestError {
+    fn into_response(self) -> Response {
+        let mut body = json!({
+            "code": self.code as i32,
+            "status": code_name(self.code),
+            "message": self.message,
+            "reason": self.reason,
+        });
+        if !self.details.is_empty() {
+            body["details"] = Value::Object(self.details);
+        }
+        let mut response = (self.http, Json(body)).into_response();
+        if self.http == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}

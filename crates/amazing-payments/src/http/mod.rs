@@ -1,0 +1,32 @@
+//! The REST/JSON transport: the generated gateway onto the gRPC service,
+//! the API docs, and our error format for unknown routes.
+
+pub mod docs;
+pub mod error;
+pub mod gateway;
+pub mod middleware;
+
+use crate::grpc::service::PaymentApi;
+use axum::{
+    Router,
+    http::{Method, StatusCode, Uri},
+};
+use error::RestError;
+use tonic::Code;
+
+/// Every REST route, with request ids and access logs.
+pub fn router(api: PaymentApi) -> Router {
+    gateway::router(api)
+        .merge(docs::router())
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn(middleware::observe_rest))
+}
+
+async fn not_found(method: Method, uri: Uri) -> RestError {
+    RestError::new(
+        StatusCode::NOT_FOUND,
+        Code::NotFound,
+        "ROUTE_NOT_FOUND",
+        format!("no route {method} {}", uri.path()),
+    )
+}

@@ -1,0 +1,109 @@
+//! `customer.customer`: the earlier service's table, adopted in place.
+
+use crate::domain::customer::{ChargeDate, CustomerId, CustomerName, Email};
+use chrono::{DateTime, Utc};
+use sqlx::{FromRow, PgPool};
+
+/// A stored customer.
+#[derive(Debug, Clone, FromRow)]
+pub struct CustomerRow {
+    pub id: i64,
+    pub name: Option<String>,
+    pub email: String,
+    pub stripe_customer_key: Option<String>,
+    pub stripe_charge_date: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub modified_at: DateTime<Utc>,
+}
+
+const COLUMNS: &str =
+    "id, name, email, stripe_customer_key, stripe_charge_date, created_at, modified_at";
+
+/// Takes the next id from the table's sequence without writing a row, so the
+/// Stripe customer can carry our id before our row exists.
+pub async fn reserve_id(db: &PgPool) -> Result<CustomerId, sqlx::Error> {
+    let id: i64 =
+        sqlx::query_scalar("SELECT nextval(pg_get_serial_sequence('customer.customer', 'id'))")
+            .fetch_one(db)
+            .await?;
+    Ok(CustomerId::parse(id).expect("sequences start at 1"))
+}
+
+pub struct NewCustomer<'a> {
+    pub id: CustomerId,
+    pub name: &'a CustomerName,
+    pub email: &'a Email,
+    pub stripe_customer_key: &'a str,
+    pub charge_date: Option<&'a ChargeDate>,
+}
+
+pub async fn insert(db: &PgPool, c: NewCustomer<'_>) -> Result<CustomerRow, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "INSERT INTO customer.customer (id, name, email, stripe_customer_key, stripe_charge_date)
+         VALUES ($1, $2, $3, $4, $5) RETURNING {COLUMNS}"
+    ))
+    .bind(c.id.get())
+    .bind(c.name.as_str())
+    .bind(c.email.as_str())
+    .bind(c.stripe_customer_key)
+    .bind(c.charge_date.map(ChargeDate::as_str))
+    .fetch_one(db)
+    .await
+}
+
+pub async fn get(db: &PgPool, id: CustomerId) -> Result<Option<CustomerRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM customer.customer WHERE id = $1"
+    ))
+    .bind(id.get())
+    .fetch_optional(db)
+    .await
+}
+
+/// The changes of an update; `None` leaves a column as it is.
+#[derive(Debug, Default)]
+pub struct Changes<'a> {
+    pub name: Option<&'a CustomerName>,
+    pub email: Option<&'a Email>,
+    pub charge_date: Option<&'a ChargeDate>,
+}
+
+pub async fn update(
+    db: &PgPool,
+    id: CustomerId,
+    c: Changes<'_>,
+) -> Result<Option<CustomerRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "UPDATE customer.customer SET
+            name = coalesce($2, name),
+            email = coalesce($3, email),
+            stripe_charge_date = coalesce($4, stripe_charge_date)
+         WHERE id = $1 RETURNING {COLUMNS}"
+    ))
+    .bind(id.get())
+    .bind(c.name.map(CustomerName::as_str))
+    .bind(c.email.map(Email::as_str))
+    .bind(c.charge_date.map(ChargeDate::as_str))
+    .fetch_optional(db)
+    .await
+}
+
+/// Up to `limit` customers with an id above `after`, oldest first, optionally
+/// only those with `email` (compared without regard to case).
+pub async fn list(
+    db: &PgPool,
+    after: i64,
+    limit: i64,
+    email: Option<&Email>,
+) -> Result<Vec<CustomerRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM customer.customer
+         WHERE id > $1 AND ($2::text IS NULL OR lower(email) = lower($2))
+         ORDER BY id LIMIT $3"
+    ))
+    .bind(after)
+    .bind(email.map(Email::as_str))
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}

@@ -1,0 +1,92 @@
+//! Stripe failures, typed: what Stripe said (`type`, `code`, `decline_code`,
+//! `param`, `message`, request id), or that it could not be reached.
+
+use serde::Deserialize;
+use std::fmt;
+
+/// An error answer from Stripe.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ApiError {
+    #[serde(skip)]
+    pub status: u16,
+    /// `invalid_request_error`, `card_error`, `api_error`, `idempotency_error`.
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    #[serde(default)]
+    pub code: Option<String>,
+    #[serde(default)]
+    pub decline_code: Option<String>,
+    #[serde(default)]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub param: Option<String>,
+    #[serde(default)]
+    pub doc_url: Option<String>,
+    /// The failed PaymentIntent, embedded in card errors.
+    #[serde(default)]
+    pub payment_intent: Option<serde_json::Value>,
+    #[serde(skip)]
+    pub request_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct ErrorBody {
+    pub error: ApiError,
+}
+
+/// Why a Stripe call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StripeError {
+    /// Stripe answered with an error.
+    #[error("stripe answered {}: {}", .0.status, .0)]
+    Api(ApiError),
+    /// Stripe could not be reached, or did not answer in time. When `sent` is
+    /// false the request certainly never reached Stripe.
+    #[error("stripe unreachable: {message}")]
+    Network { message: String, sent: bool },
+    /// Stripe answered something we cannot read.
+    #[error("unreadable stripe answer (request {request_id:?}): {message}")]
+    Decode {
+        message: String,
+        request_id: Option<String>,
+    },
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.kind)?;
+        if let Some(c) = &self.code {
+            write!(f, "/{c}")?;
+        }
+        if let Some(d) = &self.decline_code {
+            write!(f, "/{d}")?;
+        }
+        if let Some(m) = &self.message {
+            write!(f, ": {m}")?;
+        }
+        if let Some(r) = &self.request_id {
+            write!(f, " (request {r})")?;
+        }
+        Ok(())
+    }
+}
+
+impl StripeError {
+    /// Whether the same request, with the same idempotency key, may succeed
+    /// when tried again: network failures, 409 (key in use), 429 and 5xx.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            StripeError::Network { .. } => true,
+            StripeError::Api(e) => e.status == 409 || e.status == 429 || e.status >= 500,
+            StripeError::Decode { .. } => false,
+        }
+    }
+
+    /// The Stripe API error, if Stripe answered with one.
+    pub fn api(&self) -> Option<&ApiError> {
+        match self {
+            StripeError::Api(e) => Some(e),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! A thin typed client for the parts of the Stripe API we call.
+//!
+//! - Form encoding with bracket nesting ([`Form`]), `Stripe-Version` pinned on
+//!   every request, an `Idempotency-Key` on every POST.
+//! - Timeouts, and retries with exponential backoff and full jitter on network
+//!   errors, 409, 429 and 5xx, always with the same key (honouring
+//!   `Retry-After` and `Stripe-Should-Retry`).
+//! - Errors parsed into [`StripeError`]; objects parsed tolerantly ([`types`]).
+
+pub mod error;
+pub mod form;
+pub mod types;
+
+pub use error::{ApiError, StripeError};
+pub use form::Form;
+
+use crate::secret::Secret;
+use rand::Rng;
+use reqwest::Method;
+use serde::de::DeserializeOwned;
+use std::time::Duration;
+
+/// Stripe's API, unless configured otherwise.
+pub const DEFAULT_API_BASE: &str = "https://api.stripe.com";
+/// The API version we are written against.
+pub const DEFAULT_API_VERSION: &str = "2026-06-24.dahlia";
+
+/// How the client talks to Stripe.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub api_base: String,
+    pub api_key: Secret,
+    pub api_version: String,
+    /// Time allowed for one attempt.
+    pub timeout: Duration,
+    /// Attempts after the first.
+    pub max_retries: u32,
+    /// The first backoff; doubles each retry, up to `max_backoff`.
+    pub base_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Settings {
+    pub fn new(api_base: impl Into<String>, api_key: Secret) -> Self {
+        Self {
+            api_base: api_base.into(),
+            api_key,
+            api_version: DEFAULT_API_VERSION.into(),
+            timeout: Duration::from_secs(30),
+            max_retries: 2,
+            base_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(8),
+        }
+    }
+}
+
+/// A successful answer: the object and the `Request-Id` Stripe gave it.
+#[derive(Debug, Clone)]
+pub struct Reply<T> {
+    pub object: T,
+    pub request_id: Option<String>,
+}
+
+/// The Stripe client. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Client {
+    http: reqwest::Client,
+    settings: Settings,
+}
+
+impl Client {
+    pub fn new(settings: Settings) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
+            .user_agent(concat!("amazing-payments/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self { http, settings })
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// `GET /v1/balance`: also how we check the key at start-up.
+    pub async fn retrieve_balance(&self) -> Result<Reply<types::Balance>, StripeError> {
+        self.get("/v1/balance", &Form::new()).await
+    }
+
+    /// `POST /v1/customers`.
+    pub async fn create_customer(
+        &self,
+        form: &Form,
+        idempotency_key: &str,
+    ) -> Result<Reply<types::Customer>, StripeError> {
+        self.post("/v1/customers", form, idempotency_key).await
+    }
+
+    /// `POST /v1/customers/{id}`.
+    pub async fn update_customer(
+        &self,
+        id: &str,
+        form: &Form,
+        idempotency_key: &str,
+    ) -> Result<Reply<types::Customer>, StripeError> {
+        self.post(&format!("/v1/customers/{id}"), form, idempotency_key)
+            .await
+    }
+
+    /// `GET /v1/customers/{id}`.
+    pub async fn retrieve_customer(&self, id: &str) -> Result<Reply<types::Customer>, StripeError> {
+        self.get(&format!("/v1/customers/{id}"), &Form::new()).await
+    }
+
+    pub async fn get<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &Form,
+    ) -> Result<Reply<T>, StripeError> {
+        self.request(Method::GET, path, query, None).await
+    }
+
+    pub async fn post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        form: &Form,
+        idempotency_key: &str,
+    ) -> Result<Reply<T>, StripeError> {
+        self.request(Method::POST, path, form, Some(idempotency_key))
+            .await
+    }
+
+    async fn request<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        form: &Form,
+        idempotency_key: Option<&str>,
+    ) -> Result<Reply<T>, StripeError> {
+        let mut attempt = 0;
+        loop {
+            let (result, retry_hint) = self.attempt(&method, path, form, idempotency_key).await;
+            match result {
+                Err(e)
+                    if e.is_retryable()
+                        && retry_hint != Some(false)
+                        && attempt < self.settings.max_retries =>
+                {
+                    attempt += 1;
+                    let wait = self.backoff(attempt, &e);
+                    tracing::warn!(path, attempt, wait_ms = wait.as_millis() as u64, error = %e, "retrying stripe request");
+                    tokio::time::sleep(wait).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Full jitter: a random wait up to base * 2^(attempt-1), capped; at least
+    /// what `Retry-After` asked for.
+    fn backoff(&self, attempt: u32, e: &StripeError) -> Duration {
+        let cap = self
+            .settings
+            .base_backoff
+            .saturating_mul(1 << (attempt - 1).min(16))
+            .min(self.settings.max_backoff);
+        let jittered = cap.mul_f64(rand::rng().random_range(0.5..=1.0));
+        match e {
+            StripeError::Api(ApiError { status: 429, .. }) => {
+                jittered.max(self.settings.base_backoff)
+            }
+            _ => jittered,
+        }
+    }
+
+    /// One attempt; also returns `Stripe-Should-Retry` when Stripe sent it.
+    async fn attempt<T: DeserializeOwned>(
+        &self,
+        method: &Method,
+        path: &str,
+        form: &Form,
+        idempotency_key: Option<&str>,
+    ) -> (Result<Reply<T>, StripeError>, Option<bool>) {
+        let url = format!("{}{}", self.settings.api_base.trim_end_matches('/'), path);
+        let mut req = self
+            .http
+            .request(method.clone(), &url)
+            .bearer_auth(self.settings.api_key.expose())
+            .header("Stripe-Version", &self.settings.api_version);
+        if *method == Method::GET || *method == Method::DELETE {
+            if !form.is_empty() {
+                req = req
+                    .query(&form_urlencoded::parse(form.encode().as_bytes()).collect::<Vec<_>>());
+            }
+        } else {
+            req = req
+                .header(
+                    reqwest::header::CONTENT_TYPE,
+                    "application/x-www-form-urlencoded",
+                )
+                .body(form.encode());
+        }
+        if let Some(key) = idempotency_key {
+            req = req.header("Idempotency-Key", key);
+        }
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                // A connect failure means the request never left; anything
+                // later (timeout, reset) may have reached Stripe.
+                let sent = !e.is_connect();
+                return (
+                    Err(StripeError::Network {
+                        message: without_url(&e),
+                        sent,
+                    }),
+                    None,
+                );
+            }
+        };
+        let status = resp.status();
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let request_id = header("request-id");
+        let should_retry = header("stripe-should-retry").map(|v| v == "true");
+        let bytes = match resp.bytes().await {
+            Ok(b) => b,
+            Err(e) => {
+                return (
+                    Err(StripeError::Network {
+                        message: without_url(&e),
+                        sent: true,
+                    }),
+                    should_retry,
+                );
+            }
+        };
+        if status.is_success() {
+            let parsed = serde_json::from_slice::<T>(&bytes)
+                .map(|object| Reply {
+                    object,
+                    request_id: request_id.clone(),
+                })
+                .map_err(|e| StripeError::Decode {
+                    message: e.to_string(),
+                    request_id,
+                });
+            return (parsed, should_retry);
+        }
+        let mut error = match serde_json::from_slice::<error::ErrorBody>(&bytes) {
+            Ok(body) => body.error,
+            Err(_) => ApiError {
+                kind: if status.is_server_error() {
+                    "api_error".into()
+                } else {
+                    "invalid_request_error".into()
+                },
+                message: Some(format!("HTTP {}", status.as_u16())),
+                ..ApiError::default()
+            },
+        };
+        error.status = status.as_u16();
+        error.request_id = request_id;
+        (Err(StripeError::Api(error)), should_retry)
+    }
+}
+
+/// What went wrong on the wire, without the URL, with the causes.
+fn without_url(e: &reqwest::Error) -> String {
+    let mut text = String::from(if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "could not connect"
+    } else if e.is_body() || e.is_decode() {
+        "connection broke while reading the answer"
+    } else {
+        "request failed"
+    });
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

@@ -1,0 +1,48 @@
+//! `stripe-sim --port 12111`: the Stripe simulator as a process.
+
+use clap::Parser;
+use std::net::{IpAddr, SocketAddr};
+
+/// An in-memory simulator of the Stripe API for tests and local runs.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// Port to listen on.
+    #[arg(long, env = "STRIPE_SIM_PORT", default_value_t = 12111)]
+    port: u16,
+    /// Address to listen on: loopback unless you mean otherwise.
+    #[arg(long, env = "STRIPE_SIM_HOST", default_value = "127.0.0.1")]
+    host: IpAddr,
+    /// Accept only this API key (repeatable); by default any sk_test_ key.
+    #[arg(long = "api-key")]
+    api_keys: Vec<String>,
+    /// Fault rules to start with, as a JSON list (see `POST /_sim/faults`).
+    #[arg(long, env = "STRIPE_SIM_FAULTS")]
+    faults: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let faults = match args.faults {
+        Some(json) => {
+            serde_json::from_str(&json).map_err(|e| anyhow::anyhow!("STRIPE_SIM_FAULTS: {e}"))?
+        }
+        None => Vec::new(),
+    };
+    let config = stripe_sim::Config {
+        api_keys: (!args.api_keys.is_empty()).then_some(args.api_keys),
+        faults,
+    };
+    let listener = tokio::net::TcpListener::bind(SocketAddr::new(args.host, args.port)).await?;
+    let sim = stripe_sim::Simulator::start_on(listener, config)?;
+    println!("stripe-sim listening on {}", sim.url());
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}

@@ -1,0 +1,238 @@
+//! The HTTP front of the simulator. Every API request takes the same path:
+//! request id -> API key -> fault rules -> parameters -> idempotency -> the
+//! resource handler; every answer carries `Request-Id` and `Stripe-Version`.
+//! Simulator-only endpoints live under `/_sim/` and need no key.
+
+use crate::{
+    Sim,
+    error::ApiError,
+    faults::Rule,
+    form,
+    idempotency::{Claim, Saved},
+    ids, resources,
+};
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::State,
+    http::{HeaderMap, HeaderValue, Method, StatusCode, Uri},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+
+/// The router: admin endpoints, then everything else as the Stripe API.
+pub fn router(sim: Arc<Sim>) -> Router {
+    Router::new()
+        .route("/_sim/health", get(|| async { Json(json!({"ok": true})) }))
+        .route(
+            "/_sim/faults",
+            post(set_faults).get(list_faults).delete(clear_faults),
+        )
+        .fallback(api)
+        .with_state(sim)
+}
+
+async fn set_faults(State(sim): State<Arc<Sim>>, Json(rules): Json<Vec<Rule>>) -> Json<Value> {
+    sim.faults.set(rules);
+    Json(json!({"rules": sim.faults.list()}))
+}
+
+async fn list_faults(State(sim): State<Arc<Sim>>) -> Json<Value> {
+    Json(json!({"rules": sim.faults.list()}))
+}
+
+async fn clear_faults(State(sim): State<Arc<Sim>>) -> StatusCode {
+    sim.faults.clear();
+    StatusCode::NO_CONTENT
+}
+
+/// Checks the `Authorization: Bearer` key; returns it as the account scope.
+fn authenticate(sim: &Sim, headers: &HeaderMap) -> Result<String, ApiError> {
+    let Some(value) = headers.get("authorization").and_then(|v| v.to_str().ok()) else {
+        return Err(ApiError::unauthorized(
+            "You did not provide an API key. You need to provide your API key in the Authorization header, using Bearer auth (e.g. 'Authorization: Bearer YOUR_SECRET_KEY').",
+        ));
+    };
+    let key = value.strip_prefix("Bearer ").unwrap_or("").trim();
+    let accepted = match &sim.config.api_keys {
+        Some(keys) => keys.iter().any(|k| k == key),
+        None => (key.starts_with("sk_test_") || key.starts_with("rk_test_")) && key.len() > 12,
+    };
+    if accepted {
+        Ok(key.to_string())
+    } else {
+        let tail: String = key
+            .chars()
+            .rev()
+            .take(4)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        let head: String = key.chars().take(8).collect();
+        Err(ApiError::unauthorized(format!(
+            "Invalid API Key provided: {head}****{tail}"
+        )))
+    }
+}
+
+fn fingerprint(method: &Method, path: &str, params: &Value) -> String {
+    let mut h = Sha256::new();
+    h.update(method.as_str());
+    h.update(path);
+    h.update(params.to_string());
+    format!("{:x}", h.finalize())
+}
+
+async fn api(
+    State(sim): State<Arc<Sim>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let request_id = ids::new_id("req");
+    let version = headers
+        .get("stripe-version")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or(crate::API_VERSION)
+        .to_string();
+    let idem_key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let mut response = execute(
+        &sim,
+        &method,
+        &uri,
+        &headers,
+        &body,
+        idem_key.as_deref(),
+        &request_id,
+    )
+    .await;
+    let h = response.headers_mut();
+    if !h.contains_key("request-id") {
+        h.insert(
+            "request-id",
+            HeaderValue::from_str(&request_id).expect("ids are ASCII"),
+        );
+    }
+    if let Ok(v) = HeaderValue::from_str(&version) {
+        h.insert("stripe-version", v);
+    }
+    if let Some(k) = idem_key.and_then(|k| HeaderValue::from_str(&k).ok()) {
+        h.insert("idempotency-key", k);
+    }
+    response
+}
+
+async fn execute(
+    sim: &Sim,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &Bytes,
+    idem_key: Option<&str>,
+    request_id: &str,
+) -> Response {
+    let scope = match authenticate(sim, headers) {
+        Ok(scope) => scope,
+        Err(e) => return e.into_response(),
+    };
+    let path = uri.path();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let Some(handler) = resources::route(method, &segments) else {
+        return ApiError::unrecognized_url(method.as_str(), path).into_response();
+    };
+    if let Some(k) = idem_key {
+        if k.len() > 255 {
+            return ApiError::invalid(
+                "Idempotency-Key",
+                "Idempotency keys can be at most 255 characters long.",
+            )
+            .into_response();
+        }
+    }
+    if let Some(rule) = sim.faults.pick(method.as_str(), path) {
+        return fault_response(&rule);
+    }
+    let raw = if *method == Method::POST {
+        body.as_ref()
+    } else {
+        uri.query().unwrap_or("").as_bytes()
+    };
+    let params = match form::decode(raw) {
+        Ok(p) => p,
+        Err(key) => {
+            return ApiError::invalid(&key, format!("Invalid request parameter: {key}"))
+                .into_response();
+        }
+    };
+    let key = idem_key.filter(|_| *method == Method::POST);
+    if let Some(key) = key {
+        match sim
+            .keys
+            .claim(&scope, key, &fingerprint(method, path, &params))
+        {
+            Claim::Execute => {}
+            Claim::Replay(saved) => return replay(saved),
+            Claim::Mismatch => return ApiError::idempotency_mismatch(key).into_response(),
+            Claim::InUse => return ApiError::idempotency_in_use().into_response(),
+        }
+    }
+    let (status, body, saved) = match handler(sim, &params, &segments) {
+        Ok(v) => (StatusCode::OK, v, true),
+        Err(e) => (e.status, e.body(), e.started_executing),
+    };
+    if let Some(key) = key {
+        if saved {
+            let record = Saved {
+                status,
+                body: body.clone(),
+                request_id: request_id.to_string(),
+            };
+            sim.keys.finish(&scope, key, record);
+        } else {
+            sim.keys.release(&scope, key);
+        }
+    }
+    (status, Json(body)).into_response()
+}
+
+fn replay(saved: Saved) -> Response {
+    let mut r = (saved.status, Json(saved.body)).into_response();
+    r.headers_mut()
+        .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    if let Ok(v) = HeaderValue::from_str(&saved.request_id) {
+        r.headers_mut().insert("request-id", v);
+    }
+    r
+}
+
+fn fault_response(rule: &Rule) -> Response {
+    let status = StatusCode::from_u16(rule.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let kind = rule.error_type.clone().unwrap_or_else(|| {
+        if status.is_server_error() {
+            "api_error".into()
+        } else {
+            "invalid_request_error".into()
+        }
+    });
+    let mut err = json!({
+        "type": kind,
+        "message": rule.message.clone().unwrap_or_else(|| "Simulated failure (stripe-sim fault rule).".into()),
+    });
+    if let Some(code) = &rule.code {
+        err["code"] = json!(code);
+    }
+    let mut r = (status, Json(json!({ "error": err }))).into_response();
+    if let Some(secs) = rule.retry_after {
+        r.headers_mut()
+            .insert("retry-after", HeaderValue::from(secs));
+    }
+    r
+}
