@@ -32,10 +32,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let encoded = compiler.encode_file_descriptor_set();
     fs::write(out.join("payment_descriptor.bin"), &encoded)?;
 
-    tonic_prost_build::configure()
-        .build_server(true)
-        .build_client(true)
-        .compile_fds(compiler.file_descriptor_set())?;
+    tonic_prost_build::configure().build_server(true).build_client(true).compile_fds(compiler.file_descriptor_set())?;
 
     pbjson_build::Builder::new()
         .register_descriptors(&encoded)?
@@ -46,17 +43,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build(&[".payment"])?;
 
     let pool = prost_reflect::DescriptorPool::decode(encoded.as_slice())?;
-    let service = pool
-        .get_service_by_name("payment.PaymentService")
-        .ok_or("payment.PaymentService is missing from proto/")?;
+    let service =
+        pool.get_service_by_name("payment.PaymentService").ok_or("payment.PaymentService is missing from proto/")?;
     let bindings = routes::bindings(&pool, &service)?;
-    fs::write(
-        out.join("rest_routes.rs"),
-        routes::render(&service, &bindings),
-    )?;
-    fs::write(
-        out.join("openapi.json"),
-        openapi::render(&service, &bindings)?,
-    )?;
+    fs::write(out.join("rest_routes.rs"), routes::render(&service, &bindings))?;
+    fs::write(out.join("openapi.json"), openapi::render(&service, &bindings)?)?;
     Ok(())
 }

@@ -32,16 +32,12 @@ fn scalar(kind: &Kind) -> Value {
 }
 
 fn schema_name(m: &MessageDescriptor) -> String {
-    m.full_name()
-        .trim_start_matches("payment.")
-        .replace('.', "_")
+    m.full_name().trim_start_matches("payment.").replace('.', "_")
 }
 
 fn field_schema(f: &FieldDescriptor) -> Value {
     let mut schema = if f.is_map() {
-        let Kind::Message(entry) = f.kind() else {
-            unreachable!("a map field is a message")
-        };
+        let Kind::Message(entry) = f.kind() else { unreachable!("a map field is a message") };
         json!({"type": "object", "additionalProperties": scalar(&entry.map_entry_value_field().kind())})
     } else if f.is_list() {
         json!({"type": "array", "items": scalar(&f.kind())})
@@ -100,10 +96,7 @@ fn parameter(f: &FieldDescriptor, location: &str) -> Value {
     })
 }
 
-pub fn render(
-    service: &ServiceDescriptor,
-    bindings: &[Binding],
-) -> Result<String, Box<dyn std::error::Error>> {
+pub fn render(service: &ServiceDescriptor, bindings: &[Binding]) -> Result<String, Box<dyn std::error::Error>> {
     let mut schemas = BTreeMap::new();
     let mut paths: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
     for b in bindings {
@@ -149,10 +142,7 @@ pub fn render(
         if PUBLIC_RPCS.contains(&b.rpc.as_str()) {
             op["security"] = json!([]);
         }
-        paths
-            .entry(b.path.clone())
-            .or_default()
-            .insert(b.method.to_lowercase(), op);
+        paths.entry(b.path.clone()).or_default().insert(b.method.to_lowercase(), op);
     }
     let mut schemas: Map<String, Value> = schemas.into_iter().collect();
     schemas.insert(

@@ -63,12 +63,7 @@ pub enum ApiKeyAction {
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve {
-            serve,
-            db,
-            stripe,
-            auth,
-        } => {
+        Command::Serve { serve, db, stripe, auth } => {
             let config = ServeConfig::new(&serve, &db, &stripe, &auth)?;
             if auth.pepper_is_default() {
                 tracing::warn!(
@@ -89,26 +84,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let auth = auth.settings()?;
             match action {
                 ApiKeyAction::Create { name } => {
-                    let key = apikeys::create(&pool, &auth, &name)
-                        .await
-                        .map_err(|e| anyhow::anyhow!(e.message))?;
-                    eprintln!(
-                        "API key {} ({}) named {name:?}: shown this once, keep it safe",
-                        key.id, key.prefix
-                    );
+                    let key = apikeys::create(&pool, &auth, &name).await?;
+                    eprintln!("API key {} ({}) named {name:?}: shown this once, keep it safe", key.id, key.prefix);
                     println!("{}", key.key.expose());
                 }
                 ApiKeyAction::List => {
-                    println!(
-                        "{:<6} {:<12} {:<26} {:<8} name",
-                        "id", "prefix", "created", "status"
-                    );
+                    println!("{:<6} {:<12} {:<26} {:<8} name", "id", "prefix", "created", "status");
                     for k in store::apikeys::list(&pool).await? {
-                        let status = if k.revoked_at.is_some() {
-                            "revoked"
-                        } else {
-                            "active"
-                        };
+                        let status = if k.revoked_at.is_some() { "revoked" } else { "active" };
                         println!(
                             "{:<6} {:<12} {:<26} {:<8} {}",
                             k.id,
@@ -145,18 +128,12 @@ async fn serve_until_signal(config: ServeConfig) -> anyhow::Result<()> {
     }
     let stripe = stripe::Client::new(config.stripe.clone())?;
     check_stripe_key(&stripe).await?;
-    let rest = TcpListener::bind(config.rest)
-        .await
-        .with_context(|| format!("JSON_PORT: cannot listen on {}", config.rest))?;
-    let grpc = TcpListener::bind(config.grpc)
-        .await
-        .with_context(|| format!("RPC_PORT: cannot listen on {}", config.grpc))?;
+    let rest =
+        TcpListener::bind(config.rest).await.with_context(|| format!("JSON_PORT: cannot listen on {}", config.rest))?;
+    let grpc =
+        TcpListener::bind(config.grpc).await.with_context(|| format!("RPC_PORT: cannot listen on {}", config.grpc))?;
     let (rest_addr, grpc_addr) = (rest.local_addr()?, grpc.local_addr()?);
-    let app = App {
-        db: pool,
-        stripe,
-        auth: config.auth,
-    };
+    let app = App { db: pool, stripe, auth: config.auth };
     println!("REST:     http://{rest_addr}/v1/...");
     println!("gRPC:     {grpc_addr} (reflection on)");
     println!("API docs: http://{rest_addr}/docs (OpenAPI at /openapi.json)");
@@ -170,18 +147,16 @@ async fn serve_until_signal(config: ServeConfig) -> anyhow::Result<()> {
 async fn check_stripe_key(stripe: &stripe::Client) -> anyhow::Result<()> {
     match stripe.retrieve_balance().await {
         Ok(_) => Ok(()),
-        Err(stripe::StripeError::Api(e)) if e.status == 401 || e.status == 403 => {
-            Err(ConfigError {
-                variable: "STRIPE_KEY",
-                message: format!(
-                    "was rejected by Stripe ({} {}, request {})",
-                    e.status,
-                    e.kind,
-                    e.request_id.unwrap_or_default()
-                ),
-            }
-            .into())
+        Err(stripe::StripeError::Api(e)) if e.status == 401 || e.status == 403 => Err(ConfigError {
+            variable: "STRIPE_KEY",
+            message: format!(
+                "was rejected by Stripe ({} {}, request {})",
+                e.status,
+                e.kind,
+                e.request_id.unwrap_or_default()
+            ),
         }
+        .into()),
         Err(e) => Err(anyhow::anyhow!(
             "STRIPE_KEY could not be checked: Stripe at {} failed: {e}",
             stripe.settings().api_base

@@ -17,16 +17,11 @@ pub struct ConfigError {
 }
 
 fn err(variable: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError {
-        variable,
-        message: message.into(),
-    }
+    ConfigError { variable, message: message.into() }
 }
 
 fn number<T: FromStr>(variable: &'static str, raw: &str) -> Result<T, ConfigError> {
-    raw.trim()
-        .parse()
-        .map_err(|_| err(variable, format!("{raw:?} is not a valid number")))
+    raw.trim().parse().map_err(|_| err(variable, format!("{raw:?} is not a valid number")))
 }
 
 fn flag(variable: &'static str, raw: &str) -> Result<bool, ConfigError> {
@@ -48,12 +43,7 @@ pub fn listen_addr(variable: &'static str, raw: &str) -> Result<SocketAddr, Conf
     } else {
         raw.to_string()
     };
-    full.parse().map_err(|_| {
-        err(
-            variable,
-            format!("{raw:?} is not a listen address such as :8080 or 127.0.0.1:8080"),
-        )
-    })
+    full.parse().map_err(|_| err(variable, format!("{raw:?} is not a listen address such as :8080 or 127.0.0.1:8080")))
 }
 
 /// Where the database is.
@@ -70,13 +60,7 @@ pub struct DbArgs {
     pub db_user: String,
     #[arg(long, env = "DB_NAME", default_value = "amazing-payments")]
     pub db_name: String,
-    #[arg(
-        long,
-        env = "DB_PASS",
-        default_value = "postgres",
-        hide_env_values = true,
-        hide_default_value = true
-    )]
+    #[arg(long, env = "DB_PASS", default_value = "postgres", hide_env_values = true, hide_default_value = true)]
     pub db_pass: String,
     /// Connections per instance.
     #[arg(long, env = "DB_MAX_CONNECTIONS", default_value = "20")]
@@ -112,14 +96,9 @@ impl DbArgs {
             return Err(err("DB_MAX_CONNECTIONS", "must be at least 1"));
         }
         let options = match &self.database_url {
-            Some(url) if !url.trim().is_empty() => {
-                PgConnectOptions::from_str(url.trim()).map_err(|_| {
-                    err(
-                        "DATABASE_URL",
-                        "is not a PostgreSQL URL such as postgres://user:pass@host:5432/db",
-                    )
-                })?
-            }
+            Some(url) if !url.trim().is_empty() => PgConnectOptions::from_str(url.trim()).map_err(|_| {
+                err("DATABASE_URL", "is not a PostgreSQL URL such as postgres://user:pass@host:5432/db")
+            })?,
             _ => {
                 let port: u16 = number("DB_PORT", &self.db_port)?;
                 if self.db_host.trim().is_empty() {
@@ -136,10 +115,7 @@ impl DbArgs {
                     .database(self.db_name.trim())
             }
         };
-        Ok(DbConfig {
-            options,
-            max_connections,
-        })
+        Ok(DbConfig { options, max_connections })
     }
 }
 
@@ -165,26 +141,14 @@ impl StripeArgs {
     pub fn settings(&self) -> Result<stripe::Settings, ConfigError> {
         let key = self.stripe_key.as_deref().map(str::trim).unwrap_or("");
         if key.is_empty() {
-            return Err(err(
-                "STRIPE_KEY",
-                "is not set: give the Stripe secret key (flag --stripe-key)",
-            ));
+            return Err(err("STRIPE_KEY", "is not set: give the Stripe secret key (flag --stripe-key)"));
         }
-        if !["sk_test_", "sk_live_", "rk_test_", "rk_live_"]
-            .iter()
-            .any(|p| key.starts_with(p))
-        {
-            return Err(err(
-                "STRIPE_KEY",
-                "is not a Stripe secret key (expected sk_test_..., sk_live_... or rk_...)",
-            ));
+        if !["sk_test_", "sk_live_", "rk_test_", "rk_live_"].iter().any(|p| key.starts_with(p)) {
+            return Err(err("STRIPE_KEY", "is not a Stripe secret key (expected sk_test_..., sk_live_... or rk_...)"));
         }
         let base = self.stripe_api_base.trim().trim_end_matches('/');
         if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(err(
-                "STRIPE_API_BASE",
-                format!("{base:?} is not an http(s) URL"),
-            ));
+            return Err(err("STRIPE_API_BASE", format!("{base:?} is not an http(s) URL")));
         }
         let timeout: f64 = number("STRIPE_TIMEOUT", &self.stripe_timeout)?;
         if !(timeout > 0.0 && timeout <= 600.0) {
@@ -227,16 +191,11 @@ impl AuthArgs {
             }
             Some(p) => p.to_string(),
         };
-        Ok(AuthSettings {
-            required: !flag("AUTH_DISABLED", &self.auth_disabled)?,
-            pepper: Secret::new(pepper),
-        })
+        Ok(AuthSettings { required: !flag("AUTH_DISABLED", &self.auth_disabled)?, pepper: Secret::new(pepper) })
     }
 
     pub fn pepper_is_default(&self) -> bool {
-        self.api_key_pepper
-            .as_deref()
-            .is_none_or(|p| p.trim().is_empty())
+        self.api_key_pepper.as_deref().is_none_or(|p| p.trim().is_empty())
     }
 }
 
@@ -266,12 +225,7 @@ pub struct ServeConfig {
 }
 
 impl ServeConfig {
-    pub fn new(
-        serve: &ServeArgs,
-        db: &DbArgs,
-        stripe: &StripeArgs,
-        auth: &AuthArgs,
-    ) -> Result<Self, ConfigError> {
+    pub fn new(serve: &ServeArgs, db: &DbArgs, stripe: &StripeArgs, auth: &AuthArgs) -> Result<Self, ConfigError> {
         Ok(Self {
             rest: listen_addr("JSON_PORT", &serve.json_port)?,
             grpc: listen_addr("RPC_PORT", &serve.rpc_port)?,
@@ -289,14 +243,8 @@ mod tests {
 
     #[test]
     fn listen_addresses_take_the_old_colon_port_form() {
-        assert_eq!(
-            listen_addr("JSON_PORT", ":8080").unwrap().to_string(),
-            "0.0.0.0:8080"
-        );
-        assert_eq!(
-            listen_addr("JSON_PORT", "127.0.0.1:9").unwrap().to_string(),
-            "127.0.0.1:9"
-        );
+        assert_eq!(listen_addr("JSON_PORT", ":8080").unwrap().to_string(), "0.0.0.0:8080");
+        assert_eq!(listen_addr("JSON_PORT", "127.0.0.1:9").unwrap().to_string(), "127.0.0.1:9");
         let e = listen_addr("JSON_PORT", "eighty").unwrap_err();
         assert!(e.to_string().starts_with("JSON_PORT: "), "{e}");
     }
@@ -313,20 +261,8 @@ mod tests {
 
     #[test]
     fn a_missing_or_malformed_stripe_key_names_the_variable() {
-        assert!(
-            stripe_args(None)
-                .settings()
-                .unwrap_err()
-                .to_string()
-                .starts_with("STRIPE_KEY: is not set")
-        );
-        assert_eq!(
-            stripe_args(Some("pk_test_123"))
-                .settings()
-                .unwrap_err()
-                .variable,
-            "STRIPE_KEY"
-        );
+        assert!(stripe_args(None).settings().unwrap_err().to_string().starts_with("STRIPE_KEY: is not set"));
+        assert_eq!(stripe_args(Some("pk_test_123")).settings().unwrap_err().variable, "STRIPE_KEY");
         assert!(stripe_args(Some("sk_test_123")).settings().is_ok());
     }
 
@@ -341,22 +277,9 @@ mod tests {
             db_pass: "postgres".into(),
             db_max_connections: "5".into(),
         };
-        let auth = AuthArgs {
-            api_key_pepper: Some("a-long-enough-pepper".into()),
-            auth_disabled: "no".into(),
-        };
-        let serve = ServeArgs {
-            json_port: ":8080".into(),
-            rpc_port: ":8081".into(),
-            skip_migrations: "false".into(),
-        };
-        let config = ServeConfig::new(
-            &serve,
-            &db,
-            &stripe_args(Some("sk_test_abcdef123456")),
-            &auth,
-        )
-        .unwrap();
+        let auth = AuthArgs { api_key_pepper: Some("a-long-enough-pepper".into()), auth_disabled: "no".into() };
+        let serve = ServeArgs { json_port: ":8080".into(), rpc_port: ":8081".into(), skip_migrations: "false".into() };
+        let config = ServeConfig::new(&serve, &db, &stripe_args(Some("sk_test_abcdef123456")), &auth).unwrap();
         let printed = format!("{config:?}");
         for secret in ["s3cret-pw", "sk_test_abcdef123456", "a-long-enough-pepper"] {
             assert!(!printed.contains(secret), "{secret} printed in {printed}");

@@ -38,6 +38,5 @@ pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/payment.serde.rs"));
 
     /// The encoded `FileDescriptorSet` of `proto/`, imports included.
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        include_bytes!(concat!(env!("OUT_DIR"), "/payment_descriptor.bin"));
+    pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/payment_descriptor.bin"));
 }

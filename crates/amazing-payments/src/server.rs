@@ -1,10 +1,15 @@
 //! Serving: the REST and gRPC listeners, both given by the caller (so tests
 //! bind `127.0.0.1:0`), and graceful shutdown: when `shutdown` completes, both
-//! stop accepting and finish the requests in flight.
+//! stop accepting and finish the requests in flight, for at most
+//! [`DRAIN_TIMEOUT`]; connections still open then are closed.
 
 use crate::{app::App, grpc, http};
-use std::future::Future;
+use std::{future::Future, time::Duration};
 use tokio::{net::TcpListener, sync::watch};
+
+/// How long requests in flight may take to finish after shutdown begins
+/// (below the 30 s a load balancer or Kubernetes usually grants after SIGTERM).
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(25);
 
 /// Serves until `shutdown` completes and in-flight requests have drained.
 pub async fn run(
@@ -13,12 +18,12 @@ pub async fn run(
     grpc_listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let grpc_router = grpc::routes(&app)?
-        .into_axum_router()
-        .layer(axum::middleware::from_fn(http::middleware::observe_grpc));
+    let grpc_router =
+        grpc::routes(&app)?.into_axum_router().layer(axum::middleware::from_fn(http::middleware::observe_grpc));
     let rest_router = http::router(grpc::service::PaymentApi::new(app.clone()));
 
     let (tx, rx) = watch::channel(false);
+    let mut draining = rx.clone();
     tokio::spawn(async move {
         shutdown.await;
         let _ = tx.send(true);
@@ -28,9 +33,18 @@ pub async fn run(
     };
     let rest_server = axum::serve(rest, rest_router).with_graceful_shutdown(stopped(rx.clone()));
     let grpc_server = axum::serve(grpc_listener, grpc_router).with_graceful_shutdown(stopped(rx));
-    let (a, b) = tokio::join!(rest_server.into_future(), grpc_server.into_future());
-    a?;
-    b?;
+    let both = async {
+        let (a, b) = tokio::join!(rest_server.into_future(), grpc_server.into_future());
+        a.and(b)
+    };
+    let deadline = async {
+        let _ = draining.wait_for(|stop| *stop).await;
+        tokio::time::sleep(DRAIN_TIMEOUT).await;
+    };
+    tokio::select! {
+        served = both => served?,
+        _ = deadline => tracing::warn!("requests still in flight after the drain timeout: closing their connections"),
+    }
     Ok(())
 }
 

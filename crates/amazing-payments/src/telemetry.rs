@@ -6,8 +6,7 @@ use tracing_subscriber::EnvFilter;
 
 /// Installs the JSON logger; safe to call more than once (later calls do nothing).
 pub fn init() {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
     let _ = tracing_subscriber::fmt()
         .json()
         .with_env_filter(filter)

@@ -53,17 +53,12 @@ impl ApiError {
 
     /// 400 `parameter_unknown`.
     pub fn unknown_param(param: &str) -> Self {
-        Self::invalid(param, format!("Received unknown parameter: {param}"))
-            .code("parameter_unknown")
+        Self::invalid(param, format!("Received unknown parameter: {param}")).code("parameter_unknown")
     }
 
     /// 404 `resource_missing`, as for `No such customer: 'cus_x'`.
     pub fn missing_object(what: &str, id: &str, param: &str) -> Self {
-        let mut e = Self::new(
-            StatusCode::NOT_FOUND,
-            "invalid_request_error",
-            format!("No such {what}: '{id}'"),
-        );
+        let mut e = Self::new(StatusCode::NOT_FOUND, "invalid_request_error", format!("No such {what}: '{id}'"));
         e.code = Some("resource_missing");
         e.param = Some(param.to_string());
         e
@@ -86,7 +81,7 @@ impl ApiError {
     }
 
     /// 500 `api_error`.
-    pub fn api_error(status: StatusCode, message: impl Into<String>) -> Self {
+    pub fn server_error(status: StatusCode, message: impl Into<String>) -> Self {
         let mut e = Self::new(status, "api_error", message);
         e.started_executing = true;
         e
@@ -143,10 +138,7 @@ impl ApiError {
         let mut err = json!({ "type": self.kind, "message": self.message });
         if let Some(code) = self.code {
             err["code"] = json!(code);
-            err["doc_url"] = json!(format!(
-                "https://stripe.com/docs/error-codes/{}",
-                code.replace('_', "-")
-            ));
+            err["doc_url"] = json!(format!("https://stripe.com/docs/error-codes/{}", code.replace('_', "-")));
         }
         if let Some(d) = &self.decline_code {
             err["decline_code"] = json!(d);

@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 
 /// One fault rule, as JSON on the admin endpoint:
 /// `{"method": "POST", "path": "/v1/customers", "status": 503, "rate": 1.0, "times": 2}`.
+/// A rule without `status` only slows the request down (`latency_ms`): the
+/// work is then done, late, as when Stripe is slow.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct Rule {
     /// HTTP method to match; any when absent.
@@ -16,8 +18,12 @@ pub struct Rule {
     pub method: Option<String>,
     /// Path prefix to match, e.g. `/v1/customers`.
     pub path: String,
-    /// The HTTP status to answer with.
-    pub status: u16,
+    /// The HTTP status to answer with instead of doing the work.
+    #[serde(default)]
+    pub status: Option<u16>,
+    /// Milliseconds to wait before answering.
+    #[serde(default)]
+    pub latency_ms: Option<u64>,
     /// Stripe error `type`; `api_error` for 5xx, else `invalid_request_error`.
     #[serde(default)]
     pub error_type: Option<String>,
@@ -69,10 +75,7 @@ impl Faults {
         let mut rules = self.rules.lock();
         let mut rng = rand::rng();
         for rule in rules.iter_mut() {
-            let method_ok = rule
-                .method
-                .as_deref()
-                .is_none_or(|m| m.eq_ignore_ascii_case(method));
+            let method_ok = rule.method.as_deref().is_none_or(|m| m.eq_ignore_ascii_case(method));
             if !method_ok || !path.starts_with(&rule.path) || rule.times == Some(0) {
                 continue;
             }

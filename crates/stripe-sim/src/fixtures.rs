@@ -24,8 +24,5 @@ pub fn all() -> &'static serde_json::Map<String, Value> {
 ///
 /// Panics on an unknown resource name: that is a bug in the simulator.
 pub fn template(resource: &str) -> Value {
-    all()
-        .get(resource)
-        .cloned()
-        .unwrap_or_else(|| panic!("no fixture named {resource}"))
+    all().get(resource).cloned().unwrap_or_else(|| panic!("no fixture named {resource}"))
 }

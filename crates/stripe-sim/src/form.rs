@@ -62,11 +62,7 @@ fn insert(node: &mut Value, path: &[String], value: Value) -> Result<(), ()> {
     }
     let child_is_list = rest[0].is_empty() || rest[0].parse::<usize>().is_ok();
     let fresh = || {
-        if child_is_list {
-            Value::Array(Vec::new())
-        } else {
-            Value::Object(Map::new())
-        }
+        if child_is_list { Value::Array(Vec::new()) } else { Value::Object(Map::new()) }
     };
     let child = match node {
         Value::Object(map) => map.entry(first.clone()).or_insert_with(fresh),
@@ -97,9 +93,7 @@ mod tests {
 
     #[test]
     fn nested_keys_become_objects_and_lists() {
-        let v =
-            decode(b"email=a%40b.co&metadata[order_id]=42&expand[]=x&expand[]=y&items[0][price]=p")
-                .unwrap();
+        let v = decode(b"email=a%40b.co&metadata[order_id]=42&expand[]=x&expand[]=y&items[0][price]=p").unwrap();
         assert_eq!(
             v,
             json!({"email": "a@b.co", "metadata": {"order_id": "42"}, "expand": ["x", "y"], "items": [{"price": "p"}]})

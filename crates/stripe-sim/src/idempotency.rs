@@ -28,14 +28,8 @@ pub struct Saved {
 }
 
 enum Entry {
-    Running {
-        fingerprint: String,
-    },
-    Done {
-        fingerprint: String,
-        saved: Saved,
-        since: Instant,
-    },
+    Running { fingerprint: String },
+    Done { fingerprint: String, saved: Saved, since: Instant },
 }
 
 /// What to do with a request that carries a key.
@@ -65,20 +59,13 @@ impl Keys {
         });
         let id = (scope.to_string(), key.to_string());
         match entries.get(&id) {
-            Some(Entry::Running { fingerprint: f, .. } | Entry::Done { fingerprint: f, .. })
-                if f != fingerprint =>
-            {
+            Some(Entry::Running { fingerprint: f, .. } | Entry::Done { fingerprint: f, .. }) if f != fingerprint => {
                 Claim::Mismatch
             }
             Some(Entry::Running { .. }) => Claim::InUse,
             Some(Entry::Done { saved, .. }) => Claim::Replay(saved.clone()),
             None => {
-                entries.insert(
-                    id,
-                    Entry::Running {
-                        fingerprint: fingerprint.to_string(),
-                    },
-                );
+                entries.insert(id, Entry::Running { fingerprint: fingerprint.to_string() });
                 Claim::Execute
             }
         }
@@ -89,21 +76,12 @@ impl Keys {
         let mut entries = self.entries.lock();
         let id = (scope.to_string(), key.to_string());
         if let Some(Entry::Running { fingerprint, .. }) = entries.remove(&id) {
-            entries.insert(
-                id,
-                Entry::Done {
-                    fingerprint,
-                    saved,
-                    since: Instant::now(),
-                },
-            );
+            entries.insert(id, Entry::Done { fingerprint, saved, since: Instant::now() });
         }
     }
 
     /// Forgets a request that failed validation, so the key may be retried.
     pub fn release(&self, scope: &str, key: &str) {
-        self.entries
-            .lock()
-            .remove(&(scope.to_string(), key.to_string()));
+        self.entries.lock().remove(&(scope.to_string(), key.to_string()));
     }
 }

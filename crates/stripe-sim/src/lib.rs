@@ -69,18 +69,42 @@ pub struct Sim {
     pub data: Mutex<Data>,
     pub keys: idempotency::Keys,
     pub faults: faults::Faults,
+    journal: Mutex<std::collections::VecDeque<Received>>,
 }
+
+/// One request as the simulator received it, for tests that check what a
+/// client sent.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub method: String,
+    pub path: String,
+    pub idempotency_key: Option<String>,
+    pub stripe_version: Option<String>,
+    pub body: String,
+    pub status: u16,
+}
+
+/// How many received requests are kept.
+const JOURNAL_SIZE: usize = 10_000;
 
 impl Sim {
     pub fn new(config: Config) -> Self {
         let faults = faults::Faults::default();
         faults.set(config.faults.clone());
-        Self {
-            config,
-            data: Mutex::default(),
-            keys: idempotency::Keys::default(),
-            faults,
+        Self { config, data: Mutex::default(), keys: idempotency::Keys::default(), faults, journal: Mutex::default() }
+    }
+
+    pub(crate) fn record(&self, r: Received) {
+        let mut j = self.journal.lock();
+        if j.len() == JOURNAL_SIZE {
+            j.pop_front();
         }
+        j.push_back(r);
+    }
+
+    /// The API requests received so far (the last 10,000), oldest first.
+    pub fn received(&self) -> Vec<Received> {
+        self.journal.lock().iter().cloned().collect()
     }
 }
 

@@ -25,24 +25,21 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .json()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let args = Args::parse();
     let faults = match args.faults {
-        Some(json) => {
-            serde_json::from_str(&json).map_err(|e| anyhow::anyhow!("STRIPE_SIM_FAULTS: {e}"))?
-        }
+        Some(json) => serde_json::from_str(&json).map_err(|e| anyhow::anyhow!("STRIPE_SIM_FAULTS: {e}"))?,
         None => Vec::new(),
     };
-    let config = stripe_sim::Config {
-        api_keys: (!args.api_keys.is_empty()).then_some(args.api_keys),
-        faults,
-    };
+    let config = stripe_sim::Config { api_keys: (!args.api_keys.is_empty()).then_some(args.api_keys), faults };
     let listener = tokio::net::TcpListener::bind(SocketAddr::new(args.host, args.port)).await?;
     let sim = stripe_sim::Simulator::start_on(listener, config)?;
     println!("stripe-sim listening on {}", sim.url());
-    tokio::signal::ctrl_c().await?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
     Ok(())
 }

@@ -27,10 +27,7 @@ use std::sync::Arc;
 pub fn router(sim: Arc<Sim>) -> Router {
     Router::new()
         .route("/_sim/health", get(|| async { Json(json!({"ok": true})) }))
-        .route(
-            "/_sim/faults",
-            post(set_faults).get(list_faults).delete(clear_faults),
-        )
+        .route("/_sim/faults", post(set_faults).get(list_faults).delete(clear_faults))
         .fallback(api)
         .with_state(sim)
 }
@@ -64,18 +61,19 @@ fn authenticate(sim: &Sim, headers: &HeaderMap) -> Result<String, ApiError> {
     if accepted {
         Ok(key.to_string())
     } else {
-        let tail: String = key
-            .chars()
-            .rev()
-            .take(4)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
-        let head: String = key.chars().take(8).collect();
-        Err(ApiError::unauthorized(format!(
-            "Invalid API Key provided: {head}****{tail}"
-        )))
+        Err(ApiError::unauthorized(format!("Invalid API Key provided: {}", mask_key(key))))
+    }
+}
+
+/// `sk_live_****************wxyz`: the key's type and last four characters,
+/// and nothing at all of a key without that shape.
+fn mask_key(key: &str) -> String {
+    let typed = ["sk_test_", "sk_live_", "rk_test_", "rk_live_", "pk_test_", "pk_live_"]
+        .iter()
+        .find(|p| key.is_ascii() && key.starts_with(*p) && key.len() > p.len() + 8);
+    match typed {
+        Some(prefix) => format!("{prefix}{}{}", "*".repeat(key.len() - prefix.len() - 4), &key[key.len() - 4..]),
+        None => "*".repeat(key.chars().count().min(32)),
     }
 }
 
@@ -87,46 +85,29 @@ fn fingerprint(method: &Method, path: &str, params: &Value) -> String {
     format!("{:x}", h.finalize())
 }
 
-async fn api(
-    State(sim): State<Arc<Sim>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn api(State(sim): State<Arc<Sim>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     let request_id = ids::new_id("req");
-    let version = headers
-        .get("stripe-version")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or(crate::API_VERSION)
-        .to_string();
-    let idem_key = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let mut response = execute(
-        &sim,
-        &method,
-        &uri,
-        &headers,
-        &body,
-        idem_key.as_deref(),
-        &request_id,
-    )
-    .await;
+    let version = headers.get("stripe-version").and_then(|v| v.to_str().ok()).unwrap_or(crate::API_VERSION).to_string();
+    let idem_key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let mut response = execute(&sim, &method, &uri, &headers, &body, idem_key.as_deref(), &request_id).await;
     let h = response.headers_mut();
     if !h.contains_key("request-id") {
-        h.insert(
-            "request-id",
-            HeaderValue::from_str(&request_id).expect("ids are ASCII"),
-        );
+        h.insert("request-id", HeaderValue::from_str(&request_id).expect("ids are ASCII"));
     }
     if let Ok(v) = HeaderValue::from_str(&version) {
         h.insert("stripe-version", v);
     }
-    if let Some(k) = idem_key.and_then(|k| HeaderValue::from_str(&k).ok()) {
+    if let Some(k) = idem_key.as_deref().and_then(|k| HeaderValue::from_str(k).ok()) {
         h.insert("idempotency-key", k);
     }
+    sim.record(crate::Received {
+        method: method.to_string(),
+        path: uri.to_string(),
+        idempotency_key: idem_key,
+        stripe_version: headers.get("stripe-version").and_then(|v| v.to_str().ok()).map(str::to_string),
+        body: String::from_utf8_lossy(&body).into_owned(),
+        status: response.status().as_u16(),
+    });
     response
 }
 
@@ -150,39 +131,37 @@ async fn execute(
     };
     if let Some(k) = idem_key {
         if k.len() > 255 {
-            return ApiError::invalid(
-                "Idempotency-Key",
-                "Idempotency keys can be at most 255 characters long.",
-            )
-            .into_response();
+            return ApiError::invalid("Idempotency-Key", "Idempotency keys can be at most 255 characters long.")
+                .into_response();
         }
     }
-    if let Some(rule) = sim.faults.pick(method.as_str(), path) {
-        return fault_response(&rule);
+    let fault = sim.faults.pick(method.as_str(), path);
+    if let Some(rule) = &fault {
+        if rule.status.is_some() {
+            if let Some(ms) = rule.latency_ms {
+                tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            }
+            return fault_response(rule);
+        }
     }
-    let raw = if *method == Method::POST {
-        body.as_ref()
-    } else {
-        uri.query().unwrap_or("").as_bytes()
-    };
+    let raw = if *method == Method::POST { body.as_ref() } else { uri.query().unwrap_or("").as_bytes() };
     let params = match form::decode(raw) {
         Ok(p) => p,
         Err(key) => {
-            return ApiError::invalid(&key, format!("Invalid request parameter: {key}"))
-                .into_response();
+            return ApiError::invalid(&key, format!("Invalid request parameter: {key}")).into_response();
         }
     };
     let key = idem_key.filter(|_| *method == Method::POST);
     if let Some(key) = key {
-        match sim
-            .keys
-            .claim(&scope, key, &fingerprint(method, path, &params))
-        {
+        match sim.keys.claim(&scope, key, &fingerprint(method, path, &params)) {
             Claim::Execute => {}
             Claim::Replay(saved) => return replay(saved),
             Claim::Mismatch => return ApiError::idempotency_mismatch(key).into_response(),
             Claim::InUse => return ApiError::idempotency_in_use().into_response(),
         }
+    }
+    if let Some(ms) = fault.and_then(|r| r.latency_ms) {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
     }
     let (status, body, saved) = match handler(sim, &params, &segments) {
         Ok(v) => (StatusCode::OK, v, true),
@@ -190,11 +169,7 @@ async fn execute(
     };
     if let Some(key) = key {
         if saved {
-            let record = Saved {
-                status,
-                body: body.clone(),
-                request_id: request_id.to_string(),
-            };
+            let record = Saved { status, body: body.clone(), request_id: request_id.to_string() };
             sim.keys.finish(&scope, key, record);
         } else {
             sim.keys.release(&scope, key);
@@ -205,8 +180,7 @@ async fn execute(
 
 fn replay(saved: Saved) -> Response {
     let mut r = (saved.status, Json(saved.body)).into_response();
-    r.headers_mut()
-        .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    r.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
     if let Ok(v) = HeaderValue::from_str(&saved.request_id) {
         r.headers_mut().insert("request-id", v);
     }
@@ -214,14 +188,11 @@ fn replay(saved: Saved) -> Response {
 }
 
 fn fault_response(rule: &Rule) -> Response {
-    let status = StatusCode::from_u16(rule.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let kind = rule.error_type.clone().unwrap_or_else(|| {
-        if status.is_server_error() {
-            "api_error".into()
-        } else {
-            "invalid_request_error".into()
-        }
-    });
+    let status = rule.status.and_then(|s| StatusCode::from_u16(s).ok()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let kind = rule
+        .error_type
+        .clone()
+        .unwrap_or_else(|| if status.is_server_error() { "api_error".into() } else { "invalid_request_error".into() });
     let mut err = json!({
         "type": kind,
         "message": rule.message.clone().unwrap_or_else(|| "Simulated failure (stripe-sim fault rule).".into()),
@@ -231,8 +202,7 @@ fn fault_response(rule: &Rule) -> Response {
     }
     let mut r = (status, Json(json!({ "error": err }))).into_response();
     if let Some(secs) = rule.retry_after {
-        r.headers_mut()
-            .insert("retry-after", HeaderValue::from(secs));
+        r.headers_mut().insert("retry-after", HeaderValue::from(secs));
     }
     r
 }

@@ -27,26 +27,13 @@ impl Page {
             Some(s) => match s.parse::<i64>() {
                 Ok(n) if (1..=100).contains(&n) => n as usize,
                 Ok(_) => {
-                    return Err(ApiError::invalid(
-                        "limit",
-                        "This value must be between 1 and 100 (inclusive).",
-                    ));
+                    return Err(ApiError::invalid("limit", "This value must be between 1 and 100 (inclusive)."));
                 }
                 Err(_) => return Err(ApiError::invalid("limit", format!("Invalid integer: {s}"))),
             },
         };
-        let text = |k: &str| {
-            params
-                .get(k)
-                .and_then(Value::as_str)
-                .filter(|s| !s.is_empty())
-                .map(String::from)
-        };
-        Ok(Self {
-            limit,
-            starting_after: text("starting_after"),
-            ending_before: text("ending_before"),
-        })
+        let text = |k: &str| params.get(k).and_then(Value::as_str).filter(|s| !s.is_empty()).map(String::from);
+        Ok(Self { limit, starting_after: text("starting_after"), ending_before: text("ending_before") })
     }
 }
 
@@ -73,19 +60,11 @@ impl Collection {
     }
 
     /// A Stripe list object of the objects that pass `keep`, newest first.
-    pub fn list(
-        &self,
-        url: &str,
-        page: &Page,
-        what: &str,
-        keep: impl Fn(&Value) -> bool,
-    ) -> Result<Value, ApiError> {
+    pub fn list(&self, url: &str, page: &Page, what: &str, keep: impl Fn(&Value) -> bool) -> Result<Value, ApiError> {
         let mut all: Vec<&(u64, Value)> = self.objects.values().filter(|(_, v)| keep(v)).collect();
-        all.sort_by(|a, b| b.0.cmp(&a.0));
+        all.sort_by_key(|(seq, _)| std::cmp::Reverse(*seq));
         let position = |id: &str, param: &str| {
-            all.iter()
-                .position(|(_, v)| v["id"] == id)
-                .ok_or_else(|| ApiError::missing_object(what, id, param))
+            all.iter().position(|(_, v)| v["id"] == id).ok_or_else(|| ApiError::missing_object(what, id, param))
         };
         let (slice, has_more) = if let Some(id) = &page.starting_after {
             let start = position(id, "starting_after")? + 1;

@@ -21,16 +21,11 @@ pub struct NewKey {
 }
 
 fn random(n: usize) -> String {
-    rand::rng()
-        .sample_iter(&Alphanumeric)
-        .take(n)
-        .map(char::from)
-        .collect()
+    rand::rng().sample_iter(&Alphanumeric).take(n).map(char::from).collect()
 }
 
 fn keyed_hash(pepper: &Secret, key: &str) -> Vec<u8> {
-    let mut mac = Hmac::<Sha256>::new_from_slice(pepper.expose().as_bytes())
-        .expect("HMAC takes any key length");
+    let mut mac = Hmac::<Sha256>::new_from_slice(pepper.expose().as_bytes()).expect("HMAC takes any key length");
     mac.update(key.as_bytes());
     mac.finalize().into_bytes().to_vec()
 }
@@ -50,19 +45,12 @@ fn unauthenticated(message: &str) -> AppError {
 pub async fn create(db: &PgPool, auth: &AuthSettings, name: &str) -> Result<NewKey, AppError> {
     let name = name.trim();
     if name.is_empty() || name.chars().count() > 100 {
-        return Err(AppError::invalid(
-            "INVALID_KEY_NAME",
-            "a key name has 1 to 100 characters",
-        ));
+        return Err(AppError::invalid("INVALID_KEY_NAME", "a key name has 1 to 100 characters"));
     }
     let prefix = format!("ap_{}", random(8));
     let key = format!("{prefix}_{}", random(32));
     let row = apikeys::insert(db, name, &prefix, &keyed_hash(&auth.pepper, &key)).await?;
-    Ok(NewKey {
-        id: row.id,
-        prefix,
-        key: Secret::new(key),
-    })
+    Ok(NewKey { id: row.id, prefix, key: Secret::new(key) })
 }
 
 /// Who is calling, from the `Authorization: Bearer` value.
@@ -80,28 +68,17 @@ pub async fn authenticate(
             "an API key is required: send Authorization: Bearer <key>",
         ));
     };
-    let key = value
-        .strip_prefix("Bearer ")
-        .or_else(|| value.strip_prefix("bearer "))
-        .unwrap_or(value)
-        .trim();
+    let key = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")).unwrap_or(value).trim();
     let prefix = prefix_of(key).ok_or_else(|| unauthenticated("the API key is not valid"))?;
-    let row = apikeys::by_prefix(db, prefix)
-        .await?
-        .ok_or_else(|| unauthenticated("the API key is not valid"))?;
+    let row = apikeys::by_prefix(db, prefix).await?.ok_or_else(|| unauthenticated("the API key is not valid"))?;
     let matches: bool = keyed_hash(&auth.pepper, key).ct_eq(&row.hash).into();
     if !matches {
         return Err(unauthenticated("the API key is not valid"));
     }
     if row.revoked_at.is_some() {
-        return Err(AppError::unauthenticated(
-            "API_KEY_REVOKED",
-            "the API key has been revoked",
-        ));
+        return Err(AppError::unauthenticated("API_KEY_REVOKED", "the API key has been revoked"));
     }
-    Ok(Principal {
-        api_key_id: Some(row.id),
-    })
+    Ok(Principal { api_key_id: Some(row.id) })
 }
 
 impl super::App {

@@ -58,16 +58,8 @@ impl ListCustomers {
                 .detail("field", "page_size"));
             }
         };
-        let after = if page_token.is_empty() {
-            0
-        } else {
-            decode_token(page_token)?
-        };
-        Ok(Self {
-            page_size,
-            after,
-            email,
-        })
+        let after = if page_token.is_empty() { 0 } else { decode_token(page_token)? };
+        Ok(Self { page_size, after, email })
     }
 }
 
@@ -82,20 +74,14 @@ fn decode_token(token: &str) -> Result<i64, AppError> {
         .and_then(|b| String::from_utf8(b).ok())
         .and_then(|s| s.strip_prefix("customer:").and_then(|n| n.parse().ok()))
         .ok_or_else(|| {
-            AppError::invalid(
-                "INVALID_PAGE_TOKEN",
-                "page_token is not one this service gave",
-            )
-            .detail("field", "page_token")
+            AppError::invalid("INVALID_PAGE_TOKEN", "page_token is not one this service gave")
+                .detail("field", "page_token")
         })
 }
 
 fn not_found(id: CustomerId) -> AppError {
-    AppError::not_found(
-        "CUSTOMER_NOT_FOUND",
-        format!("customer {id} does not exist"),
-    )
-    .detail("customerID", id.to_string())
+    AppError::not_found("CUSTOMER_NOT_FOUND", format!("customer {id} does not exist"))
+        .detail("customerID", id.to_string())
 }
 
 impl App {
@@ -106,12 +92,8 @@ impl App {
             .set("name", cmd.name.as_str())
             .set("email", cmd.email.as_str())
             .map("metadata", [("customerID", id_text.as_str())]);
-        let stripe_customer = self
-            .stripe
-            .create_customer(&form, &format!("customer-{id}-create"))
-            .await
-            .map_err(stripe_failure)?
-            .object;
+        let stripe_customer =
+            self.stripe.create_customer(&form, &format!("customer-{id}-create")).await.map_err(stripe_failure)?.object;
         let row = customers::insert(
             &self.db,
             NewCustomer {
@@ -128,9 +110,7 @@ impl App {
     }
 
     pub async fn get_customer(&self, id: CustomerId) -> Result<CustomerRow, AppError> {
-        customers::get(&self.db, id)
-            .await?
-            .ok_or_else(|| not_found(id))
+        customers::get(&self.db, id).await?.ok_or_else(|| not_found(id))
     }
 
     pub async fn update_customer(&self, cmd: UpdateCustomer) -> Result<CustomerRow, AppError> {
@@ -151,28 +131,16 @@ impl App {
             // The key covers the exact change, so a retried update is one
             // Stripe update.
             let key = format!("customer-{}-update-{}", cmd.id, short_hash(&form.encode()));
-            self.stripe
-                .update_customer(stripe_id, &form, &key)
-                .await
-                .map_err(stripe_failure)?;
+            self.stripe.update_customer(stripe_id, &form, &key).await.map_err(stripe_failure)?;
         }
-        let changes = Changes {
-            name: cmd.name.as_ref(),
-            email: cmd.email.as_ref(),
-            charge_date: cmd.charge_date.as_ref(),
-        };
-        customers::update(&self.db, cmd.id, changes)
-            .await?
-            .ok_or_else(|| not_found(cmd.id))
+        let changes =
+            Changes { name: cmd.name.as_ref(), email: cmd.email.as_ref(), charge_date: cmd.charge_date.as_ref() };
+        customers::update(&self.db, cmd.id, changes).await?.ok_or_else(|| not_found(cmd.id))
     }
 
     /// A page of customers and the token of the next page, if there is one.
-    pub async fn list_customers(
-        &self,
-        q: ListCustomers,
-    ) -> Result<(Vec<CustomerRow>, Option<String>), AppError> {
-        let mut rows =
-            customers::list(&self.db, q.after, q.page_size + 1, q.email.as_ref()).await?;
+    pub async fn list_customers(&self, q: ListCustomers) -> Result<(Vec<CustomerRow>, Option<String>), AppError> {
+        let mut rows = customers::list(&self.db, q.after, q.page_size + 1, q.email.as_ref()).await?;
         let next = if rows.len() as i64 > q.page_size {
             rows.truncate(q.page_size as usize);
             rows.last().map(|r| encode_token(r.id))
@@ -196,25 +164,13 @@ mod tests {
     fn a_page_token_round_trips_and_a_forged_one_is_refused() {
         let q = ListCustomers::parse(10, &encode_token(41), None).unwrap();
         assert_eq!((q.page_size, q.after), (10, 41));
-        assert_eq!(
-            ListCustomers::parse(10, "bm9wZQ", None).unwrap_err().reason,
-            "INVALID_PAGE_TOKEN"
-        );
+        assert_eq!(ListCustomers::parse(10, "bm9wZQ", None).unwrap_err().reason, "INVALID_PAGE_TOKEN");
     }
 
     #[test]
     fn page_size_zero_means_the_default_and_out_of_range_is_refused() {
-        assert_eq!(
-            ListCustomers::parse(0, "", None).unwrap().page_size,
-            DEFAULT_PAGE_SIZE
-        );
-        assert_eq!(
-            ListCustomers::parse(101, "", None).unwrap_err().reason,
-            "INVALID_PAGE_SIZE"
-        );
-        assert_eq!(
-            ListCustomers::parse(-1, "", None).unwrap_err().reason,
-            "INVALID_PAGE_SIZE"
-        );
+        assert_eq!(ListCustomers::parse(0, "", None).unwrap().page_size, DEFAULT_PAGE_SIZE);
+        assert_eq!(ListCustomers::parse(101, "", None).unwrap_err().reason, "INVALID_PAGE_SIZE");
+        assert_eq!(ListCustomers::parse(-1, "", None).unwrap_err().reason, "INVALID_PAGE_SIZE");
     }
 }

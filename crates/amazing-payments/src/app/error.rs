@@ -62,13 +62,7 @@ pub struct AppError {
 
 impl AppError {
     pub fn new(kind: Kind, reason: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            kind,
-            reason,
-            message: message.into(),
-            details: HashMap::new(),
-            source: None,
-        }
+        Self { kind, reason, message: message.into(), details: HashMap::new(), source: None }
     }
 
     pub fn detail(mut self, key: &str, value: impl Into<String>) -> Self {
@@ -111,10 +105,7 @@ impl From<sqlx::Error> for AppError {
         match e {
             // The pool could not reach the database in time: try again later.
             sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-                AppError::unavailable(
-                    "DATABASE_UNAVAILABLE",
-                    "the database is unavailable; try again later",
-                )
+                AppError::unavailable("DATABASE_UNAVAILABLE", "the database is unavailable; try again later")
             }
             other => AppError::internal(anyhow::Error::new(other).context("database")),
         }
@@ -124,11 +115,7 @@ impl From<sqlx::Error> for AppError {
 impl From<AppError> for tonic::Status {
     fn from(e: AppError) -> Self {
         if e.kind == Kind::Internal {
-            let cause = e
-                .source
-                .as_ref()
-                .map(|c| format!("{c:#}"))
-                .unwrap_or_default();
+            let cause = e.source.as_ref().map(|c| format!("{c:#}")).unwrap_or_default();
             tracing::error!(reason = e.reason, cause = %cause, "internal error");
         }
         let details = ErrorDetails::with_error_info(e.reason, ERROR_DOMAIN, e.details);
@@ -138,9 +125,7 @@ impl From<AppError> for tonic::Status {
 
 /// The `ErrorInfo` reason and metadata carried by a status, if any.
 pub fn reason_of(status: &tonic::Status) -> Option<(String, HashMap<String, String>)> {
-    status
-        .get_details_error_info()
-        .map(|i| (i.reason, i.metadata))
+    status.get_details_error_info().map(|i| (i.reason, i.metadata))
 }
 
 #[cfg(test)]
@@ -160,8 +145,7 @@ mod tests {
 
     #[test]
     fn an_internal_error_tells_the_client_nothing_of_its_cause() {
-        let status: tonic::Status =
-            AppError::internal(anyhow::anyhow!("password=hunter2 at db:5432")).into();
+        let status: tonic::Status = AppError::internal(anyhow::anyhow!("password=hunter2 at db:5432")).into();
         assert_eq!(status.code(), Code::Internal);
         assert_eq!(status.message(), "internal error");
     }

@@ -45,18 +45,12 @@ pub fn stripe_failure(e: stripe::StripeError) -> AppError {
     match e {
         Network { message, .. } => {
             tracing::warn!(error = %message, "stripe unreachable");
-            AppError::unavailable(
-                "STRIPE_UNAVAILABLE",
-                "the payment provider could not be reached; try again later",
-            )
+            AppError::unavailable("STRIPE_UNAVAILABLE", "the payment provider could not be reached; try again later")
         }
         Api(a) if a.status == 409 || a.status == 429 || a.status >= 500 => {
             tracing::warn!(status = a.status, error = %a, "stripe failed");
-            AppError::unavailable(
-                "STRIPE_UNAVAILABLE",
-                "the payment provider is unavailable; try again later",
-            )
-            .detail("stripe_request_id", a.request_id.unwrap_or_default())
+            AppError::unavailable("STRIPE_UNAVAILABLE", "the payment provider is unavailable; try again later")
+                .detail("stripe_request_id", a.request_id.unwrap_or_default())
         }
         Api(a) if a.status == 401 || a.status == 403 => {
             let mut err = AppError::new(
@@ -71,27 +65,17 @@ pub fn stripe_failure(e: stripe::StripeError) -> AppError {
             let mut err = AppError::new(
                 Kind::FailedPrecondition,
                 "STRIPE_REFUSED",
-                format!(
-                    "the payment provider refused the request: {}",
-                    a.message.clone().unwrap_or_default()
-                ),
+                format!("the payment provider refused the request: {}", a.message.clone().unwrap_or_default()),
             );
-            for (k, v) in [
-                ("stripe_code", &a.code),
-                ("stripe_param", &a.param),
-                ("stripe_request_id", &a.request_id),
-            ] {
+            for (k, v) in [("stripe_code", &a.code), ("stripe_param", &a.param), ("stripe_request_id", &a.request_id)] {
                 if let Some(v) = v {
                     err = err.detail(k, v.clone());
                 }
             }
             err
         }
-        Decode {
-            message,
-            request_id,
-        } => AppError::internal(anyhow::anyhow!(
-            "unreadable stripe answer (request {request_id:?}): {message}"
-        )),
+        Decode { message, request_id } => {
+            AppError::internal(anyhow::anyhow!("unreadable stripe answer (request {request_id:?}): {message}"))
+        }
     }
 }

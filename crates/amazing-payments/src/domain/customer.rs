@@ -19,11 +19,7 @@ impl CustomerId {
         if raw > 0 {
             Ok(Self(raw))
         } else {
-            Err(Invalid::new(
-                "customerID",
-                "INVALID_CUSTOMER_ID",
-                "customerID must be a positive integer",
-            ))
+            Err(Invalid::new("customerID", "INVALID_CUSTOMER_ID", "customerID must be a positive integer"))
         }
     }
 
@@ -47,25 +43,13 @@ impl CustomerName {
     pub fn parse(raw: &str) -> Result<Self, Invalid> {
         let name = raw.trim();
         if name.is_empty() {
-            return Err(Invalid::new(
-                "name",
-                "MISSING_NAME",
-                "must provide email and name: name is empty",
-            ));
+            return Err(Invalid::new("name", "MISSING_NAME", "must provide email and name: name is empty"));
         }
         if name.chars().count() > MAX_NAME {
-            return Err(Invalid::new(
-                "name",
-                "NAME_TOO_LONG",
-                format!("name is longer than {MAX_NAME} characters"),
-            ));
+            return Err(Invalid::new("name", "NAME_TOO_LONG", format!("name is longer than {MAX_NAME} characters")));
         }
         if name.chars().any(char::is_control) {
-            return Err(Invalid::new(
-                "name",
-                "INVALID_NAME",
-                "name contains control characters",
-            ));
+            return Err(Invalid::new("name", "INVALID_NAME", "name contains control characters"));
         }
         Ok(Self(name.to_string()))
     }
@@ -85,11 +69,7 @@ impl Email {
     pub fn parse(raw: &str) -> Result<Self, Invalid> {
         let email = raw.trim();
         if email.is_empty() {
-            return Err(Invalid::new(
-                "email",
-                "MISSING_EMAIL",
-                "must provide email and name: email is empty",
-            ));
+            return Err(Invalid::new("email", "MISSING_EMAIL", "must provide email and name: email is empty"));
         }
         if email.len() > MAX_EMAIL {
             return Err(Invalid::new(
@@ -98,13 +78,7 @@ impl Email {
                 format!("email is longer than {MAX_EMAIL} characters"),
             ));
         }
-        let malformed = || {
-            Invalid::new(
-                "email",
-                "INVALID_EMAIL",
-                "email is not a valid e-mail address",
-            )
-        };
+        let malformed = || Invalid::new("email", "INVALID_EMAIL", "email is not a valid e-mail address");
         let (local, domain) = email.split_once('@').ok_or_else(malformed)?;
         let labels_ok = domain.split('.').all(|l| {
             !l.is_empty()
@@ -117,9 +91,7 @@ impl Email {
             && !local.starts_with('.')
             && !local.ends_with('.')
             && !local.contains("..")
-            && local
-                .chars()
-                .all(|c| c.is_alphanumeric() || "!#$%&'*+/=?^_`{|}~.-".contains(c));
+            && local.chars().all(|c| c.is_alphanumeric() || "!#$%&'*+/=?^_`{|}~.-".contains(c));
         if !local_ok || !labels_ok || !domain.contains('.') {
             return Err(malformed());
         }
@@ -186,33 +158,15 @@ mod tests {
 
     #[test]
     fn ordinary_addresses_parse() {
-        for ok in [
-            "a@b.co",
-            "first.last+tag@mail.example.com",
-            "o'neil@example.ie",
-            "x@xn--bcher-kva.example",
-        ] {
+        for ok in ["a@b.co", "first.last+tag@mail.example.com", "o'neil@example.ie", "x@xn--bcher-kva.example"] {
             assert!(Email::parse(ok).is_ok(), "{ok}");
         }
     }
 
     #[test]
     fn malformed_addresses_are_refused_with_a_reason() {
-        for bad in [
-            "plainaddress",
-            "@example.com",
-            "a@",
-            "a@b",
-            "a b@c.com",
-            "a@b..com",
-            ".a@b.com",
-            "a@-b.com",
-        ] {
-            assert_eq!(
-                Email::parse(bad).unwrap_err().reason,
-                "INVALID_EMAIL",
-                "{bad}"
-            );
+        for bad in ["plainaddress", "@example.com", "a@", "a@b", "a b@c.com", "a@b..com", ".a@b.com", "a@-b.com"] {
+            assert_eq!(Email::parse(bad).unwrap_err().reason, "INVALID_EMAIL", "{bad}");
         }
         assert_eq!(Email::parse("  ").unwrap_err().reason, "MISSING_EMAIL");
         let long = format!("{}@example.com", "a".repeat(250));
@@ -229,23 +183,14 @@ mod tests {
     fn names_are_trimmed_and_bounded() {
         assert_eq!(CustomerName::parse("  Ada  ").unwrap().as_str(), "Ada");
         assert_eq!(CustomerName::parse("").unwrap_err().reason, "MISSING_NAME");
-        assert_eq!(
-            CustomerName::parse(&"x".repeat(257)).unwrap_err().reason,
-            "NAME_TOO_LONG"
-        );
+        assert_eq!(CustomerName::parse(&"x".repeat(257)).unwrap_err().reason, "NAME_TOO_LONG");
         assert!(CustomerName::parse(&"é".repeat(256)).is_ok());
     }
 
     #[test]
     fn customer_ids_must_be_positive() {
         assert!(CustomerId::parse(1).is_ok());
-        assert_eq!(
-            CustomerId::parse(0).unwrap_err().reason,
-            "INVALID_CUSTOMER_ID"
-        );
-        assert_eq!(
-            CustomerId::parse(-4).unwrap_err().reason,
-            "INVALID_CUSTOMER_ID"
-        );
+        assert_eq!(CustomerId::parse(0).unwrap_err().reason, "INVALID_CUSTOMER_ID");
+        assert_eq!(CustomerId::parse(-4).unwrap_err().reason, "INVALID_CUSTOMER_ID");
     }
 }

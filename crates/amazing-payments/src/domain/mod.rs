@@ -16,11 +16,7 @@ pub struct Invalid {
 
 impl Invalid {
     pub fn new(field: &'static str, reason: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            field,
-            reason,
-            message: message.into(),
-        }
+        Self { field, reason, message: message.into() }
     }
 }
 

@@ -42,9 +42,7 @@ impl TryFrom<proto::CreateCustomerRequest> for CreateCustomer {
         Ok(Self {
             name: CustomerName::parse(&r.name)?,
             email: Email::parse(&r.email)?,
-            charge_date: given(&r.stripe_charge_date)
-                .map(ChargeDate::parse)
-                .transpose()?,
+            charge_date: given(&r.stripe_charge_date).map(ChargeDate::parse).transpose()?,
         })
     }
 }
@@ -56,9 +54,7 @@ impl TryFrom<proto::UpdateCustomerRequest> for UpdateCustomer {
             id: CustomerId::parse(r.customer_id)?,
             name: given(&r.name).map(CustomerName::parse).transpose()?,
             email: given(&r.email).map(Email::parse).transpose()?,
-            charge_date: given(&r.stripe_charge_date)
-                .map(ChargeDate::parse)
-                .transpose()?,
+            charge_date: given(&r.stripe_charge_date).map(ChargeDate::parse).transpose()?,
             stripe_customer_key: given(&r.stripe_customer_key).map(str::to_string),
         })
     }

@@ -15,17 +15,14 @@ pub fn routes(app: &App) -> anyhow::Result<Routes> {
     tokio::spawn(watch_health(app.clone(), reporter));
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let reflection_alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
-    let api = proto::payment_service_server::PaymentServiceServer::new(service::PaymentApi::new(
-        app.clone(),
-    ));
-    Ok(Routes::new(api)
-        .add_service(health)
-        .add_service(reflection)
-        .add_service(reflection_alpha))
+    let api = proto::payment_service_server::PaymentServiceServer::new(service::PaymentApi::new(app.clone()));
+    Ok(Routes::new(api).add_service(health).add_service(reflection).add_service(reflection_alpha))
 }
 
 /// Reports SERVING while the database answers, NOT_SERVING while it does not.

@@ -22,10 +22,7 @@ impl PaymentApi {
 
     /// The caller, from the `authorization` metadata.
     async fn principal<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
-        let value = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok());
+        let value = request.metadata().get("authorization").and_then(|v| v.to_str().ok());
         Ok(self.app.authenticate(value).await?)
     }
 }
@@ -41,10 +38,7 @@ impl PaymentService for PaymentApi {
         request: Request<proto::CreateCustomerRequest>,
     ) -> Result<Response<proto::Customer>, Status> {
         self.principal(&request).await?;
-        let customer = self
-            .app
-            .create_customer(parse(request.into_inner())?)
-            .await?;
+        let customer = self.app.create_customer(parse(request.into_inner())?).await?;
         Ok(Response::new(customer.into()))
     }
 
@@ -62,9 +56,7 @@ impl PaymentService for PaymentApi {
         _request: Request<proto::HealthCheckRequest>,
     ) -> Result<Response<proto::HealthCheckResponse>, Status> {
         self.app.health().await?;
-        Ok(Response::new(proto::HealthCheckResponse {
-            is_healthy: true,
-        }))
+        Ok(Response::new(proto::HealthCheckResponse { is_healthy: true }))
     }
 
     async fn update_customer(
@@ -72,10 +64,7 @@ impl PaymentService for PaymentApi {
         request: Request<proto::UpdateCustomerRequest>,
     ) -> Result<Response<proto::Customer>, Status> {
         self.principal(&request).await?;
-        let customer = self
-            .app
-            .update_customer(parse(request.into_inner())?)
-            .await?;
+        let customer = self.app.update_customer(parse(request.into_inner())?).await?;
         Ok(Response::new(customer.into()))
     }
 
@@ -84,10 +73,7 @@ impl PaymentService for PaymentApi {
         request: Request<proto::ListCustomersRequest>,
     ) -> Result<Response<proto::ListCustomersResponse>, Status> {
         self.principal(&request).await?;
-        let (rows, next) = self
-            .app
-            .list_customers(parse(request.into_inner())?)
-            .await?;
+        let (rows, next) = self.app.list_customers(parse(request.into_inner())?).await?;
         Ok(Response::new(proto::ListCustomersResponse {
             customers: rows.into_iter().map(Into::into).collect(),
             next_page_token: next.unwrap_or_default(),

@@ -21,10 +21,7 @@ pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
         .route("/openapi.json", get(openapi))
         .route("/docs", get(|| async { Redirect::permanent("/docs/") }))
         .route("/docs/", get(|| swagger(String::new())))
-        .route(
-            "/docs/{*file}",
-            get(|Path(file): Path<String>| swagger(file)),
-        )
+        .route("/docs/{*file}", get(|Path(file): Path<String>| swagger(file)))
 }
 
 async fn openapi() -> Response {
@@ -33,31 +30,18 @@ async fn openapi() -> Response {
 
 fn config() -> Arc<utoipa_swagger_ui::Config<'static>> {
     static CONFIG: OnceLock<Arc<utoipa_swagger_ui::Config<'static>>> = OnceLock::new();
-    CONFIG
-        .get_or_init(|| Arc::new(utoipa_swagger_ui::Config::from("/openapi.json")))
-        .clone()
+    CONFIG.get_or_init(|| Arc::new(utoipa_swagger_ui::Config::from("/openapi.json"))).clone()
 }
 
 async fn swagger(file: String) -> Response {
     match utoipa_swagger_ui::serve(&file, config()) {
-        Ok(Some(f)) => (
-            [(header::CONTENT_TYPE, f.content_type)],
-            f.bytes.into_owned(),
-        )
-            .into_response(),
-        Ok(None) => RestError::new(
-            StatusCode::NOT_FOUND,
-            Code::NotFound,
-            "ROUTE_NOT_FOUND",
-            format!("no file /docs/{file}"),
-        )
-        .into_response(),
-        Err(e) => RestError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            Code::Internal,
-            "INTERNAL",
-            e.to_string(),
-        )
-        .into_response(),
+        Ok(Some(f)) => ([(header::CONTENT_TYPE, f.content_type)], f.bytes.into_owned()).into_response(),
+        Ok(None) => {
+            RestError::new(StatusCode::NOT_FOUND, Code::NotFound, "ROUTE_NOT_FOUND", format!("no file /docs/{file}"))
+                .into_response()
+        }
+        Err(e) => {
+            RestError::new(StatusCode::INTERNAL_SERVER_ERROR, Code::Internal, "INTERNAL", e.to_string()).into_response()
+        }
     }
 }

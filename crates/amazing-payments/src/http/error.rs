@@ -16,9 +16,7 @@ use tonic::Code;
 pub fn http_status(code: Code) -> StatusCode {
     match code {
         Code::Ok => StatusCode::OK,
-        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => {
-            StatusCode::BAD_REQUEST
-        }
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => StatusCode::BAD_REQUEST,
         Code::NotFound => StatusCode::NOT_FOUND,
         Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
         Code::PermissionDenied => StatusCode::FORBIDDEN,
@@ -68,29 +66,20 @@ pub struct RestError {
 impl RestError {
     /// An error the gateway itself finds (bad JSON, unknown route...).
     pub fn new(http: StatusCode, code: Code, reason: &str, message: impl Into<String>) -> Self {
-        Self {
-            http,
-            code,
-            message: message.into(),
-            reason: reason.to_string(),
-            details: Map::new(),
-        }
+        Self { http, code, message: message.into(), reason: reason.to_string(), details: Map::new() }
     }
 }
 
 impl From<tonic::Status> for RestError {
     fn from(status: tonic::Status) -> Self {
-        let (reason, meta) = reason_of(&status)
-            .unwrap_or_else(|| (code_name(status.code()).to_string(), Default::default()));
+        let (reason, meta) =
+            reason_of(&status).unwrap_or_else(|| (code_name(status.code()).to_string(), Default::default()));
         Self {
             http: http_status(status.code()),
             code: status.code(),
             message: status.message().to_string(),
             reason,
-            details: meta
-                .into_iter()
-                .map(|(k, v)| (k, Value::String(v)))
-                .collect(),
+            details: meta.into_iter().map(|(k, v)| (k, Value::String(v))).collect(),
         }
     }
 }
@@ -114,9 +103,7 @@ impl IntoResponse for RestError {
         }
         let mut response = (self.http, Json(body)).into_response();
         if self.http == StatusCode::UNAUTHORIZED {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }

@@ -61,12 +61,10 @@ include!(concat!(env!("OUT_DIR"), "/rest_routes.rs"));
 fn decode<T: DeserializeOwned>(input: Value) -> Result<T, tonic::Status> {
     serde_path_to_error::deserialize(input).map_err(|e| {
         let field = e.path().to_string();
-        let status: tonic::Status = crate::app::AppError::invalid(
-            "MALFORMED_REQUEST",
-            format!("field {field}: {}", e.inner()),
-        )
-        .detail("field", field)
-        .into();
+        let status: tonic::Status =
+            crate::app::AppError::invalid("MALFORMED_REQUEST", format!("field {field}: {}", e.inner()))
+                .detail("field", field)
+                .into();
         status
     })
 }
@@ -79,8 +77,8 @@ fn request_with<T>(message: T, metadata: MetadataMap) -> tonic::Request<T> {
 
 fn encode<T: Serialize>(response: tonic::Response<T>) -> Result<Reply, tonic::Status> {
     let (metadata, message, _) = response.into_parts();
-    let body = serde_json::to_value(&message)
-        .map_err(|e| tonic::Status::internal(format!("encoding the reply: {e}")))?;
+    let body =
+        serde_json::to_value(&message).map_err(|e| tonic::Status::internal(format!("encoding the reply: {e}")))?;
     Ok(Reply { body, metadata })
 }
 
@@ -111,9 +109,7 @@ pub fn router(api: PaymentApi) -> Router {
     }
     by_path
         .into_iter()
-        .fold(Router::new(), |r, (path, methods)| {
-            r.route(path, methods.fallback(method_not_allowed))
-        })
+        .fold(Router::new(), |r, (path, methods)| r.route(path, methods.fallback(method_not_allowed)))
         .with_state(api)
 }
 
@@ -127,12 +123,7 @@ async fn method_not_allowed(method: Method, uri: Uri) -> RestError {
 }
 
 fn bad_request(reason: &str, message: impl Into<String>) -> RestError {
-    RestError::new(
-        StatusCode::BAD_REQUEST,
-        Code::InvalidArgument,
-        reason,
-        message,
-    )
+    RestError::new(StatusCode::BAD_REQUEST, Code::InvalidArgument, reason, message)
 }
 
 async fn handle(
@@ -156,27 +147,14 @@ async fn handle(
         match serde_json::from_slice::<Value>(&body) {
             Ok(Value::Object(map)) => input = map,
             Ok(_) => {
-                return Err(bad_request(
-                    "MALFORMED_JSON",
-                    "the request body must be a JSON object",
-                ));
+                return Err(bad_request("MALFORMED_JSON", "the request body must be a JSON object"));
             }
             Err(e) => {
-                return Err(bad_request(
-                    "MALFORMED_JSON",
-                    format!("the request body is not valid JSON: {e}"),
-                ));
+                return Err(bad_request("MALFORMED_JSON", format!("the request body is not valid JSON: {e}")));
             }
         }
-    } else if *method != Method::GET
-        && *method != Method::DELETE
-        && route.body.is_empty()
-        && !body.is_empty()
-    {
-        return Err(bad_request(
-            "UNEXPECTED_BODY",
-            format!("{} {} takes no body", route.method, route.path),
-        ));
+    } else if *method != Method::GET && *method != Method::DELETE && route.body.is_empty() && !body.is_empty() {
+        return Err(bad_request("UNEXPECTED_BODY", format!("{} {} takes no body", route.method, route.path)));
     }
     query_into(route, uri.query().unwrap_or(""), &mut input)?;
     for (name, value) in path_params(route.path, uri.path()) {
@@ -185,9 +163,7 @@ async fn handle(
     let reply = dispatch(api, route.rpc, Value::Object(input), metadata_of(headers)).await?;
     let mut response = (StatusCode::OK, Json(reply.body)).into_response();
     for (key, value) in reply.metadata.into_headers() {
-        if let Some(key) =
-            key.filter(|k| !k.as_str().starts_with("grpc-") && k.as_str() != "content-type")
-        {
+        if let Some(key) = key.filter(|k| !k.as_str().starts_with("grpc-") && k.as_str() != "content-type") {
             response.headers_mut().insert(key, value);
         }
     }
@@ -218,11 +194,7 @@ fn percent_decode(s: &str) -> String {
 /// ignored, as grpc-gateway did.
 fn query_into(route: &Route, query: &str, input: &mut Map<String, Value>) -> Result<(), RestError> {
     for (key, value) in form_urlencoded::parse(query.as_bytes()) {
-        let Some(field) = route
-            .query
-            .iter()
-            .find(|f| f.name == key || f.json_name == key)
-        else {
+        let Some(field) = route.query.iter().find(|f| f.name == key || f.json_name == key) else {
             continue;
         };
         let json = match field.kind {
@@ -239,10 +211,7 @@ fn query_into(route: &Route, query: &str, input: &mut Map<String, Value>) -> Res
             FieldKind::Number | FieldKind::String => Value::String(value.into_owned()),
         };
         if field.repeated {
-            match input
-                .entry(field.name)
-                .or_insert_with(|| Value::Array(Vec::new()))
-            {
+            match input.entry(field.name).or_insert_with(|| Value::Array(Vec::new())) {
                 Value::Array(list) => list.push(json),
                 _ => unreachable!("repeated fields are arrays"),
             }
@@ -275,10 +244,7 @@ mod tests {
 
     #[test]
     fn path_parameters_are_read_from_their_segments() {
-        assert_eq!(
-            path_params("/v1/customer/{customerID}", "/v1/customer/42"),
-            vec![("customerID", "42".to_string())]
-        );
+        assert_eq!(path_params("/v1/customer/{customerID}", "/v1/customer/42"), vec![("customerID", "42".to_string())]);
         assert_eq!(
             path_params("/v1/customer/{customerID}", "/v1/customer/a%20b"),
             vec![("customerID", "a b".to_string())]
@@ -288,10 +254,7 @@ mod tests {
     #[test]
     fn every_rpc_has_a_rest_binding() {
         for rpc in RPCS {
-            assert!(
-                ROUTES.iter().any(|r| r.rpc == *rpc),
-                "{rpc} has no google.api.http annotation"
-            );
+            assert!(ROUTES.iter().any(|r| r.rpc == *rpc), "{rpc} has no google.api.http annotation");
         }
     }
 }

@@ -18,14 +18,9 @@ const HEADER: &str = "x-request-id";
 fn request_id(req: &Request) -> HeaderValue {
     req.headers()
         .get(HEADER)
-        .filter(|v| {
-            !v.is_empty() && v.len() <= 128 && v.as_bytes().iter().all(|b| b.is_ascii_graphic())
-        })
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.as_bytes().iter().all(|b| b.is_ascii_graphic()))
         .cloned()
-        .unwrap_or_else(|| {
-            HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
-                .expect("a uuid is a header value")
-        })
+        .unwrap_or_else(|| HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()).expect("a uuid is a header value"))
 }
 
 /// The middleware; `transport` is `rest` or `grpc`.
@@ -38,21 +33,13 @@ pub async fn observe(transport: &'static str, mut req: Request, next: Next) -> R
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| req.uri().path().to_string());
-    let span = tracing::info_span!(
-        "request",
-        request_id = id.to_str().unwrap_or("-"),
-        transport
-    );
+    let span = tracing::info_span!("request", request_id = id.to_str().unwrap_or("-"), transport);
     let start = Instant::now();
     let mut response = next.run(req).instrument(span.clone()).await;
     response.headers_mut().insert(HEADER, id);
     let latency_ms = start.elapsed().as_secs_f64() * 1000.0;
     let status = response.status().as_u16();
-    let grpc_status = response
-        .headers()
-        .get("grpc-status")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+    let grpc_status = response.headers().get("grpc-status").and_then(|v| v.to_str().ok()).unwrap_or("");
     span.in_scope(|| {
         tracing::info!(method, route, status, grpc_status, latency_ms, "request");
     });

@@ -13,12 +13,7 @@ pub struct ApiKeyRow {
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
-pub async fn insert(
-    db: &PgPool,
-    name: &str,
-    prefix: &str,
-    hash: &[u8],
-) -> Result<ApiKeyRow, sqlx::Error> {
+pub async fn insert(db: &PgPool, name: &str, prefix: &str, hash: &[u8]) -> Result<ApiKeyRow, sqlx::Error> {
     sqlx::query_as(
         "INSERT INTO auth.api_key (name, prefix, hash) VALUES ($1, $2, $3)
          RETURNING id, name, prefix, hash, created_at, revoked_at",
@@ -31,20 +26,16 @@ pub async fn insert(
 }
 
 pub async fn by_prefix(db: &PgPool, prefix: &str) -> Result<Option<ApiKeyRow>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT id, name, prefix, hash, created_at, revoked_at FROM auth.api_key WHERE prefix = $1",
-    )
-    .bind(prefix)
-    .fetch_optional(db)
-    .await
+    sqlx::query_as("SELECT id, name, prefix, hash, created_at, revoked_at FROM auth.api_key WHERE prefix = $1")
+        .bind(prefix)
+        .fetch_optional(db)
+        .await
 }
 
 pub async fn list(db: &PgPool) -> Result<Vec<ApiKeyRow>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT id, name, prefix, hash, created_at, revoked_at FROM auth.api_key ORDER BY id",
-    )
-    .fetch_all(db)
-    .await
+    sqlx::query_as("SELECT id, name, prefix, hash, created_at, revoked_at FROM auth.api_key ORDER BY id")
+        .fetch_all(db)
+        .await
 }
 
 /// Marks the key with this prefix or id revoked; returns whether one was.

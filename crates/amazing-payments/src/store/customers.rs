@@ -16,16 +16,13 @@ pub struct CustomerRow {
     pub modified_at: DateTime<Utc>,
 }
 
-const COLUMNS: &str =
-    "id, name, email, stripe_customer_key, stripe_charge_date, created_at, modified_at";
+const COLUMNS: &str = "id, name, email, stripe_customer_key, stripe_charge_date, created_at, modified_at";
 
 /// Takes the next id from the table's sequence without writing a row, so the
 /// Stripe customer can carry our id before our row exists.
 pub async fn reserve_id(db: &PgPool) -> Result<CustomerId, sqlx::Error> {
     let id: i64 =
-        sqlx::query_scalar("SELECT nextval(pg_get_serial_sequence('customer.customer', 'id'))")
-            .fetch_one(db)
-            .await?;
+        sqlx::query_scalar("SELECT nextval(pg_get_serial_sequence('customer.customer', 'id'))").fetch_one(db).await?;
     Ok(CustomerId::parse(id).expect("sequences start at 1"))
 }
 
@@ -52,12 +49,10 @@ pub async fn insert(db: &PgPool, c: NewCustomer<'_>) -> Result<CustomerRow, sqlx
 }
 
 pub async fn get(db: &PgPool, id: CustomerId) -> Result<Option<CustomerRow>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM customer.customer WHERE id = $1"
-    ))
-    .bind(id.get())
-    .fetch_optional(db)
-    .await
+    sqlx::query_as(&format!("SELECT {COLUMNS} FROM customer.customer WHERE id = $1"))
+        .bind(id.get())
+        .fetch_optional(db)
+        .await
 }
 
 /// The changes of an update; `None` leaves a column as it is.
@@ -68,11 +63,7 @@ pub struct Changes<'a> {
     pub charge_date: Option<&'a ChargeDate>,
 }
 
-pub async fn update(
-    db: &PgPool,
-    id: CustomerId,
-    c: Changes<'_>,
-) -> Result<Option<CustomerRow>, sqlx::Error> {
+pub async fn update(db: &PgPool, id: CustomerId, c: Changes<'_>) -> Result<Option<CustomerRow>, sqlx::Error> {
     sqlx::query_as(&format!(
         "UPDATE customer.customer SET
             name = coalesce($2, name),
@@ -90,12 +81,7 @@ pub async fn update(
 
 /// Up to `limit` customers with an id above `after`, oldest first, optionally
 /// only those with `email` (compared without regard to case).
-pub async fn list(
-    db: &PgPool,
-    after: i64,
-    limit: i64,
-    email: Option<&Email>,
-) -> Result<Vec<CustomerRow>, sqlx::Error> {
+pub async fn list(db: &PgPool, after: i64, limit: i64, email: Option<&Email>) -> Result<Vec<CustomerRow>, sqlx::Error> {
     sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM customer.customer
          WHERE id > $1 AND ($2::text IS NULL OR lower(email) = lower($2))

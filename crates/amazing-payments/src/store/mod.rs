@@ -34,12 +34,11 @@ pub async fn create_database_if_missing(db: &DbConfig) -> anyhow::Result<()> {
     let name = db.options.get_database().unwrap_or("postgres").to_string();
     let admin = db.options.clone().database("postgres");
     let mut conn = admin.connect().await.context("connecting to PostgreSQL")?;
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-            .bind(&name)
-            .fetch_one(&mut conn)
-            .await
-            .context("checking whether the database exists")?;
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(&name)
+        .fetch_one(&mut conn)
+        .await
+        .context("checking whether the database exists")?;
     if !exists {
         let quoted = format!("\"{}\"", name.replace('"', "\"\""));
         sqlx::query(&format!("CREATE DATABASE {quoted}"))

@@ -46,10 +46,7 @@ pub enum StripeError {
     Network { message: String, sent: bool },
     /// Stripe answered something we cannot read.
     #[error("unreadable stripe answer (request {request_id:?}): {message}")]
-    Decode {
-        message: String,
-        request_id: Option<String>,
-    },
+    Decode { message: String, request_id: Option<String> },
 }
 
 impl fmt::Display for ApiError {

@@ -25,11 +25,7 @@ impl Form {
     }
 
     /// Adds `parent[key]=value` for each entry, e.g. metadata.
-    pub fn map<'a>(
-        mut self,
-        parent: &str,
-        entries: impl IntoIterator<Item = (&'a str, &'a str)>,
-    ) -> Self {
+    pub fn map<'a>(mut self, parent: &str, entries: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
         for (k, v) in entries {
             self.0.push((format!("{parent}[{k}]"), v.to_string()));
         }
@@ -50,9 +46,7 @@ impl Form {
 
     /// The encoded body or query string.
     pub fn encode(&self) -> String {
-        form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(self.0.iter())
-            .finish()
+        form_urlencoded::Serializer::new(String::new()).extend_pairs(self.0.iter()).finish()
     }
 }
 
@@ -66,9 +60,6 @@ mod tests {
             .set("email", "a+b@example.com")
             .map("metadata", [("customerID", "42")])
             .list("expand", ["latest_charge"]);
-        assert_eq!(
-            f.encode(),
-            "email=a%2Bb%40example.com&metadata%5BcustomerID%5D=42&expand%5B%5D=latest_charge"
-        );
+        assert_eq!(f.encode(), "email=a%2Bb%40example.com&metadata%5BcustomerID%5D=42&expand%5B%5D=latest_charge");
     }
 }

@@ -103,8 +103,7 @@ impl Client {
         form: &Form,
         idempotency_key: &str,
     ) -> Result<Reply<types::Customer>, StripeError> {
-        self.post(&format!("/v1/customers/{id}"), form, idempotency_key)
-            .await
+        self.post(&format!("/v1/customers/{id}"), form, idempotency_key).await
     }
 
     /// `GET /v1/customers/{id}`.
@@ -112,11 +111,7 @@ impl Client {
         self.get(&format!("/v1/customers/{id}"), &Form::new()).await
     }
 
-    pub async fn get<T: DeserializeOwned>(
-        &self,
-        path: &str,
-        query: &Form,
-    ) -> Result<Reply<T>, StripeError> {
+    pub async fn get<T: DeserializeOwned>(&self, path: &str, query: &Form) -> Result<Reply<T>, StripeError> {
         self.request(Method::GET, path, query, None).await
     }
 
@@ -126,8 +121,7 @@ impl Client {
         form: &Form,
         idempotency_key: &str,
     ) -> Result<Reply<T>, StripeError> {
-        self.request(Method::POST, path, form, Some(idempotency_key))
-            .await
+        self.request(Method::POST, path, form, Some(idempotency_key)).await
     }
 
     async fn request<T: DeserializeOwned>(
@@ -139,15 +133,13 @@ impl Client {
     ) -> Result<Reply<T>, StripeError> {
         let mut attempt = 0;
         loop {
-            let (result, retry_hint) = self.attempt(&method, path, form, idempotency_key).await;
+            let (result, hints) = self.attempt(&method, path, form, idempotency_key).await;
             match result {
                 Err(e)
-                    if e.is_retryable()
-                        && retry_hint != Some(false)
-                        && attempt < self.settings.max_retries =>
+                    if e.is_retryable() && hints.should_retry != Some(false) && attempt < self.settings.max_retries =>
                 {
                     attempt += 1;
-                    let wait = self.backoff(attempt, &e);
+                    let wait = self.backoff(attempt, hints.retry_after);
                     tracing::warn!(path, attempt, wait_ms = wait.as_millis() as u64, error = %e, "retrying stripe request");
                     tokio::time::sleep(wait).await;
                 }
@@ -156,31 +148,23 @@ impl Client {
         }
     }
 
-    /// Full jitter: a random wait up to base * 2^(attempt-1), capped; at least
-    /// what `Retry-After` asked for.
-    fn backoff(&self, attempt: u32, e: &StripeError) -> Duration {
-        let cap = self
-            .settings
-            .base_backoff
-            .saturating_mul(1 << (attempt - 1).min(16))
-            .min(self.settings.max_backoff);
+    /// Jitter: a random wait between half and all of base * 2^(attempt-1),
+    /// capped at `max_backoff`; at least what `Retry-After` asked for, within
+    /// the same cap.
+    fn backoff(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+        let cap = self.settings.base_backoff.saturating_mul(1 << (attempt - 1).min(16)).min(self.settings.max_backoff);
         let jittered = cap.mul_f64(rand::rng().random_range(0.5..=1.0));
-        match e {
-            StripeError::Api(ApiError { status: 429, .. }) => {
-                jittered.max(self.settings.base_backoff)
-            }
-            _ => jittered,
-        }
+        jittered.max(retry_after.unwrap_or_default().min(self.settings.max_backoff))
     }
 
-    /// One attempt; also returns `Stripe-Should-Retry` when Stripe sent it.
+    /// One attempt, and what Stripe said about retrying it.
     async fn attempt<T: DeserializeOwned>(
         &self,
         method: &Method,
         path: &str,
         form: &Form,
         idempotency_key: Option<&str>,
-    ) -> (Result<Reply<T>, StripeError>, Option<bool>) {
+    ) -> (Result<Reply<T>, StripeError>, RetryHints) {
         let url = format!("{}{}", self.settings.api_base.trim_end_matches('/'), path);
         let mut req = self
             .http
@@ -189,16 +173,10 @@ impl Client {
             .header("Stripe-Version", &self.settings.api_version);
         if *method == Method::GET || *method == Method::DELETE {
             if !form.is_empty() {
-                req = req
-                    .query(&form_urlencoded::parse(form.encode().as_bytes()).collect::<Vec<_>>());
+                req = req.query(&form_urlencoded::parse(form.encode().as_bytes()).collect::<Vec<_>>());
             }
         } else {
-            req = req
-                .header(
-                    reqwest::header::CONTENT_TYPE,
-                    "application/x-www-form-urlencoded",
-                )
-                .body(form.encode());
+            req = req.header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded").body(form.encode());
         }
         if let Some(key) = idempotency_key {
             req = req.header("Idempotency-Key", key);
@@ -209,64 +187,49 @@ impl Client {
                 // A connect failure means the request never left; anything
                 // later (timeout, reset) may have reached Stripe.
                 let sent = !e.is_connect();
-                return (
-                    Err(StripeError::Network {
-                        message: without_url(&e),
-                        sent,
-                    }),
-                    None,
-                );
+                return (Err(StripeError::Network { message: without_url(&e), sent }), RetryHints::default());
             }
         };
         let status = resp.status();
-        let header = |name: &str| {
-            resp.headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        };
+        let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
         let request_id = header("request-id");
-        let should_retry = header("stripe-should-retry").map(|v| v == "true");
+        let hints = RetryHints {
+            should_retry: header("stripe-should-retry").map(|v| v == "true"),
+            retry_after: header("retry-after").and_then(|v| v.trim().parse::<u64>().ok()).map(Duration::from_secs),
+        };
         let bytes = match resp.bytes().await {
             Ok(b) => b,
             Err(e) => {
-                return (
-                    Err(StripeError::Network {
-                        message: without_url(&e),
-                        sent: true,
-                    }),
-                    should_retry,
-                );
+                return (Err(StripeError::Network { message: without_url(&e), sent: true }), hints);
             }
         };
         if status.is_success() {
             let parsed = serde_json::from_slice::<T>(&bytes)
-                .map(|object| Reply {
-                    object,
-                    request_id: request_id.clone(),
-                })
-                .map_err(|e| StripeError::Decode {
-                    message: e.to_string(),
-                    request_id,
-                });
-            return (parsed, should_retry);
+                .map(|object| Reply { object, request_id: request_id.clone() })
+                .map_err(|e| StripeError::Decode { message: e.to_string(), request_id });
+            return (parsed, hints);
         }
         let mut error = match serde_json::from_slice::<error::ErrorBody>(&bytes) {
             Ok(body) => body.error,
             Err(_) => ApiError {
-                kind: if status.is_server_error() {
-                    "api_error".into()
-                } else {
-                    "invalid_request_error".into()
-                },
+                kind: if status.is_server_error() { "api_error".into() } else { "invalid_request_error".into() },
                 message: Some(format!("HTTP {}", status.as_u16())),
                 ..ApiError::default()
             },
         };
         error.status = status.as_u16();
         error.request_id = request_id;
-        (Err(StripeError::Api(error)), should_retry)
+        (Err(StripeError::Api(error)), hints)
     }
+}
+
+/// What Stripe's headers said about retrying.
+#[derive(Debug, Default, Clone, Copy)]
+struct RetryHints {
+    /// `Stripe-Should-Retry`.
+    should_retry: Option<bool>,
+    /// `Retry-After`, in seconds.
+    retry_after: Option<Duration>,
 }
 
 /// What went wrong on the wire, without the URL, with the causes.

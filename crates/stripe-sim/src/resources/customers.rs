@@ -25,19 +25,13 @@ const FIELDS: &[&str] = &[
 fn check_email(email: &str) -> Result<(), ApiError> {
     let valid = email.len() <= 512
         && email.split_once('@').is_some_and(|(local, domain)| {
-            !local.is_empty()
-                && domain.contains('.')
-                && !domain.starts_with('.')
-                && !domain.ends_with('.')
+            !local.is_empty() && domain.contains('.') && !domain.starts_with('.') && !domain.ends_with('.')
         })
         && !email.contains(char::is_whitespace);
     if valid {
         Ok(())
     } else {
-        Err(
-            ApiError::invalid("email", format!("Invalid email address: {email}"))
-                .code("email_invalid"),
-        )
+        Err(ApiError::invalid("email", format!("Invalid email address: {email}")).code("email_invalid"))
     }
 }
 
@@ -52,10 +46,7 @@ fn apply(customer: &mut Value, p: &Value) -> Result<(), ApiError> {
     for (field, max) in [("name", 256), ("description", 350), ("phone", 20)] {
         if let Some(v) = params::text(p, field)? {
             if v.chars().count() > max {
-                return Err(ApiError::invalid(
-                    field,
-                    format!("{field} must be at most {max} characters"),
-                ));
+                return Err(ApiError::invalid(field, format!("{field} must be at most {max} characters")));
             }
         }
     }
@@ -84,17 +75,9 @@ pub fn create(sim: &Sim, p: &Value, _path: &[&str]) -> ApiResult {
     c["created"] = json!(ids::now());
     c["livemode"] = json!(false);
     c["invoice_prefix"] = json!(format!("{:08X}", rand::random::<u32>()));
-    for field in [
-        "address",
-        "currency",
-        "default_source",
-        "description",
-        "discount",
-        "email",
-        "name",
-        "phone",
-        "shipping",
-    ] {
+    for field in
+        ["address", "currency", "default_source", "description", "discount", "email", "name", "phone", "shipping"]
+    {
         c[field] = Value::Null;
     }
     c["metadata"] = json!({});
@@ -120,10 +103,7 @@ pub fn retrieve(sim: &Sim, p: &Value, path: &[&str]) -> ApiResult {
 
 pub fn update(sim: &Sim, p: &Value, path: &[&str]) -> ApiResult {
     let mut data = sim.data.lock();
-    let c = data
-        .customers
-        .get_mut(path[2])
-        .ok_or_else(|| ApiError::missing_object("customer", path[2], "id"))?;
+    let c = data.customers.get_mut(path[2]).ok_or_else(|| ApiError::missing_object("customer", path[2], "id"))?;
     let mut updated = c.clone();
     apply(&mut updated, p)?;
     *c = updated.clone();
@@ -139,32 +119,16 @@ fn deleted(id: &str) -> Value {
 pub fn delete(sim: &Sim, p: &Value, path: &[&str]) -> ApiResult {
     params::only(p, &[])?;
     let mut data = sim.data.lock();
-    data.customers
-        .remove(path[2])
-        .ok_or_else(|| ApiError::missing_object("customer", path[2], "id"))?;
+    data.customers.remove(path[2]).ok_or_else(|| ApiError::missing_object("customer", path[2], "id"))?;
     data.deleted_customers.insert(path[2].to_string());
     Ok(deleted(path[2]))
 }
 
 pub fn list(sim: &Sim, p: &Value, _path: &[&str]) -> ApiResult {
-    params::only(
-        p,
-        &[
-            "limit",
-            "starting_after",
-            "ending_before",
-            "email",
-            "created",
-            "test_clock",
-        ],
-    )?;
+    params::only(p, &["limit", "starting_after", "ending_before", "email", "created", "test_clock"])?;
     let page = Page::from_params(p)?;
     let email = params::text(p, "email")?.map(str::to_string);
     let data = sim.data.lock();
     data.customers
-        .list("/v1/customers", &page, "customer", |c| {
-            email
-                .as_deref()
-                .is_none_or(|e| c["email"].as_str() == Some(e))
-        })
+        .list("/v1/customers", &page, "customer", |c| email.as_deref().is_none_or(|e| c["email"].as_str() == Some(e)))
 }

@@ -20,10 +20,7 @@ pub fn text<'a>(params: &'a Value, name: &str) -> Result<Option<&'a str>, ApiErr
     match params.get(name) {
         None => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(ApiError::invalid(
-            name,
-            format!("Invalid string: {name} must be a string"),
-        )),
+        Some(_) => Err(ApiError::invalid(name, format!("Invalid string: {name} must be a string"))),
     }
 }
 
@@ -35,10 +32,7 @@ pub fn metadata(params: &Value) -> Result<Option<Map<String, Value>>, ApiError> 
         Some(Value::String(s)) if s.is_empty() => Ok(Some(Map::new())),
         Some(Value::Object(map)) => {
             if map.len() > 50 {
-                return Err(ApiError::invalid(
-                    "metadata",
-                    "You can specify up to 50 keys in metadata.",
-                ));
+                return Err(ApiError::invalid("metadata", "You can specify up to 50 keys in metadata."));
             }
             for (k, v) in map {
                 if k.chars().count() > 40 {

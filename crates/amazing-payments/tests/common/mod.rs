@@ -1,0 +1,214 @@
+//! Test harness: a fresh PostgreSQL database per test (from `DATABASE_URL`,
+//! a role that may create databases), the Stripe simulator in process, and
+//! the service on `127.0.0.1:0` for both transports.
+#![allow(dead_code)]
+
+pub mod proxy;
+
+use amazing_payments::{
+    app::{App, AuthSettings, apikeys},
+    config::DbConfig,
+    proto::payment_service_client::PaymentServiceClient,
+    secret::Secret,
+    server, store, stripe,
+};
+use reqwest::StatusCode;
+use serde_json::Value;
+use sqlx::{ConnectOptions, Connection, PgPool, postgres::PgConnectOptions};
+use std::{str::FromStr, time::Duration};
+use tokio::{net::TcpListener, sync::oneshot};
+use tonic::transport::Channel;
+
+pub const STRIPE_KEY: &str = "sk_test_amazing_payments_tests";
+pub const PEPPER: &str = "a-pepper-for-the-tests-only";
+
+/// The admin URL tests create their databases with.
+pub fn admin_url() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A new, empty database, named `ap_test_<random>` (`scripts/test.sh` drops
+/// old ones): its URL and connect options.
+pub async fn fresh_database() -> (String, PgConnectOptions) {
+    let admin = PgConnectOptions::from_str(&admin_url()).expect("DATABASE_URL is a PostgreSQL URL");
+    let name = format!("ap_test_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = admin.connect().await.expect("PostgreSQL is reachable at DATABASE_URL");
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
+    conn.close().await.unwrap();
+    let mut url = reqwest::Url::parse(&admin_url()).unwrap();
+    url.set_path(&name);
+    (url.to_string(), admin.database(&name))
+}
+
+/// A new database with our migrations applied.
+pub async fn migrated_database() -> (PgConnectOptions, PgPool) {
+    let (_, options) = fresh_database().await;
+    let pool = store::pool(&DbConfig { options: options.clone(), max_connections: 5 });
+    store::migrate(&pool).await.unwrap();
+    (options, pool)
+}
+
+/// Stripe settings for the simulator at `base`, with quick retries.
+pub fn stripe_settings(base: &str) -> stripe::Settings {
+    let mut s = stripe::Settings::new(base, Secret::new(STRIPE_KEY));
+    s.timeout = Duration::from_secs(5);
+    s.base_backoff = Duration::from_millis(10);
+    s.max_backoff = Duration::from_millis(50);
+    s
+}
+
+/// How to start the service under test.
+pub struct Options {
+    pub auth_required: bool,
+    /// Connect to the database through this (e.g. a proxy) instead.
+    pub db: Option<PgConnectOptions>,
+    /// Use this Stripe base instead of the simulator's.
+    pub stripe_base: Option<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { auth_required: true, db: None, stripe_base: None }
+    }
+}
+
+/// A running service with its own database and simulator.
+pub struct TestApp {
+    pub rest: String,
+    pub grpc_addr: String,
+    pub key: String,
+    pub db: PgPool,
+    pub db_options: PgConnectOptions,
+    pub sim: stripe_sim::Simulator,
+    pub http: reqwest::Client,
+    pub app: App,
+    stop: Option<oneshot::Sender<()>>,
+    served: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::spawn_with(Options::default()).await
+    }
+
+    pub async fn spawn_with(options: Options) -> Self {
+        let sim = stripe_sim::Simulator::start(stripe_sim::Config::default()).await.unwrap();
+        let (db_options, db) = migrated_database().await;
+        let service_db = match &options.db {
+            Some(o) => store::pool(&DbConfig { options: o.clone(), max_connections: 5 }),
+            None => db.clone(),
+        };
+        let stripe_base = options.stripe_base.clone().unwrap_or_else(|| sim.url());
+        let auth = AuthSettings { required: options.auth_required, pepper: Secret::new(PEPPER) };
+        let app = App {
+            db: service_db,
+            stripe: stripe::Client::new(stripe_settings(&stripe_base)).unwrap(),
+            auth: auth.clone(),
+        };
+        let key = apikeys::create(&db, &auth, "tests").await.unwrap().key.expose().to_string();
+        let rest = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let rest_url = format!("http://{}", rest.local_addr().unwrap());
+        let grpc_addr = format!("http://{}", grpc.local_addr().unwrap());
+        let (tx, rx) = oneshot::channel::<()>();
+        let served = tokio::spawn(server::run(app.clone(), rest, grpc, async {
+            let _ = rx.await;
+        }));
+        Self {
+            rest: rest_url,
+            grpc_addr,
+            key,
+            db,
+            db_options,
+            sim,
+            http: reqwest::Client::new(),
+            app,
+            stop: Some(tx),
+            served: Some(served),
+        }
+    }
+
+    /// A gRPC client of the service.
+    pub async fn grpc(&self) -> PaymentServiceClient<Channel> {
+        PaymentServiceClient::connect(self.grpc_addr.clone()).await.unwrap()
+    }
+
+    /// `message` with this app's API key in the metadata.
+    pub fn authed<T>(&self, message: T) -> tonic::Request<T> {
+        with_key(message, &self.key)
+    }
+
+    pub async fn rest_call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+        key: Option<&str>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.rest));
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.rest_call(reqwest::Method::POST, path, Some(body), Some(&self.key.clone())).await
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.rest_call(reqwest::Method::GET, path, None, Some(&self.key.clone())).await
+    }
+
+    /// Rows in `table`.
+    pub async fn count(&self, table: &str) -> i64 {
+        sqlx::query_scalar(&format!("SELECT count(*) FROM {table}")).fetch_one(&self.db).await.unwrap()
+    }
+
+    /// Customers the simulator holds.
+    pub fn stripe_customers(&self) -> Vec<Value> {
+        self.sim.state().data.lock().customers.values().cloned().collect()
+    }
+
+    /// Makes the simulator answer `status` to `method path` (all of them).
+    pub fn stripe_fails(&self, method: &str, path: &str, status: u16) {
+        self.sim.state().faults.add(
+            serde_json::from_value(serde_json::json!({"method": method, "path": path, "status": status})).unwrap(),
+        );
+    }
+
+    /// Stops the service gracefully and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.served.take() {
+            h.await.unwrap().unwrap();
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+pub fn with_key<T>(message: T, key: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    r.metadata_mut().insert("authorization", format!("Bearer {key}").parse().unwrap());
+    r
+}
+
+/// The `ErrorInfo` reason of a gRPC status.
+pub fn reason(status: &tonic::Status) -> String {
+    amazing_payments::app::error::reason_of(status).map(|(r, _)| r).unwrap_or_default()
+}

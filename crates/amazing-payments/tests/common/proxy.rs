@@ -1,0 +1,76 @@
+//! A TCP proxy in front of PostgreSQL that a test can cut and restore: from
+//! the service's side, exactly a database that stops and comes back.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::watch,
+    task::JoinHandle,
+};
+
+pub struct Proxy {
+    pub addr: SocketAddr,
+    upstream: SocketAddr,
+    up: Arc<AtomicBool>,
+    cut: watch::Sender<u64>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Proxy {
+    pub async fn start(upstream: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (cut, _) = watch::channel(0);
+        let mut p = Self { addr, upstream, up: Arc::new(AtomicBool::new(true)), cut, task: None };
+        p.task = Some(p.serve(listener));
+        p
+    }
+
+    fn serve(&self, listener: TcpListener) -> JoinHandle<()> {
+        let upstream = self.upstream;
+        let up = self.up.clone();
+        let cut = self.cut.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else { return };
+                if !up.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let mut cut_rx = cut.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut server) = TcpStream::connect(upstream).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut_rx.changed() => {}
+                    }
+                });
+            }
+        })
+    }
+
+    /// The database "stops": open connections are cut, new ones refused.
+    pub fn stop(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        self.cut.send_modify(|n| *n += 1);
+    }
+
+    /// The database "is back".
+    pub fn start_again(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}

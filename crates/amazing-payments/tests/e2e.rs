@@ -1,0 +1,355 @@
+//! End to end: the built binaries (`amazing-payments`, `stripe-sim`) as a
+//! user runs them, over both transports.
+
+mod common;
+
+use amazing_payments::proto::{GetCustomerRequest, ListCustomersRequest, payment_service_client::PaymentServiceClient};
+use common::with_key;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+const STRIPE_KEY: &str = "sk_test_e2e_secret_key_value";
+const PEPPER: &str = "an-e2e-pepper-of-some-length";
+
+fn service_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_amazing-payments"))
+}
+
+/// `stripe-sim` is built beside the service (same target directory).
+fn sim_bin() -> PathBuf {
+    let p = service_bin().with_file_name("stripe-sim");
+    assert!(p.exists(), "build the workspace first: {} is missing", p.display());
+    p
+}
+
+/// GET `url` with a bearer key; the JSON answer.
+async fn get_json(url: &str, key: &str) -> Value {
+    reqwest::Client::new().get(url).bearer_auth(key).send().await.unwrap().json().await.unwrap()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A child process, killed when dropped; its stderr goes to a file.
+struct Proc {
+    child: Child,
+    stderr: PathBuf,
+}
+
+impl Proc {
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    fn signal(&self, sig: &str) {
+        Command::new("kill").args([sig, &self.child.id().to_string()]).status().unwrap();
+    }
+
+    /// Waits for the process to exit; its success.
+    async fn wait(&mut self, within: Duration) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < within {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.success();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("process still running after {within:?}");
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn log_file(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("ap-e2e-{name}-{}.log", uuid::Uuid::new_v4().simple()))
+}
+
+fn spawn(bin: &Path, args: &[&str], env: &[(&str, String)]) -> Proc {
+    let stderr = log_file(bin.file_name().unwrap().to_str().unwrap());
+    let child = Command::new(bin)
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    Proc { child, stderr }
+}
+
+async fn wait_until_up(url: &str) {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(30) {
+        if reqwest::get(url).await.is_ok_and(|r| r.status().is_success()) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{url} did not come up");
+}
+
+/// The simulator binary and the service binary on a fresh database.
+struct Stack {
+    sim_url: String,
+    rest: String,
+    grpc: String,
+    db_url: String,
+    service: Proc,
+    _sim: Proc,
+}
+
+impl Stack {
+    async fn start(extra: &[(&str, String)]) -> Self {
+        let (db_url, _) = common::fresh_database().await;
+        Self::start_on(db_url, extra).await
+    }
+
+    async fn start_on(db_url: String, extra: &[(&str, String)]) -> Self {
+        let sim_port = free_port();
+        let sim = spawn(&sim_bin(), &["--port", &sim_port.to_string()], &[]);
+        let sim_url = format!("http://127.0.0.1:{sim_port}");
+        wait_until_up(&format!("{sim_url}/_sim/health")).await;
+        let (json_port, rpc_port) = (free_port(), free_port());
+        let mut env = vec![
+            ("DATABASE_URL", db_url.clone()),
+            ("STRIPE_KEY", STRIPE_KEY.to_string()),
+            ("STRIPE_API_BASE", sim_url.clone()),
+            ("JSON_PORT", format!("127.0.0.1:{json_port}")),
+            ("RPC_PORT", format!("127.0.0.1:{rpc_port}")),
+            ("API_KEY_PEPPER", PEPPER.to_string()),
+        ];
+        env.extend(extra.iter().cloned());
+        let service = spawn(&service_bin(), &["serve"], &env);
+        let rest = format!("http://127.0.0.1:{json_port}");
+        wait_until_up(&format!("{rest}/v1/healthcheck")).await;
+        Self { sim_url, rest, grpc: format!("http://127.0.0.1:{rpc_port}"), db_url, service, _sim: sim }
+    }
+
+    /// Runs the CLI against this stack's database; (success, stdout, stderr).
+    fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(service_bin())
+            .args(args)
+            .env("DATABASE_URL", &self.db_url)
+            .env("API_KEY_PEPPER", PEPPER)
+            .output()
+            .unwrap();
+        (out.status.success(), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
+    }
+
+    fn new_key(&self) -> String {
+        let (ok, stdout, _) = self.cli(&["apikey", "create", "--name", "e2e"]);
+        assert!(ok);
+        let lines: Vec<&str> = stdout.lines().collect();
+        assert_eq!(lines.len(), 1, "the key alone on one line: {stdout}");
+        lines[0].to_string()
+    }
+}
+
+#[tokio::test]
+async fn the_built_binaries_serve_customers_over_both_transports_and_log_no_secrets() {
+    let mut stack = Stack::start(&[]).await;
+    let key = stack.new_key();
+    let http = reqwest::Client::new();
+    let resp = http
+        .post(format!("{}/v1/customer", stack.rest))
+        .bearer_auth(&key)
+        .header("x-request-id", "e2e-create-1")
+        .json(&json!({"name": "Ada Lovelace", "email": "ada.lovelace@example.com"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let created: Value = resp.json().await.unwrap();
+    let id: i64 = created["customerID"].as_str().unwrap().parse().unwrap();
+
+    let mut grpc = PaymentServiceClient::connect(stack.grpc.clone()).await.unwrap();
+    let fetched = grpc
+        .get_customer(with_key(GetCustomerRequest { customer_id: id, ..Default::default() }, &key))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(fetched.email, "ada.lovelace@example.com");
+    let listed = grpc.list_customers(with_key(ListCustomersRequest::default(), &key)).await.unwrap().into_inner();
+    assert_eq!(listed.customers.len(), 1);
+    let stripe = get_json(&format!("{}/v1/customers/{}", stack.sim_url, fetched.stripe_customer_key), STRIPE_KEY).await;
+    assert_eq!(stripe["email"], "ada.lovelace@example.com");
+
+    stack.service.signal("-TERM");
+    assert!(stack.service.wait(Duration::from_secs(10)).await, "a clean exit on SIGTERM");
+    let logs = stack.service.logs();
+    for secret in ["ada.lovelace@example.com", key.as_str(), &key[12..], STRIPE_KEY, PEPPER] {
+        assert!(!logs.contains(secret), "{secret} is in the logs");
+    }
+    let lines: Vec<Value> = logs.lines().map(|l| serde_json::from_str(l).expect("every log line is JSON")).collect();
+    let create_line = lines
+        .iter()
+        .find(|l| {
+            l["fields"]["message"] == "request"
+                && l["fields"]["route"] == "/v1/customer"
+                && l["fields"]["method"] == "POST"
+        })
+        .expect("one access-log line per request");
+    assert_eq!(create_line["span"]["request_id"], "e2e-create-1");
+    assert_eq!(create_line["fields"]["status"], 200);
+    assert!(create_line["fields"]["latency_ms"].as_f64().is_some());
+    assert!(
+        lines.iter().any(|l| l["fields"]["message"] == "customer created" && l["span"]["request_id"] == "e2e-create-1"),
+        "the use case's own lines carry the request id"
+    );
+}
+
+#[tokio::test]
+async fn a_database_made_by_the_old_service_is_adopted_with_its_customers_kept() {
+    let (db_url, options) = common::fresh_database().await;
+    let pool = sqlx::PgPool::connect_with(options).await.unwrap();
+    for statement in [
+        "CREATE TABLE _yoyo_migration (migration_hash varchar(64) PRIMARY KEY, migration_id varchar(255), applied_at_utc timestamp)",
+        "INSERT INTO _yoyo_migration VALUES ('3f1a', '0001.customer', now())",
+        "CREATE SCHEMA customer",
+        "CREATE FUNCTION customer.update_modified() RETURNS trigger AS $$ BEGIN NEW.modified_at = now(); RETURN NEW; END; $$ LANGUAGE plpgsql",
+        "CREATE TABLE customer.customer (id serial PRIMARY KEY, name text, email text NOT NULL, stripe_customer_key text, stripe_charge_date text, created_at timestamp DEFAULT now(), modified_at timestamp DEFAULT now())",
+        "CREATE TRIGGER customer_update BEFORE UPDATE ON customer.customer FOR EACH ROW EXECUTE PROCEDURE customer.update_modified()",
+        "INSERT INTO customer.customer (name, email, stripe_customer_key, stripe_charge_date) VALUES ('Old Ada', 'ada@old.example', 'cus_old1', '15'), (NULL, 'anon@old.example', 'cus_old2', NULL)",
+    ] {
+        sqlx::query(statement).execute(&pool).await.unwrap();
+    }
+    let out = Command::new(service_bin()).arg("migrate").env("DATABASE_URL", &db_url).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let stack = Stack::start_on(db_url, &[]).await;
+    let key = stack.new_key();
+    let http = reqwest::Client::new();
+    let old = get_json(&format!("{}/v1/customer/1", stack.rest), &key).await;
+    assert_eq!(old["name"], "Old Ada");
+    assert_eq!(old["email"], "ada@old.example");
+    assert_eq!(old["stripe_customer_key"], "cus_old1");
+    assert_eq!(old["stripe_charge_date"], "15");
+    let anon = get_json(&format!("{}/v1/customer/2", stack.rest), &key).await;
+    assert!(anon.get("name").is_none());
+    let new: Value = http
+        .post(format!("{}/v1/customer", stack.rest))
+        .bearer_auth(&key)
+        .json(&json!({"name": "New", "email": "new@example.com"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(new["customerID"], "3", "ids continue after the old rows");
+    let yoyo: i64 = sqlx::query_scalar("SELECT count(*) FROM _yoyo_migration").fetch_one(&pool).await.unwrap();
+    assert_eq!(yoyo, 1, "the old bookkeeping is left alone");
+    let before: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT modified_at FROM customer.customer WHERE id = 2").fetch_one(&pool).await.unwrap();
+    sqlx::query("UPDATE customer.customer SET stripe_charge_date = '1' WHERE id = 2").execute(&pool).await.unwrap();
+    let after: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT modified_at FROM customer.customer WHERE id = 2").fetch_one(&pool).await.unwrap();
+    assert!(after > before, "the old trigger still stamps modified_at");
+}
+
+#[tokio::test]
+async fn sigterm_lets_a_request_in_flight_finish_before_the_service_exits() {
+    let mut stack = Stack::start(&[]).await;
+    let key = stack.new_key();
+    let http = reqwest::Client::new();
+    let slow = json!([{"method": "POST", "path": "/v1/customers", "latency_ms": 1500}]);
+    http.post(format!("{}/_sim/faults", stack.sim_url)).json(&slow).send().await.unwrap();
+    let request = tokio::spawn({
+        let (http, url, key) = (http.clone(), format!("{}/v1/customer", stack.rest), key.clone());
+        async move {
+            http.post(url).bearer_auth(key).json(&json!({"name": "Slow", "email": "slow@example.com"})).send().await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    stack.service.signal("-TERM");
+    let resp = request.await.unwrap().expect("the request in flight is answered");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(stack.service.wait(Duration::from_secs(10)).await, "exit code 0 after draining");
+    assert!(http.get(format!("{}/v1/healthcheck", stack.rest)).send().await.is_err(), "no longer listening");
+}
+
+/// Runs `serve` with `env` and expects it to fail; its stderr.
+fn serve_fails(env: &[(&str, &str)]) -> String {
+    let out = Command::new(service_bin())
+        .arg("serve")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "serve must fail with {env:?}");
+    String::from_utf8(out.stderr).unwrap()
+}
+
+fn error_line(stderr: &str) -> &str {
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "exactly one error line: {stderr}");
+    errors[0]
+}
+
+#[tokio::test]
+async fn bad_configuration_stops_serve_with_one_line_naming_the_variable() {
+    let stderr = serve_fails(&[]);
+    assert!(error_line(&stderr).starts_with("error: STRIPE_KEY: is not set"), "{stderr}");
+    let stderr = serve_fails(&[("STRIPE_KEY", STRIPE_KEY), ("DB_PORT", "54x")]);
+    assert!(error_line(&stderr).starts_with("error: DB_PORT:"), "{stderr}");
+    let stderr = serve_fails(&[("STRIPE_KEY", STRIPE_KEY), ("JSON_PORT", "http")]);
+    assert!(error_line(&stderr).starts_with("error: JSON_PORT:"), "{stderr}");
+    let stderr = serve_fails(&[("STRIPE_KEY", "pk_test_publishable")]);
+    assert!(error_line(&stderr).starts_with("error: STRIPE_KEY: is not a Stripe secret key"), "{stderr}");
+
+    let (db_url, _) = common::fresh_database().await;
+    let port = free_port();
+    let _sim = spawn(&sim_bin(), &["--port", &port.to_string(), "--api-key", "sk_test_the_only_good_key"], &[]);
+    wait_until_up(&format!("http://127.0.0.1:{port}/_sim/health")).await;
+    let base = format!("http://127.0.0.1:{port}");
+    let stderr = serve_fails(&[("STRIPE_KEY", STRIPE_KEY), ("STRIPE_API_BASE", &base), ("DATABASE_URL", &db_url)]);
+    let line = error_line(&stderr);
+    assert!(line.starts_with("error: STRIPE_KEY: was rejected by Stripe (401"), "{stderr}");
+    assert!(!stderr.contains(STRIPE_KEY), "the key is not printed");
+}
+
+#[tokio::test]
+async fn api_keys_are_made_listed_and_revoked_with_the_cli() {
+    let stack = Stack::start(&[]).await;
+    let key = stack.new_key();
+    let prefix = &key[..11];
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/customer", stack.rest);
+    assert_eq!(http.get(&url).bearer_auth(&key).send().await.unwrap().status(), StatusCode::OK);
+
+    let (ok, listed, _) = stack.cli(&["apikey", "list"]);
+    assert!(ok);
+    let row = listed.lines().find(|l| l.contains(prefix)).expect("the key is listed by prefix");
+    assert!(row.contains("active") && row.contains("e2e"));
+    assert!(!listed.contains(&key[12..]), "list never shows the key itself");
+
+    let (ok, _, _) = stack.cli(&["apikey", "revoke", prefix]);
+    assert!(ok);
+    let (_, listed, _) = stack.cli(&["apikey", "list"]);
+    assert!(listed.lines().find(|l| l.contains(prefix)).unwrap().contains("revoked"));
+    assert_eq!(http.get(&url).bearer_auth(&key).send().await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    let (ok, _, stderr) = stack.cli(&["apikey", "revoke", prefix]);
+    assert!(!ok && stderr.contains("no active API key"));
+}
+
+#[tokio::test]
+async fn with_auth_disabled_a_warning_is_logged_at_start_and_calls_need_no_key() {
+    let stack = Stack::start(&[("AUTH_DISABLED", "true".into())]).await;
+    let resp = reqwest::get(format!("{}/v1/customer", stack.rest)).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let logs = stack.service.logs();
+    assert!(logs.lines().any(|l| l.contains("\"WARN\"") && l.contains("AUTH_DISABLED")), "{logs}");
+}

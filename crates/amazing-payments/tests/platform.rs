@@ -1,0 +1,258 @@
+//! What every route shares: API keys, health, error formats, request ids, the
+//! generated REST routes and OpenAPI document, gRPC health and reflection.
+
+mod common;
+
+use amazing_payments::{
+    http::gateway::{ROUTES, RPCS},
+    proto::{CreateCustomerRequest, GetCustomerRequest, HealthCheckRequest, ListCustomersRequest},
+    store,
+};
+use common::{Options, TestApp, proxy::Proxy, reason, with_key};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use std::time::Duration;
+use tonic::Code;
+
+#[tokio::test]
+async fn missing_wrong_and_revoked_api_keys_are_refused_over_both_transports() {
+    let app = TestApp::spawn().await;
+    let mut grpc = app.grpc().await;
+    let wrong = format!("{}x", &app.key[..app.key.len() - 1]);
+    for (key, expected) in [
+        (None, "MISSING_API_KEY"),
+        (Some("ap_nothing1_abc"), "INVALID_API_KEY"),
+        (Some(wrong.as_str()), "INVALID_API_KEY"),
+        (Some("garbage"), "INVALID_API_KEY"),
+    ] {
+        let (status, body) = app.rest_call(Method::GET, "/v1/customer", None, key).await;
+        assert_eq!((status, body["reason"].as_str()), (StatusCode::UNAUTHORIZED, Some(expected)), "{key:?}");
+        let req = match key {
+            Some(k) => with_key(ListCustomersRequest::default(), k),
+            None => tonic::Request::new(ListCustomersRequest::default()),
+        };
+        let err = grpc.list_customers(req).await.unwrap_err();
+        assert_eq!((err.code(), reason(&err)), (Code::Unauthenticated, expected.to_string()));
+    }
+    let (status, _) =
+        app.rest_call(Method::POST, "/v1/customer", Some(json!({"name": "A", "email": "a@example.com"})), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(app.count("customer.customer").await, 0, "an unauthenticated call writes nothing");
+
+    assert_eq!(app.get("/v1/customer").await.0, StatusCode::OK);
+    assert!(store::apikeys::revoke(&app.db, &app.key[..11]).await.unwrap());
+    let (status, body) = app.get("/v1/customer").await;
+    assert_eq!((status, body["reason"].as_str()), (StatusCode::UNAUTHORIZED, Some("API_KEY_REVOKED")));
+    let err = grpc.list_customers(app.authed(ListCustomersRequest::default())).await.unwrap_err();
+    assert_eq!((err.code(), reason(&err)), (Code::Unauthenticated, "API_KEY_REVOKED".to_string()));
+}
+
+#[tokio::test]
+async fn only_a_keyed_hash_and_the_prefix_of_a_key_are_stored() {
+    let app = TestApp::spawn().await;
+    let (prefix, hash): (String, Vec<u8>) =
+        sqlx::query_as("SELECT prefix, hash FROM auth.api_key").fetch_one(&app.db).await.unwrap();
+    assert!(app.key.starts_with(&prefix));
+    assert!(prefix.len() < 16);
+    assert_eq!(hash.len(), 32);
+    let dump: String =
+        sqlx::query_scalar("SELECT row_to_json(k)::text FROM auth.api_key k").fetch_one(&app.db).await.unwrap();
+    assert!(!dump.contains(&app.key[12..]), "the secret part of the key is nowhere in the row");
+}
+
+#[tokio::test]
+async fn health_needs_no_key_and_answers_is_healthy() {
+    let app = TestApp::spawn().await;
+    let (status, body) = app.rest_call(Method::GET, "/v1/healthcheck", None, None).await;
+    assert_eq!((status, body), (StatusCode::OK, json!({"isHealthy": true})));
+    let reply = app.grpc().await.health_check(HealthCheckRequest {}).await.unwrap().into_inner();
+    assert!(reply.is_healthy);
+}
+
+#[tokio::test]
+async fn health_is_unavailable_while_the_database_is_down_and_recovers_by_itself() {
+    let (_, options) = common::fresh_database().await;
+    let upstream = format!("{}:{}", options.get_host(), options.get_port());
+    let upstream = tokio::net::lookup_host(upstream).await.unwrap().next().unwrap();
+    let proxy = Proxy::start(upstream).await;
+    let through_proxy = options.clone().host("127.0.0.1").port(proxy.addr.port());
+    let app = TestApp::spawn_with(Options { db: Some(through_proxy), ..Default::default() }).await;
+    let mut grpc = app.grpc().await;
+    assert_eq!(app.rest_call(Method::GET, "/v1/healthcheck", None, None).await.0, StatusCode::OK);
+
+    proxy.stop();
+    let (status, body) = app.rest_call(Method::GET, "/v1/healthcheck", None, None).await;
+    assert_eq!(
+        (status, body["code"].as_i64(), body["reason"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some(14), Some("DATABASE_UNAVAILABLE"))
+    );
+    let err = grpc.health_check(HealthCheckRequest {}).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+
+    proxy.start_again();
+    let mut healthy = false;
+    for _ in 0..50 {
+        if app.rest_call(Method::GET, "/v1/healthcheck", None, None).await.0 == StatusCode::OK {
+            healthy = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(healthy, "health recovers without a restart");
+    assert!(grpc.health_check(HealthCheckRequest {}).await.unwrap().into_inner().is_healthy);
+}
+
+#[tokio::test]
+async fn every_annotated_rpc_is_reachable_over_rest() {
+    let app = TestApp::spawn().await;
+    for rpc in RPCS {
+        assert!(ROUTES.iter().any(|r| r.rpc == *rpc), "{rpc} has no REST route");
+    }
+    for route in ROUTES {
+        let path =
+            route.path.split('/').map(|s| if s.starts_with('{') { "1" } else { s }).collect::<Vec<_>>().join("/");
+        let method = Method::from_bytes(route.method.as_bytes()).unwrap();
+        let body = (route.body == "*").then(|| json!({}));
+        let (status, answer) = app.rest_call(method, &path, body, Some(&app.key.clone())).await;
+        let reason = answer["reason"].as_str().unwrap_or("");
+        assert!(
+            !["ROUTE_NOT_FOUND", "METHOD_NOT_ALLOWED", "UNIMPLEMENTED"].contains(&reason)
+                && status != StatusCode::NOT_IMPLEMENTED,
+            "{} {} ({}) is not served: {status} {answer}",
+            route.method,
+            route.path,
+            route.rpc
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_openapi_document_describes_every_route_as_the_json_really_is() {
+    let app = TestApp::spawn().await;
+    let (status, doc) = app.rest_call(Method::GET, "/openapi.json", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(doc["openapi"], "3.0.3");
+    for route in ROUTES {
+        let op = &doc["paths"][route.path][route.method.to_lowercase()];
+        assert!(op.is_object(), "{} {} is missing from /openapi.json", route.method, route.path);
+    }
+    let customer = &doc["components"]["schemas"]["Customer"]["properties"];
+    assert_eq!(customer["customerID"]["type"], "string", "int64 is a string in JSON");
+    assert_eq!(customer["customerID"]["format"], "int64");
+    assert!(customer["stripe_customer_key"].is_object(), "proto field names are the keys");
+    assert_eq!(doc["paths"]["/v1/healthcheck"]["get"]["security"], json!([]));
+    let params = doc["paths"]["/v1/customer"]["get"]["parameters"].as_array().unwrap();
+    let names: Vec<&str> = params.iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["page_size", "page_token", "email"]);
+
+    let resp = app.http.get(format!("{}/docs/", app.rest)).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.text().await.unwrap().contains("swagger"), "Swagger UI is served from the binary");
+    let init =
+        app.http.get(format!("{}/docs/swagger-initializer.js", app.rest)).send().await.unwrap().text().await.unwrap();
+    assert!(init.contains("/openapi.json"));
+}
+
+#[tokio::test]
+async fn malformed_json_unknown_routes_and_wrong_methods_answer_in_the_error_format() {
+    let app = TestApp::spawn().await;
+    let resp = app
+        .http
+        .post(format!("{}/v1/customer", app.rest))
+        .bearer_auth(&app.key)
+        .header("content-type", "application/json")
+        .body("{\"name\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!((body["code"].as_i64(), body["reason"].as_str()), (Some(3), Some("MALFORMED_JSON")));
+
+    let (status, body) = app.post("/v1/customer", json!(["not", "an", "object"])).await;
+    assert_eq!((status, body["reason"].as_str()), (StatusCode::BAD_REQUEST, Some("MALFORMED_JSON")));
+    let (status, body) = app.post("/v1/customer", json!({"name": 42, "email": "a@example.com"})).await;
+    assert_eq!(
+        (status, body["reason"].as_str(), body["details"]["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("MALFORMED_REQUEST"), Some("name"))
+    );
+
+    let (status, body) = app.get("/v1/nothing").await;
+    assert_eq!(
+        (status, body["code"].as_i64(), body["reason"].as_str()),
+        (StatusCode::NOT_FOUND, Some(5), Some("ROUTE_NOT_FOUND"))
+    );
+    let (status, body) = app.rest_call(Method::DELETE, "/v1/customer/1", None, Some(&app.key.clone())).await;
+    assert_eq!((status, body["reason"].as_str()), (StatusCode::METHOD_NOT_ALLOWED, Some("METHOD_NOT_ALLOWED")));
+    assert_eq!(app.count("customer.customer").await, 0);
+}
+
+#[tokio::test]
+async fn a_request_id_is_returned_kept_from_the_caller_or_made() {
+    let app = TestApp::spawn().await;
+    let resp = app
+        .http
+        .get(format!("{}/v1/healthcheck", app.rest))
+        .header("x-request-id", "trace-abc-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["x-request-id"], "trace-abc-123");
+    let resp = app.http.get(format!("{}/v1/healthcheck", app.rest)).send().await.unwrap();
+    let made = resp.headers()["x-request-id"].to_str().unwrap();
+    assert_eq!(made.len(), 36, "a uuid is made: {made}");
+
+    let mut req = tonic::Request::new(HealthCheckRequest {});
+    req.metadata_mut().insert("x-request-id", "grpc-trace-7".parse().unwrap());
+    let reply = app.grpc().await.health_check(req).await.unwrap();
+    assert_eq!(reply.metadata().get("x-request-id").unwrap(), "grpc-trace-7");
+}
+
+#[tokio::test]
+async fn grpc_health_and_reflection_are_served() {
+    use tonic_health::pb::{HealthCheckRequest as StdHealth, health_client::HealthClient};
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let app = TestApp::spawn().await;
+    let channel = tonic::transport::Channel::from_shared(app.grpc_addr.clone()).unwrap().connect().await.unwrap();
+
+    let mut health = HealthClient::new(channel.clone());
+    let mut serving = false;
+    for _ in 0..50 {
+        if let Ok(r) = health.check(StdHealth { service: "payment.PaymentService".into() }).await {
+            serving = r.into_inner().status == 1;
+            if serving {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(serving, "the standard health service reports SERVING");
+
+    let mut reflection = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = reflection.server_reflection_info(tokio_stream::iter([request])).await.unwrap().into_inner();
+    let answer = stream.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else { panic!("no service list") };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(names.contains(&"payment.PaymentService".to_string()), "{names:?}");
+    assert!(names.contains(&"grpc.health.v1.Health".to_string()), "{names:?}");
+}
+
+#[tokio::test]
+async fn with_checks_turned_off_old_clients_are_served_without_a_key() {
+    let app = TestApp::spawn_with(Options { auth_required: false, ..Default::default() }).await;
+    let (status, body) = app
+        .rest_call(Method::POST, "/v1/customer", Some(json!({"name": "Old", "email": "old@example.com"})), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let id: i64 = body["customerID"].as_str().unwrap().parse().unwrap();
+    let c = app.grpc().await.get_customer(GetCustomerRequest { customer_id: id, ..Default::default() }).await.unwrap();
+    assert_eq!(c.into_inner().name, "Old");
+    let _ = CreateCustomerRequest::default();
+}

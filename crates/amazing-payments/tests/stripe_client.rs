@@ -1,0 +1,107 @@
+//! The Stripe client against the simulator: what goes on the wire, retries
+//! with the same idempotency key, and typed errors.
+
+mod common;
+
+use amazing_payments::stripe::{Client, Form, StripeError};
+use serde_json::json;
+use std::time::Duration;
+use stripe_sim::{Config, Simulator};
+
+async fn sim() -> Simulator {
+    Simulator::start(Config::default()).await.unwrap()
+}
+
+fn client(sim: &Simulator) -> Client {
+    Client::new(common::stripe_settings(&sim.url())).unwrap()
+}
+
+fn fault(sim: &Simulator, rule: serde_json::Value) {
+    sim.state().faults.add(serde_json::from_value(rule).unwrap());
+}
+
+#[tokio::test]
+async fn a_post_is_form_encoded_with_brackets_a_pinned_version_and_an_idempotency_key() {
+    let sim = sim().await;
+    let form = Form::new().set("email", "ada@example.com").map("metadata", [("customerID", "7")]);
+    let reply = client(&sim).create_customer(&form, "customer-7-create").await.unwrap();
+    assert!(reply.request_id.unwrap().starts_with("req_"));
+    assert_eq!(reply.object.metadata["customerID"], "7");
+    let sent = sim.state().received();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].idempotency_key.as_deref(), Some("customer-7-create"));
+    assert_eq!(sent[0].stripe_version.as_deref(), Some(amazing_payments::stripe::DEFAULT_API_VERSION));
+    assert_eq!(sent[0].body, "email=ada%40example.com&metadata%5BcustomerID%5D=7");
+}
+
+#[tokio::test]
+async fn server_errors_rate_limits_and_conflicts_are_retried_with_the_same_key() {
+    let sim = sim().await;
+    fault(&sim, json!({"method": "POST", "path": "/v1/customers", "status": 503, "times": 1}));
+    fault(
+        &sim,
+        json!({"method": "POST", "path": "/v1/customers", "status": 429, "code": "rate_limit", "times": 1, "retry_after": 1}),
+    );
+    let reply = client(&sim).create_customer(&Form::new(), "key-a").await.unwrap();
+    let sent = sim.state().received();
+    let statuses: Vec<u16> = sent.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [503, 429, 200]);
+    assert!(sent.iter().all(|r| r.idempotency_key.as_deref() == Some("key-a")));
+    assert_eq!(sim.state().data.lock().customers.values().count(), 1);
+    assert!(reply.object.id.starts_with("cus_"));
+}
+
+#[tokio::test]
+async fn retries_stop_after_the_limit_and_the_last_error_is_typed() {
+    let sim = sim().await;
+    fault(&sim, json!({"path": "/v1/customers", "status": 500}));
+    let err = client(&sim).create_customer(&Form::new(), "key-b").await.unwrap_err();
+    let api = err.api().expect("an API error");
+    assert_eq!((api.status, api.kind.as_str()), (500, "api_error"));
+    assert_eq!(sim.state().received().len(), 3, "one try and two retries");
+}
+
+#[tokio::test]
+async fn a_refusal_is_not_retried_and_carries_stripes_fields() {
+    let sim = sim().await;
+    let err = client(&sim).retrieve_customer("cus_missing").await.unwrap_err();
+    let StripeError::Api(e) = err else { panic!("expected an API error") };
+    assert_eq!(e.status, 404);
+    assert_eq!(e.code.as_deref(), Some("resource_missing"));
+    assert_eq!(e.param.as_deref(), Some("id"));
+    assert_eq!(e.message.as_deref(), Some("No such customer: 'cus_missing'"));
+    assert!(e.request_id.unwrap().starts_with("req_"));
+    assert_eq!(sim.state().received().len(), 1);
+}
+
+#[tokio::test]
+async fn an_unreachable_stripe_is_a_network_error_that_never_left() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let c = Client::new(common::stripe_settings(&format!("http://{closed}"))).unwrap();
+    match c.retrieve_balance().await.unwrap_err() {
+        StripeError::Network { sent, .. } => assert!(!sent),
+        other => panic!("expected a network error, got {other}"),
+    }
+}
+
+#[tokio::test]
+async fn a_timeout_is_a_network_error_that_may_have_reached_stripe() {
+    let sim = sim().await;
+    fault(&sim, json!({"path": "/v1/balance", "latency_ms": 1500}));
+    let mut settings = common::stripe_settings(&sim.url());
+    settings.timeout = Duration::from_millis(200);
+    settings.max_retries = 1;
+    match Client::new(settings).unwrap().retrieve_balance().await.unwrap_err() {
+        StripeError::Network { sent, message } => assert!(sent, "{message}"),
+        other => panic!("expected a network error, got {other}"),
+    }
+}
+
+#[tokio::test]
+async fn a_rejected_key_is_a_401_invalid_request_error() {
+    let sim = Simulator::start(Config { api_keys: Some(vec!["sk_test_only_this_one".into()]), ..Config::default() })
+        .await
+        .unwrap();
+    let err = client(&sim).retrieve_balance().await.unwrap_err();
+    assert_eq!(err.api().map(|e| (e.status, e.kind.as_str())), Some((401, "invalid_request_error")));
+}
