@@ -41,6 +41,10 @@ pub struct Rule {
     /// `Retry-After` seconds sent with the answer.
     #[serde(default)]
     pub retry_after: Option<u32>,
+    /// Fields to overwrite in a successful answer (the work is done as asked;
+    /// only the answer lies), to test a client's checks of what comes back.
+    #[serde(default)]
+    pub tamper: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 fn one() -> f64 {

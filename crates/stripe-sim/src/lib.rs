@@ -53,6 +53,14 @@ pub struct Data {
     seq: u64,
     pub customers: store::Collection,
     pub deleted_customers: HashSet<String>,
+    pub payment_methods: store::Collection,
+    /// What each PaymentMethod's card does when charged.
+    pub card_behaviour: std::collections::HashMap<String, resources::cards::Behaviour>,
+    pub payment_intents: store::Collection,
+    pub charges: store::Collection,
+    pub refunds: store::Collection,
+    pub products: store::Collection,
+    pub prices: store::Collection,
 }
 
 impl Data {

@@ -14,7 +14,7 @@ use crate::{
 use axum::{
     Json, Router,
     body::Bytes,
-    extract::State,
+    extract::{Path, State},
     http::{HeaderMap, HeaderValue, Method, StatusCode, Uri},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -28,6 +28,7 @@ pub fn router(sim: Arc<Sim>) -> Router {
     Router::new()
         .route("/_sim/health", get(|| async { Json(json!({"ok": true})) }))
         .route("/_sim/faults", post(set_faults).get(list_faults).delete(clear_faults))
+        .route("/_sim/payment_intents/{id}/authenticate", post(complete_3ds))
         .fallback(api)
         .with_state(sim)
 }
@@ -44,6 +45,46 @@ async fn list_faults(State(sim): State<Arc<Sim>>) -> Json<Value> {
 async fn clear_faults(State(sim): State<Arc<Sim>>) -> StatusCode {
     sim.faults.clear();
     StatusCode::NO_CONTENT
+}
+
+#[derive(serde::Deserialize)]
+struct Authentication {
+    /// `succeed` or `fail`.
+    outcome: String,
+}
+
+/// Completes or fails 3-D Secure, as the customer's browser would.
+async fn complete_3ds(State(sim): State<Arc<Sim>>, Path(id): Path<String>, Json(a): Json<Authentication>) -> Response {
+    let succeed = match a.outcome.as_str() {
+        "succeed" => true,
+        "fail" => false,
+        _ => return ApiError::invalid("outcome", "outcome must be succeed or fail").into_response(),
+    };
+    match crate::resources::payment_intents::authenticate(&sim, &id, succeed) {
+        Ok(pi) => Json(pi).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Replaces the ids named in `expand[]` by their objects.
+fn expand(sim: &Sim, body: &mut Value, params: &Value) {
+    let Some(fields) = params.get("expand").and_then(Value::as_array) else { return };
+    let data = sim.data.lock();
+    for field in fields.iter().filter_map(Value::as_str) {
+        let Some(id) = body.get(field).and_then(Value::as_str).map(str::to_string) else { continue };
+        let found = match id.split('_').next() {
+            Some("ch") => data.charges.get(&id),
+            Some("pi") => data.payment_intents.get(&id),
+            Some("cus") => data.customers.get(&id),
+            Some("pm") => data.payment_methods.get(&id),
+            Some("re") => data.refunds.get(&id),
+            Some("prod") => data.products.get(&id),
+            _ => None,
+        };
+        if let Some(object) = found {
+            body[field] = object.clone();
+        }
+    }
 }
 
 /// Checks the `Authorization: Bearer` key; returns it as the account scope.
@@ -160,11 +201,19 @@ async fn execute(
             Claim::InUse => return ApiError::idempotency_in_use().into_response(),
         }
     }
-    if let Some(ms) = fault.and_then(|r| r.latency_ms) {
+    if let Some(ms) = fault.as_ref().and_then(|r| r.latency_ms) {
         tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
     }
     let (status, body, saved) = match handler(sim, &params, &segments) {
-        Ok(v) => (StatusCode::OK, v, true),
+        Ok(mut v) => {
+            expand(sim, &mut v, &params);
+            if let Some(fields) = fault.as_ref().and_then(|r| r.tamper.as_ref()) {
+                for (k, f) in fields {
+                    v[k] = f.clone();
+                }
+            }
+            (StatusCode::OK, v, true)
+        }
         Err(e) => (e.status, e.body(), e.started_executing),
     };
     if let Some(key) = key {

@@ -6,13 +6,12 @@
 //! reuses nothing, so it may leave an unused Stripe customer but never two
 //! rows for one request.
 
-use super::{App, AppError, stripe_failure};
+use super::{App, AppError, page::Page, stripe_failure};
 use crate::{
     domain::customer::{ChargeDate, CustomerId, CustomerName, Email},
     store::customers::{self, Changes, CustomerRow, NewCustomer},
     stripe::Form,
 };
-use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 
 /// A new customer, checked.
 #[derive(Debug)]
@@ -36,47 +35,14 @@ pub struct UpdateCustomer {
 /// A page request of customers.
 #[derive(Debug)]
 pub struct ListCustomers {
-    pub page_size: i64,
-    pub after: i64,
+    pub page: Page,
     pub email: Option<Email>,
 }
 
-pub const DEFAULT_PAGE_SIZE: i64 = 50;
-pub const MAX_PAGE_SIZE: i64 = 100;
-
 impl ListCustomers {
-    /// Checks `page_size` (0 means the default) and decodes `page_token`.
     pub fn parse(page_size: i32, page_token: &str, email: Option<Email>) -> Result<Self, AppError> {
-        let page_size = match i64::from(page_size) {
-            0 => DEFAULT_PAGE_SIZE,
-            n if (1..=MAX_PAGE_SIZE).contains(&n) => n,
-            _ => {
-                return Err(AppError::invalid(
-                    "INVALID_PAGE_SIZE",
-                    format!("page_size must be between 1 and {MAX_PAGE_SIZE}"),
-                )
-                .detail("field", "page_size"));
-            }
-        };
-        let after = if page_token.is_empty() { 0 } else { decode_token(page_token)? };
-        Ok(Self { page_size, after, email })
+        Ok(Self { page: Page::parse(page_size, page_token, "customer")?, email })
     }
-}
-
-fn encode_token(last_id: i64) -> String {
-    URL_SAFE_NO_PAD.encode(format!("customer:{last_id}"))
-}
-
-fn decode_token(token: &str) -> Result<i64, AppError> {
-    URL_SAFE_NO_PAD
-        .decode(token)
-        .ok()
-        .and_then(|b| String::from_utf8(b).ok())
-        .and_then(|s| s.strip_prefix("customer:").and_then(|n| n.parse().ok()))
-        .ok_or_else(|| {
-            AppError::invalid("INVALID_PAGE_TOKEN", "page_token is not one this service gave")
-                .detail("field", "page_token")
-        })
 }
 
 fn not_found(id: CustomerId) -> AppError {
@@ -140,13 +106,9 @@ impl App {
 
     /// A page of customers and the token of the next page, if there is one.
     pub async fn list_customers(&self, q: ListCustomers) -> Result<(Vec<CustomerRow>, Option<String>), AppError> {
-        let mut rows = customers::list(&self.db, q.after, q.page_size + 1, q.email.as_ref()).await?;
-        let next = if rows.len() as i64 > q.page_size {
-            rows.truncate(q.page_size as usize);
-            rows.last().map(|r| encode_token(r.id))
-        } else {
-            None
-        };
+        let after = q.page.cursor.unwrap_or(0);
+        let mut rows = customers::list(&self.db, after, q.page.size + 1, q.email.as_ref()).await?;
+        let next = q.page.finish(&mut rows, "customer", |r| r.id);
         Ok((rows, next))
     }
 }
@@ -154,23 +116,4 @@ impl App {
 fn short_hash(s: &str) -> String {
     use sha2::{Digest, Sha256};
     hex::encode(&Sha256::digest(s.as_bytes())[..8])
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_page_token_round_trips_and_a_forged_one_is_refused() {
-        let q = ListCustomers::parse(10, &encode_token(41), None).unwrap();
-        assert_eq!((q.page_size, q.after), (10, 41));
-        assert_eq!(ListCustomers::parse(10, "bm9wZQ", None).unwrap_err().reason, "INVALID_PAGE_TOKEN");
-    }
-
-    #[test]
-    fn page_size_zero_means_the_default_and_out_of_range_is_refused() {
-        assert_eq!(ListCustomers::parse(0, "", None).unwrap().page_size, DEFAULT_PAGE_SIZE);
-        assert_eq!(ListCustomers::parse(101, "", None).unwrap_err().reason, "INVALID_PAGE_SIZE");
-        assert_eq!(ListCustomers::parse(-1, "", None).unwrap_err().reason, "INVALID_PAGE_SIZE");
-    }
 }

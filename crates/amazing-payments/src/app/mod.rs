@@ -9,6 +9,11 @@ pub mod apikeys;
 pub mod customers;
 pub mod error;
 pub mod health;
+pub mod page;
+pub mod payments;
+pub mod products;
+pub mod refunds;
+pub mod sync;
 
 pub use error::{AppError, Kind};
 

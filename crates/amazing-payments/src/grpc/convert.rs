@@ -5,10 +5,20 @@ use crate::{
     app::{
         AppError,
         customers::{CreateCustomer, ListCustomers, UpdateCustomer},
+        payments::{Charge, CreatePayment},
     },
-    domain::customer::{ChargeDate, CustomerId, CustomerName, Email},
+    domain::{
+        customer::{ChargeDate, CustomerId, CustomerName, Email},
+        money::{Currency, Money},
+        payment::CaptureMethod,
+        request::{self, Metadata, PaymentMethodId},
+    },
     proto,
-    store::customers::CustomerRow,
+    store::{
+        customers::CustomerRow,
+        payments::{HistoryRow, PaymentRow, RefundRow},
+        products::{PriceRow, ProductRow},
+    },
 };
 use chrono::{DateTime, SecondsFormat, Utc};
 
@@ -66,4 +76,184 @@ impl TryFrom<proto::ListCustomersRequest> for ListCustomers {
         let email = given(&r.email).map(Email::parse).transpose()?;
         ListCustomers::parse(r.page_size, &r.page_token, email)
     }
+}
+
+/// A positive id named `field` (paymentID, priceID, ...).
+pub fn id(field: &'static str, raw: i64) -> Result<i64, AppError> {
+    if raw > 0 {
+        Ok(raw)
+    } else {
+        Err(AppError::invalid("INVALID_ID", format!("{field} must be a positive integer")).detail("field", field))
+    }
+}
+
+/// An optional amount: 0 means "not given".
+fn optional_amount(raw: i64) -> Result<Option<i64>, AppError> {
+    match raw {
+        0 => Ok(None),
+        a if a > 0 => Ok(Some(a)),
+        _ => Err(AppError::invalid("INVALID_AMOUNT", "amount must be positive").detail("field", "amount")),
+    }
+}
+
+fn text_or_empty(s: Option<String>) -> String {
+    s.unwrap_or_default()
+}
+
+impl TryFrom<proto::CreatePaymentRequest> for CreatePayment {
+    type Error = AppError;
+    fn try_from(r: proto::CreatePaymentRequest) -> Result<Self, AppError> {
+        let customer = CustomerId::parse(r.customer_id)?;
+        let by_amount = r.amount != 0 || !r.currency.is_empty();
+        let charge = match (r.price_id, by_amount) {
+            (0, true) => Charge::Amount(Money::charge(r.amount, Currency::parse(&r.currency)?)?),
+            (0, false) => {
+                return Err(AppError::invalid("MISSING_AMOUNT", "give amount and currency, or priceID and quantity")
+                    .detail("field", "amount"));
+            }
+            (_, true) => {
+                return Err(AppError::invalid(
+                    "AMOUNT_AND_PRICE",
+                    "give either amount and currency, or priceID and quantity, not both",
+                )
+                .detail("field", "priceID"));
+            }
+            (price, false) => {
+                let quantity = if r.quantity == 0 { 1 } else { r.quantity };
+                if !(1..=10_000).contains(&quantity) {
+                    return Err(AppError::invalid("INVALID_QUANTITY", "quantity must be between 1 and 10000")
+                        .detail("field", "quantity"));
+                }
+                Charge::Price { price_id: id("priceID", price)?, quantity }
+            }
+        };
+        let capture = match r.capture_method.trim() {
+            "" => CaptureMethod::Automatic,
+            m => CaptureMethod::parse(m).ok_or_else(|| {
+                AppError::invalid("INVALID_CAPTURE_METHOD", "capture_method must be automatic or manual")
+                    .detail("field", "capture_method")
+            })?,
+        };
+        Ok(Self {
+            customer,
+            charge,
+            payment_method: PaymentMethodId::parse(&r.payment_method)?,
+            capture,
+            description: request::text("description", &r.description, 1000)?,
+            metadata: Metadata::parse(r.metadata)?,
+            receipt_email: given(&r.receipt_email).map(Email::parse).transpose()?,
+            return_url: request::url("return_url", &r.return_url)?,
+        })
+    }
+}
+
+/// `payment` as the API shows it; with `history` when asked for.
+pub fn payment(p: PaymentRow, history: Vec<HistoryRow>) -> proto::Payment {
+    let waiting = p.status == "requires_action";
+    let authorized = p.status == "authorized";
+    let next_action = p.next_action.as_ref().filter(|_| waiting).map(|a| proto::NextAction {
+        r#type: a.0["type"].as_str().unwrap_or_default().to_string(),
+        redirect_url: a.0["redirect_url"].as_str().unwrap_or_default().to_string(),
+        return_url: a.0["return_url"].as_str().unwrap_or_default().to_string(),
+    });
+    proto::Payment {
+        payment_id: p.id,
+        customer_id: p.customer_id,
+        status: p.status,
+        amount: p.amount,
+        currency: p.currency,
+        amount_capturable: p.amount_capturable,
+        amount_captured: p.amount_captured,
+        amount_refunded: p.amount_refunded,
+        capture_method: p.capture_method,
+        capture_before: p.capture_before.filter(|_| authorized).map(timestamp).unwrap_or_default(),
+        stripe_payment_intent_id: text_or_empty(p.stripe_payment_intent_id),
+        client_secret: if waiting { text_or_empty(p.client_secret) } else { String::new() },
+        next_action,
+        failure_code: text_or_empty(
+            p.failure_code.or(p.integrity_error.as_ref().map(|_| "integrity_mismatch".to_string())),
+        ),
+        failure_message: text_or_empty(p.failure_message.or(p.integrity_error)),
+        created_at: timestamp(p.created_at),
+        decline_code: text_or_empty(p.decline_code),
+        description: text_or_empty(p.description),
+        metadata: p.metadata.0,
+        receipt_email: text_or_empty(p.receipt_email),
+        price_id: p.price_id.unwrap_or_default(),
+        quantity: p.quantity.unwrap_or_default(),
+        payment_method: p.payment_method,
+        cancellation_reason: text_or_empty(p.cancellation_reason),
+        history: history
+            .into_iter()
+            .map(|h| proto::PaymentEvent {
+                from_status: text_or_empty(h.from_status),
+                to_status: h.to_status,
+                amount_capturable: h.amount_capturable,
+                amount_captured: h.amount_captured,
+                amount_refunded: h.amount_refunded,
+                source: h.source,
+                stripe_request_id: text_or_empty(h.stripe_request_id),
+                note: text_or_empty(h.note),
+                created_at: timestamp(h.created_at),
+                refund_id: h.refund_id.unwrap_or_default(),
+            })
+            .collect(),
+        updated_at: timestamp(p.updated_at),
+    }
+}
+
+pub fn refund(r: RefundRow, currency: &str) -> proto::Refund {
+    proto::Refund {
+        refund_id: r.id,
+        payment_id: r.payment_id,
+        status: r.status,
+        amount: r.amount,
+        reason: text_or_empty(r.reason),
+        stripe_refund_id: text_or_empty(r.stripe_refund_id),
+        currency: currency.to_string(),
+        failure_reason: text_or_empty(r.failure_reason),
+        created_at: timestamp(r.created_at),
+    }
+}
+
+pub fn price(p: PriceRow) -> proto::Price {
+    proto::Price {
+        price_id: p.id,
+        product_id: p.product_id,
+        unit_amount: p.unit_amount,
+        currency: p.currency,
+        active: p.active,
+        stripe_price_id: text_or_empty(p.stripe_price_id),
+        created_at: timestamp(p.created_at),
+    }
+}
+
+pub fn product(p: ProductRow, prices: Vec<PriceRow>) -> proto::Product {
+    proto::Product {
+        product_id: p.id,
+        name: p.name,
+        description: text_or_empty(p.description),
+        active: p.active,
+        prices: prices.into_iter().map(price).collect(),
+        stripe_product_id: text_or_empty(p.stripe_product_id),
+        created_at: timestamp(p.created_at),
+    }
+}
+
+/// A price's money: positive, of the currency's shape (no minimum: a
+/// quantity may make up the minimum charge).
+pub fn price_money(unit_amount: i64, currency: &str) -> Result<Money, AppError> {
+    Ok(Money::part(unit_amount, Currency::parse(currency)?)?)
+}
+
+pub fn capture_amount(raw: i64) -> Result<Option<i64>, AppError> {
+    optional_amount(raw)
+}
+
+pub fn cancellation_reason(raw: &str) -> Result<Option<&'static str>, AppError> {
+    Ok(request::choice("reason", raw, request::CANCELLATION_REASONS)?)
+}
+
+pub fn refund_reason(raw: &str) -> Result<Option<&'static str>, AppError> {
+    Ok(request::choice("reason", raw, request::REFUND_REASONS)?)
 }

@@ -2,8 +2,9 @@
 //! case and converts the answer. No logic lives here. The REST gateway calls
 //! these same methods in process.
 
+use super::convert::{self, id};
 use crate::{
-    app::{App, AppError, Principal},
+    app::{App, AppError, Principal, payments::ListPayments, products::CreateProduct},
     domain::customer::CustomerId,
     proto::{self, payment_service_server::PaymentService},
 };
@@ -77,6 +78,155 @@ impl PaymentService for PaymentApi {
         Ok(Response::new(proto::ListCustomersResponse {
             customers: rows.into_iter().map(Into::into).collect(),
             next_page_token: next.unwrap_or_default(),
+        }))
+    }
+
+    async fn create_product(
+        &self,
+        request: Request<proto::CreateProductRequest>,
+    ) -> Result<Response<proto::Product>, Status> {
+        self.principal(&request).await?;
+        let r = request.into_inner();
+        let cmd = CreateProduct::parse(&r.name, &r.description, convert::price_money(r.unit_amount, &r.currency)?)?;
+        let (product, prices) = self.app.create_product(cmd).await?;
+        Ok(Response::new(convert::product(product, prices)))
+    }
+
+    async fn get_product(
+        &self,
+        request: Request<proto::GetProductRequest>,
+    ) -> Result<Response<proto::Product>, Status> {
+        self.principal(&request).await?;
+        let (product, prices) = self.app.get_product(id("productID", request.get_ref().product_id)?).await?;
+        Ok(Response::new(convert::product(product, prices)))
+    }
+
+    async fn list_products(
+        &self,
+        request: Request<proto::ListProductsRequest>,
+    ) -> Result<Response<proto::ListProductsResponse>, Status> {
+        self.principal(&request).await?;
+        let r = request.into_inner();
+        let (rows, next) = self.app.list_products(r.page_size, &r.page_token, r.active_only).await?;
+        Ok(Response::new(proto::ListProductsResponse {
+            products: rows.into_iter().map(|(p, prices)| convert::product(p, prices)).collect(),
+            next_page_token: next.unwrap_or_default(),
+        }))
+    }
+
+    async fn add_price(&self, request: Request<proto::AddPriceRequest>) -> Result<Response<proto::Price>, Status> {
+        self.principal(&request).await?;
+        let r = request.into_inner();
+        let product = id("productID", r.product_id)?;
+        let price = self.app.add_price(product, convert::price_money(r.unit_amount, &r.currency)?).await?;
+        Ok(Response::new(convert::price(price)))
+    }
+
+    async fn deactivate_product(
+        &self,
+        request: Request<proto::DeactivateProductRequest>,
+    ) -> Result<Response<proto::Product>, Status> {
+        self.principal(&request).await?;
+        let (product, prices) = self.app.deactivate_product(id("productID", request.get_ref().product_id)?).await?;
+        Ok(Response::new(convert::product(product, prices)))
+    }
+
+    async fn deactivate_price(
+        &self,
+        request: Request<proto::DeactivatePriceRequest>,
+    ) -> Result<Response<proto::Price>, Status> {
+        self.principal(&request).await?;
+        let price = self.app.deactivate_price(id("priceID", request.get_ref().price_id)?).await?;
+        Ok(Response::new(convert::price(price)))
+    }
+
+    async fn create_payment(
+        &self,
+        request: Request<proto::CreatePaymentRequest>,
+    ) -> Result<Response<proto::Payment>, Status> {
+        self.principal(&request).await?;
+        let payment = self.app.create_payment(parse(request.into_inner())?).await?;
+        Ok(Response::new(convert::payment(payment, Vec::new())))
+    }
+
+    async fn get_payment(
+        &self,
+        request: Request<proto::GetPaymentRequest>,
+    ) -> Result<Response<proto::Payment>, Status> {
+        self.principal(&request).await?;
+        let r = request.into_inner();
+        let payment = self.app.get_payment(id("paymentID", r.payment_id)?).await?;
+        let history = if r.include_history { self.app.history(payment.id).await? } else { Vec::new() };
+        Ok(Response::new(convert::payment(payment, history)))
+    }
+
+    async fn list_payments(
+        &self,
+        request: Request<proto::ListPaymentsRequest>,
+    ) -> Result<Response<proto::ListPaymentsResponse>, Status> {
+        self.principal(&request).await?;
+        let r = request.into_inner();
+        let customer =
+            if r.customer_id == 0 { None } else { Some(CustomerId::parse(r.customer_id).map_err(AppError::from)?) };
+        let q = ListPayments::parse(customer, &r.status, r.page_size, &r.page_token)?;
+        let (rows, next) = self.app.list_payments(q).await?;
+        Ok(Response::new(proto::ListPaymentsResponse {
+            payments: rows.into_iter().map(|p| convert::payment(p, Vec::new())).collect(),
+            next_page_token: next.unwrap_or_default(),
+        }))
+    }
+
+    async fn capture_payment(
+        &self,
+        request: Request<proto::CapturePaymentRequest>,
+    ) -> Result<Response<proto::Payment>, Status> {
+        self.principal(&request).await?;
+        let r = request.into_inner();
+        let payment =
+            self.app.capture_payment(id("paymentID", r.payment_id)?, convert::capture_amount(r.amount)?).await?;
+        Ok(Response::new(convert::payment(payment, Vec::new())))
+    }
+
+    async fn cancel_payment(
+        &self,
+        request: Request<proto::CancelPaymentRequest>,
+    ) -> Result<Response<proto::Payment>, Status> {
+        self.principal(&request).await?;
+        let r = request.into_inner();
+        let payment =
+            self.app.cancel_payment(id("paymentID", r.payment_id)?, convert::cancellation_reason(&r.reason)?).await?;
+        Ok(Response::new(convert::payment(payment, Vec::new())))
+    }
+
+    async fn refund_payment(
+        &self,
+        request: Request<proto::RefundPaymentRequest>,
+    ) -> Result<Response<proto::Refund>, Status> {
+        self.principal(&request).await?;
+        let r = request.into_inner();
+        let payment = id("paymentID", r.payment_id)?;
+        let refund = self
+            .app
+            .refund_payment(payment, convert::capture_amount(r.amount)?, convert::refund_reason(&r.reason)?)
+            .await?;
+        let currency = self.app.get_refund(refund.id).await?.1;
+        Ok(Response::new(convert::refund(refund, &currency)))
+    }
+
+    async fn get_refund(&self, request: Request<proto::GetRefundRequest>) -> Result<Response<proto::Refund>, Status> {
+        self.principal(&request).await?;
+        let (refund, currency) = self.app.get_refund(id("refundID", request.get_ref().refund_id)?).await?;
+        Ok(Response::new(convert::refund(refund, &currency)))
+    }
+
+    async fn list_refunds(
+        &self,
+        request: Request<proto::ListRefundsRequest>,
+    ) -> Result<Response<proto::ListRefundsResponse>, Status> {
+        self.principal(&request).await?;
+        let (refunds, currency) = self.app.list_refunds(id("paymentID", request.get_ref().payment_id)?).await?;
+        Ok(Response::new(proto::ListRefundsResponse {
+            refunds: refunds.into_iter().map(|r| convert::refund(r, &currency)).collect(),
         }))
     }
 }

@@ -70,12 +70,22 @@ impl RestError {
     }
 }
 
+/// Reasons whose HTTP status is not the one of their gRPC code: a declined
+/// card is FAILED_PRECONDITION over gRPC and 402 Payment Required over REST,
+/// as Stripe answers it.
+const REASON_STATUS: &[(&str, StatusCode)] = &[("CARD_DECLINED", StatusCode::PAYMENT_REQUIRED)];
+
 impl From<tonic::Status> for RestError {
     fn from(status: tonic::Status) -> Self {
         let (reason, meta) =
             reason_of(&status).unwrap_or_else(|| (code_name(status.code()).to_string(), Default::default()));
+        let http = REASON_STATUS
+            .iter()
+            .find(|(r, _)| *r == reason)
+            .map(|(_, s)| *s)
+            .unwrap_or_else(|| http_status(status.code()));
         Self {
-            http: http_status(status.code()),
+            http,
             code: status.code(),
             message: status.message().to_string(),
             reason,

@@ -4,6 +4,8 @@
 
 pub mod apikeys;
 pub mod customers;
+pub mod payments;
+pub mod products;
 
 use crate::config::DbConfig;
 use anyhow::Context;

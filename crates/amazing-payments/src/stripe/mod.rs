@@ -111,6 +111,72 @@ impl Client {
         self.get(&format!("/v1/customers/{id}"), &Form::new()).await
     }
 
+    /// `POST /v1/payment_intents` (create, and confirm when the form says so).
+    pub async fn create_payment_intent(
+        &self,
+        form: &Form,
+        key: &str,
+    ) -> Result<Reply<types::PaymentIntent>, StripeError> {
+        self.post("/v1/payment_intents", &form.clone().list("expand", ["latest_charge"]), key).await
+    }
+
+    /// `GET /v1/payment_intents/{id}` with the latest charge expanded.
+    pub async fn retrieve_payment_intent(&self, id: &str) -> Result<Reply<types::PaymentIntent>, StripeError> {
+        self.get(&format!("/v1/payment_intents/{id}"), &Form::new().list("expand", ["latest_charge"])).await
+    }
+
+    /// `POST /v1/payment_intents/{id}/capture`.
+    pub async fn capture_payment_intent(
+        &self,
+        id: &str,
+        amount: Option<i64>,
+        key: &str,
+    ) -> Result<Reply<types::PaymentIntent>, StripeError> {
+        let form = Form::new().set_opt("amount_to_capture", amount).list("expand", ["latest_charge"]);
+        self.post(&format!("/v1/payment_intents/{id}/capture"), &form, key).await
+    }
+
+    /// `POST /v1/payment_intents/{id}/cancel`.
+    pub async fn cancel_payment_intent(
+        &self,
+        id: &str,
+        reason: Option<&str>,
+        key: &str,
+    ) -> Result<Reply<types::PaymentIntent>, StripeError> {
+        let form = Form::new().set_opt("cancellation_reason", reason).list("expand", ["latest_charge"]);
+        self.post(&format!("/v1/payment_intents/{id}/cancel"), &form, key).await
+    }
+
+    /// `POST /v1/refunds`.
+    pub async fn create_refund(&self, form: &Form, key: &str) -> Result<Reply<types::Refund>, StripeError> {
+        self.post("/v1/refunds", form, key).await
+    }
+
+    /// `GET /v1/refunds/{id}`.
+    pub async fn retrieve_refund(&self, id: &str) -> Result<Reply<types::Refund>, StripeError> {
+        self.get(&format!("/v1/refunds/{id}"), &Form::new()).await
+    }
+
+    /// `POST /v1/products`.
+    pub async fn create_product(&self, form: &Form, key: &str) -> Result<Reply<types::Product>, StripeError> {
+        self.post("/v1/products", form, key).await
+    }
+
+    /// `POST /v1/products/{id}`.
+    pub async fn update_product(&self, id: &str, form: &Form, key: &str) -> Result<Reply<types::Product>, StripeError> {
+        self.post(&format!("/v1/products/{id}"), form, key).await
+    }
+
+    /// `POST /v1/prices`.
+    pub async fn create_price(&self, form: &Form, key: &str) -> Result<Reply<types::Price>, StripeError> {
+        self.post("/v1/prices", form, key).await
+    }
+
+    /// `POST /v1/prices/{id}`.
+    pub async fn update_price(&self, id: &str, form: &Form, key: &str) -> Result<Reply<types::Price>, StripeError> {
+        self.post(&format!("/v1/prices/{id}"), form, key).await
+    }
+
     pub async fn get<T: DeserializeOwned>(&self, path: &str, query: &Form) -> Result<Reply<T>, StripeError> {
         self.request(Method::GET, path, query, None).await
     }

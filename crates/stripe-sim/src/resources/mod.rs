@@ -2,8 +2,15 @@
 //! request to its handler.
 
 pub mod balance;
+pub mod cards;
+pub mod charges;
 pub mod customers;
+pub mod money;
 pub mod params;
+pub mod payment_intents;
+pub mod payment_methods;
+pub mod products;
+pub mod refunds;
 
 use crate::{Sim, error::ApiResult};
 use axum::http::Method;
@@ -22,6 +29,28 @@ pub fn route(method: &Method, segments: &[&str]) -> Option<Handler> {
         ("GET", ["v1", "customers", _]) => customers::retrieve,
         ("POST", ["v1", "customers", _]) => customers::update,
         ("DELETE", ["v1", "customers", _]) => customers::delete,
+        ("POST", ["v1", "payment_methods"]) => payment_methods::create,
+        ("GET", ["v1", "payment_methods", _]) => payment_methods::retrieve,
+        ("POST", ["v1", "payment_methods", _, "attach"]) => payment_methods::attach,
+        ("POST", ["v1", "payment_intents"]) => payment_intents::create,
+        ("GET", ["v1", "payment_intents"]) => payment_intents::list,
+        ("GET", ["v1", "payment_intents", _]) => payment_intents::retrieve,
+        ("POST", ["v1", "payment_intents", _, "confirm"]) => payment_intents::confirm,
+        ("POST", ["v1", "payment_intents", _, "capture"]) => payment_intents::capture,
+        ("POST", ["v1", "payment_intents", _, "cancel"]) => payment_intents::cancel,
+        ("GET", ["v1", "charges"]) => charges::list,
+        ("GET", ["v1", "charges", _]) => charges::retrieve,
+        ("POST", ["v1", "refunds"]) => refunds::create,
+        ("GET", ["v1", "refunds"]) => refunds::list,
+        ("GET", ["v1", "refunds", _]) => refunds::retrieve,
+        ("POST", ["v1", "products"]) => products::create_product,
+        ("GET", ["v1", "products"]) => products::list_products,
+        ("GET", ["v1", "products", _]) => products::retrieve_product,
+        ("POST", ["v1", "products", _]) => products::update_product,
+        ("POST", ["v1", "prices"]) => products::create_price,
+        ("GET", ["v1", "prices"]) => products::list_prices,
+        ("GET", ["v1", "prices", _]) => products::retrieve_price,
+        ("POST", ["v1", "prices", _]) => products::update_price,
         _ => return None,
     };
     Some(handler)

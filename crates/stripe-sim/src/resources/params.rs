@@ -76,3 +76,36 @@ pub fn merge_metadata(target: &mut Value, update: Map<String, Value>) {
         }
     }
 }
+
+/// An integer parameter, if given.
+pub fn int(params: &Value, name: &str) -> Result<Option<i64>, ApiError> {
+    match text(params, name)? {
+        None => Ok(None),
+        Some(s) => s.trim().parse().map(Some).map_err(|_| ApiError::invalid(name, format!("Invalid integer: {s}"))),
+    }
+}
+
+/// A boolean parameter, if given.
+pub fn flag(params: &Value, name: &str) -> Result<Option<bool>, ApiError> {
+    match text(params, name)? {
+        None => Ok(None),
+        Some("true") => Ok(Some(true)),
+        Some("false") => Ok(Some(false)),
+        Some(s) => Err(ApiError::invalid(name, format!("Invalid boolean: {s}"))),
+    }
+}
+
+/// A required string parameter.
+pub fn required<'a>(params: &'a Value, name: &str) -> Result<&'a str, ApiError> {
+    text(params, name)?.filter(|s| !s.is_empty()).ok_or_else(|| ApiError::missing(name))
+}
+
+/// One of `allowed`, if given.
+pub fn one_of<'a>(params: &'a Value, name: &str, allowed: &[&str]) -> Result<Option<&'a str>, ApiError> {
+    match text(params, name)? {
+        Some(v) if !allowed.contains(&v) => {
+            Err(ApiError::invalid(name, format!("Invalid {name}: must be one of {}", allowed.join(", "))))
+        }
+        other => Ok(other),
+    }
+}

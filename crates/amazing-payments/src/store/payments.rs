@@ -1,0 +1,395 @@
+//! `payment.payment`, `payment.refund`, `payment.history` and
+//! `payment.operation`. A change of a payment is saved together with its
+//! history row, in the caller's transaction.
+
+use crate::domain::payment::{Ledger, Status};
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::{FromRow, PgConnection, PgPool, types::Json};
+use std::collections::HashMap;
+
+#[derive(Debug, Clone, FromRow)]
+pub struct PaymentRow {
+    pub id: i64,
+    pub customer_id: i64,
+    pub status: String,
+    pub amount: i64,
+    pub currency: String,
+    pub amount_capturable: i64,
+    pub amount_captured: i64,
+    pub amount_refunded: i64,
+    pub capture_method: String,
+    pub price_id: Option<i64>,
+    pub quantity: Option<i64>,
+    pub payment_method: String,
+    pub description: Option<String>,
+    pub metadata: Json<HashMap<String, String>>,
+    pub receipt_email: Option<String>,
+    pub return_url: Option<String>,
+    pub stripe_payment_intent_id: Option<String>,
+    pub stripe_charge_id: Option<String>,
+    pub client_secret: Option<String>,
+    pub next_action: Option<Json<Value>>,
+    pub capture_before: Option<DateTime<Utc>>,
+    pub failure_code: Option<String>,
+    pub failure_message: Option<String>,
+    pub decline_code: Option<String>,
+    pub cancellation_reason: Option<String>,
+    pub integrity_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl PaymentRow {
+    pub fn status(&self) -> Status {
+        Status::parse(&self.status).expect("the status column is checked")
+    }
+
+    pub fn ledger(&self) -> Ledger {
+        Ledger {
+            status: self.status(),
+            amount: self.amount,
+            capturable: self.amount_capturable,
+            captured: self.amount_captured,
+            refunded: self.amount_refunded,
+        }
+    }
+
+    pub fn set_ledger(&mut self, l: Ledger) {
+        self.status = l.status.as_str().to_string();
+        self.amount_capturable = l.capturable;
+        self.amount_captured = l.captured;
+        self.amount_refunded = l.refunded;
+    }
+}
+
+const PAYMENT: &str = "id, customer_id, status, amount, currency, amount_capturable, amount_captured, amount_refunded, \
+    capture_method, price_id, quantity, payment_method, description, metadata, receipt_email, return_url, \
+    stripe_payment_intent_id, stripe_charge_id, client_secret, next_action, capture_before, failure_code, \
+    failure_message, decline_code, cancellation_reason, integrity_error, created_at, updated_at";
+
+#[derive(Debug, Clone, FromRow)]
+pub struct RefundRow {
+    pub id: i64,
+    pub payment_id: i64,
+    pub status: String,
+    pub amount: i64,
+    pub reason: Option<String>,
+    pub stripe_refund_id: Option<String>,
+    pub failure_reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+const REFUND: &str = "id, payment_id, status, amount, reason, stripe_refund_id, failure_reason, created_at";
+
+#[derive(Debug, Clone, FromRow)]
+pub struct HistoryRow {
+    pub payment_id: i64,
+    pub refund_id: Option<i64>,
+    pub from_status: Option<String>,
+    pub to_status: String,
+    pub amount_capturable: i64,
+    pub amount_captured: i64,
+    pub amount_refunded: i64,
+    pub source: String,
+    pub stripe_request_id: Option<String>,
+    pub note: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Where a change came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Api,
+    Webhook,
+    Reconciler,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Api => "api",
+            Source::Webhook => "webhook",
+            Source::Reconciler => "reconciler",
+        }
+    }
+}
+
+/// Why a row changed, for its history line.
+#[derive(Debug, Clone, Default)]
+pub struct Cause<'a> {
+    pub refund_id: Option<i64>,
+    pub stripe_request_id: Option<&'a str>,
+    pub note: Option<&'a str>,
+}
+
+/// An operation recorded before Stripe is called.
+#[derive(Debug, Clone, FromRow)]
+pub struct OperationRow {
+    pub id: i64,
+    pub kind: String,
+    pub payment_id: i64,
+    pub refund_id: Option<i64>,
+    pub amount: Option<i64>,
+    pub idempotency_key: String,
+}
+
+pub struct NewPayment<'a> {
+    pub customer_id: i64,
+    pub amount: i64,
+    pub currency: &'a str,
+    pub capture_method: &'a str,
+    pub price_id: Option<i64>,
+    pub quantity: Option<i64>,
+    pub payment_method: &'a str,
+    pub description: Option<&'a str>,
+    pub metadata: &'a HashMap<String, String>,
+    pub receipt_email: Option<&'a str>,
+    pub return_url: Option<&'a str>,
+}
+
+/// Records a new payment (status pending), its first history line and the
+/// operation that will create it in Stripe, in one transaction.
+pub async fn insert(db: &PgPool, p: NewPayment<'_>) -> Result<(PaymentRow, OperationRow), sqlx::Error> {
+    let mut tx = db.begin().await?;
+    let row: PaymentRow = sqlx::query_as(&format!(
+        "INSERT INTO payment.payment (customer_id, status, amount, currency, capture_method, price_id, quantity,
+             payment_method, description, metadata, receipt_email, return_url)
+         VALUES ($1, 'pending', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING {PAYMENT}"
+    ))
+    .bind(p.customer_id)
+    .bind(p.amount)
+    .bind(p.currency)
+    .bind(p.capture_method)
+    .bind(p.price_id)
+    .bind(p.quantity)
+    .bind(p.payment_method)
+    .bind(p.description)
+    .bind(Json(p.metadata))
+    .bind(p.receipt_email)
+    .bind(p.return_url)
+    .fetch_one(&mut *tx)
+    .await?;
+    add_history(&mut tx, None, &row, Source::Api, &Cause::default()).await?;
+    let op = insert_operation(&mut tx, "create_payment", row.id, None, Some(row.amount)).await?;
+    tx.commit().await?;
+    Ok((row, op))
+}
+
+/// Records an operation; its idempotency key is derived from its id.
+pub async fn insert_operation(
+    conn: &mut PgConnection,
+    kind: &str,
+    payment_id: i64,
+    refund_id: Option<i64>,
+    amount: Option<i64>,
+) -> Result<OperationRow, sqlx::Error> {
+    sqlx::query_as(
+        "WITH next AS (SELECT nextval(pg_get_serial_sequence('payment.operation', 'id')) AS id)
+         INSERT INTO payment.operation (id, kind, payment_id, refund_id, amount, idempotency_key)
+         SELECT next.id, $1, $2, $3, $4, 'ap-op-' || next.id FROM next
+         RETURNING id, kind, payment_id, refund_id, amount, idempotency_key",
+    )
+    .bind(kind)
+    .bind(payment_id)
+    .bind(refund_id)
+    .bind(amount)
+    .fetch_one(conn)
+    .await
+}
+
+/// Marks an operation finished (`succeeded` or `failed`).
+pub async fn finish_operation(
+    conn: &mut PgConnection,
+    id: i64,
+    state: &str,
+    error: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE payment.operation SET state = $2, last_error = $3, attempts = attempts + 1, finished_at = now()
+         WHERE id = $1 AND state = 'pending'",
+    )
+    .bind(id)
+    .bind(state)
+    .bind(error)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Notes a failed attempt of an operation that stays pending.
+pub async fn note_attempt(db: &PgPool, id: i64, error: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE payment.operation SET attempts = attempts + 1, last_error = $2 WHERE id = $1")
+        .bind(id)
+        .bind(error)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+pub async fn get(db: &PgPool, id: i64) -> Result<Option<PaymentRow>, sqlx::Error> {
+    sqlx::query_as(&format!("SELECT {PAYMENT} FROM payment.payment WHERE id = $1")).bind(id).fetch_optional(db).await
+}
+
+/// The payment, locked for the rest of the transaction.
+pub async fn lock(conn: &mut PgConnection, id: i64) -> Result<Option<PaymentRow>, sqlx::Error> {
+    sqlx::query_as(&format!("SELECT {PAYMENT} FROM payment.payment WHERE id = $1 FOR UPDATE"))
+        .bind(id)
+        .fetch_optional(conn)
+        .await
+}
+
+/// Saves `row` (changed from `before`) and, when its state or money changed,
+/// a history line.
+pub async fn save(
+    conn: &mut PgConnection,
+    before: &PaymentRow,
+    row: &PaymentRow,
+    source: Source,
+    cause: &Cause<'_>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE payment.payment SET status = $2, amount_capturable = $3, amount_captured = $4, amount_refunded = $5,
+            stripe_payment_intent_id = $6, stripe_charge_id = $7, client_secret = $8, next_action = $9,
+            capture_before = $10, failure_code = $11, failure_message = $12, decline_code = $13,
+            cancellation_reason = $14, integrity_error = $15, updated_at = now()
+         WHERE id = $1",
+    )
+    .bind(row.id)
+    .bind(&row.status)
+    .bind(row.amount_capturable)
+    .bind(row.amount_captured)
+    .bind(row.amount_refunded)
+    .bind(&row.stripe_payment_intent_id)
+    .bind(&row.stripe_charge_id)
+    .bind(&row.client_secret)
+    .bind(&row.next_action)
+    .bind(row.capture_before)
+    .bind(&row.failure_code)
+    .bind(&row.failure_message)
+    .bind(&row.decline_code)
+    .bind(&row.cancellation_reason)
+    .bind(&row.integrity_error)
+    .execute(&mut *conn)
+    .await?;
+    if before.ledger() != row.ledger() || cause.note.is_some() {
+        add_history(conn, Some(&before.status), row, source, cause).await?;
+    }
+    Ok(())
+}
+
+async fn add_history(
+    conn: &mut PgConnection,
+    from: Option<&str>,
+    row: &PaymentRow,
+    source: Source,
+    cause: &Cause<'_>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO payment.history (payment_id, refund_id, from_status, to_status, amount_capturable,
+             amount_captured, amount_refunded, source, stripe_request_id, note)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(row.id)
+    .bind(cause.refund_id)
+    .bind(from)
+    .bind(&row.status)
+    .bind(row.amount_capturable)
+    .bind(row.amount_captured)
+    .bind(row.amount_refunded)
+    .bind(source.as_str())
+    .bind(cause.stripe_request_id)
+    .bind(cause.note)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn history(db: &PgPool, payment_id: i64) -> Result<Vec<HistoryRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT payment_id, refund_id, from_status, to_status, amount_capturable, amount_captured, amount_refunded,
+                source, stripe_request_id, note, created_at
+         FROM payment.history WHERE payment_id = $1 ORDER BY id",
+    )
+    .bind(payment_id)
+    .fetch_all(db)
+    .await
+}
+
+/// Payments newest first, with an id below `before`.
+pub async fn list(
+    db: &PgPool,
+    customer_id: Option<i64>,
+    status: Option<&str>,
+    before: i64,
+    limit: i64,
+) -> Result<Vec<PaymentRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {PAYMENT} FROM payment.payment
+         WHERE id < $1 AND ($2::bigint IS NULL OR customer_id = $2) AND ($3::text IS NULL OR status = $3)
+         ORDER BY id DESC LIMIT $4"
+    ))
+    .bind(before)
+    .bind(customer_id)
+    .bind(status)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+/// The sum of the payment's refunds that are not settled yet.
+pub async fn refunds_in_flight(conn: &mut PgConnection, payment_id: i64) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT coalesce(sum(amount), 0)::bigint FROM payment.refund WHERE payment_id = $1 AND status = 'pending'",
+    )
+    .bind(payment_id)
+    .fetch_one(conn)
+    .await
+}
+
+pub async fn insert_refund(
+    conn: &mut PgConnection,
+    payment_id: i64,
+    amount: i64,
+    reason: Option<&str>,
+) -> Result<RefundRow, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "INSERT INTO payment.refund (payment_id, status, amount, reason) VALUES ($1, 'pending', $2, $3) RETURNING {REFUND}"
+    ))
+    .bind(payment_id)
+    .bind(amount)
+    .bind(reason)
+    .fetch_one(conn)
+    .await
+}
+
+pub async fn update_refund(
+    conn: &mut PgConnection,
+    id: i64,
+    status: &str,
+    stripe_refund_id: Option<&str>,
+    failure_reason: Option<&str>,
+) -> Result<RefundRow, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "UPDATE payment.refund SET status = $2, stripe_refund_id = coalesce($3, stripe_refund_id),
+             failure_reason = coalesce($4, failure_reason), updated_at = now()
+         WHERE id = $1 RETURNING {REFUND}"
+    ))
+    .bind(id)
+    .bind(status)
+    .bind(stripe_refund_id)
+    .bind(failure_reason)
+    .fetch_one(conn)
+    .await
+}
+
+pub async fn get_refund(db: &PgPool, id: i64) -> Result<Option<RefundRow>, sqlx::Error> {
+    sqlx::query_as(&format!("SELECT {REFUND} FROM payment.refund WHERE id = $1")).bind(id).fetch_optional(db).await
+}
+
+pub async fn refunds_of(db: &PgPool, payment_id: i64) -> Result<Vec<RefundRow>, sqlx::Error> {
+    sqlx::query_as(&format!("SELECT {REFUND} FROM payment.refund WHERE payment_id = $1 ORDER BY id"))
+        .bind(payment_id)
+        .fetch_all(db)
+        .await
+}
