@@ -353,3 +353,43 @@ async fn with_auth_disabled_a_warning_is_logged_at_start_and_calls_need_no_key()
     let logs = stack.service.logs();
     assert!(logs.lines().any(|l| l.contains("\"WARN\"") && l.contains("AUTH_DISABLED")), "{logs}");
 }
+
+/// The shell block between `<!-- walkthrough -->` and `<!-- /walkthrough -->`.
+fn readme_walkthrough() -> String {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+    let start = readme.find("<!-- walkthrough -->").expect("README has a walkthrough");
+    let end = readme.find("<!-- /walkthrough -->").unwrap();
+    let block = &readme[start..end];
+    let code = block.split("```sh").nth(1).unwrap().split("```").next().unwrap();
+    code.to_string()
+}
+
+#[tokio::test]
+async fn the_readme_payment_walkthrough_runs_as_written() {
+    let stack = Stack::start(&[]).await;
+    let key = stack.new_key();
+    let out = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &readme_walkthrough()])
+        .env("BASE", &stack.rest)
+        .env("KEY", &key)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let answers: Vec<Value> =
+        stdout.lines().map(|l| serde_json::from_str(l).expect("each step prints one JSON answer")).collect();
+    assert_eq!(answers.len(), 4, "{stdout}");
+    assert_eq!(
+        (answers[0]["status"].as_str(), answers[0]["amount_capturable"].as_str()),
+        (Some("authorized"), Some("5000"))
+    );
+    assert_eq!(
+        (answers[1]["status"].as_str(), answers[1]["amount_captured"].as_str()),
+        (Some("succeeded"), Some("3000"))
+    );
+    assert_eq!((answers[2]["status"].as_str(), answers[2]["amount"].as_str()), (Some("succeeded"), Some("1000")));
+    let last = &answers[3];
+    assert_eq!(last["status"], "partially_refunded");
+    assert_eq!((last["amount_captured"].as_str(), last["amount_refunded"].as_str()), (Some("3000"), Some("1000")));
+    assert_eq!(last["history"].as_array().unwrap().len(), 4, "pending, authorized, succeeded, partially_refunded");
+}

@@ -333,15 +333,20 @@ impl App {
                 Refused { reason: "NOT_CAPTURABLE", message: "the payment has no Stripe PaymentIntent yet".into() },
             ));
         }
-        let op = payments::insert_operation(&mut tx, kind, id, None, amount).await.map_err(|e| match e {
-            sqlx::Error::Database(d) if d.constraint() == Some("operation_one_capture_or_cancel") => AppError::new(
-                Kind::Aborted,
-                "OPERATION_IN_PROGRESS",
-                "a capture or cancel of this payment is already in progress; try again shortly",
-            )
-            .detail("paymentID", id.to_string()),
-            other => other.into(),
-        })?;
+        let op = match payments::pending_operation(&mut tx, id).await? {
+            // The same request again, while the first one's outcome is
+            // unknown: resume it, with the same idempotency key.
+            Some(op) if op.kind == kind && op.amount == amount => op,
+            Some(_) => {
+                return Err(AppError::new(
+                    Kind::Aborted,
+                    "OPERATION_IN_PROGRESS",
+                    "another capture or cancel of this payment is in progress; try again shortly",
+                )
+                .detail("paymentID", id.to_string()));
+            }
+            None => payments::insert_operation(&mut tx, kind, id, None, amount).await?,
+        };
         tx.commit().await?;
         Ok((row, op))
     }

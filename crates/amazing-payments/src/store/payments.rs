@@ -198,6 +198,17 @@ pub async fn insert_operation(
     .await
 }
 
+/// The capture or cancel of a payment still in flight, if any.
+pub async fn pending_operation(conn: &mut PgConnection, payment_id: i64) -> Result<Option<OperationRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, kind, payment_id, refund_id, amount, idempotency_key FROM payment.operation
+         WHERE payment_id = $1 AND state = 'pending' AND kind IN ('capture', 'cancel')",
+    )
+    .bind(payment_id)
+    .fetch_optional(conn)
+    .await
+}
+
 /// Marks an operation finished (`succeeded` or `failed`).
 pub async fn finish_operation(
     conn: &mut PgConnection,

@@ -3,6 +3,7 @@
 //! the service on `127.0.0.1:0` for both transports.
 #![allow(dead_code)]
 
+pub mod call;
 pub mod proxy;
 
 use amazing_payments::{
