@@ -133,7 +133,13 @@ async fn serve_until_signal(config: ServeConfig) -> anyhow::Result<()> {
     let grpc =
         TcpListener::bind(config.grpc).await.with_context(|| format!("RPC_PORT: cannot listen on {}", config.grpc))?;
     let (rest_addr, grpc_addr) = (rest.local_addr()?, grpc.local_addr()?);
-    let app = App { db: pool, stripe, auth: config.auth };
+    let app = App {
+        db: pool,
+        stripe,
+        auth: config.auth,
+        idempotency_ttl: config.idempotency_ttl,
+        idempotency_lease: config.idempotency_lease,
+    };
     println!("REST:     http://{rest_addr}/v1/...");
     println!("gRPC:     {grpc_addr} (reflection on)");
     println!("API docs: http://{rest_addr}/docs (OpenAPI at /openapi.json)");

@@ -211,6 +211,16 @@ pub struct ServeArgs {
     /// Do not apply migrations at start-up.
     #[arg(long, env = "SKIP_MIGRATIONS", default_value = "false")]
     pub skip_migrations: String,
+    /// Hours a client's idempotency key and its saved response are kept.
+    #[arg(long, env = "IDEMPOTENCY_TTL", default_value = "24")]
+    pub idempotency_ttl: String,
+    /// Seconds a running request holds its idempotency key before a retry
+    /// may take over (its instance is then presumed dead).
+    #[arg(long, env = "IDEMPOTENCY_LEASE", default_value = "90")]
+    pub idempotency_lease: String,
+    /// Run the reconciler inside serve.
+    #[arg(long, env = "RECONCILER", default_value = "true")]
+    pub reconciler: String,
 }
 
 /// Everything `serve` needs, checked.
@@ -219,6 +229,9 @@ pub struct ServeConfig {
     pub rest: SocketAddr,
     pub grpc: SocketAddr,
     pub migrate: bool,
+    pub idempotency_ttl: Duration,
+    pub idempotency_lease: Duration,
+    pub reconciler: bool,
     pub db: DbConfig,
     pub stripe: stripe::Settings,
     pub auth: AuthSettings,
@@ -230,6 +243,21 @@ impl ServeConfig {
             rest: listen_addr("JSON_PORT", &serve.json_port)?,
             grpc: listen_addr("RPC_PORT", &serve.rpc_port)?,
             migrate: !flag("SKIP_MIGRATIONS", &serve.skip_migrations)?,
+            idempotency_ttl: {
+                let hours: f64 = number("IDEMPOTENCY_TTL", &serve.idempotency_ttl)?;
+                if !(hours > 0.0 && hours <= 24.0 * 30.0) {
+                    return Err(err("IDEMPOTENCY_TTL", "must be between 0 and 720 hours"));
+                }
+                Duration::from_secs_f64(hours * 3600.0)
+            },
+            idempotency_lease: {
+                let secs: f64 = number("IDEMPOTENCY_LEASE", &serve.idempotency_lease)?;
+                if !(secs >= 1.0 && secs <= 3600.0) {
+                    return Err(err("IDEMPOTENCY_LEASE", "must be between 1 and 3600 seconds"));
+                }
+                Duration::from_secs_f64(secs)
+            },
+            reconciler: flag("RECONCILER", &serve.reconciler)?,
             db: db.config()?,
             stripe: stripe.settings()?,
             auth: auth.settings()?,
@@ -278,7 +306,14 @@ mod tests {
             db_max_connections: "5".into(),
         };
         let auth = AuthArgs { api_key_pepper: Some("a-long-enough-pepper".into()), auth_disabled: "no".into() };
-        let serve = ServeArgs { json_port: ":8080".into(), rpc_port: ":8081".into(), skip_migrations: "false".into() };
+        let serve = ServeArgs {
+            json_port: ":8080".into(),
+            rpc_port: ":8081".into(),
+            skip_migrations: "false".into(),
+            idempotency_ttl: "24".into(),
+            idempotency_lease: "90".into(),
+            reconciler: "true".into(),
+        };
         let config = ServeConfig::new(&serve, &db, &stripe_args(Some("sk_test_abcdef123456")), &auth).unwrap();
         let printed = format!("{config:?}");
         for secret in ["s3cret-pw", "sk_test_abcdef123456", "a-long-enough-pepper"] {

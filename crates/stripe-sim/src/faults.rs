@@ -1,7 +1,10 @@
-//! Faults on demand: rules, set at start-up or at run time through
-//! `POST /_sim/faults`, that make chosen endpoints answer with an error
-//! instead of doing their work. Each rule matches a method and a path prefix,
-//! fires with a probability, and may be limited to a number of firings.
+//! Faults on demand: rules, set at start-up (`--faults`, `STRIPE_SIM_FAULTS`)
+//! or at run time (`POST /_sim/faults`), that make chosen endpoints slow,
+//! answer with an error, drop the connection before doing the work, or do
+//! the work and then drop the connection (a lost answer). A timeout is a
+//! latency longer than the client waits. Each rule matches a method and a
+//! path prefix, fires with a probability, and may be limited to a number of
+//! firings.
 
 use parking_lot::Mutex;
 use rand::Rng;
@@ -24,6 +27,13 @@ pub struct Rule {
     /// Milliseconds to wait before answering.
     #[serde(default)]
     pub latency_ms: Option<u64>,
+    /// Up to this many milliseconds more, at random.
+    #[serde(default)]
+    pub jitter_ms: Option<u64>,
+    /// Drop the connection without answering: `before` the work is done, or
+    /// `after` it (the work is done and the answer is lost).
+    #[serde(default)]
+    pub drop: Option<Drop>,
     /// Stripe error `type`; `api_error` for 5xx, else `invalid_request_error`.
     #[serde(default)]
     pub error_type: Option<String>,
@@ -45,6 +55,23 @@ pub struct Rule {
     /// only the answer lies), to test a client's checks of what comes back.
     #[serde(default)]
     pub tamper: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// When a dropped connection is dropped.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Drop {
+    Before,
+    After,
+}
+
+impl Rule {
+    /// The wait this firing adds.
+    pub fn delay(&self) -> Option<std::time::Duration> {
+        let base = self.latency_ms.unwrap_or(0);
+        let extra = self.jitter_ms.map(|j| rand::rng().random_range(0..=j)).unwrap_or(0);
+        (base + extra > 0).then(|| std::time::Duration::from_millis(base + extra))
+    }
 }
 
 fn one() -> f64 {

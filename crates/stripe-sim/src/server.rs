@@ -6,7 +6,7 @@
 use crate::{
     Sim,
     error::ApiError,
-    faults::Rule,
+    faults::{self, Rule},
     form,
     idempotency::{Claim, Saved},
     ids, resources,
@@ -177,13 +177,11 @@ async fn execute(
         }
     }
     let fault = sim.faults.pick(method.as_str(), path);
-    if let Some(rule) = &fault {
-        if rule.status.is_some() {
-            if let Some(ms) = rule.latency_ms {
-                tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
-            }
-            return fault_response(rule);
+    if let Some(rule) = fault.as_ref().filter(|r| r.status.is_some() || r.drop == Some(faults::Drop::Before)) {
+        if let Some(wait) = rule.delay() {
+            tokio::time::sleep(wait).await;
         }
+        return if rule.status.is_some() { fault_response(rule) } else { dropped() };
     }
     let raw = if *method == Method::POST { body.as_ref() } else { uri.query().unwrap_or("").as_bytes() };
     let params = match form::decode(raw) {
@@ -201,8 +199,9 @@ async fn execute(
             Claim::InUse => return ApiError::idempotency_in_use().into_response(),
         }
     }
-    if let Some(ms) = fault.as_ref().and_then(|r| r.latency_ms) {
-        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    // Slow work: the key (if any) is held while it runs.
+    if let Some(wait) = fault.as_ref().and_then(Rule::delay) {
+        tokio::time::sleep(wait).await;
     }
     let (status, body, saved) = match handler(sim, &params, &segments) {
         Ok(mut v) => {
@@ -224,7 +223,23 @@ async fn execute(
             sim.keys.release(&scope, key);
         }
     }
+    if fault.as_ref().is_some_and(|r| r.drop == Some(faults::Drop::After)) {
+        return dropped();
+    }
     (status, Json(body)).into_response()
+}
+
+/// A response whose body fails at once: the server closes the connection
+/// without a complete answer, as a network cut would.
+fn dropped() -> Response {
+    let failing = futures_util::stream::once(async {
+        Err::<bytes::Bytes, std::io::Error>(std::io::Error::other("dropped by a fault rule"))
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-length", "1024")
+        .body(axum::body::Body::from_stream(failing))
+        .expect("a valid response")
 }
 
 fn replay(saved: Saved) -> Response {

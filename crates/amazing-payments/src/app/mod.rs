@@ -9,6 +9,7 @@ pub mod apikeys;
 pub mod customers;
 pub mod error;
 pub mod health;
+pub mod operations;
 pub mod page;
 pub mod payments;
 pub mod products;
@@ -36,6 +37,18 @@ pub struct App {
     pub db: PgPool,
     pub stripe: stripe::Client,
     pub auth: AuthSettings,
+    /// How long a client's idempotency key is kept.
+    pub idempotency_ttl: std::time::Duration,
+    /// How long a request holds its key before a retry may take over (the
+    /// instance running it is then presumed dead). Longer than any request.
+    pub idempotency_lease: std::time::Duration,
+}
+
+/// A client's idempotency key, with its scope (the API key's id, or 0).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestKey {
+    pub scope: i64,
+    pub key: String,
 }
 
 /// Who is calling: the API key, or nobody when checks are off.

@@ -3,28 +3,33 @@
 //! apply pattern as payments.
 
 use super::{
-    App, AppError,
-    payments::{not_found, outcome_unknown, refused, still_pending},
+    App, AppError, RequestKey,
+    operations::{not_found, outcome_unknown, refused, still_pending},
     stripe_failure, sync,
 };
 use crate::{
     domain::money::{Currency, Money},
-    store::payments::{self, Cause, RefundRow, Source},
-    stripe::Form,
+    store::payments::{self, Cause, NewOperation, OperationRow, PaymentRow, RefundRow, Source},
+    stripe::{Form, StripeError},
 };
 
-fn refund_not_found(id: i64) -> AppError {
+pub(crate) fn refund_not_found(id: i64) -> AppError {
     AppError::not_found("REFUND_NOT_FOUND", format!("refund {id} does not exist")).detail("refundID", id.to_string())
 }
 
 impl App {
     /// Refunds `amount` of a captured payment (all that remains when `None`).
+    /// With a client idempotency key already used, resumes that refund.
     pub async fn refund_payment(
         &self,
         payment_id: i64,
         amount: Option<i64>,
         reason: Option<&str>,
+        key: Option<&RequestKey>,
     ) -> Result<RefundRow, AppError> {
+        if let Some(done) = self.resume(key).await? {
+            return done.refund();
+        }
         let mut tx = self.db.begin().await?;
         let row = payments::lock(&mut tx, payment_id).await?.ok_or_else(|| not_found(payment_id))?;
         if let Some(a) = amount {
@@ -33,15 +38,31 @@ impl App {
         let in_flight = payments::refunds_in_flight(&mut tx, payment_id).await?;
         let amount = row.ledger().plan_refund(amount, in_flight).map_err(|r| refused(payment_id, r))?;
         let refund = payments::insert_refund(&mut tx, payment_id, amount, reason).await?;
-        let op = payments::insert_operation(&mut tx, "refund", payment_id, Some(refund.id), Some(amount)).await?;
+        let new = NewOperation {
+            kind: "refund",
+            payment_id,
+            refund_id: Some(refund.id),
+            amount: Some(amount),
+            params: serde_json::json!({}),
+            request: key.map(|k| (k.scope, k.key.as_str())),
+        };
+        let op = payments::insert_operation(&mut tx, new).await?;
         tx.commit().await?;
+        self.drive(&op).await?.refund()
+    }
 
-        let pi = row.stripe_payment_intent_id.as_deref().expect("a captured payment has a PaymentIntent");
+    /// Sends a refund operation to Stripe and applies the answer.
+    pub(crate) async fn drive_refund(&self, op: &OperationRow, payment: &PaymentRow) -> Result<RefundRow, AppError> {
+        let payment_id = payment.id;
+        let refund = payments::get_refund(&self.db, op.refund_id.unwrap_or_default())
+            .await?
+            .ok_or_else(|| refund_not_found(op.refund_id.unwrap_or_default()))?;
+        let pi = payment.stripe_payment_intent_id.as_deref().unwrap_or_default();
         let ids = [("refundID", refund.id.to_string()), ("paymentID", payment_id.to_string())];
         let form = Form::new()
             .set("payment_intent", pi)
-            .set("amount", amount)
-            .set_opt("reason", reason)
+            .set("amount", refund.amount)
+            .set_opt("reason", refund.reason.as_deref())
             .map("metadata", ids.iter().map(|(k, v)| (*k, v.as_str())));
         match self.stripe.create_refund(&form, &op.idempotency_key).await {
             Ok(reply) => {
@@ -60,7 +81,7 @@ impl App {
                     let mut after = before.clone();
                     let next = before
                         .ledger()
-                        .set_refunded(before.amount_refunded + amount)
+                        .set_refunded(before.amount_refunded + refund.amount)
                         .map_err(|r| refused(payment_id, r))?;
                     after.set_ledger(next);
                     let cause = Cause {
@@ -72,7 +93,7 @@ impl App {
                 }
                 payments::finish_operation(&mut tx, op.id, "succeeded", None).await?;
                 tx.commit().await?;
-                tracing::info!(payment_id, refund_id = refund.id, amount, status, "refund created");
+                tracing::info!(payment_id, refund_id = refund.id, amount = refund.amount, status, "refund created");
                 Ok(updated)
             }
             Err(e) if outcome_unknown(&e) => {
@@ -85,9 +106,14 @@ impl App {
                 payments::update_refund(&mut tx, refund.id, "failed", None, Some(&message)).await?;
                 payments::finish_operation(&mut tx, op.id, "failed", Some(&message)).await?;
                 tx.commit().await?;
-                Err(stripe_failure(e)
-                    .detail("paymentID", payment_id.to_string())
-                    .detail("refundID", refund.id.to_string()))
+                let err = match e {
+                    StripeError::Network { .. } => AppError::unavailable(
+                        "STRIPE_UNAVAILABLE",
+                        "the payment provider could not be reached; try again later",
+                    ),
+                    other => stripe_failure(other),
+                };
+                Err(err.detail("paymentID", payment_id.to_string()).detail("refundID", refund.id.to_string()))
             }
         }
     }

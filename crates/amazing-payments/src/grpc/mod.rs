@@ -3,6 +3,7 @@
 //! reflection, so generic clients such as grpcurl need no .proto files.
 
 pub mod convert;
+pub mod idempotency;
 pub mod service;
 
 use crate::{app::App, proto};

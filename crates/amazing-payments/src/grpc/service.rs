@@ -1,8 +1,12 @@
 //! The gRPC door: each rpc authenticates, parses its request, calls one use
-//! case and converts the answer. No logic lives here. The REST gateway calls
+//! case and converts the answer. No logic lives here. Mutating rpcs honour a
+//! client idempotency key ([`idempotency::once`]). The REST gateway calls
 //! these same methods in process.
 
-use super::convert::{self, id};
+use super::{
+    convert::{self, id},
+    idempotency,
+};
 use crate::{
     app::{App, AppError, Principal, payments::ListPayments, products::CreateProduct},
     domain::customer::CustomerId,
@@ -28,8 +32,8 @@ impl PaymentApi {
     }
 }
 
-fn parse<T, U: TryFrom<T, Error = AppError>>(message: T) -> Result<U, Status> {
-    U::try_from(message).map_err(Status::from)
+fn parse<T, U: TryFrom<T, Error = AppError>>(message: T) -> Result<U, AppError> {
+    U::try_from(message)
 }
 
 #[tonic::async_trait]
@@ -38,9 +42,12 @@ impl PaymentService for PaymentApi {
         &self,
         request: Request<proto::CreateCustomerRequest>,
     ) -> Result<Response<proto::Customer>, Status> {
-        self.principal(&request).await?;
-        let customer = self.app.create_customer(parse(request.into_inner())?).await?;
-        Ok(Response::new(customer.into()))
+        let who = self.principal(&request).await?;
+        let app = &self.app;
+        idempotency::once(app, &who, "CreateCustomer", request, |r, _| async move {
+            Ok(app.create_customer(parse(r)?).await?.into())
+        })
+        .await
     }
 
     async fn get_customer(
@@ -64,9 +71,12 @@ impl PaymentService for PaymentApi {
         &self,
         request: Request<proto::UpdateCustomerRequest>,
     ) -> Result<Response<proto::Customer>, Status> {
-        self.principal(&request).await?;
-        let customer = self.app.update_customer(parse(request.into_inner())?).await?;
-        Ok(Response::new(customer.into()))
+        let who = self.principal(&request).await?;
+        let app = &self.app;
+        idempotency::once(app, &who, "UpdateCustomer", request, |r, _| async move {
+            Ok(app.update_customer(parse(r)?).await?.into())
+        })
+        .await
     }
 
     async fn list_customers(
@@ -85,11 +95,14 @@ impl PaymentService for PaymentApi {
         &self,
         request: Request<proto::CreateProductRequest>,
     ) -> Result<Response<proto::Product>, Status> {
-        self.principal(&request).await?;
-        let r = request.into_inner();
-        let cmd = CreateProduct::parse(&r.name, &r.description, convert::price_money(r.unit_amount, &r.currency)?)?;
-        let (product, prices) = self.app.create_product(cmd).await?;
-        Ok(Response::new(convert::product(product, prices)))
+        let who = self.principal(&request).await?;
+        let app = &self.app;
+        idempotency::once(app, &who, "CreateProduct", request, |r, _| async move {
+            let cmd = CreateProduct::parse(&r.name, &r.description, convert::price_money(r.unit_amount, &r.currency)?)?;
+            let (product, prices) = app.create_product(cmd).await?;
+            Ok(convert::product(product, prices))
+        })
+        .await
     }
 
     async fn get_product(
@@ -115,38 +128,51 @@ impl PaymentService for PaymentApi {
     }
 
     async fn add_price(&self, request: Request<proto::AddPriceRequest>) -> Result<Response<proto::Price>, Status> {
-        self.principal(&request).await?;
-        let r = request.into_inner();
-        let product = id("productID", r.product_id)?;
-        let price = self.app.add_price(product, convert::price_money(r.unit_amount, &r.currency)?).await?;
-        Ok(Response::new(convert::price(price)))
+        let who = self.principal(&request).await?;
+        let app = &self.app;
+        idempotency::once(app, &who, "AddPrice", request, |r, _| async move {
+            let product = id("productID", r.product_id)?;
+            Ok(convert::price(app.add_price(product, convert::price_money(r.unit_amount, &r.currency)?).await?))
+        })
+        .await
     }
 
     async fn deactivate_product(
         &self,
         request: Request<proto::DeactivateProductRequest>,
     ) -> Result<Response<proto::Product>, Status> {
-        self.principal(&request).await?;
-        let (product, prices) = self.app.deactivate_product(id("productID", request.get_ref().product_id)?).await?;
-        Ok(Response::new(convert::product(product, prices)))
+        let who = self.principal(&request).await?;
+        let app = &self.app;
+        idempotency::once(app, &who, "DeactivateProduct", request, |r, _| async move {
+            let (product, prices) = app.deactivate_product(id("productID", r.product_id)?).await?;
+            Ok(convert::product(product, prices))
+        })
+        .await
     }
 
     async fn deactivate_price(
         &self,
         request: Request<proto::DeactivatePriceRequest>,
     ) -> Result<Response<proto::Price>, Status> {
-        self.principal(&request).await?;
-        let price = self.app.deactivate_price(id("priceID", request.get_ref().price_id)?).await?;
-        Ok(Response::new(convert::price(price)))
+        let who = self.principal(&request).await?;
+        let app = &self.app;
+        idempotency::once(app, &who, "DeactivatePrice", request, |r, _| async move {
+            Ok(convert::price(app.deactivate_price(id("priceID", r.price_id)?).await?))
+        })
+        .await
     }
 
     async fn create_payment(
         &self,
         request: Request<proto::CreatePaymentRequest>,
     ) -> Result<Response<proto::Payment>, Status> {
-        self.principal(&request).await?;
-        let payment = self.app.create_payment(parse(request.into_inner())?).await?;
-        Ok(Response::new(convert::payment(payment, Vec::new())))
+        let who = self.principal(&request).await?;
+        let app = &self.app;
+        idempotency::once(app, &who, "CreatePayment", request, |r, key| async move {
+            let payment = app.create_payment(parse(r)?, key.as_ref()).await?;
+            Ok(convert::payment(payment, Vec::new()))
+        })
+        .await
     }
 
     async fn get_payment(
@@ -180,37 +206,51 @@ impl PaymentService for PaymentApi {
         &self,
         request: Request<proto::CapturePaymentRequest>,
     ) -> Result<Response<proto::Payment>, Status> {
-        self.principal(&request).await?;
-        let r = request.into_inner();
-        let payment =
-            self.app.capture_payment(id("paymentID", r.payment_id)?, convert::capture_amount(r.amount)?).await?;
-        Ok(Response::new(convert::payment(payment, Vec::new())))
+        let who = self.principal(&request).await?;
+        let app = &self.app;
+        idempotency::once(app, &who, "CapturePayment", request, |r, key| async move {
+            let payment = app
+                .capture_payment(id("paymentID", r.payment_id)?, convert::capture_amount(r.amount)?, key.as_ref())
+                .await?;
+            Ok(convert::payment(payment, Vec::new()))
+        })
+        .await
     }
 
     async fn cancel_payment(
         &self,
         request: Request<proto::CancelPaymentRequest>,
     ) -> Result<Response<proto::Payment>, Status> {
-        self.principal(&request).await?;
-        let r = request.into_inner();
-        let payment =
-            self.app.cancel_payment(id("paymentID", r.payment_id)?, convert::cancellation_reason(&r.reason)?).await?;
-        Ok(Response::new(convert::payment(payment, Vec::new())))
+        let who = self.principal(&request).await?;
+        let app = &self.app;
+        idempotency::once(app, &who, "CancelPayment", request, |r, key| async move {
+            let reason = convert::cancellation_reason(&r.reason)?;
+            let payment = app.cancel_payment(id("paymentID", r.payment_id)?, reason, key.as_ref()).await?;
+            Ok(convert::payment(payment, Vec::new()))
+        })
+        .await
     }
 
     async fn refund_payment(
         &self,
         request: Request<proto::RefundPaymentRequest>,
     ) -> Result<Response<proto::Refund>, Status> {
-        self.principal(&request).await?;
-        let r = request.into_inner();
-        let payment = id("paymentID", r.payment_id)?;
-        let refund = self
-            .app
-            .refund_payment(payment, convert::capture_amount(r.amount)?, convert::refund_reason(&r.reason)?)
-            .await?;
-        let currency = self.app.get_refund(refund.id).await?.1;
-        Ok(Response::new(convert::refund(refund, &currency)))
+        let who = self.principal(&request).await?;
+        let app = &self.app;
+        idempotency::once(app, &who, "RefundPayment", request, |r, key| async move {
+            let payment = id("paymentID", r.payment_id)?;
+            let refund = app
+                .refund_payment(
+                    payment,
+                    convert::capture_amount(r.amount)?,
+                    convert::refund_reason(&r.reason)?,
+                    key.as_ref(),
+                )
+                .await?;
+            let (refund, currency) = app.get_refund(refund.id).await?;
+            Ok(convert::refund(refund, &currency))
+        })
+        .await
     }
 
     async fn get_refund(&self, request: Request<proto::GetRefundRequest>) -> Result<Response<proto::Refund>, Status> {

@@ -61,12 +61,21 @@ pub struct RestError {
     pub message: String,
     pub reason: String,
     pub details: Map<String, Value>,
+    /// Headers from the status's metadata, e.g. `idempotent-replayed`.
+    pub headers: axum::http::HeaderMap,
 }
 
 impl RestError {
     /// An error the gateway itself finds (bad JSON, unknown route...).
     pub fn new(http: StatusCode, code: Code, reason: &str, message: impl Into<String>) -> Self {
-        Self { http, code, message: message.into(), reason: reason.to_string(), details: Map::new() }
+        Self {
+            http,
+            code,
+            message: message.into(),
+            reason: reason.to_string(),
+            details: Map::new(),
+            headers: Default::default(),
+        }
     }
 }
 
@@ -84,12 +93,21 @@ impl From<tonic::Status> for RestError {
             .find(|(r, _)| *r == reason)
             .map(|(_, s)| *s)
             .unwrap_or_else(|| http_status(status.code()));
+        let headers = status
+            .metadata()
+            .clone()
+            .into_headers()
+            .into_iter()
+            .filter_map(|(name, value)| name.map(|n| (n, value)))
+            .filter(|(name, _)| !name.as_str().starts_with("grpc-") && name != "content-type")
+            .collect();
         Self {
             http,
             code: status.code(),
             message: status.message().to_string(),
             reason,
             details: meta.into_iter().map(|(k, v)| (k, Value::String(v))).collect(),
+            headers,
         }
     }
 }
@@ -112,6 +130,7 @@ impl IntoResponse for RestError {
             body["details"] = Value::Object(self.details);
         }
         let mut response = (self.http, Json(body)).into_response();
+        response.headers_mut().extend(self.headers);
         if self.http == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }

@@ -4,6 +4,7 @@
 
 pub mod apikeys;
 pub mod customers;
+pub mod idempotency;
 pub mod payments;
 pub mod products;
 

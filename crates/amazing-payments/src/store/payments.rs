@@ -132,9 +132,14 @@ pub struct OperationRow {
     pub refund_id: Option<i64>,
     pub amount: Option<i64>,
     pub idempotency_key: String,
+    /// What the request needs besides the rows (e.g. a cancellation reason).
+    pub params: Json<Value>,
+    pub state: String,
 }
 
 pub struct NewPayment<'a> {
+    /// The client's idempotency key (scope, key) that asked for it.
+    pub request: Option<(i64, &'a str)>,
     pub customer_id: i64,
     pub amount: i64,
     pub currency: &'a str,
@@ -171,37 +176,104 @@ pub async fn insert(db: &PgPool, p: NewPayment<'_>) -> Result<(PaymentRow, Opera
     .fetch_one(&mut *tx)
     .await?;
     add_history(&mut tx, None, &row, Source::Api, &Cause::default()).await?;
-    let op = insert_operation(&mut tx, "create_payment", row.id, None, Some(row.amount)).await?;
+    let new_op = NewOperation {
+        kind: "create_payment",
+        payment_id: row.id,
+        refund_id: None,
+        amount: Some(row.amount),
+        params: serde_json::json!({}),
+        request: p.request,
+    };
+    let op = insert_operation(&mut tx, new_op).await?;
     tx.commit().await?;
     Ok((row, op))
 }
 
-/// Records an operation; its idempotency key is derived from its id.
-pub async fn insert_operation(
-    conn: &mut PgConnection,
-    kind: &str,
-    payment_id: i64,
-    refund_id: Option<i64>,
-    amount: Option<i64>,
-) -> Result<OperationRow, sqlx::Error> {
-    sqlx::query_as(
+const OPERATION: &str = "id, kind, payment_id, refund_id, amount, idempotency_key, params, state";
+
+/// An operation to record.
+pub struct NewOperation<'a> {
+    pub kind: &'a str,
+    pub payment_id: i64,
+    pub refund_id: Option<i64>,
+    pub amount: Option<i64>,
+    pub params: Value,
+    /// The client's idempotency key (scope, key) that asked for it.
+    pub request: Option<(i64, &'a str)>,
+}
+
+/// Records an operation; its Stripe idempotency key is derived from its id.
+pub async fn insert_operation(conn: &mut PgConnection, op: NewOperation<'_>) -> Result<OperationRow, sqlx::Error> {
+    sqlx::query_as(&format!(
         "WITH next AS (SELECT nextval(pg_get_serial_sequence('payment.operation', 'id')) AS id)
-         INSERT INTO payment.operation (id, kind, payment_id, refund_id, amount, idempotency_key)
-         SELECT next.id, $1, $2, $3, $4, 'ap-op-' || next.id FROM next
-         RETURNING id, kind, payment_id, refund_id, amount, idempotency_key",
-    )
-    .bind(kind)
-    .bind(payment_id)
-    .bind(refund_id)
-    .bind(amount)
+         INSERT INTO payment.operation (id, kind, payment_id, refund_id, amount, idempotency_key, params, request_scope, request_key)
+         SELECT next.id, $1, $2, $3, $4, 'ap-op-' || next.id, $5, $6, $7 FROM next
+         RETURNING {OPERATION}"
+    ))
+    .bind(op.kind)
+    .bind(op.payment_id)
+    .bind(op.refund_id)
+    .bind(op.amount)
+    .bind(Json(op.params))
+    .bind(op.request.map(|r| r.0))
+    .bind(op.request.map(|r| r.1))
     .fetch_one(conn)
+    .await
+}
+
+/// The operation a client's idempotency key asked for.
+pub async fn operation_by_request_key(db: &PgPool, scope: i64, key: &str) -> Result<Option<OperationRow>, sqlx::Error> {
+    sqlx::query_as(&format!("SELECT {OPERATION} FROM payment.operation WHERE request_scope = $1 AND request_key = $2"))
+        .bind(scope)
+        .bind(key)
+        .fetch_optional(db)
+        .await
+}
+
+/// Up to `limit` pending operations due for another try, older than
+/// `min_age`, each pushed back by `backoff` so that another reconciler does
+/// not take it meanwhile.
+pub async fn take_due_operations(
+    db: &PgPool,
+    limit: i64,
+    min_age: std::time::Duration,
+    backoff: std::time::Duration,
+) -> Result<Vec<OperationRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "UPDATE payment.operation SET next_attempt_at = now() + make_interval(secs => $3)
+         WHERE id IN (
+             SELECT id FROM payment.operation
+             WHERE state = 'pending' AND next_attempt_at <= now() AND created_at <= now() - make_interval(secs => $2)
+             ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+         RETURNING {OPERATION}"
+    ))
+    .bind(limit)
+    .bind(min_age.as_secs_f64())
+    .bind(backoff.as_secs_f64())
+    .fetch_all(db)
+    .await
+}
+
+/// Payments that wait on something outside (the customer, the card network,
+/// an authorization's deadline), not touched for `min_age`, oldest first.
+pub async fn waiting(db: &PgPool, limit: i64, min_age: std::time::Duration) -> Result<Vec<PaymentRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {PAYMENT} FROM payment.payment
+         WHERE stripe_payment_intent_id IS NOT NULL AND updated_at <= now() - make_interval(secs => $2)
+           AND (status IN ('requires_action', 'processing') OR (status = 'authorized' AND capture_before < now()))
+           AND NOT EXISTS (SELECT 1 FROM payment.operation o WHERE o.payment_id = payment.id AND o.state = 'pending')
+         ORDER BY updated_at LIMIT $1"
+    ))
+    .bind(limit)
+    .bind(min_age.as_secs_f64())
+    .fetch_all(db)
     .await
 }
 
 /// The capture or cancel of a payment still in flight, if any.
 pub async fn pending_operation(conn: &mut PgConnection, payment_id: i64) -> Result<Option<OperationRow>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT id, kind, payment_id, refund_id, amount, idempotency_key FROM payment.operation
+        "SELECT id, kind, payment_id, refund_id, amount, idempotency_key, params, state FROM payment.operation
          WHERE payment_id = $1 AND state = 'pending' AND kind IN ('capture', 'cancel')",
     )
     .bind(payment_id)

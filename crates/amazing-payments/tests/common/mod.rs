@@ -102,6 +102,8 @@ impl TestApp {
         let stripe_base = options.stripe_base.clone().unwrap_or_else(|| sim.url());
         let auth = AuthSettings { required: options.auth_required, pepper: Secret::new(PEPPER) };
         let app = App {
+            idempotency_ttl: Duration::from_secs(24 * 3600),
+            idempotency_lease: Duration::from_secs(30),
             db: service_db,
             stripe: stripe::Client::new(stripe_settings(&stripe_base)).unwrap(),
             auth: auth.clone(),

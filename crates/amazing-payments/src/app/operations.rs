@@ -1,0 +1,370 @@
+//! Operations on Stripe, and how they are carried through. Every change of
+//! money is recorded first as an operation (`payment.operation`), then sent
+//! to Stripe with the operation's idempotency key by [`App::drive`], which
+//! builds the request from what was recorded. Our API's first attempt, a
+//! client's retry with the same idempotency key ([`App::resume`]) and the
+//! reconciler all go through `drive`, so the same operation always sends the
+//! same request under the same key, and Stripe does it at most once.
+
+use super::{App, AppError, Kind, RequestKey, stripe_failure, sync};
+use crate::{
+    domain::payment::{Ledger, Refused},
+    store::{
+        customers,
+        payments::{self, Cause, NewOperation, OperationRow, PaymentRow, RefundRow, Source},
+    },
+    stripe::{Form, Reply, StripeError, types::PaymentIntent},
+};
+
+/// What driving an operation gave.
+#[derive(Debug)]
+pub enum Driven {
+    Payment(PaymentRow),
+    Refund(RefundRow),
+}
+
+impl Driven {
+    pub fn payment(self) -> Result<PaymentRow, AppError> {
+        match self {
+            Driven::Payment(p) => Ok(p),
+            Driven::Refund(_) => {
+                Err(AppError::internal(anyhow::anyhow!("a refund operation where a payment one was expected")))
+            }
+        }
+    }
+
+    pub fn refund(self) -> Result<RefundRow, AppError> {
+        match self {
+            Driven::Refund(r) => Ok(r),
+            Driven::Payment(_) => {
+                Err(AppError::internal(anyhow::anyhow!("a payment operation where a refund one was expected")))
+            }
+        }
+    }
+}
+
+pub(crate) fn not_found(id: i64) -> AppError {
+    AppError::not_found("PAYMENT_NOT_FOUND", format!("payment {id} does not exist")).detail("paymentID", id.to_string())
+}
+
+pub(crate) fn refused(id: i64, r: Refused) -> AppError {
+    AppError::new(Kind::FailedPrecondition, r.reason, r.message).detail("paymentID", id.to_string())
+}
+
+/// A declined card: 402 over REST, FAILED_PRECONDITION over gRPC.
+fn declined(row: &PaymentRow, e: &crate::stripe::ApiError) -> AppError {
+    let mut err = AppError::new(
+        Kind::FailedPrecondition,
+        "CARD_DECLINED",
+        e.message.clone().unwrap_or_else(|| "the card was declined".into()),
+    )
+    .detail("paymentID", row.id.to_string());
+    for (k, v) in [("decline_code", &e.decline_code), ("stripe_code", &e.code), ("stripe_request_id", &e.request_id)] {
+        if let Some(v) = v {
+            err = err.detail(k, v.clone());
+        }
+    }
+    err
+}
+
+/// Whether Stripe may or may not have done the work: the operation stays
+/// pending for the reconciler.
+pub(crate) fn outcome_unknown(e: &StripeError) -> bool {
+    match e {
+        StripeError::Network { sent, .. } => *sent,
+        StripeError::Api(a) => a.status == 409 || a.status == 429 || a.status >= 500,
+        StripeError::Decode { .. } => true,
+    }
+}
+
+pub(crate) fn still_pending(kind: &str, id: i64) -> AppError {
+    AppError::unavailable(
+        "STRIPE_UNAVAILABLE",
+        format!("the payment provider did not answer; the {kind} is recorded and will be completed, check it later"),
+    )
+    .detail("paymentID", id.to_string())
+}
+
+/// The request that creates a payment's PaymentIntent, built from the
+/// recorded payment only, so that every attempt sends the same parameters.
+pub(crate) fn create_form(row: &PaymentRow, stripe_customer: &str) -> Form {
+    let ids = [("paymentID", row.id.to_string()), ("customerID", row.customer_id.to_string())];
+    let mut metadata: Vec<(&String, &String)> = row.metadata.0.iter().collect();
+    metadata.sort();
+    Form::new()
+        .set("amount", row.amount)
+        .set("currency", &row.currency)
+        .set("customer", stripe_customer)
+        .set("payment_method", &row.payment_method)
+        .set("confirm", "true")
+        .set("capture_method", &row.capture_method)
+        .list("payment_method_types", ["card"])
+        .set_opt("description", row.description.as_deref())
+        .set_opt("receipt_email", row.receipt_email.as_deref())
+        .set_opt("return_url", row.return_url.as_deref())
+        .map("metadata", metadata.into_iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .map("metadata", ids.iter().map(|(k, v)| (*k, v.as_str())))
+}
+
+/// The answer a settled payment gives to the request that created it.
+fn settled_payment(row: PaymentRow) -> Result<PaymentRow, AppError> {
+    if row.integrity_error.is_some() {
+        return Err(mismatch(row.id));
+    }
+    if row.status() == crate::domain::payment::Status::Failed {
+        let e = crate::stripe::ApiError {
+            kind: "card_error".into(),
+            code: row.failure_code.clone(),
+            decline_code: row.decline_code.clone(),
+            message: row.failure_message.clone(),
+            ..Default::default()
+        };
+        return Err(if row.decline_code.is_some() {
+            declined(&row, &e)
+        } else {
+            refused(
+                row.id,
+                Refused { reason: "STRIPE_REFUSED", message: row.failure_message.clone().unwrap_or_default() },
+            )
+        });
+    }
+    Ok(row)
+}
+
+fn mismatch(id: i64) -> AppError {
+    AppError::new(
+        Kind::Internal,
+        "STRIPE_MISMATCH",
+        "the payment provider's answer did not match the request; the payment is held for review",
+    )
+    .detail("paymentID", id.to_string())
+}
+
+impl App {
+    /// Sends an operation's Stripe request, with its idempotency key, and
+    /// applies the answer.
+    pub(crate) async fn drive(&self, op: &OperationRow) -> Result<Driven, AppError> {
+        let row = payments::get(&self.db, op.payment_id).await?.ok_or_else(|| not_found(op.payment_id))?;
+        let pi = row.stripe_payment_intent_id.clone().unwrap_or_default();
+        let key = op.idempotency_key.as_str();
+        match op.kind.as_str() {
+            "create_payment" => {
+                let customer =
+                    customers::get(&self.db, crate::domain::customer::CustomerId::parse(row.customer_id)?).await?;
+                let stripe_customer = customer.and_then(|c| c.stripe_customer_key).unwrap_or_default();
+                let result = self.stripe.create_payment_intent(&create_form(&row, &stripe_customer), key).await;
+                self.finish_intent_operation(op, result, Some(&stripe_customer)).await.map(Driven::Payment)
+            }
+            "capture" => {
+                let result = self.stripe.capture_payment_intent(&pi, op.amount, key).await;
+                self.finish_intent_operation(op, result, None).await.map(Driven::Payment)
+            }
+            "cancel" => {
+                let reason = op.params.0.get("reason").and_then(|r| r.as_str());
+                let result = self.stripe.cancel_payment_intent(&pi, reason, key).await;
+                self.finish_intent_operation(op, result, None).await.map(Driven::Payment)
+            }
+            "refund" => self.drive_refund(op, &row).await.map(Driven::Refund),
+            other => Err(AppError::internal(anyhow::anyhow!("unknown operation kind {other}"))),
+        }
+    }
+
+    /// The operation a client's idempotency key already asked for, if any:
+    /// driven again while its outcome is unknown, else answered from what
+    /// was recorded.
+    pub(crate) async fn resume(&self, key: Option<&RequestKey>) -> Result<Option<Driven>, AppError> {
+        let Some(key) = key else { return Ok(None) };
+        let Some(op) = payments::operation_by_request_key(&self.db, key.scope, &key.key).await? else {
+            return Ok(None);
+        };
+        if op.state == "pending" {
+            return self.drive(&op).await.map(Some);
+        }
+        let row = payments::get(&self.db, op.payment_id).await?.ok_or_else(|| not_found(op.payment_id))?;
+        Ok(Some(match (op.kind.as_str(), op.refund_id) {
+            ("create_payment", _) => Driven::Payment(settled_payment(row)?),
+            (_, Some(refund)) => {
+                Driven::Refund(payments::get_refund(&self.db, refund).await?.ok_or_else(|| not_found(op.payment_id))?)
+            }
+            _ => Driven::Payment(row),
+        }))
+    }
+
+    /// Applies the answer to an operation that returns a PaymentIntent
+    /// (create, capture, cancel).
+    pub(crate) async fn finish_intent_operation(
+        &self,
+        op: &OperationRow,
+        result: Result<Reply<PaymentIntent>, StripeError>,
+        stripe_customer: Option<&str>,
+    ) -> Result<PaymentRow, AppError> {
+        let id = op.payment_id;
+        match result {
+            Ok(reply) => self.apply_intent(op, &reply.object, reply.request_id.as_deref(), stripe_customer).await,
+            Err(StripeError::Api(e)) if e.kind == "card_error" => {
+                let embedded = e.payment_intent.clone().and_then(|v| serde_json::from_value::<PaymentIntent>(v).ok());
+                let row = match embedded {
+                    Some(pi) => self.apply_intent(op, &pi, e.request_id.as_deref(), stripe_customer).await?,
+                    None => self.fail_operation(op, &e, true).await?,
+                };
+                Err(declined(&row, &e))
+            }
+            Err(e) if outcome_unknown(&e) => {
+                payments::note_attempt(&self.db, op.id, &e.to_string()).await?;
+                tracing::warn!(payment_id = id, operation = op.id, error = %e, "stripe outcome unknown: left for the reconciler");
+                Err(still_pending(&op.kind.replace('_', " "), id))
+            }
+            Err(StripeError::Network { message, .. }) => {
+                // Never sent: nothing happened in Stripe.
+                let e = crate::stripe::ApiError {
+                    code: Some("provider_unreachable".into()),
+                    message: Some(message),
+                    ..Default::default()
+                };
+                self.fail_operation(op, &e, op.kind == "create_payment").await?;
+                Err(AppError::unavailable(
+                    "STRIPE_UNAVAILABLE",
+                    "the payment provider could not be reached; try again later",
+                )
+                .detail("paymentID", id.to_string()))
+            }
+            Err(e) => {
+                let api = e.api().cloned().unwrap_or_default();
+                self.fail_operation(op, &api, op.kind == "create_payment").await?;
+                Err(stripe_failure(e).detail("paymentID", id.to_string()))
+            }
+        }
+    }
+
+    /// Applies a PaymentIntent Stripe returned for `op`, and closes `op`.
+    async fn apply_intent(
+        &self,
+        op: &OperationRow,
+        pi: &PaymentIntent,
+        request_id: Option<&str>,
+        stripe_customer: Option<&str>,
+    ) -> Result<PaymentRow, AppError> {
+        let mut tx = self.db.begin().await?;
+        let before = payments::lock(&mut tx, op.payment_id).await?.ok_or_else(|| not_found(op.payment_id))?;
+        let mut row = before.clone();
+        match sync::apply_intent(&mut row, pi, stripe_customer) {
+            Ok(_) => {
+                payments::save(
+                    &mut tx,
+                    &before,
+                    &row,
+                    Source::Api,
+                    &Cause { stripe_request_id: request_id, ..Default::default() },
+                )
+                .await?;
+                payments::finish_operation(&mut tx, op.id, "succeeded", None).await?;
+                tx.commit().await?;
+                Ok(row)
+            }
+            Err(sync::SyncError::Refused(r)) => {
+                // Our record is already further on (a webhook was faster):
+                // keep it; the operation did complete.
+                tracing::warn!(
+                    payment_id = op.payment_id,
+                    reason = r.reason,
+                    "stripe answer older than our record: kept ours"
+                );
+                payments::finish_operation(&mut tx, op.id, "succeeded", None).await?;
+                tx.commit().await?;
+                Ok(before)
+            }
+            Err(sync::SyncError::Mismatch(m)) => {
+                let mut row = before.clone();
+                row.integrity_error = Some(m.clone());
+                let cause = Cause {
+                    stripe_request_id: request_id,
+                    note: Some("integrity check failed: Stripe's answer differs from the request"),
+                    ..Default::default()
+                };
+                payments::save(&mut tx, &before, &row, Source::Api, &cause).await?;
+                payments::finish_operation(&mut tx, op.id, "failed", Some(&m)).await?;
+                tx.commit().await?;
+                tracing::error!(payment_id = op.payment_id, mismatch = %m, "stripe's answer does not match the request");
+                Err(AppError::new(
+                    Kind::Internal,
+                    "STRIPE_MISMATCH",
+                    "the payment provider's answer did not match the request; the payment is held for review",
+                )
+                .detail("paymentID", op.payment_id.to_string()))
+            }
+        }
+    }
+
+    /// Closes `op` as failed; a payment being created fails with Stripe's code.
+    async fn fail_operation(
+        &self,
+        op: &OperationRow,
+        e: &crate::stripe::ApiError,
+        payment_fails: bool,
+    ) -> Result<PaymentRow, AppError> {
+        let mut tx = self.db.begin().await?;
+        let before = payments::lock(&mut tx, op.payment_id).await?.ok_or_else(|| not_found(op.payment_id))?;
+        let mut row = before.clone();
+        if payment_fails {
+            if let Ok(next) = before.ledger().fail() {
+                row.set_ledger(next);
+                row.failure_code = e.code.clone().or(Some(e.kind.clone()));
+                row.failure_message = e.message.clone();
+                row.decline_code = e.decline_code.clone();
+            }
+        }
+        let cause = Cause { stripe_request_id: e.request_id.as_deref(), ..Default::default() };
+        payments::save(&mut tx, &before, &row, Source::Api, &cause).await?;
+        payments::finish_operation(&mut tx, op.id, "failed", e.message.as_deref()).await?;
+        tx.commit().await?;
+        Ok(row)
+    }
+
+    /// Checks a request against the payment under a row lock and records the
+    /// operation; returns the payment and the operation. The same capture or
+    /// cancel sent again while the first is unanswered resumes that one.
+    pub(crate) async fn begin_operation(
+        &self,
+        id: i64,
+        kind: &str,
+        params: serde_json::Value,
+        request: Option<&RequestKey>,
+        plan: impl FnOnce(&Ledger) -> Result<Option<i64>, Refused>,
+    ) -> Result<(PaymentRow, OperationRow), AppError> {
+        let mut tx = self.db.begin().await?;
+        let row = payments::lock(&mut tx, id).await?.ok_or_else(|| not_found(id))?;
+        let amount = plan(&row.ledger()).map_err(|r| refused(id, r))?;
+        if row.stripe_payment_intent_id.is_none() {
+            return Err(refused(
+                id,
+                Refused { reason: "NOT_CAPTURABLE", message: "the payment has no Stripe PaymentIntent yet".into() },
+            ));
+        }
+        let op = match payments::pending_operation(&mut tx, id).await? {
+            // The same request again, while the first one's outcome is
+            // unknown: resume it, with the same idempotency key.
+            Some(op) if op.kind == kind && op.amount == amount => op,
+            Some(_) => {
+                return Err(AppError::new(
+                    Kind::Aborted,
+                    "OPERATION_IN_PROGRESS",
+                    "another capture or cancel of this payment is in progress; try again shortly",
+                )
+                .detail("paymentID", id.to_string()));
+            }
+            None => {
+                let new = NewOperation {
+                    kind,
+                    payment_id: id,
+                    refund_id: None,
+                    amount,
+                    params,
+                    request: request.map(|r| (r.scope, r.key.as_str())),
+                };
+                payments::insert_operation(&mut tx, new).await?
+            }
+        };
+        tx.commit().await?;
+        Ok((row, op))
+    }
+}

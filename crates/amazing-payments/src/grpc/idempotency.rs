@@ -1,0 +1,173 @@
+//! Client idempotency keys (`idempotency-key` metadata; the REST gateway
+//! forwards the `Idempotency-Key` header as that), for every mutating rpc.
+//!
+//! The key is scoped to the caller's API key. The first request to claim it
+//! runs; its completed response, a success or a definitive refusal, is saved and
+//! replayed for 24 hours (`IDEMPOTENCY_TTL`), marked `idempotent-replayed:
+//! true`. The same key with another request is refused
+//! (`IDEMPOTENCY_KEY_REUSED`); a duplicate arriving while the first runs gets
+//! ABORTED (`IDEMPOTENCY_KEY_IN_USE`) and should retry. When the first
+//! attempt's outcome is unknown (503), nothing is saved. The same request may
+//! run again, and the use case resumes what the first attempt recorded,
+//! using the same Stripe idempotency key.
+
+use crate::{
+    app::{App, AppError, Kind, Principal, RequestKey, error::ERROR_DOMAIN},
+    store::idempotency::{self, Claim},
+};
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+use std::{collections::HashMap, future::Future};
+use tonic::{Code, Request, Response, Status, metadata::MetadataMap};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// The metadata of replayed answers.
+pub const REPLAYED: &str = "idempotent-replayed";
+
+/// Object keys sorted, so equal requests have equal text.
+fn canonical(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            Value::Object(keys.into_iter().map(|k| (k.clone(), canonical(&m[k]))).collect::<Map<_, _>>())
+        }
+        Value::Array(a) => Value::Array(a.iter().map(canonical).collect()),
+        other => other.clone(),
+    }
+}
+
+fn fingerprint(rpc: &str, message: &impl Serialize) -> String {
+    let text = canonical(&serde_json::to_value(message).unwrap_or(Value::Null)).to_string();
+    hex::encode(Sha256::digest(format!("{rpc}\n{text}")))
+}
+
+fn key_of(metadata: &MetadataMap) -> Result<Option<String>, AppError> {
+    let Some(raw) = metadata.get("idempotency-key") else { return Ok(None) };
+    let key = raw.to_str().map(str::trim).unwrap_or("");
+    if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(AppError::invalid(
+            "INVALID_IDEMPOTENCY_KEY",
+            "an idempotency key has 1 to 255 visible ASCII characters",
+        ));
+    }
+    Ok(Some(key.to_string()))
+}
+
+/// Whether an error is a final answer to the request (saved and replayed),
+/// rather than a failure to find out (not saved: the request may run again).
+fn is_final(e: &AppError) -> bool {
+    matches!(
+        e.kind,
+        Kind::InvalidArgument
+            | Kind::NotFound
+            | Kind::AlreadyExists
+            | Kind::FailedPrecondition
+            | Kind::PermissionDenied
+    )
+}
+
+fn replayed_metadata() -> MetadataMap {
+    let mut m = MetadataMap::new();
+    m.insert(REPLAYED, "true".parse().expect("a valid header value"));
+    m
+}
+
+fn replay<Resp: DeserializeOwned>(saved: Value) -> Result<Response<Resp>, Status> {
+    if let Some(error) = saved.get("error") {
+        let details: HashMap<String, String> = serde_json::from_value(error["details"].clone()).unwrap_or_default();
+        return Err(Status::with_error_details_and_metadata(
+            Code::from(error["code"].as_i64().unwrap_or(2) as i32),
+            error["message"].as_str().unwrap_or_default(),
+            ErrorDetails::with_error_info(error["reason"].as_str().unwrap_or_default(), ERROR_DOMAIN, details),
+            replayed_metadata(),
+        ));
+    }
+    let message: Resp = serde_json::from_value(saved["ok"].clone())
+        .map_err(|e| Status::from(AppError::internal(anyhow::anyhow!("unreadable saved response: {e}"))))?;
+    let mut response = Response::new(message);
+    *response.metadata_mut() = replayed_metadata();
+    Ok(response)
+}
+
+/// Runs `run` once per idempotency key (or every time, without one).
+pub async fn once<Req, Resp, F, Fut>(
+    app: &App,
+    principal: &Principal,
+    rpc: &'static str,
+    request: Request<Req>,
+    run: F,
+) -> Result<Response<Resp>, Status>
+where
+    Req: Serialize,
+    Resp: Serialize + DeserializeOwned,
+    F: FnOnce(Req, Option<RequestKey>) -> Fut,
+    Fut: Future<Output = Result<Resp, AppError>>,
+{
+    let key = key_of(request.metadata())?;
+    let message = request.into_inner();
+    let Some(key) = key else {
+        return run(message, None).await.map(Response::new).map_err(Status::from);
+    };
+    let scope = principal.api_key_id.unwrap_or(0);
+    match idempotency::claim(
+        &app.db,
+        scope,
+        &key,
+        rpc,
+        &fingerprint(rpc, &message),
+        app.idempotency_lease,
+        app.idempotency_ttl,
+    )
+    .await
+    .map_err(AppError::from)?
+    {
+        Claim::Run => {}
+        Claim::Replay(saved) => return replay(saved),
+        Claim::Mismatch => {
+            return Err(AppError::invalid(
+                "IDEMPOTENCY_KEY_REUSED",
+                "this idempotency key was already used for a different request",
+            )
+            .into());
+        }
+        Claim::InUse => {
+            return Err(AppError::new(
+                Kind::Aborted,
+                "IDEMPOTENCY_KEY_IN_USE",
+                "a request with this idempotency key is still running; retry shortly",
+            )
+            .into());
+        }
+    }
+    let result = run(message, Some(RequestKey { scope, key: key.clone() })).await;
+    let saved = match &result {
+        Ok(resp) => Some(json!({"ok": serde_json::to_value(resp).unwrap_or(Value::Null)})),
+        Err(e) if is_final(e) => Some(json!({"error": {
+            "code": e.kind.code() as i32, "reason": e.reason, "message": e.message, "details": e.details,
+        }})),
+        Err(_) => None,
+    };
+    let stored = match saved {
+        Some(v) => idempotency::complete(&app.db, scope, &key, &v).await,
+        None => idempotency::release(&app.db, scope, &key).await,
+    };
+    if let Err(e) = stored {
+        tracing::error!(error = %e, "could not save the idempotent response");
+    }
+    result.map(Response::new).map_err(Status::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn equal_requests_have_equal_fingerprints_whatever_the_order_of_their_maps() {
+        let a = json!({"metadata": {"a": "1", "b": "2"}, "amount": "5"});
+        let b = json!({"amount": "5", "metadata": {"b": "2", "a": "1"}});
+        assert_eq!(fingerprint("CreatePayment", &a), fingerprint("CreatePayment", &b));
+        assert_ne!(fingerprint("CreatePayment", &a), fingerprint("RefundPayment", &a));
+    }
+}

@@ -1,0 +1,111 @@
+//! `auth.idempotency_key`: claiming a client's key, saving and replaying the
+//! response. Safe across any number of instances: the primary key decides
+//! who runs a request, and a lease lets a retry take over from a crashed one.
+
+use serde_json::Value;
+use sqlx::PgPool;
+use std::time::Duration;
+
+/// What a request carrying a key must do.
+#[derive(Debug)]
+pub enum Claim {
+    /// Run it (first time, after an unknown outcome, or after a crash).
+    Run,
+    /// Answer with the saved response.
+    Replay(Value),
+    /// The key was used for another request.
+    Mismatch,
+    /// Another request with this key is running.
+    InUse,
+}
+
+/// Claims `key` for a request with `fingerprint`.
+pub async fn claim(
+    db: &PgPool,
+    scope: i64,
+    key: &str,
+    rpc: &str,
+    fingerprint: &str,
+    lease: Duration,
+    ttl: Duration,
+) -> Result<Claim, sqlx::Error> {
+    let lease_s = lease.as_secs_f64();
+    let inserted = sqlx::query(
+        "INSERT INTO auth.idempotency_key (scope, key, rpc, fingerprint, state, locked_until, expires_at)
+         VALUES ($1, $2, $3, $4, 'running', now() + make_interval(secs => $5), now() + make_interval(secs => $6))
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(scope)
+    .bind(key)
+    .bind(rpc)
+    .bind(fingerprint)
+    .bind(lease_s)
+    .bind(ttl.as_secs_f64())
+    .execute(db)
+    .await?;
+    if inserted.rows_affected() == 1 {
+        return Ok(Claim::Run);
+    }
+    let row: Option<(String, String, Option<Value>)> =
+        sqlx::query_as("SELECT fingerprint, state, response FROM auth.idempotency_key WHERE scope = $1 AND key = $2")
+            .bind(scope)
+            .bind(key)
+            .fetch_optional(db)
+            .await?;
+    let Some((stored, state, response)) = row else {
+        // Purged between the two statements: try once more.
+        return Box::pin(claim(db, scope, key, rpc, fingerprint, lease, ttl)).await;
+    };
+    if stored != fingerprint {
+        return Ok(Claim::Mismatch);
+    }
+    if state == "done" {
+        return Ok(Claim::Replay(response.unwrap_or(Value::Null)));
+    }
+    // Running with a lapsed lease (its instance died), or retryable: take it.
+    let taken = sqlx::query(
+        "UPDATE auth.idempotency_key SET state = 'running', locked_until = now() + make_interval(secs => $3)
+         WHERE scope = $1 AND key = $2 AND (state = 'retryable' OR locked_until < now())",
+    )
+    .bind(scope)
+    .bind(key)
+    .bind(lease_s)
+    .execute(db)
+    .await?;
+    Ok(if taken.rows_affected() == 1 { Claim::Run } else { Claim::InUse })
+}
+
+/// Saves the response of a completed request.
+pub async fn complete(db: &PgPool, scope: i64, key: &str, response: &Value) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE auth.idempotency_key SET state = 'done', response = $3, locked_until = NULL WHERE scope = $1 AND key = $2")
+        .bind(scope)
+        .bind(key)
+        .bind(response)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// Frees the key for the same request to try again (the outcome was unknown).
+pub async fn release(db: &PgPool, scope: i64, key: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE auth.idempotency_key SET state = 'retryable', locked_until = NULL WHERE scope = $1 AND key = $2",
+    )
+    .bind(scope)
+    .bind(key)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Deletes up to `batch` expired keys; how many.
+pub async fn purge(db: &PgPool, batch: i64) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "DELETE FROM auth.idempotency_key WHERE ctid IN
+            (SELECT ctid FROM auth.idempotency_key WHERE expires_at < now() LIMIT $1)",
+    )
+    .bind(batch)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected())
+}
