@@ -3,8 +3,9 @@
 
 use crate::{
     app::{App, apikeys},
-    config::{AuthArgs, ConfigError, DbArgs, ServeArgs, ServeConfig, StripeArgs},
+    config::{AuthArgs, ConfigError, DbArgs, ReconcileArgs, ServeArgs, ServeConfig, StripeArgs},
     server, store, stripe, telemetry,
+    workers::reconciler,
 };
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -25,11 +26,26 @@ pub enum Command {
         #[command(flatten)]
         serve: ServeArgs,
         #[command(flatten)]
+        reconcile: ReconcileArgs,
+        #[command(flatten)]
         db: DbArgs,
         #[command(flatten)]
         stripe: StripeArgs,
         #[command(flatten)]
         auth: AuthArgs,
+    },
+    /// Finish operations left in flight and bring waiting payments up to date
+    /// from Stripe (the same reconciler serve runs).
+    Reconcile {
+        /// One round: stop when nothing more can be done now.
+        #[arg(long)]
+        once: bool,
+        #[command(flatten)]
+        reconcile: ReconcileArgs,
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(flatten)]
+        stripe: StripeArgs,
     },
     /// Create the database if it is missing and apply the migrations.
     Migrate {
@@ -63,14 +79,40 @@ pub enum ApiKeyAction {
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve { serve, db, stripe, auth } => {
+        Command::Serve { serve, reconcile, db, stripe, auth } => {
             let config = ServeConfig::new(&serve, &db, &stripe, &auth)?;
+            let reconciler = config.reconciler.then(|| reconcile.settings()).transpose()?;
             if auth.pepper_is_default() {
                 tracing::warn!(
                     "API_KEY_PEPPER is not set: API keys are hashed under the built-in development pepper; set it in production"
                 );
             }
-            serve_until_signal(config).await
+            serve_until_signal(config, reconciler).await
+        }
+        Command::Reconcile { once, reconcile, db, stripe } => {
+            let settings = reconcile.settings()?;
+            let app = App {
+                db: store::pool(&db.config()?),
+                stripe: stripe::Client::new(stripe.settings()?)?,
+                auth: crate::app::AuthSettings { required: true, pepper: crate::secret::Secret::new("") },
+                idempotency_ttl: std::time::Duration::from_secs(24 * 3600),
+                idempotency_lease: std::time::Duration::from_secs(90),
+            };
+            if once {
+                let p = reconciler::until_idle(&app, &settings).await?;
+                println!(
+                    "operations {} (finished {}), payments read back {} (corrected {}), keys purged {}",
+                    p.operations, p.finished, p.payments, p.corrected, p.purged
+                );
+            } else {
+                let (tx, rx) = tokio::sync::watch::channel(false);
+                tokio::spawn(async move {
+                    server::shutdown_signal().await;
+                    let _ = tx.send(true);
+                });
+                reconciler::run(app, settings, rx).await;
+            }
+            Ok(())
         }
         Command::Migrate { db } => {
             let db = db.config()?;
@@ -115,8 +157,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Checks the database and Stripe, then serves until SIGTERM or SIGINT.
-async fn serve_until_signal(config: ServeConfig) -> anyhow::Result<()> {
+/// Checks the database and Stripe, then serves (and reconciles) until
+/// SIGTERM or SIGINT.
+async fn serve_until_signal(config: ServeConfig, reconcile: Option<reconciler::Settings>) -> anyhow::Result<()> {
     tracing::info!(config = ?config, "starting");
     if !config.auth.required {
         tracing::warn!("AUTH_DISABLED is set: every call is served without an API key");
@@ -144,7 +187,16 @@ async fn serve_until_signal(config: ServeConfig) -> anyhow::Result<()> {
     println!("gRPC:     {grpc_addr} (reflection on)");
     println!("API docs: http://{rest_addr}/docs (OpenAPI at /openapi.json)");
     tracing::info!(rest = %rest_addr, grpc = %grpc_addr, "serving");
-    server::run(app, rest, grpc, server::shutdown_signal()).await?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let worker = reconcile.map(|s| tokio::spawn(reconciler::run(app.clone(), s, stopped)));
+    server::run(app, rest, grpc, async move {
+        server::shutdown_signal().await;
+        let _ = stop.send(true);
+    })
+    .await?;
+    if let Some(w) = worker {
+        let _ = w.await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -199,6 +199,41 @@ impl AuthArgs {
     }
 }
 
+/// How the reconciler works.
+#[derive(Args, Debug, Clone)]
+pub struct ReconcileArgs {
+    /// Seconds between passes when there is nothing to do.
+    #[arg(long, env = "RECONCILE_INTERVAL", default_value = "10")]
+    pub reconcile_interval: String,
+    /// Seconds an operation is left to the request that started it.
+    #[arg(long, env = "RECONCILE_MIN_AGE", default_value = "30")]
+    pub reconcile_min_age: String,
+    /// Operations and payments looked at per pass.
+    #[arg(long, env = "RECONCILE_BATCH", default_value = "100")]
+    pub reconcile_batch: String,
+}
+
+impl ReconcileArgs {
+    pub fn settings(&self) -> Result<crate::workers::reconciler::Settings, ConfigError> {
+        let secs = |var: &'static str, raw: &str| -> Result<Duration, ConfigError> {
+            let v: f64 = number(var, raw)?;
+            if !(0.0..=86_400.0).contains(&v) {
+                return Err(err(var, "must be between 0 and 86400 seconds"));
+            }
+            Ok(Duration::from_secs_f64(v))
+        };
+        let batch: i64 = number("RECONCILE_BATCH", &self.reconcile_batch)?;
+        if !(1..=10_000).contains(&batch) {
+            return Err(err("RECONCILE_BATCH", "must be between 1 and 10000"));
+        }
+        Ok(crate::workers::reconciler::Settings {
+            interval: secs("RECONCILE_INTERVAL", &self.reconcile_interval)?,
+            min_age: secs("RECONCILE_MIN_AGE", &self.reconcile_min_age)?,
+            batch,
+        })
+    }
+}
+
 /// `serve`'s own settings.
 #[derive(Args, Debug, Clone)]
 pub struct ServeArgs {

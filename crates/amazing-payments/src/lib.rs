@@ -12,6 +12,7 @@
 //! - [`domain`]: checked values (parse, don't validate); no I/O.
 //! - [`store`]: SQL, one module per table; migrations in `migrations/`.
 //! - [`stripe`]: the Stripe client.
+//! - [`workers`]: the reconciler.
 //! - [`config`], [`cli`], [`server`], [`telemetry`], [`secret`].
 //!
 //! The proto files in `proto/` are the single source of the API: `build.rs`
@@ -29,6 +30,7 @@ pub mod server;
 pub mod store;
 pub mod stripe;
 pub mod telemetry;
+pub mod workers;
 
 /// The generated API types (package `payment`), their proto3 JSON mapping,
 /// and the encoded descriptors (for server reflection).

@@ -194,6 +194,9 @@ async fn execute(
     if let Some(key) = key {
         match sim.keys.claim(&scope, key, &fingerprint(method, path, &params)) {
             Claim::Execute => {}
+            Claim::Replay(_) if fault.as_ref().is_some_and(|r| r.drop == Some(faults::Drop::After)) => {
+                return dropped();
+            }
             Claim::Replay(saved) => return replay(saved),
             Claim::Mismatch => return ApiError::idempotency_mismatch(key).into_response(),
             Claim::InUse => return ApiError::idempotency_in_use().into_response(),

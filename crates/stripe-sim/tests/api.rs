@@ -227,3 +227,52 @@ async fn updating_a_customer_merges_metadata_and_empty_values_remove_keys() {
     assert_eq!(updated["name"], "New");
     assert_eq!(sim.get(&format!("/v1/customers/{id}")).await.1["name"], "New");
 }
+
+#[tokio::test]
+async fn a_connection_dropped_before_the_work_leaves_nothing_done() {
+    let sim = Sim::start().await;
+    sim.sim.state().faults.add(
+        serde_json::from_value(json!({"method": "POST", "path": "/v1/customers", "drop": "before", "times": 1}))
+            .unwrap(),
+    );
+    let err = sim
+        .http
+        .post(format!("{}/v1/customers", sim.sim.url()))
+        .bearer_auth(KEY)
+        .form(&[("email", "a@example.com")])
+        .send()
+        .await;
+    let failed = match err {
+        Err(_) => true,
+        Ok(resp) => resp.bytes().await.is_err(),
+    };
+    assert!(failed, "no complete answer arrives");
+    assert_eq!(sim.get("/v1/customers").await.1["data"].as_array().unwrap().len(), 0);
+}
+
+#[tokio::test]
+async fn a_lost_answer_means_the_work_was_done_and_a_retry_with_the_key_gets_it() {
+    let sim = Sim::start().await;
+    sim.sim.state().faults.add(
+        serde_json::from_value(json!({"method": "POST", "path": "/v1/customers", "drop": "after", "times": 1}))
+            .unwrap(),
+    );
+    let first = sim
+        .http
+        .post(format!("{}/v1/customers", sim.sim.url()))
+        .bearer_auth(KEY)
+        .header("Idempotency-Key", "lost-1")
+        .form(&[("email", "a@example.com")])
+        .send()
+        .await;
+    let lost = match first {
+        Err(_) => true,
+        Ok(resp) => resp.bytes().await.is_err(),
+    };
+    assert!(lost);
+    assert_eq!(sim.get("/v1/customers").await.1["data"].as_array().unwrap().len(), 1, "the work was done");
+    let (status, headers, body) = sim.post("/v1/customers", &[("email", "a@example.com")], Some("lost-1")).await;
+    assert_eq!((status, headers["idempotent-replayed"].to_str().unwrap()), (StatusCode::OK, "true"));
+    assert_eq!(body["email"], "a@example.com");
+    assert_eq!(sim.get("/v1/customers").await.1["data"].as_array().unwrap().len(), 1);
+}

@@ -144,6 +144,11 @@ impl App {
     /// Sends an operation's Stripe request, with its idempotency key, and
     /// applies the answer.
     pub(crate) async fn drive(&self, op: &OperationRow) -> Result<Driven, AppError> {
+        self.drive_from(op, Source::Api).await
+    }
+
+    /// [`App::drive`], recording the changes as coming from `source`.
+    pub(crate) async fn drive_from(&self, op: &OperationRow, source: Source) -> Result<Driven, AppError> {
         let row = payments::get(&self.db, op.payment_id).await?.ok_or_else(|| not_found(op.payment_id))?;
         let pi = row.stripe_payment_intent_id.clone().unwrap_or_default();
         let key = op.idempotency_key.as_str();
@@ -153,18 +158,18 @@ impl App {
                     customers::get(&self.db, crate::domain::customer::CustomerId::parse(row.customer_id)?).await?;
                 let stripe_customer = customer.and_then(|c| c.stripe_customer_key).unwrap_or_default();
                 let result = self.stripe.create_payment_intent(&create_form(&row, &stripe_customer), key).await;
-                self.finish_intent_operation(op, result, Some(&stripe_customer)).await.map(Driven::Payment)
+                self.finish_intent_operation(op, result, Some(&stripe_customer), source).await.map(Driven::Payment)
             }
             "capture" => {
                 let result = self.stripe.capture_payment_intent(&pi, op.amount, key).await;
-                self.finish_intent_operation(op, result, None).await.map(Driven::Payment)
+                self.finish_intent_operation(op, result, None, source).await.map(Driven::Payment)
             }
             "cancel" => {
                 let reason = op.params.0.get("reason").and_then(|r| r.as_str());
                 let result = self.stripe.cancel_payment_intent(&pi, reason, key).await;
-                self.finish_intent_operation(op, result, None).await.map(Driven::Payment)
+                self.finish_intent_operation(op, result, None, source).await.map(Driven::Payment)
             }
-            "refund" => self.drive_refund(op, &row).await.map(Driven::Refund),
+            "refund" => self.drive_refund(op, &row, source).await.map(Driven::Refund),
             other => Err(AppError::internal(anyhow::anyhow!("unknown operation kind {other}"))),
         }
     }
@@ -197,15 +202,18 @@ impl App {
         op: &OperationRow,
         result: Result<Reply<PaymentIntent>, StripeError>,
         stripe_customer: Option<&str>,
+        source: Source,
     ) -> Result<PaymentRow, AppError> {
         let id = op.payment_id;
         match result {
-            Ok(reply) => self.apply_intent(op, &reply.object, reply.request_id.as_deref(), stripe_customer).await,
+            Ok(reply) => {
+                self.apply_intent(op, &reply.object, reply.request_id.as_deref(), stripe_customer, source).await
+            }
             Err(StripeError::Api(e)) if e.kind == "card_error" => {
                 let embedded = e.payment_intent.clone().and_then(|v| serde_json::from_value::<PaymentIntent>(v).ok());
                 let row = match embedded {
-                    Some(pi) => self.apply_intent(op, &pi, e.request_id.as_deref(), stripe_customer).await?,
-                    None => self.fail_operation(op, &e, true).await?,
+                    Some(pi) => self.apply_intent(op, &pi, e.request_id.as_deref(), stripe_customer, source).await?,
+                    None => self.fail_operation(op, &e, true, source).await?,
                 };
                 Err(declined(&row, &e))
             }
@@ -221,7 +229,7 @@ impl App {
                     message: Some(message),
                     ..Default::default()
                 };
-                self.fail_operation(op, &e, op.kind == "create_payment").await?;
+                self.fail_operation(op, &e, op.kind == "create_payment", source).await?;
                 Err(AppError::unavailable(
                     "STRIPE_UNAVAILABLE",
                     "the payment provider could not be reached; try again later",
@@ -230,7 +238,7 @@ impl App {
             }
             Err(e) => {
                 let api = e.api().cloned().unwrap_or_default();
-                self.fail_operation(op, &api, op.kind == "create_payment").await?;
+                self.fail_operation(op, &api, op.kind == "create_payment", source).await?;
                 Err(stripe_failure(e).detail("paymentID", id.to_string()))
             }
         }
@@ -243,6 +251,7 @@ impl App {
         pi: &PaymentIntent,
         request_id: Option<&str>,
         stripe_customer: Option<&str>,
+        source: Source,
     ) -> Result<PaymentRow, AppError> {
         let mut tx = self.db.begin().await?;
         let before = payments::lock(&mut tx, op.payment_id).await?.ok_or_else(|| not_found(op.payment_id))?;
@@ -253,7 +262,7 @@ impl App {
                     &mut tx,
                     &before,
                     &row,
-                    Source::Api,
+                    source,
                     &Cause { stripe_request_id: request_id, ..Default::default() },
                 )
                 .await?;
@@ -281,7 +290,7 @@ impl App {
                     note: Some("integrity check failed: Stripe's answer differs from the request"),
                     ..Default::default()
                 };
-                payments::save(&mut tx, &before, &row, Source::Api, &cause).await?;
+                payments::save(&mut tx, &before, &row, source, &cause).await?;
                 payments::finish_operation(&mut tx, op.id, "failed", Some(&m)).await?;
                 tx.commit().await?;
                 tracing::error!(payment_id = op.payment_id, mismatch = %m, "stripe's answer does not match the request");
@@ -301,6 +310,7 @@ impl App {
         op: &OperationRow,
         e: &crate::stripe::ApiError,
         payment_fails: bool,
+        source: Source,
     ) -> Result<PaymentRow, AppError> {
         let mut tx = self.db.begin().await?;
         let before = payments::lock(&mut tx, op.payment_id).await?.ok_or_else(|| not_found(op.payment_id))?;
@@ -314,7 +324,7 @@ impl App {
             }
         }
         let cause = Cause { stripe_request_id: e.request_id.as_deref(), ..Default::default() };
-        payments::save(&mut tx, &before, &row, Source::Api, &cause).await?;
+        payments::save(&mut tx, &before, &row, source, &cause).await?;
         payments::finish_operation(&mut tx, op.id, "failed", e.message.as_deref()).await?;
         tx.commit().await?;
         Ok(row)

@@ -181,17 +181,33 @@ impl App {
     }
 
     async fn refresh(&self, row: PaymentRow, pi: &str) -> Result<PaymentRow, AppError> {
+        self.refresh_from(row.id, pi, Source::Api, "re-read from Stripe").await
+    }
+
+    /// Reads the payment's PaymentIntent back from Stripe and applies it,
+    /// recording the change as coming from `source`.
+    pub(crate) async fn refresh_from(
+        &self,
+        id: i64,
+        pi: &str,
+        source: Source,
+        note: &str,
+    ) -> Result<PaymentRow, AppError> {
         let reply = self.stripe.retrieve_payment_intent(pi).await.map_err(stripe_failure)?;
         let mut tx = self.db.begin().await?;
-        let before = payments::lock(&mut tx, row.id).await?.ok_or_else(|| not_found(row.id))?;
+        let before = payments::lock(&mut tx, id).await?.ok_or_else(|| not_found(id))?;
         let mut next = before.clone();
-        if let Ok(true) = sync::apply_intent(&mut next, &reply.object, None) {
-            let cause = Cause {
-                stripe_request_id: reply.request_id.as_deref(),
-                note: Some("re-read from Stripe"),
-                ..Default::default()
-            };
-            payments::save(&mut tx, &before, &next, Source::Api, &cause).await?;
+        match sync::apply_intent(&mut next, &reply.object, None) {
+            Ok(true) => {
+                let cause =
+                    Cause { stripe_request_id: reply.request_id.as_deref(), note: Some(note), ..Default::default() };
+                payments::save(&mut tx, &before, &next, source, &cause).await?;
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(payment_id = id, error = ?e, "Stripe's PaymentIntent could not be applied");
+                next = before;
+            }
         }
         tx.commit().await?;
         Ok(next)

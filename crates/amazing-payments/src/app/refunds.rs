@@ -52,7 +52,12 @@ impl App {
     }
 
     /// Sends a refund operation to Stripe and applies the answer.
-    pub(crate) async fn drive_refund(&self, op: &OperationRow, payment: &PaymentRow) -> Result<RefundRow, AppError> {
+    pub(crate) async fn drive_refund(
+        &self,
+        op: &OperationRow,
+        payment: &PaymentRow,
+        source: Source,
+    ) -> Result<RefundRow, AppError> {
         let payment_id = payment.id;
         let refund = payments::get_refund(&self.db, op.refund_id.unwrap_or_default())
             .await?
@@ -89,7 +94,7 @@ impl App {
                         stripe_request_id: reply.request_id.as_deref(),
                         ..Default::default()
                     };
-                    payments::save(&mut tx, &before, &after, Source::Api, &cause).await?;
+                    payments::save(&mut tx, &before, &after, source, &cause).await?;
                 }
                 payments::finish_operation(&mut tx, op.id, "succeeded", None).await?;
                 tx.commit().await?;

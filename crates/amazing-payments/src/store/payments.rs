@@ -230,17 +230,16 @@ pub async fn operation_by_request_key(db: &PgPool, scope: i64, key: &str) -> Res
         .await
 }
 
-/// Up to `limit` pending operations due for another try, older than
-/// `min_age`, each pushed back by `backoff` so that another reconciler does
-/// not take it meanwhile.
+/// Up to `limit` pending operations due for another try and older than
+/// `min_age`, each pushed back (exponentially with its attempts, at most five
+/// minutes) so that no other reconciler takes it meanwhile.
 pub async fn take_due_operations(
     db: &PgPool,
     limit: i64,
     min_age: std::time::Duration,
-    backoff: std::time::Duration,
 ) -> Result<Vec<OperationRow>, sqlx::Error> {
     sqlx::query_as(&format!(
-        "UPDATE payment.operation SET next_attempt_at = now() + make_interval(secs => $3)
+        "UPDATE payment.operation SET next_attempt_at = now() + make_interval(secs => least(power(2, attempts), 300)::float8)
          WHERE id IN (
              SELECT id FROM payment.operation
              WHERE state = 'pending' AND next_attempt_at <= now() AND created_at <= now() - make_interval(secs => $2)
@@ -249,7 +248,6 @@ pub async fn take_due_operations(
     ))
     .bind(limit)
     .bind(min_age.as_secs_f64())
-    .bind(backoff.as_secs_f64())
     .fetch_all(db)
     .await
 }

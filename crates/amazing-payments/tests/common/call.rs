@@ -27,11 +27,18 @@ pub struct Failure {
 }
 
 macro_rules! grpc_call {
-    ($client:expr, $app:expr, $rpc:expr, $input:expr, $($name:literal => $method:ident($req:ty)),* $(,)?) => {
+    ($client:expr, $app:expr, $key:expr, $rpc:expr, $input:expr, $($name:literal => $method:ident($req:ty)),* $(,)?) => {
         match $rpc {
             $($name => {
                 let req: $req = serde_json::from_value($input).expect("the test's JSON fits the request message");
-                $client.$method($app.authed(req)).await.map(|r| serde_json::to_value(r.into_inner()).unwrap())
+                let mut req = $app.authed(req);
+                if let Some(k) = $key {
+                    req.metadata_mut().insert("idempotency-key", k.parse().unwrap());
+                }
+                $client.$method(req).await.map(|r| {
+                    let replayed = r.metadata().get("idempotent-replayed").is_some();
+                    (serde_json::to_value(r.into_inner()).unwrap(), replayed)
+                })
             })*
             other => panic!("no rpc {other} in the test harness"),
         }
@@ -41,13 +48,24 @@ macro_rules! grpc_call {
 impl TestApp {
     /// Calls `rpc` with `input` (proto JSON) over `via`.
     pub async fn call(&self, via: Via, rpc: &str, input: Value) -> Result<Value, Failure> {
+        self.call_keyed(via, rpc, input, None).await.0
+    }
+
+    /// Calls `rpc` with an idempotency key; also whether the answer was a replay.
+    pub async fn call_keyed(
+        &self,
+        via: Via,
+        rpc: &str,
+        input: Value,
+        key: Option<&str>,
+    ) -> (Result<Value, Failure>, bool) {
         match via {
-            Via::Rest => self.call_rest(rpc, input).await,
-            Via::Grpc => self.call_grpc(rpc, input).await,
+            Via::Rest => self.call_rest(rpc, input, key).await,
+            Via::Grpc => self.call_grpc(rpc, input, key).await,
         }
     }
 
-    async fn call_rest(&self, rpc: &str, input: Value) -> Result<Value, Failure> {
+    async fn call_rest(&self, rpc: &str, input: Value, key: Option<&str>) -> (Result<Value, Failure>, bool) {
         let route = ROUTES.iter().find(|r| r.rpc == rpc).unwrap_or_else(|| panic!("no REST route for {rpc}"));
         let mut fields: Map<String, Value> = input.as_object().cloned().unwrap_or_default();
         let path: Vec<String> = route
@@ -65,6 +83,9 @@ impl TestApp {
         let url = format!("{}{}", self.rest, path.join("/"));
         let method = reqwest::Method::from_bytes(route.method.as_bytes()).unwrap();
         let mut req = self.http.request(method, &url).bearer_auth(&self.key);
+        if let Some(k) = key {
+            req = req.header("Idempotency-Key", k);
+        }
         if route.body == "*" {
             req = req.json(&Value::Object(fields));
         } else {
@@ -84,22 +105,24 @@ impl TestApp {
         }
         let resp = req.send().await.unwrap();
         let status = resp.status().as_u16();
+        let replayed = resp.headers().get("idempotent-replayed").is_some();
         let body: Value = resp.json().await.unwrap();
         if status == 200 {
-            return Ok(body);
+            return (Ok(body), replayed);
         }
-        Err(Failure {
+        let failure = Failure {
             code: Code::from(body["code"].as_i64().unwrap_or(2) as i32),
             reason: body["reason"].as_str().unwrap_or_default().to_string(),
             http: Some(status),
             details: body.get("details").cloned().unwrap_or(Value::Null),
             message: body["message"].as_str().unwrap_or_default().to_string(),
-        })
+        };
+        (Err(failure), replayed)
     }
 
-    async fn call_grpc(&self, rpc: &str, input: Value) -> Result<Value, Failure> {
+    async fn call_grpc(&self, rpc: &str, input: Value, key: Option<&str>) -> (Result<Value, Failure>, bool) {
         let mut c = self.grpc().await;
-        let result = grpc_call!(c, self, rpc, input,
+        let result = grpc_call!(c, self, key, rpc, input,
             "CreateCustomer" => create_customer(proto::CreateCustomerRequest),
             "GetCustomer" => get_customer(proto::GetCustomerRequest),
             "UpdateCustomer" => update_customer(proto::UpdateCustomerRequest),
@@ -119,16 +142,21 @@ impl TestApp {
             "GetRefund" => get_refund(proto::GetRefundRequest),
             "ListRefunds" => list_refunds(proto::ListRefundsRequest),
         );
-        result.map_err(|status| {
-            let (reason, meta) = amazing_payments::app::error::reason_of(&status).unwrap_or_default();
-            Failure {
-                code: status.code(),
-                reason,
-                http: None,
-                details: serde_json::to_value(meta).unwrap(),
-                message: status.message().to_string(),
+        match result {
+            Ok((v, replayed)) => (Ok(v), replayed),
+            Err(status) => {
+                let replayed = status.metadata().get("idempotent-replayed").is_some();
+                let (reason, meta) = amazing_payments::app::error::reason_of(&status).unwrap_or_default();
+                let failure = Failure {
+                    code: status.code(),
+                    reason,
+                    http: None,
+                    details: serde_json::to_value(meta).unwrap(),
+                    message: status.message().to_string(),
+                };
+                (Err(failure), replayed)
             }
-        })
+        }
     }
 
     /// A customer made over REST; its id.

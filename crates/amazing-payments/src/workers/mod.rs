@@ -1,0 +1,3 @@
+//! Background work that runs inside `serve` (and as its own command).
+
+pub mod reconciler;
