@@ -287,7 +287,7 @@ impl ServeConfig {
             },
             idempotency_lease: {
                 let secs: f64 = number("IDEMPOTENCY_LEASE", &serve.idempotency_lease)?;
-                if !(secs >= 1.0 && secs <= 3600.0) {
+                if !(1.0..=3600.0).contains(&secs) {
                     return Err(err("IDEMPOTENCY_LEASE", "must be between 1 and 3600 seconds"));
                 }
                 Duration::from_secs_f64(secs)

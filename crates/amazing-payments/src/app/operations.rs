@@ -19,14 +19,14 @@ use crate::{
 /// What driving an operation gave.
 #[derive(Debug)]
 pub enum Driven {
-    Payment(PaymentRow),
+    Payment(Box<PaymentRow>),
     Refund(RefundRow),
 }
 
 impl Driven {
     pub fn payment(self) -> Result<PaymentRow, AppError> {
         match self {
-            Driven::Payment(p) => Ok(p),
+            Driven::Payment(p) => Ok(*p),
             Driven::Refund(_) => {
                 Err(AppError::internal(anyhow::anyhow!("a refund operation where a payment one was expected")))
             }
@@ -158,16 +158,16 @@ impl App {
                     customers::get(&self.db, crate::domain::customer::CustomerId::parse(row.customer_id)?).await?;
                 let stripe_customer = customer.and_then(|c| c.stripe_customer_key).unwrap_or_default();
                 let result = self.stripe.create_payment_intent(&create_form(&row, &stripe_customer), key).await;
-                self.finish_intent_operation(op, result, Some(&stripe_customer), source).await.map(Driven::Payment)
+                self.finish_intent_operation(op, result, Some(&stripe_customer), source).await.map(|p| Driven::Payment(Box::new(p)))
             }
             "capture" => {
                 let result = self.stripe.capture_payment_intent(&pi, op.amount, key).await;
-                self.finish_intent_operation(op, result, None, source).await.map(Driven::Payment)
+                self.finish_intent_operation(op, result, None, source).await.map(|p| Driven::Payment(Box::new(p)))
             }
             "cancel" => {
                 let reason = op.params.0.get("reason").and_then(|r| r.as_str());
                 let result = self.stripe.cancel_payment_intent(&pi, reason, key).await;
-                self.finish_intent_operation(op, result, None, source).await.map(Driven::Payment)
+                self.finish_intent_operation(op, result, None, source).await.map(|p| Driven::Payment(Box::new(p)))
             }
             "refund" => self.drive_refund(op, &row, source).await.map(Driven::Refund),
             other => Err(AppError::internal(anyhow::anyhow!("unknown operation kind {other}"))),
@@ -187,11 +187,11 @@ impl App {
         }
         let row = payments::get(&self.db, op.payment_id).await?.ok_or_else(|| not_found(op.payment_id))?;
         Ok(Some(match (op.kind.as_str(), op.refund_id) {
-            ("create_payment", _) => Driven::Payment(settled_payment(row)?),
+            ("create_payment", _) => Driven::Payment(Box::new(settled_payment(row)?)),
             (_, Some(refund)) => {
                 Driven::Refund(payments::get_refund(&self.db, refund).await?.ok_or_else(|| not_found(op.payment_id))?)
             }
-            _ => Driven::Payment(row),
+            _ => Driven::Payment(Box::new(row)),
         }))
     }
 
