@@ -130,7 +130,24 @@ async fn api(State(sim): State<Arc<Sim>>, method: Method, uri: Uri, headers: Hea
     let request_id = ids::new_id("req");
     let version = headers.get("stripe-version").and_then(|v| v.to_str().ok()).unwrap_or(crate::API_VERSION).to_string();
     let idem_key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_string);
-    let mut response = execute(&sim, &method, &uri, &headers, &body, idem_key.as_deref(), &request_id).await;
+    // The work runs in its own task, so it finishes (and its idempotent
+    // result is saved) even when the client goes away, as on Stripe.
+    let work = {
+        let (sim, method, uri, headers, body, key, id) = (
+            sim.clone(),
+            method.clone(),
+            uri.clone(),
+            headers.clone(),
+            body.clone(),
+            idem_key.clone(),
+            request_id.clone(),
+        );
+        tokio::spawn(async move { execute(&sim, &method, &uri, &headers, &body, key.as_deref(), &id).await })
+    };
+    let mut response = match work.await {
+        Ok(r) => r,
+        Err(_) => ApiError::server_error(StatusCode::INTERNAL_SERVER_ERROR, "The simulator failed.").into_response(),
+    };
     let h = response.headers_mut();
     if !h.contains_key("request-id") {
         h.insert("request-id", HeaderValue::from_str(&request_id).expect("ids are ASCII"));

@@ -131,6 +131,11 @@ fn settled_payment(row: PaymentRow) -> Result<PaymentRow, AppError> {
     Ok(row)
 }
 
+/// The answer of an operation someone else already applied.
+fn settled(op: &OperationRow, row: PaymentRow) -> Result<PaymentRow, AppError> {
+    if op.kind == "create_payment" { settled_payment(row) } else { Ok(row) }
+}
+
 fn mismatch(id: i64) -> AppError {
     AppError::new(
         Kind::Internal,
@@ -158,7 +163,9 @@ impl App {
                     customers::get(&self.db, crate::domain::customer::CustomerId::parse(row.customer_id)?).await?;
                 let stripe_customer = customer.and_then(|c| c.stripe_customer_key).unwrap_or_default();
                 let result = self.stripe.create_payment_intent(&create_form(&row, &stripe_customer), key).await;
-                self.finish_intent_operation(op, result, Some(&stripe_customer), source).await.map(|p| Driven::Payment(Box::new(p)))
+                self.finish_intent_operation(op, result, Some(&stripe_customer), source)
+                    .await
+                    .map(|p| Driven::Payment(Box::new(p)))
             }
             "capture" => {
                 let result = self.stripe.capture_payment_intent(&pi, op.amount, key).await;
@@ -255,6 +262,11 @@ impl App {
     ) -> Result<PaymentRow, AppError> {
         let mut tx = self.db.begin().await?;
         let before = payments::lock(&mut tx, op.payment_id).await?.ok_or_else(|| not_found(op.payment_id))?;
+        if payments::operation_state(&mut tx, op.id).await? != "pending" {
+            // Another driver (a retry, the reconciler) applied this answer already.
+            tx.commit().await?;
+            return settled(op, before);
+        }
         let mut row = before.clone();
         match sync::apply_intent(&mut row, pi, stripe_customer) {
             Ok(_) => {
@@ -314,6 +326,11 @@ impl App {
     ) -> Result<PaymentRow, AppError> {
         let mut tx = self.db.begin().await?;
         let before = payments::lock(&mut tx, op.payment_id).await?.ok_or_else(|| not_found(op.payment_id))?;
+        if payments::operation_state(&mut tx, op.id).await? != "pending" {
+            // Another driver (a retry, the reconciler) applied this answer already.
+            tx.commit().await?;
+            return settled(op, before);
+        }
         let mut row = before.clone();
         if payment_fails {
             if let Ok(next) = before.ledger().fail() {

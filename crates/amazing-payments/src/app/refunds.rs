@@ -73,6 +73,12 @@ impl App {
             Ok(reply) => {
                 let mut tx = self.db.begin().await?;
                 let before = payments::lock(&mut tx, payment_id).await?.ok_or_else(|| not_found(payment_id))?;
+                if payments::operation_state(&mut tx, op.id).await? != "pending" {
+                    // Another driver (a retry, the reconciler) applied this
+                    // answer already.
+                    tx.commit().await?;
+                    return payments::get_refund(&self.db, refund.id).await?.ok_or_else(|| refund_not_found(refund.id));
+                }
                 let status = sync::refund_status(&reply.object);
                 let updated = payments::update_refund(
                     &mut tx,

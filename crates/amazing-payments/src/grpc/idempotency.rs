@@ -141,7 +141,9 @@ where
             .into());
         }
     }
+    let mut guard = Unfinished { db: Some(app.db.clone()), scope, key: key.clone() };
     let result = run(message, Some(RequestKey { scope, key: key.clone() })).await;
+    guard.db = None;
     let saved = match &result {
         Ok(resp) => Some(json!({"ok": serde_json::to_value(resp).unwrap_or(Value::Null)})),
         Err(e) if is_final(e) => Some(json!({"error": {
@@ -157,6 +159,28 @@ where
         tracing::error!(error = %e, "could not save the idempotent response");
     }
     result.map(Response::new).map_err(Status::from)
+}
+
+/// Frees a claimed key when its request is dropped unfinished (the client
+/// went away and the server stopped the handler): the same request may run
+/// again at once, and resumes whatever was recorded.
+struct Unfinished {
+    db: Option<sqlx::PgPool>,
+    scope: i64,
+    key: String,
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if let Some(db) = self.db.take() {
+            let (scope, key) = (self.scope, std::mem::take(&mut self.key));
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(async move {
+                    let _ = idempotency::release(&db, scope, &key).await;
+                });
+            }
+        }
+    }
 }
 
 #[cfg(test)]

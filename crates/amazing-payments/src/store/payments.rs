@@ -298,6 +298,12 @@ pub async fn finish_operation(
     Ok(())
 }
 
+/// An operation's state, read in the caller's transaction (after it has
+/// locked the payment, so that two appliers of one answer see each other).
+pub async fn operation_state(conn: &mut PgConnection, id: i64) -> Result<String, sqlx::Error> {
+    sqlx::query_scalar("SELECT state FROM payment.operation WHERE id = $1").bind(id).fetch_one(conn).await
+}
+
 /// Notes a failed attempt of an operation that stays pending.
 pub async fn note_attempt(db: &PgPool, id: i64, error: &str) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE payment.operation SET attempts = attempts + 1, last_error = $2 WHERE id = $1")

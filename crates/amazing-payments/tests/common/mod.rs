@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod call;
+pub mod procs;
 pub mod proxy;
 
 use amazing_payments::{
