@@ -6,6 +6,7 @@
 //! - crashes: the service killed with SIGKILL at random moments (at least
 //!   20 times, restarted each time) during a stream of payments, captures and
 //!   refunds.
+//!
 //! After each, once reconciled, our books must equal Stripe's (the
 //! simulator's) object for object, with nothing done twice.
 
@@ -24,6 +25,11 @@ use std::{
     },
     time::{Duration, Instant},
 };
+
+/// A local payment: id, status, amount, capturable, captured, refunded, intent.
+type LocalPayment = (i64, String, i64, i64, i64, i64, Option<String>);
+/// A local refund: id, status, amount, Stripe id.
+type LocalRefund = (i64, String, i64, Option<String>);
 
 /// The simulator and the database shared by the service processes.
 struct World {
@@ -130,13 +136,13 @@ impl World {
             .map(|c| (c["id"].as_str().unwrap().to_string(), c))
             .collect();
         let stripe_refunds = self.stripe_all("/v1/refunds").await;
-        let payments: Vec<(i64, String, i64, i64, i64, i64, Option<String>)> = sqlx::query_as(
+        let payments: Vec<LocalPayment> = sqlx::query_as(
             "SELECT id, status, amount, amount_capturable, amount_captured, amount_refunded, stripe_payment_intent_id FROM payment.payment",
         )
         .fetch_all(&self.db)
         .await
         .unwrap();
-        let by_intent: HashMap<&str, &(i64, String, i64, i64, i64, i64, Option<String>)> =
+        let by_intent: HashMap<&str, &LocalPayment> =
             payments.iter().filter_map(|p| p.6.as_deref().map(|pi| (pi, p))).collect();
         assert_eq!(by_intent.len(), payments.iter().filter(|p| p.6.is_some()).count(), "two payments share an intent");
         assert_eq!(
@@ -172,12 +178,12 @@ impl World {
         }
         assert!(payments.iter().all(|p| p.1 != "pending"), "a payment was left pending");
 
-        let refunds: Vec<(i64, String, i64, Option<String>)> =
+        let refunds: Vec<LocalRefund> =
             sqlx::query_as("SELECT id, status, amount, stripe_refund_id FROM payment.refund")
                 .fetch_all(&self.db)
                 .await
                 .unwrap();
-        let local_refunds: BTreeMap<&str, &(i64, String, i64, Option<String>)> =
+        let local_refunds: BTreeMap<&str, &LocalRefund> =
             refunds.iter().filter_map(|r| r.3.as_deref().map(|s| (s, r))).collect();
         assert_eq!(
             stripe_refunds.len(),
@@ -283,6 +289,7 @@ async fn concurrency_three_instances_200_requests_over_20_keys_make_20_payments(
 
 /// Makes, captures and refunds `n` payments through `urls`, as clients that
 /// retry; returns how many flows finished.
+#[allow(clippy::too_many_arguments)]
 async fn payment_flows(
     http: &reqwest::Client,
     urls: &[String],
