@@ -30,3 +30,13 @@ ALTER TABLE payment.operation
     ADD COLUMN request_key text;
 CREATE UNIQUE INDEX operation_request_key ON payment.operation (request_scope, request_key) WHERE request_key IS NOT NULL;
 CREATE INDEX operation_due_idx ON payment.operation (next_attempt_at) WHERE state = 'pending';
+
+-- Customers, products and prices go through the same journal: their
+-- operations have no payment, and carry what they need in `params`.
+ALTER TABLE payment.operation ALTER COLUMN payment_id DROP NOT NULL;
+ALTER TABLE payment.operation DROP CONSTRAINT operation_kind_check;
+ALTER TABLE payment.operation ADD CONSTRAINT operation_kind_check CHECK (kind IN (
+    'create_payment', 'capture', 'cancel', 'refund',
+    'create_customer', 'update_customer', 'create_product', 'create_price', 'deactivate_product', 'deactivate_price'));
+ALTER TABLE payment.operation ADD CONSTRAINT operation_payment_kinds CHECK (
+    (payment_id IS NOT NULL) = (kind IN ('create_payment', 'capture', 'cancel', 'refund')));

@@ -269,3 +269,49 @@ async fn expired_idempotency_keys_are_purged() {
         sqlx::query_scalar("SELECT key FROM auth.idempotency_key").fetch_all(&app.db).await.unwrap();
     assert_eq!(keys, ["fresh"]);
 }
+
+#[tokio::test]
+async fn a_customer_whose_answer_was_lost_is_created_once_by_the_retry() {
+    let app = TestApp::spawn().await;
+    for via in BOTH {
+        fault(&app, json!({"method": "POST", "path": "/v1/customers", "drop": "after", "times": 3}));
+        let body = json!({"name": format!("Lost {via:?}"), "email": "lost@example.com"});
+        let key = format!("customer-{via:?}");
+        let f = app.call_keyed(via, "CreateCustomer", body.clone(), Some(&key)).await.0.unwrap_err();
+        assert_eq!(f.code, Code::Unavailable);
+        let c = app.call_keyed(via, "CreateCustomer", body, Some(&key)).await.0.unwrap();
+        assert!(c["stripe_customer_key"].as_str().unwrap().starts_with("cus_"));
+    }
+    assert_eq!(app.stripe_customers().len(), 2, "one Stripe customer per request");
+    assert_eq!(app.count("customer.customer").await, 2);
+}
+
+#[tokio::test]
+async fn the_reconciler_creates_a_customer_recorded_just_before_a_crash() {
+    let app = TestApp::spawn().await;
+    fault(&app, json!({"method": "POST", "path": "/v1/customers", "drop": "after", "times": 3}));
+    let f =
+        app.call(Via::Rest, "CreateCustomer", json!({"name": "Ada", "email": "ada@example.com"})).await.unwrap_err();
+    assert_eq!(f.code, Code::Unavailable);
+    assert_eq!(app.count("customer.customer").await, 0, "no customer while Stripe's answer is unknown");
+    let pass = reconciler::pass(&app.app, &now()).await.unwrap();
+    assert_eq!((pass.operations, pass.finished), (1, 1));
+    let (email, key): (String, String) =
+        sqlx::query_as("SELECT email, stripe_customer_key FROM customer.customer").fetch_one(&app.db).await.unwrap();
+    assert_eq!(email, "ada@example.com");
+    assert_eq!(app.stripe_customers().len(), 1);
+    assert_eq!(app.stripe_customers()[0]["id"], key);
+}
+
+#[tokio::test]
+async fn a_product_whose_answers_were_lost_is_made_once_in_stripe() {
+    let app = TestApp::spawn().await;
+    fault(&app, json!({"method": "POST", "path": "/v1/prices", "drop": "after", "times": 3}));
+    let body = json!({"name": "Tea", "unit_amount": 500, "currency": "gbp"});
+    let f = app.call_keyed(Via::Grpc, "CreateProduct", body.clone(), Some("tea")).await.0.unwrap_err();
+    assert_eq!(f.code, Code::Unavailable);
+    let p = app.call_keyed(Via::Grpc, "CreateProduct", body, Some("tea")).await.0.unwrap();
+    assert_eq!(p["prices"].as_array().unwrap().len(), 1);
+    let data = app.sim.state().data.lock();
+    assert_eq!((data.products.values().count(), data.prices.values().count()), (1, 1));
+}

@@ -1,17 +1,22 @@
 //! Customers: kept in our database and mirrored as Stripe Customers.
 //!
-//! Create: take an id from the sequence, create the Stripe customer (carrying
-//! our id in metadata, with an idempotency key derived from it), then insert
-//! our row. If Stripe fails nothing is written; a retry after a lost answer
-//! reuses nothing, so it may leave an unused Stripe customer but never two
-//! rows for one request.
+//! A create or an update is recorded as an operation first (the customer's
+//! id is taken from the sequence, so the Stripe customer carries it), sent to
+//! Stripe under the operation's idempotency key, and written to our table
+//! with the operation closed in one transaction. A Stripe refusal writes no
+//! customer; an unknown outcome leaves the operation for a retry with the
+//! same client key, or for the reconciler.
 
-use super::{App, AppError, page::Page, stripe_failure};
+use super::{App, AppError, RequestKey, operations::unfinished, page::Page};
 use crate::{
     domain::customer::{ChargeDate, CustomerId, CustomerName, Email},
-    store::customers::{self, Changes, CustomerRow, NewCustomer},
+    store::{
+        customers::{self, Changes, CustomerRow, NewCustomer},
+        payments::{self as ops, NewOperation, OperationRow},
+    },
     stripe::Form,
 };
+use serde_json::{Value, json};
 
 /// A new customer, checked.
 #[derive(Debug)]
@@ -45,44 +50,130 @@ impl ListCustomers {
     }
 }
 
-fn not_found(id: CustomerId) -> AppError {
+pub(crate) fn not_found(id: CustomerId) -> AppError {
     AppError::not_found("CUSTOMER_NOT_FOUND", format!("customer {id} does not exist"))
         .detail("customerID", id.to_string())
 }
 
 impl App {
-    pub async fn create_customer(&self, cmd: CreateCustomer) -> Result<CustomerRow, AppError> {
+    pub async fn create_customer(
+        &self,
+        cmd: CreateCustomer,
+        key: Option<&RequestKey>,
+    ) -> Result<CustomerRow, AppError> {
+        if let Some(done) = self.resume(key).await? {
+            return done.customer();
+        }
         let id = customers::reserve_id(&self.db).await?;
-        let id_text = id.to_string();
-        let form = Form::new()
-            .set("name", cmd.name.as_str())
-            .set("email", cmd.email.as_str())
-            .map("metadata", [("customerID", id_text.as_str())]);
-        let stripe_customer =
-            self.stripe.create_customer(&form, &format!("customer-{id}-create")).await.map_err(stripe_failure)?.object;
-        let row = customers::insert(
-            &self.db,
-            NewCustomer {
-                id,
-                name: &cmd.name,
-                email: &cmd.email,
-                stripe_customer_key: &stripe_customer.id,
-                charge_date: cmd.charge_date.as_ref(),
-            },
-        )
-        .await?;
+        let params = json!({
+            "customer_id": id.get(),
+            "name": cmd.name.as_str(),
+            "email": cmd.email.as_str(),
+            "charge_date": cmd.charge_date.as_ref().map(ChargeDate::as_str),
+        });
+        let op = self.record(key, "create_customer", params).await?;
+        let row = self.drive(&op).await?.customer()?;
         tracing::info!(customer_id = row.id, email = %cmd.email.masked(), "customer created");
         Ok(row)
+    }
+
+    /// Records an operation that has no payment.
+    pub(crate) async fn record(
+        &self,
+        key: Option<&RequestKey>,
+        kind: &str,
+        params: Value,
+    ) -> Result<OperationRow, AppError> {
+        let new = NewOperation {
+            kind,
+            payment_id: 0,
+            refund_id: None,
+            amount: None,
+            params,
+            request: key.map(|k| (k.scope, k.key.as_str())),
+        };
+        Ok(ops::record_operation(&self.db, new).await?)
+    }
+
+    /// Sends a customer operation to Stripe and writes the result.
+    pub(crate) async fn drive_customer(&self, op: &OperationRow) -> Result<CustomerRow, AppError> {
+        let p = &op.params.0;
+        let text = |k: &str| p.get(k).and_then(Value::as_str);
+        let id = CustomerId::parse(p["customer_id"].as_i64().unwrap_or(0))?;
+        let name = text("name").map(CustomerName::parse).transpose()?;
+        let email = text("email").map(Email::parse).transpose()?;
+        let charge_date = text("charge_date").map(ChargeDate::parse).transpose()?;
+        let form = Form::new()
+            .set_opt("name", name.as_ref().map(CustomerName::as_str))
+            .set_opt("email", email.as_ref().map(Email::as_str));
+        if op.kind == "create_customer" {
+            let id_text = id.to_string();
+            let form = form.map("metadata", [("customerID", id_text.as_str())]);
+            let created = self.stripe.create_customer(&form, &op.idempotency_key).await;
+            let stripe_customer = match created {
+                Ok(reply) => reply.object,
+                Err(e) => return Err(self.unfinished_op(op, e).await),
+            };
+            let (Some(name), Some(email)) = (&name, &email) else {
+                return Err(AppError::internal(anyhow::anyhow!("operation {} lacks name or email", op.id)));
+            };
+            let mut tx = self.db.begin().await?;
+            let new = NewCustomer {
+                id,
+                name,
+                email,
+                stripe_customer_key: &stripe_customer.id,
+                charge_date: charge_date.as_ref(),
+            };
+            customers::insert(&mut tx, new).await?;
+            ops::finish_operation(&mut tx, op.id, "succeeded", None).await?;
+            tx.commit().await?;
+        } else {
+            let stripe_id = text("stripe_customer_key");
+            if let (Some(stripe_id), false) = (stripe_id, form.is_empty()) {
+                if let Err(e) = self.stripe.update_customer(stripe_id, &form, &op.idempotency_key).await {
+                    return Err(self.unfinished_op(op, e).await);
+                }
+            }
+            let mut tx = self.db.begin().await?;
+            let changes = Changes { name: name.as_ref(), email: email.as_ref(), charge_date: charge_date.as_ref() };
+            customers::update(&mut tx, id, changes).await?;
+            ops::finish_operation(&mut tx, op.id, "succeeded", None).await?;
+            tx.commit().await?;
+        }
+        self.get_customer(id).await
+    }
+
+    /// Closes `op` as failed when Stripe refused it or it never left; keeps it
+    /// pending when the outcome is unknown. The error for the caller.
+    pub(crate) async fn unfinished_op(&self, op: &OperationRow, e: crate::stripe::StripeError) -> AppError {
+        let (error, finished) = unfinished(e);
+        let closed = if finished {
+            ops::close_operation(&self.db, op.id, "failed", Some(&error.message)).await
+        } else {
+            ops::note_attempt(&self.db, op.id, &error.message).await
+        };
+        match closed {
+            Ok(()) => error,
+            Err(db) => db.into(),
+        }
     }
 
     pub async fn get_customer(&self, id: CustomerId) -> Result<CustomerRow, AppError> {
         customers::get(&self.db, id).await?.ok_or_else(|| not_found(id))
     }
 
-    pub async fn update_customer(&self, cmd: UpdateCustomer) -> Result<CustomerRow, AppError> {
+    pub async fn update_customer(
+        &self,
+        cmd: UpdateCustomer,
+        key: Option<&RequestKey>,
+    ) -> Result<CustomerRow, AppError> {
+        if let Some(done) = self.resume(key).await? {
+            return done.customer();
+        }
         let current = self.get_customer(cmd.id).await?;
-        if let Some(key) = &cmd.stripe_customer_key {
-            if current.stripe_customer_key.as_deref() != Some(key.as_str()) {
+        if let Some(stripe_key) = &cmd.stripe_customer_key {
+            if current.stripe_customer_key.as_deref() != Some(stripe_key.as_str()) {
                 return Err(AppError::invalid(
                     "STRIPE_CUSTOMER_KEY_IMMUTABLE",
                     "stripe_customer_key cannot be changed",
@@ -90,18 +181,15 @@ impl App {
                 .detail("field", "stripe_customer_key"));
             }
         }
-        let form = Form::new()
-            .set_opt("name", cmd.name.as_ref().map(CustomerName::as_str))
-            .set_opt("email", cmd.email.as_ref().map(Email::as_str));
-        if let (Some(stripe_id), false) = (&current.stripe_customer_key, form.is_empty()) {
-            // The key covers the exact change, so a retried update is one
-            // Stripe update.
-            let key = format!("customer-{}-update-{}", cmd.id, short_hash(&form.encode()));
-            self.stripe.update_customer(stripe_id, &form, &key).await.map_err(stripe_failure)?;
-        }
-        let changes =
-            Changes { name: cmd.name.as_ref(), email: cmd.email.as_ref(), charge_date: cmd.charge_date.as_ref() };
-        customers::update(&self.db, cmd.id, changes).await?.ok_or_else(|| not_found(cmd.id))
+        let params = json!({
+            "customer_id": cmd.id.get(),
+            "name": cmd.name.as_ref().map(CustomerName::as_str),
+            "email": cmd.email.as_ref().map(Email::as_str),
+            "charge_date": cmd.charge_date.as_ref().map(ChargeDate::as_str),
+            "stripe_customer_key": current.stripe_customer_key,
+        });
+        let op = self.record(key, "update_customer", params).await?;
+        self.drive(&op).await?.customer()
     }
 
     /// A page of customers and the token of the next page, if there is one.
@@ -111,9 +199,4 @@ impl App {
         let next = q.page.finish(&mut rows, "customer", |r| r.id);
         Ok((rows, next))
     }
-}
-
-fn short_hash(s: &str) -> String {
-    use sha2::{Digest, Sha256};
-    hex::encode(&Sha256::digest(s.as_bytes())[..8])
 }

@@ -10,8 +10,9 @@ use super::{App, AppError, Kind, RequestKey, stripe_failure, sync};
 use crate::{
     domain::payment::{Ledger, Refused},
     store::{
-        customers,
+        customers::{self, CustomerRow},
         payments::{self, Cause, NewOperation, OperationRow, PaymentRow, RefundRow, Source},
+        products::{self, PriceRow, ProductRow},
     },
     stripe::{Form, Reply, StripeError, types::PaymentIntent},
 };
@@ -21,24 +22,52 @@ use crate::{
 pub enum Driven {
     Payment(Box<PaymentRow>),
     Refund(RefundRow),
+    Customer(Box<CustomerRow>),
+    Product(Box<(ProductRow, Vec<PriceRow>)>),
+    Price(PriceRow),
+}
+
+fn wrong(what: &str) -> AppError {
+    AppError::internal(anyhow::anyhow!("an operation of another kind where a {what} one was expected"))
 }
 
 impl Driven {
+    pub fn product(p: (ProductRow, Vec<PriceRow>)) -> Self {
+        Driven::Product(Box::new(p))
+    }
+
+    pub fn customer(self) -> Result<CustomerRow, AppError> {
+        match self {
+            Driven::Customer(c) => Ok(*c),
+            _ => Err(wrong("customer")),
+        }
+    }
+
+    pub fn product_with_prices(self) -> Result<(ProductRow, Vec<PriceRow>), AppError> {
+        match self {
+            Driven::Product(p) => Ok(*p),
+            _ => Err(wrong("product")),
+        }
+    }
+
+    pub fn price(self) -> Result<PriceRow, AppError> {
+        match self {
+            Driven::Price(p) => Ok(p),
+            _ => Err(wrong("price")),
+        }
+    }
+
     pub fn payment(self) -> Result<PaymentRow, AppError> {
         match self {
             Driven::Payment(p) => Ok(*p),
-            Driven::Refund(_) => {
-                Err(AppError::internal(anyhow::anyhow!("a refund operation where a payment one was expected")))
-            }
+            _ => Err(wrong("payment")),
         }
     }
 
     pub fn refund(self) -> Result<RefundRow, AppError> {
         match self {
             Driven::Refund(r) => Ok(r),
-            Driven::Payment(_) => {
-                Err(AppError::internal(anyhow::anyhow!("a payment operation where a refund one was expected")))
-            }
+            _ => Err(wrong("refund")),
         }
     }
 }
@@ -106,6 +135,25 @@ pub(crate) fn create_form(row: &PaymentRow, stripe_customer: &str) -> Form {
         .map("metadata", ids.iter().map(|(k, v)| (*k, v.as_str())))
 }
 
+/// The error for a Stripe call that failed, and whether that ends the
+/// operation (refused, or never sent) rather than leaving it unknown.
+pub(crate) fn unfinished(e: StripeError) -> (AppError, bool) {
+    match e {
+        e if outcome_unknown(&e) => (
+            AppError::unavailable(
+                "STRIPE_UNAVAILABLE",
+                "the payment provider did not answer; the request is recorded and will be completed, check it later",
+            ),
+            false,
+        ),
+        StripeError::Network { .. } => (
+            AppError::unavailable("STRIPE_UNAVAILABLE", "the payment provider could not be reached; try again later"),
+            true,
+        ),
+        other => (stripe_failure(other), true),
+    }
+}
+
 /// The answer a settled payment gives to the request that created it.
 fn settled_payment(row: PaymentRow) -> Result<PaymentRow, AppError> {
     if row.integrity_error.is_some() {
@@ -154,6 +202,15 @@ impl App {
 
     /// [`App::drive`], recording the changes as coming from `source`.
     pub(crate) async fn drive_from(&self, op: &OperationRow, source: Source) -> Result<Driven, AppError> {
+        match op.kind.as_str() {
+            "create_customer" | "update_customer" => {
+                return self.drive_customer(op).await.map(|c| Driven::Customer(Box::new(c)));
+            }
+            "create_product" | "create_price" | "deactivate_product" | "deactivate_price" => {
+                return self.drive_catalog(op).await;
+            }
+            _ => {}
+        }
         let row = payments::get(&self.db, op.payment_id).await?.ok_or_else(|| not_found(op.payment_id))?;
         let pi = row.stripe_payment_intent_id.clone().unwrap_or_default();
         let key = op.idempotency_key.as_str();
@@ -191,6 +248,27 @@ impl App {
         };
         if op.state == "pending" {
             return self.drive(&op).await.map(Some);
+        }
+        let p = &op.params.0;
+        let id = |k: &str| p[k].as_i64().unwrap_or(0);
+        let failed =
+            || AppError::new(Kind::FailedPrecondition, "STRIPE_REFUSED", "the payment provider refused the request");
+        match op.kind.as_str() {
+            _ if op.state == "failed" && op.payment_id == 0 => return Err(failed()),
+            "create_customer" | "update_customer" => {
+                let c = self.get_customer(crate::domain::customer::CustomerId::parse(id("customer_id"))?).await?;
+                return Ok(Some(Driven::Customer(Box::new(c))));
+            }
+            "create_product" | "deactivate_product" => {
+                return Ok(Some(Driven::product(self.get_product(id("product_id")).await?)));
+            }
+            "create_price" | "deactivate_price" => {
+                let price = products::get_price(&self.db, id("price_id"))
+                    .await?
+                    .ok_or_else(|| super::products::price_not_found(id("price_id")))?;
+                return Ok(Some(Driven::Price(price)));
+            }
+            _ => {}
         }
         let row = payments::get(&self.db, op.payment_id).await?.ok_or_else(|| not_found(op.payment_id))?;
         Ok(Some(match (op.kind.as_str(), op.refund_id) {

@@ -1,14 +1,20 @@
 //! Products and prices, created in Stripe and stored with the Stripe ids.
-//! As with customers, ids are reserved first so Stripe's objects carry ours
-//! and their idempotency keys derive from them; our rows are written once
-//! Stripe has answered, so a Stripe failure writes nothing here.
+//! As with customers, each change is recorded as an operation first (ids
+//! reserved, so Stripe's objects carry ours), sent under the operation's
+//! idempotency key, and written with the operation closed in one
+//! transaction: a Stripe refusal writes no product or price, and an unknown
+//! outcome is finished by a retry with the same client key or the reconciler.
 
-use super::{App, AppError, Kind, page::Page, stripe_failure};
+use super::{App, AppError, Kind, RequestKey, page::Page};
 use crate::{
     domain::{money::Money, request},
-    store::products::{self, NewPrice, PriceRow, ProductRow},
+    store::{
+        payments::{self as ops, OperationRow},
+        products::{self, NewPrice, PriceRow, ProductRow},
+    },
     stripe::Form,
 };
+use serde_json::{Value, json};
 
 /// A new product and its first price, checked.
 #[derive(Debug)]
@@ -26,66 +32,176 @@ impl CreateProduct {
     }
 }
 
-fn product_not_found(id: i64) -> AppError {
+pub(crate) fn product_not_found(id: i64) -> AppError {
     AppError::not_found("PRODUCT_NOT_FOUND", format!("product {id} does not exist")).detail("productID", id.to_string())
 }
 
-fn price_not_found(id: i64) -> AppError {
+pub(crate) fn price_not_found(id: i64) -> AppError {
     AppError::not_found("PRICE_NOT_FOUND", format!("price {id} does not exist")).detail("priceID", id.to_string())
 }
 
 impl App {
-    pub async fn create_product(&self, cmd: CreateProduct) -> Result<(ProductRow, Vec<PriceRow>), AppError> {
+    pub async fn create_product(
+        &self,
+        cmd: CreateProduct,
+        key: Option<&RequestKey>,
+    ) -> Result<(ProductRow, Vec<PriceRow>), AppError> {
+        if let Some(done) = self.resume(key).await? {
+            return done.product_with_prices();
+        }
         let id = products::reserve_id(&self.db, "product").await?;
-        let id_text = id.to_string();
-        let form = Form::new()
-            .set("name", &cmd.name)
-            .set_opt("description", cmd.description.as_deref())
-            .map("metadata", [("productID", id_text.as_str())]);
-        let product =
-            self.stripe.create_product(&form, &format!("product-{id}-create")).await.map_err(stripe_failure)?.object;
-        let (price_id, stripe_price) = self.create_stripe_price(&product.id, cmd.price).await?;
-        let new_price = NewPrice {
-            id: price_id,
-            unit_amount: cmd.price.amount(),
-            currency: cmd.price.currency().code(),
-            stripe_price_id: &stripe_price,
-        };
-        let (product, price) =
-            products::insert_product(&self.db, id, &cmd.name, cmd.description.as_deref(), &product.id, new_price)
-                .await?;
-        Ok((product, vec![price]))
+        let price_id = products::reserve_id(&self.db, "price").await?;
+        let params = json!({
+            "product_id": id, "price_id": price_id, "name": cmd.name, "description": cmd.description,
+            "unit_amount": cmd.price.amount(), "currency": cmd.price.currency().code(),
+        });
+        let op = self.record(key, "create_product", params).await?;
+        self.drive(&op).await?.product_with_prices()
     }
 
-    async fn create_stripe_price(&self, stripe_product: &str, price: Money) -> Result<(i64, String), AppError> {
-        let id = products::reserve_id(&self.db, "price").await?;
-        let id_text = id.to_string();
-        let form = Form::new()
-            .set("product", stripe_product)
-            .set("unit_amount", price.amount())
-            .set("currency", price.currency().code())
-            .map("metadata", [("priceID", id_text.as_str())]);
-        let created =
-            self.stripe.create_price(&form, &format!("price-{id}-create")).await.map_err(stripe_failure)?.object;
-        Ok((id, created.id))
-    }
-
-    pub async fn add_price(&self, product_id: i64, price: Money) -> Result<PriceRow, AppError> {
+    pub async fn add_price(
+        &self,
+        product_id: i64,
+        price: Money,
+        key: Option<&RequestKey>,
+    ) -> Result<PriceRow, AppError> {
+        if let Some(done) = self.resume(key).await? {
+            return done.price();
+        }
         let product =
             products::get_product(&self.db, product_id).await?.ok_or_else(|| product_not_found(product_id))?;
         if !product.active {
             return Err(AppError::new(Kind::FailedPrecondition, "PRODUCT_INACTIVE", "the product is deactivated")
                 .detail("productID", product_id.to_string()));
         }
-        let stripe_product = product.stripe_product_id.as_deref().unwrap_or_default();
-        let (id, stripe_price) = self.create_stripe_price(stripe_product, price).await?;
-        let new_price = NewPrice {
-            id,
-            unit_amount: price.amount(),
-            currency: price.currency().code(),
-            stripe_price_id: &stripe_price,
-        };
-        Ok(products::insert_price(&self.db, product_id, new_price).await?)
+        let price_id = products::reserve_id(&self.db, "price").await?;
+        let params = json!({
+            "product_id": product_id, "price_id": price_id, "stripe_product_id": product.stripe_product_id,
+            "unit_amount": price.amount(), "currency": price.currency().code(),
+        });
+        let op = self.record(key, "create_price", params).await?;
+        self.drive(&op).await?.price()
+    }
+
+    pub async fn deactivate_product(
+        &self,
+        id: i64,
+        key: Option<&RequestKey>,
+    ) -> Result<(ProductRow, Vec<PriceRow>), AppError> {
+        if let Some(done) = self.resume(key).await? {
+            return done.product_with_prices();
+        }
+        let product = products::get_product(&self.db, id).await?.ok_or_else(|| product_not_found(id))?;
+        let op = self
+            .record(key, "deactivate_product", json!({"product_id": id, "stripe_id": product.stripe_product_id}))
+            .await?;
+        self.drive(&op).await?.product_with_prices()
+    }
+
+    pub async fn deactivate_price(&self, id: i64, key: Option<&RequestKey>) -> Result<PriceRow, AppError> {
+        if let Some(done) = self.resume(key).await? {
+            return done.price();
+        }
+        let price = products::get_price(&self.db, id).await?.ok_or_else(|| price_not_found(id))?;
+        let op =
+            self.record(key, "deactivate_price", json!({"price_id": id, "stripe_id": price.stripe_price_id})).await?;
+        self.drive(&op).await?.price()
+    }
+
+    /// Sends a product or price operation to Stripe and writes the result.
+    /// A product's two Stripe objects get two keys derived from the one
+    /// operation.
+    pub(crate) async fn drive_catalog(&self, op: &OperationRow) -> Result<super::operations::Driven, AppError> {
+        use super::operations::Driven;
+        let p = &op.params.0;
+        let int = |k: &str| p[k].as_i64().unwrap_or(0);
+        let text = |k: &str| p.get(k).and_then(Value::as_str).map(str::to_string);
+        let key = &op.idempotency_key;
+        match op.kind.as_str() {
+            "create_product" | "create_price" => {
+                let (product_id, price_id) = (int("product_id"), int("price_id"));
+                let stripe_product = if op.kind == "create_product" {
+                    let id_text = product_id.to_string();
+                    let form = Form::new()
+                        .set("name", text("name").unwrap_or_default())
+                        .set_opt("description", text("description"))
+                        .map("metadata", [("productID", id_text.as_str())]);
+                    match self.stripe.create_product(&form, &format!("{key}-product")).await {
+                        Ok(r) => r.object.id,
+                        Err(e) => return Err(self.unfinished_op(op, e).await),
+                    }
+                } else {
+                    text("stripe_product_id").unwrap_or_default()
+                };
+                let price_text = price_id.to_string();
+                let currency = text("currency").unwrap_or_default();
+                let form = Form::new()
+                    .set("product", &stripe_product)
+                    .set("unit_amount", int("unit_amount"))
+                    .set("currency", &currency)
+                    .map("metadata", [("priceID", price_text.as_str())]);
+                let stripe_price = match self.stripe.create_price(&form, &format!("{key}-price")).await {
+                    Ok(r) => r.object.id,
+                    Err(e) => return Err(self.unfinished_op(op, e).await),
+                };
+                let mut tx = self.db.begin().await?;
+                if op.kind == "create_product" {
+                    products::insert_product(
+                        &mut tx,
+                        product_id,
+                        &text("name").unwrap_or_default(),
+                        text("description").as_deref(),
+                        &stripe_product,
+                    )
+                    .await?;
+                }
+                let price = NewPrice {
+                    id: price_id,
+                    unit_amount: int("unit_amount"),
+                    currency: &currency,
+                    stripe_price_id: &stripe_price,
+                };
+                products::insert_price(&mut tx, product_id, price).await?;
+                ops::finish_operation(&mut tx, op.id, "succeeded", None).await?;
+                tx.commit().await?;
+                if op.kind == "create_product" {
+                    self.get_product(product_id).await.map(Driven::product)
+                } else {
+                    products::get_price(&self.db, price_id)
+                        .await?
+                        .map(Driven::Price)
+                        .ok_or_else(|| price_not_found(price_id))
+                }
+            }
+            "deactivate_product" | "deactivate_price" => {
+                let form = Form::new().set("active", "false");
+                if let Some(stripe_id) = text("stripe_id") {
+                    let sent = if op.kind == "deactivate_product" {
+                        self.stripe.update_product(&stripe_id, &form, key).await.map(|_| ())
+                    } else {
+                        self.stripe.update_price(&stripe_id, &form, key).await.map(|_| ())
+                    };
+                    if let Err(e) = sent {
+                        return Err(self.unfinished_op(op, e).await);
+                    }
+                }
+                let mut tx = self.db.begin().await?;
+                if op.kind == "deactivate_product" {
+                    products::deactivate_product(&mut tx, int("product_id")).await?;
+                } else {
+                    products::deactivate_price(&mut tx, int("price_id")).await?;
+                }
+                ops::finish_operation(&mut tx, op.id, "succeeded", None).await?;
+                tx.commit().await?;
+                if op.kind == "deactivate_product" {
+                    self.get_product(int("product_id")).await.map(Driven::product)
+                } else {
+                    let id = int("price_id");
+                    products::get_price(&self.db, id).await?.map(Driven::Price).ok_or_else(|| price_not_found(id))
+                }
+            }
+            other => Err(AppError::internal(anyhow::anyhow!("not a catalog operation: {other}"))),
+        }
     }
 
     pub async fn get_product(&self, id: i64) -> Result<(ProductRow, Vec<PriceRow>), AppError> {
@@ -114,30 +230,5 @@ impl App {
             })
             .collect();
         Ok((out, next))
-    }
-
-    pub async fn deactivate_product(&self, id: i64) -> Result<(ProductRow, Vec<PriceRow>), AppError> {
-        let product = products::get_product(&self.db, id).await?.ok_or_else(|| product_not_found(id))?;
-        if let Some(stripe_id) = &product.stripe_product_id {
-            let form = Form::new().set("active", "false");
-            self.stripe
-                .update_product(stripe_id, &form, &format!("product-{id}-deactivate"))
-                .await
-                .map_err(stripe_failure)?;
-        }
-        products::deactivate_product(&self.db, id).await?;
-        self.get_product(id).await
-    }
-
-    pub async fn deactivate_price(&self, id: i64) -> Result<PriceRow, AppError> {
-        let price = products::get_price(&self.db, id).await?.ok_or_else(|| price_not_found(id))?;
-        if let Some(stripe_id) = &price.stripe_price_id {
-            let form = Form::new().set("active", "false");
-            self.stripe
-                .update_price(stripe_id, &form, &format!("price-{id}-deactivate"))
-                .await
-                .map_err(stripe_failure)?;
-        }
-        products::deactivate_price(&self.db, id).await?.ok_or_else(|| price_not_found(id))
     }
 }

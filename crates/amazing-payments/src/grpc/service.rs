@@ -44,8 +44,8 @@ impl PaymentService for PaymentApi {
     ) -> Result<Response<proto::Customer>, Status> {
         let who = self.principal(&request).await?;
         let app = &self.app;
-        idempotency::once(app, &who, "CreateCustomer", request, |r, _| async move {
-            Ok(app.create_customer(parse(r)?).await?.into())
+        idempotency::once(app, &who, "CreateCustomer", request, |r, key| async move {
+            Ok(app.create_customer(parse(r)?, key.as_ref()).await?.into())
         })
         .await
     }
@@ -73,8 +73,8 @@ impl PaymentService for PaymentApi {
     ) -> Result<Response<proto::Customer>, Status> {
         let who = self.principal(&request).await?;
         let app = &self.app;
-        idempotency::once(app, &who, "UpdateCustomer", request, |r, _| async move {
-            Ok(app.update_customer(parse(r)?).await?.into())
+        idempotency::once(app, &who, "UpdateCustomer", request, |r, key| async move {
+            Ok(app.update_customer(parse(r)?, key.as_ref()).await?.into())
         })
         .await
     }
@@ -97,9 +97,9 @@ impl PaymentService for PaymentApi {
     ) -> Result<Response<proto::Product>, Status> {
         let who = self.principal(&request).await?;
         let app = &self.app;
-        idempotency::once(app, &who, "CreateProduct", request, |r, _| async move {
+        idempotency::once(app, &who, "CreateProduct", request, |r, key| async move {
             let cmd = CreateProduct::parse(&r.name, &r.description, convert::price_money(r.unit_amount, &r.currency)?)?;
-            let (product, prices) = app.create_product(cmd).await?;
+            let (product, prices) = app.create_product(cmd, key.as_ref()).await?;
             Ok(convert::product(product, prices))
         })
         .await
@@ -130,9 +130,11 @@ impl PaymentService for PaymentApi {
     async fn add_price(&self, request: Request<proto::AddPriceRequest>) -> Result<Response<proto::Price>, Status> {
         let who = self.principal(&request).await?;
         let app = &self.app;
-        idempotency::once(app, &who, "AddPrice", request, |r, _| async move {
+        idempotency::once(app, &who, "AddPrice", request, |r, key| async move {
             let product = id("productID", r.product_id)?;
-            Ok(convert::price(app.add_price(product, convert::price_money(r.unit_amount, &r.currency)?).await?))
+            Ok(convert::price(
+                app.add_price(product, convert::price_money(r.unit_amount, &r.currency)?, key.as_ref()).await?,
+            ))
         })
         .await
     }
@@ -143,8 +145,8 @@ impl PaymentService for PaymentApi {
     ) -> Result<Response<proto::Product>, Status> {
         let who = self.principal(&request).await?;
         let app = &self.app;
-        idempotency::once(app, &who, "DeactivateProduct", request, |r, _| async move {
-            let (product, prices) = app.deactivate_product(id("productID", r.product_id)?).await?;
+        idempotency::once(app, &who, "DeactivateProduct", request, |r, key| async move {
+            let (product, prices) = app.deactivate_product(id("productID", r.product_id)?, key.as_ref()).await?;
             Ok(convert::product(product, prices))
         })
         .await
@@ -156,8 +158,8 @@ impl PaymentService for PaymentApi {
     ) -> Result<Response<proto::Price>, Status> {
         let who = self.principal(&request).await?;
         let app = &self.app;
-        idempotency::once(app, &who, "DeactivatePrice", request, |r, _| async move {
-            Ok(convert::price(app.deactivate_price(id("priceID", r.price_id)?).await?))
+        idempotency::once(app, &who, "DeactivatePrice", request, |r, key| async move {
+            Ok(convert::price(app.deactivate_price(id("priceID", r.price_id)?, key.as_ref()).await?))
         })
         .await
     }

@@ -34,18 +34,21 @@ pub struct NewCustomer<'a> {
     pub charge_date: Option<&'a ChargeDate>,
 }
 
-pub async fn insert(db: &PgPool, c: NewCustomer<'_>) -> Result<CustomerRow, sqlx::Error> {
-    sqlx::query_as(&format!(
+/// Inserts a customer (once: a second insert of the same id changes
+/// nothing), in the caller's transaction.
+pub async fn insert(conn: &mut sqlx::PgConnection, c: NewCustomer<'_>) -> Result<(), sqlx::Error> {
+    sqlx::query(
         "INSERT INTO customer.customer (id, name, email, stripe_customer_key, stripe_charge_date)
-         VALUES ($1, $2, $3, $4, $5) RETURNING {COLUMNS}"
-    ))
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
+    )
     .bind(c.id.get())
     .bind(c.name.as_str())
     .bind(c.email.as_str())
     .bind(c.stripe_customer_key)
     .bind(c.charge_date.map(ChargeDate::as_str))
-    .fetch_one(db)
-    .await
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 pub async fn get(db: &PgPool, id: CustomerId) -> Result<Option<CustomerRow>, sqlx::Error> {
@@ -63,7 +66,11 @@ pub struct Changes<'a> {
     pub charge_date: Option<&'a ChargeDate>,
 }
 
-pub async fn update(db: &PgPool, id: CustomerId, c: Changes<'_>) -> Result<Option<CustomerRow>, sqlx::Error> {
+pub async fn update(
+    conn: &mut sqlx::PgConnection,
+    id: CustomerId,
+    c: Changes<'_>,
+) -> Result<Option<CustomerRow>, sqlx::Error> {
     sqlx::query_as(&format!(
         "UPDATE customer.customer SET
             name = coalesce($2, name),
@@ -75,7 +82,7 @@ pub async fn update(db: &PgPool, id: CustomerId, c: Changes<'_>) -> Result<Optio
     .bind(c.name.map(CustomerName::as_str))
     .bind(c.email.map(Email::as_str))
     .bind(c.charge_date.map(ChargeDate::as_str))
-    .fetch_optional(db)
+    .fetch_optional(conn)
     .await
 }
 

@@ -189,11 +189,15 @@ pub async fn insert(db: &PgPool, p: NewPayment<'_>) -> Result<(PaymentRow, Opera
     Ok((row, op))
 }
 
-const OPERATION: &str = "id, kind, payment_id, refund_id, amount, idempotency_key, params, state";
+/// Operations of customers, products and prices have no payment: their
+/// `payment_id` reads as 0.
+const OPERATION: &str =
+    "id, kind, coalesce(payment_id, 0) AS payment_id, refund_id, amount, idempotency_key, params, state";
 
 /// An operation to record.
 pub struct NewOperation<'a> {
     pub kind: &'a str,
+    /// 0 for operations of customers, products and prices.
     pub payment_id: i64,
     pub refund_id: Option<i64>,
     pub amount: Option<i64>,
@@ -207,7 +211,7 @@ pub async fn insert_operation(conn: &mut PgConnection, op: NewOperation<'_>) -> 
     sqlx::query_as(&format!(
         "WITH next AS (SELECT nextval(pg_get_serial_sequence('payment.operation', 'id')) AS id)
          INSERT INTO payment.operation (id, kind, payment_id, refund_id, amount, idempotency_key, params, request_scope, request_key)
-         SELECT next.id, $1, $2, $3, $4, 'ap-op-' || next.id, $5, $6, $7 FROM next
+         SELECT next.id, $1, nullif($2, 0), $3, $4, 'ap-op-' || next.id, $5, $6, $7 FROM next
          RETURNING {OPERATION}"
     ))
     .bind(op.kind)
@@ -219,6 +223,18 @@ pub async fn insert_operation(conn: &mut PgConnection, op: NewOperation<'_>) -> 
     .bind(op.request.map(|r| r.1))
     .fetch_one(conn)
     .await
+}
+
+/// Records an operation on its own (customers, products, prices).
+pub async fn record_operation(db: &PgPool, op: NewOperation<'_>) -> Result<OperationRow, sqlx::Error> {
+    let mut conn = db.acquire().await?;
+    insert_operation(&mut conn, op).await
+}
+
+/// Closes an operation on its own.
+pub async fn close_operation(db: &PgPool, id: i64, state: &str, error: Option<&str>) -> Result<(), sqlx::Error> {
+    let mut conn = db.acquire().await?;
+    finish_operation(&mut conn, id, state, error).await
 }
 
 /// The operation a client's idempotency key asked for.

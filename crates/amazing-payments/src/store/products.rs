@@ -40,50 +40,41 @@ pub struct NewPrice<'a> {
     pub stripe_price_id: &'a str,
 }
 
-/// Inserts a product and its first price together.
+/// Inserts a product (once), in the caller's transaction.
 pub async fn insert_product(
-    db: &PgPool,
+    conn: &mut sqlx::PgConnection,
     id: i64,
     name: &str,
     description: Option<&str>,
     stripe_product_id: &str,
-    price: NewPrice<'_>,
-) -> Result<(ProductRow, PriceRow), sqlx::Error> {
-    let mut tx = db.begin().await?;
-    let product: ProductRow = sqlx::query_as(&format!(
-        "INSERT INTO payment.product (id, name, description, stripe_product_id) VALUES ($1, $2, $3, $4) RETURNING {PRODUCT}"
-    ))
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO payment.product (id, name, description, stripe_product_id) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (id) DO NOTHING",
+    )
     .bind(id)
     .bind(name)
     .bind(description)
     .bind(stripe_product_id)
-    .fetch_one(&mut *tx)
+    .execute(conn)
     .await?;
-    let price = insert_price_in(&mut tx, id, price).await?;
-    tx.commit().await?;
-    Ok((product, price))
+    Ok(())
 }
 
-async fn insert_price_in(
-    conn: &mut sqlx::PgConnection,
-    product_id: i64,
-    p: NewPrice<'_>,
-) -> Result<PriceRow, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "INSERT INTO payment.price (id, product_id, unit_amount, currency, stripe_price_id) VALUES ($1, $2, $3, $4, $5) RETURNING {PRICE}"
-    ))
+/// Inserts a price (once), in the caller's transaction.
+pub async fn insert_price(conn: &mut sqlx::PgConnection, product_id: i64, p: NewPrice<'_>) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO payment.price (id, product_id, unit_amount, currency, stripe_price_id) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (id) DO NOTHING",
+    )
     .bind(p.id)
     .bind(product_id)
     .bind(p.unit_amount)
     .bind(p.currency)
     .bind(p.stripe_price_id)
-    .fetch_one(conn)
-    .await
-}
-
-pub async fn insert_price(db: &PgPool, product_id: i64, p: NewPrice<'_>) -> Result<PriceRow, sqlx::Error> {
-    let mut conn = db.acquire().await?;
-    insert_price_in(&mut conn, product_id, p).await
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 pub async fn get_product(db: &PgPool, id: i64) -> Result<Option<ProductRow>, sqlx::Error> {
@@ -118,18 +109,18 @@ pub async fn list_products(
     .await
 }
 
-pub async fn deactivate_product(db: &PgPool, id: i64) -> Result<Option<ProductRow>, sqlx::Error> {
+pub async fn deactivate_product(conn: &mut sqlx::PgConnection, id: i64) -> Result<Option<ProductRow>, sqlx::Error> {
     sqlx::query_as(&format!(
         "UPDATE payment.product SET active = false, updated_at = now() WHERE id = $1 RETURNING {PRODUCT}"
     ))
     .bind(id)
-    .fetch_optional(db)
+    .fetch_optional(conn)
     .await
 }
 
-pub async fn deactivate_price(db: &PgPool, id: i64) -> Result<Option<PriceRow>, sqlx::Error> {
+pub async fn deactivate_price(conn: &mut sqlx::PgConnection, id: i64) -> Result<Option<PriceRow>, sqlx::Error> {
     sqlx::query_as(&format!("UPDATE payment.price SET active = false WHERE id = $1 RETURNING {PRICE}"))
         .bind(id)
-        .fetch_optional(db)
+        .fetch_optional(conn)
         .await
 }
