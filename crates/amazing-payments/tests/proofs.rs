@@ -341,11 +341,12 @@ async fn faults_30_percent_of_stripe_calls_failing_in_mixed_ways_never_duplicate
     let mut rules = Vec::new();
     for path in ["/v1/payment_intents", "/v1/refunds"] {
         for r in [
-            json!({"method": "POST", "path": path, "status": 500, "rate": 0.07}),
+            // Together the five fail 1 - 0.92*0.94*0.95*0.94*0.90 = 30.5% of calls.
+            json!({"method": "POST", "path": path, "status": 500, "rate": 0.08}),
             json!({"method": "POST", "path": path, "status": 503, "rate": 0.06}),
             json!({"method": "POST", "path": path, "status": 429, "code": "rate_limit", "rate": 0.05}),
             json!({"method": "POST", "path": path, "drop": "before", "rate": 0.06}),
-            json!({"method": "POST", "path": path, "drop": "after", "rate": 0.08}),
+            json!({"method": "POST", "path": path, "drop": "after", "rate": 0.10}),
         ] {
             rules.push(r);
         }
