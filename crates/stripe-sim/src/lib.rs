@@ -11,6 +11,7 @@
 //!   routing; simulator-only endpoints under `/_sim/`.
 //! - [`resources`]: one module per Stripe resource, and the route table.
 //! - [`store`]: collections with Stripe's list paging.
+//! - [`webhooks`]: webhook endpoints, Events, signed deliveries with retries.
 //! - [`idempotency`], [`faults`], [`form`], [`error`], [`fixtures`], [`ids`].
 //!
 //! # Use from tests
@@ -30,6 +31,7 @@ pub mod ids;
 pub mod resources;
 pub mod server;
 pub mod store;
+pub mod webhooks;
 
 use parking_lot::Mutex;
 use std::{collections::HashSet, net::SocketAddr, sync::Arc};
@@ -45,6 +47,8 @@ pub struct Config {
     pub api_keys: Option<Vec<String>>,
     /// Fault rules active from the start.
     pub faults: Vec<faults::Rule>,
+    /// Webhook delivery options from the start (duplicates, delays).
+    pub webhooks: webhooks::Options,
 }
 
 /// All objects of the simulated account.
@@ -61,6 +65,10 @@ pub struct Data {
     pub refunds: store::Collection,
     pub products: store::Collection,
     pub prices: store::Collection,
+    pub webhook_endpoints: store::Collection,
+    pub events: store::Collection,
+    /// Events recorded by the request being served, delivered when it ends.
+    pub outbox: Vec<serde_json::Value>,
 }
 
 impl Data {
@@ -77,6 +85,7 @@ pub struct Sim {
     pub data: Mutex<Data>,
     pub keys: idempotency::Keys,
     pub faults: faults::Faults,
+    pub webhooks: webhooks::Webhooks,
     journal: Mutex<std::collections::VecDeque<Received>>,
 }
 
@@ -99,7 +108,16 @@ impl Sim {
     pub fn new(config: Config) -> Self {
         let faults = faults::Faults::default();
         faults.set(config.faults.clone());
-        Self { config, data: Mutex::default(), keys: idempotency::Keys::default(), faults, journal: Mutex::default() }
+        let webhooks = webhooks::Webhooks::default();
+        *webhooks.options.lock() = config.webhooks.clone();
+        Self {
+            config,
+            data: Mutex::default(),
+            keys: idempotency::Keys::default(),
+            faults,
+            webhooks,
+            journal: Mutex::default(),
+        }
     }
 
     pub(crate) fn record(&self, r: Received) {
@@ -121,6 +139,7 @@ pub struct Simulator {
     addr: SocketAddr,
     state: Arc<Sim>,
     task: JoinHandle<()>,
+    deliveries: JoinHandle<()>,
 }
 
 impl Simulator {
@@ -139,7 +158,8 @@ impl Simulator {
                 tracing::error!(error = %e, "stripe-sim stopped");
             }
         });
-        Ok(Self { addr, state, task })
+        let deliveries = tokio::spawn(webhooks::deliver(state.clone()));
+        Ok(Self { addr, state, task, deliveries })
     }
 
     /// `http://127.0.0.1:<port>`: the base URL to give a Stripe client.
@@ -160,5 +180,6 @@ impl Simulator {
 impl Drop for Simulator {
     fn drop(&mut self) {
         self.task.abort();
+        self.deliveries.abort();
     }
 }

@@ -19,6 +19,9 @@ struct Args {
     /// Fault rules to start with, as a JSON list (see `POST /_sim/faults`).
     #[arg(long, env = "STRIPE_SIM_FAULTS")]
     faults: Option<String>,
+    /// Webhook delivery options, as JSON: `{"duplicate_rate": 0.2, "max_delay_ms": 300}`.
+    #[arg(long, env = "STRIPE_SIM_WEBHOOKS")]
+    webhooks: Option<String>,
 }
 
 #[tokio::main]
@@ -32,7 +35,11 @@ async fn main() -> anyhow::Result<()> {
         Some(json) => serde_json::from_str(&json).map_err(|e| anyhow::anyhow!("STRIPE_SIM_FAULTS: {e}"))?,
         None => Vec::new(),
     };
-    let config = stripe_sim::Config { api_keys: (!args.api_keys.is_empty()).then_some(args.api_keys), faults };
+    let webhooks = match args.webhooks {
+        Some(json) => serde_json::from_str(&json).map_err(|e| anyhow::anyhow!("STRIPE_SIM_WEBHOOKS: {e}"))?,
+        None => Default::default(),
+    };
+    let config = stripe_sim::Config { api_keys: (!args.api_keys.is_empty()).then_some(args.api_keys), faults, webhooks };
     let listener = tokio::net::TcpListener::bind(SocketAddr::new(args.host, args.port)).await?;
     let sim = stripe_sim::Simulator::start_on(listener, config)?;
     println!("stripe-sim listening on {}", sim.url());

@@ -29,6 +29,8 @@ pub fn router(sim: Arc<Sim>) -> Router {
         .route("/_sim/health", get(|| async { Json(json!({"ok": true})) }))
         .route("/_sim/faults", post(set_faults).get(list_faults).delete(clear_faults))
         .route("/_sim/payment_intents/{id}/authenticate", post(complete_3ds))
+        .route("/_sim/webhooks", post(set_webhook_options))
+        .route("/_sim/webhook_endpoints/{id}/roll", post(roll_secret))
         .fallback(api)
         .with_state(sim)
 }
@@ -60,10 +62,43 @@ async fn complete_3ds(State(sim): State<Arc<Sim>>, Path(id): Path<String>, Json(
         "fail" => false,
         _ => return ApiError::invalid("outcome", "outcome must be succeed or fail").into_response(),
     };
-    match crate::resources::payment_intents::authenticate(&sim, &id, succeed) {
+    let outcome = crate::resources::payment_intents::authenticate(&sim, &id, succeed);
+    sim.flush_events();
+    match outcome {
         Ok(pi) => Json(pi).into_response(),
         Err(e) => e.into_response(),
     }
+}
+
+async fn set_webhook_options(State(sim): State<Arc<Sim>>, Json(o): Json<crate::webhooks::Options>) -> Json<Value> {
+    *sim.webhooks.options.lock() = o.clone();
+    Json(json!(o))
+}
+
+#[derive(serde::Deserialize)]
+struct Roll {
+    /// Seconds the old secret keeps signing; 24 hours by default.
+    #[serde(default)]
+    keep_old_s: Option<u64>,
+}
+
+/// Rolls an endpoint's secret: both sign until the old one expires.
+async fn roll_secret(State(sim): State<Arc<Sim>>, Path(id): Path<String>, Json(r): Json<Roll>) -> Response {
+    match crate::webhooks::roll(&sim, &id, r.keep_old_s.unwrap_or(86_400)) {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+tokio::task_local! {
+    /// The request being served: its id and idempotency key, for the
+    /// `request` of the events it causes.
+    static REQUEST: (String, Option<String>);
+}
+
+/// The request id and idempotency key of the request being served, if any.
+pub fn current_request() -> (Option<String>, Option<String>) {
+    REQUEST.try_with(|(id, key)| (Some(id.clone()), key.clone())).unwrap_or((None, None))
 }
 
 /// Replaces the ids named in `expand[]` by their objects.
@@ -223,7 +258,10 @@ async fn execute(
     if let Some(wait) = fault.as_ref().and_then(Rule::delay) {
         tokio::time::sleep(wait).await;
     }
-    let (status, body, saved) = match handler(sim, &params, &segments) {
+    let context = (request_id.to_string(), idem_key.map(str::to_string));
+    let outcome = REQUEST.sync_scope(context, || handler(sim, &params, &segments));
+    sim.flush_events();
+    let (status, body, saved) = match outcome {
         Ok(mut v) => {
             expand(sim, &mut v, &params);
             if let Some(fields) = fault.as_ref().and_then(|r| r.tamper.as_ref()) {

@@ -86,6 +86,7 @@ pub fn create(sim: &Sim, p: &Value, _path: &[&str]) -> ApiResult {
     let mut data = sim.data.lock();
     let seq = data.next_seq();
     data.customers.insert(seq, c.clone());
+    data.emit("customer.created", &c, None);
     Ok(c)
 }
 
@@ -107,6 +108,7 @@ pub fn update(sim: &Sim, p: &Value, path: &[&str]) -> ApiResult {
     let mut updated = c.clone();
     apply(&mut updated, p)?;
     *c = updated.clone();
+    data.emit("customer.updated", &updated, None);
     Ok(updated)
 }
 
@@ -121,7 +123,9 @@ pub fn delete(sim: &Sim, p: &Value, path: &[&str]) -> ApiResult {
     let mut data = sim.data.lock();
     data.customers.remove(path[2]).ok_or_else(|| ApiError::missing_object("customer", path[2], "id"))?;
     data.deleted_customers.insert(path[2].to_string());
-    Ok(deleted(path[2]))
+    let gone = deleted(path[2]);
+    data.emit("customer.deleted", &gone, None);
+    Ok(gone)
 }
 
 pub fn list(sim: &Sim, p: &Value, _path: &[&str]) -> ApiResult {

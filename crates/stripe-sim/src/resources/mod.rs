@@ -51,6 +51,13 @@ pub fn route(method: &Method, segments: &[&str]) -> Option<Handler> {
         ("GET", ["v1", "prices"]) => products::list_prices,
         ("GET", ["v1", "prices", _]) => products::retrieve_price,
         ("POST", ["v1", "prices", _]) => products::update_price,
+        ("POST", ["v1", "webhook_endpoints"]) => crate::webhooks::create_endpoint,
+        ("GET", ["v1", "webhook_endpoints"]) => crate::webhooks::list_endpoints,
+        ("GET", ["v1", "webhook_endpoints", _]) => crate::webhooks::retrieve_endpoint,
+        ("POST", ["v1", "webhook_endpoints", _]) => crate::webhooks::update_endpoint,
+        ("DELETE", ["v1", "webhook_endpoints", _]) => crate::webhooks::delete_endpoint,
+        ("GET", ["v1", "events"]) => crate::webhooks::list_events,
+        ("GET", ["v1", "events", _]) => crate::webhooks::retrieve_event,
         _ => return None,
     };
     Some(handler)

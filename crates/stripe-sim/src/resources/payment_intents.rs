@@ -114,6 +114,7 @@ pub fn create(sim: &Sim, p: &Value, _path: &[&str]) -> ApiResult {
         pi[k] = v;
     }
     let seq = data.next_seq();
+    data.emit("payment_intent.created", &pi, None);
     data.payment_intents.insert(seq, pi);
     if confirm {
         let return_url = params::text(p, "return_url")?.map(str::to_string);
@@ -163,7 +164,9 @@ fn confirm_intent(data: &mut Data, id: &str, return_url: Option<String>) -> ApiR
                     json!({"type": "use_stripe_sdk", "use_stripe_sdk": {"type": "three_d_secure_redirect", "stripe_js": format!("https://hooks.stripe.com/redirect/authenticate/{id}")}})
                 }
             };
-            Ok(pi.clone())
+            let pi = pi.clone();
+            data.emit("payment_intent.requires_action", &pi, Some(json!({"status": "requires_confirmation"})));
+            Ok(pi)
         }
         Behaviour::Decline { code, decline_code, message } => Err(decline(data, id, code, decline_code, message)),
         Behaviour::AttachThenDecline => {
@@ -227,6 +230,7 @@ fn authorize(data: &mut Data, id: &str) -> ApiResult {
     pi["latest_charge"] = json!(charge);
     pi["next_action"] = Value::Null;
     pi["last_payment_error"] = Value::Null;
+    let before = pi["status"].clone();
     if manual {
         pi["status"] = json!("requires_capture");
         pi["amount_capturable"] = amount;
@@ -234,7 +238,46 @@ fn authorize(data: &mut Data, id: &str) -> ApiResult {
         pi["status"] = json!("succeeded");
         pi["amount_received"] = amount;
     }
-    Ok(pi.clone())
+    let pi = pi.clone();
+    let ch = data.charges.get(&charge).cloned().unwrap_or(Value::Null);
+    data.emit("charge.succeeded", &ch, None);
+    if manual {
+        data.emit(
+            "payment_intent.amount_capturable_updated",
+            &pi,
+            Some(json!({"status": before, "amount_capturable": 0})),
+        );
+    } else {
+        data.emit("payment_intent.succeeded", &pi, Some(json!({"status": before, "amount_received": 0})));
+    }
+    let pm = pi["payment_method"].as_str().unwrap_or_default().to_string();
+    if data.card_behaviour.get(&pm) == Some(&Behaviour::Dispute) {
+        dispute(data, &charge);
+    }
+    Ok(pi)
+}
+
+/// The cardholder disputes the charge (`pm_card_createDispute`).
+fn dispute(data: &mut Data, charge_id: &str) {
+    let Some(ch) = data.charges.get_mut(charge_id) else { return };
+    ch["disputed"] = json!(true);
+    let ch = ch.clone();
+    let mut d = fixtures::template("dispute");
+    for (k, v) in [
+        ("id", json!(ids::new_id("dp"))),
+        ("amount", ch["amount"].clone()),
+        ("charge", json!(charge_id)),
+        ("currency", ch["currency"].clone()),
+        ("created", json!(ids::now())),
+        ("payment_intent", ch["payment_intent"].clone()),
+        ("reason", json!("fraudulent")),
+        ("status", json!("needs_response")),
+        ("livemode", json!(false)),
+        ("metadata", json!({})),
+    ] {
+        d[k] = v;
+    }
+    data.emit("charge.dispute.created", &d, None);
 }
 
 /// A declined confirmation: a failed charge, the intent back to
@@ -263,8 +306,16 @@ fn decline(
         "type": "card_error", "code": code, "decline_code": decline_code, "message": message,
         "charge": charge, "payment_method": pm, "doc_url": format!("https://stripe.com/docs/error-codes/{}", code.replace('_', "-")),
     });
+    let stored = stored.clone();
+    let ch = data.charges.get(&charge).cloned().unwrap_or(Value::Null);
+    data.emit("charge.failed", &ch, None);
+    data.emit(
+        "payment_intent.payment_failed",
+        &stored,
+        Some(json!({"status": pi["status"].clone(), "last_payment_error": null})),
+    );
     let mut e = payment_methods::card_error(code, Some(decline_code), message, None);
-    e.payment_intent = Some(stored.clone());
+    e.payment_intent = Some(stored);
     e
 }
 
@@ -315,7 +366,15 @@ pub fn capture(sim: &Sim, p: &Value, path: &[&str]) -> ApiResult {
     pi["status"] = json!("succeeded");
     pi["amount_received"] = json!(amount);
     pi["amount_capturable"] = json!(0);
-    Ok(pi.clone())
+    let pi = pi.clone();
+    let ch = data.charges.get(&charge_id).cloned().unwrap_or(Value::Null);
+    data.emit("charge.captured", &ch, Some(json!({"captured": false, "amount_captured": 0})));
+    data.emit(
+        "payment_intent.succeeded",
+        &pi,
+        Some(json!({"status": "requires_capture", "amount_received": 0, "amount_capturable": capturable})),
+    );
+    Ok(pi)
 }
 
 pub fn cancel(sim: &Sim, p: &Value, path: &[&str]) -> ApiResult {
@@ -327,6 +386,7 @@ pub fn cancel(sim: &Sim, p: &Value, path: &[&str]) -> ApiResult {
     if !CANCELABLE.contains(&pi["status"].as_str().unwrap_or("")) {
         return Err(unexpected_state(&pi, "cancel", CANCELABLE));
     }
+    let before_cancel = pi["status"].clone();
     if pi["status"] == "requires_capture" {
         // The authorization is released: the uncaptured charge is refunded.
         let charge_id = pi["latest_charge"].as_str().unwrap_or_default().to_string();
@@ -341,7 +401,9 @@ pub fn cancel(sim: &Sim, p: &Value, path: &[&str]) -> ApiResult {
     pi["cancellation_reason"] = json!(reason);
     pi["amount_capturable"] = json!(0);
     pi["next_action"] = Value::Null;
-    Ok(pi.clone())
+    let canceled = pi.clone();
+    data.emit("payment_intent.canceled", &canceled, Some(json!({"status": before_cancel})));
+    Ok(canceled)
 }
 
 /// Simulator only: the customer finishes (`succeed`) or fails (`fail`)
@@ -365,5 +427,7 @@ pub fn authenticate(sim: &Sim, id: &str, succeed: bool) -> ApiResult {
         "message": "The provided PaymentMethod has failed authentication. You can provide payment_method_data or a new PaymentMethod to attempt to fulfill this PaymentIntent again.",
         "payment_method": pm,
     });
-    Ok(pi.clone())
+    let failed = pi.clone();
+    data.emit("payment_intent.payment_failed", &failed, Some(json!({"status": "requires_action"})));
+    Ok(failed)
 }

@@ -93,6 +93,9 @@ pub fn create(sim: &Sim, p: &Value, _path: &[&str]) -> ApiResult {
     }
     let seq = data.next_seq();
     data.refunds.insert(seq, re.clone());
+    data.emit("refund.created", &re, None);
+    let ch = data.charges.get(&charge_id).cloned().unwrap_or(Value::Null);
+    data.emit("charge.refunded", &ch, Some(json!({"amount_refunded": refunded})));
     Ok(re)
 }
 
