@@ -3,17 +3,16 @@
 //! Schemas describe the JSON as it really is: proto field names as keys,
 //! 64-bit integers as decimal strings, enums as their names.
 
-use super::routes::{Binding, comment_of};
+use super::routes::{Binding, PUBLIC_RPCS, comment_of};
 use prost_reflect::{FieldDescriptor, Kind, MessageDescriptor, ServiceDescriptor};
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 
-/// rpcs that need no API key; everything else carries `bearerAuth`.
-const PUBLIC_RPCS: &[&str] = &["HealthCheck"];
-
 fn scalar(kind: &Kind) -> Value {
     match kind {
-        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => json!({"type": "string", "format": "int64"}),
+        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => {
+            json!({"type": "string", "format": "int64", "pattern": "^-?[0-9]{1,19}$"})
+        }
         Kind::Uint64 | Kind::Fixed64 => json!({"type": "string", "format": "uint64"}),
         Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => {
             json!({"type": "integer", "format": "int32"})
@@ -86,6 +85,12 @@ fn parameter(f: &FieldDescriptor, location: &str) -> Value {
     let mut schema = field_schema(f);
     if let Some(obj) = schema.as_object_mut() {
         obj.remove("description");
+    }
+    if location == "path" {
+        // Every path parameter is an id: a positive integer.
+        schema = json!({"type": "string", "format": "int64", "pattern": "^[1-9][0-9]{0,18}$"});
+    } else if f.name() == "page_size" {
+        schema = json!({"type": "integer", "format": "int32", "minimum": 0, "maximum": 100});
     }
     json!({
         "name": f.name(),

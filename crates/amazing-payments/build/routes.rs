@@ -6,6 +6,9 @@
 use prost_reflect::{DescriptorPool, DynamicMessage, Kind, MessageDescriptor, ServiceDescriptor, Value};
 use std::fmt::Write;
 
+/// rpcs that need no API key; everything else does.
+pub const PUBLIC_RPCS: &[&str] = &["HealthCheck"];
+
 /// One HTTP binding of one rpc.
 pub struct Binding {
     pub rpc: String,
@@ -149,24 +152,25 @@ pub fn render(service: &ServiceDescriptor, bindings: &[Binding]) -> String {
             .collect();
         let _ = writeln!(
             s,
-            "    Route {{ rpc: {:?}, method: {:?}, path: {:?}, body: {:?}, query: &[{}] }},",
+            "    Route {{ rpc: {:?}, method: {:?}, path: {:?}, body: {:?}, public: {}, query: &[{}] }},",
             b.rpc,
             b.method,
             b.path,
             b.body,
+            PUBLIC_RPCS.contains(&b.rpc.as_str()),
             query.join(", ")
         );
     }
     s.push_str("];\n\n");
     s.push_str(
         "/// Calls the rpc named `rpc` on `svc` with `input` decoded as its request message.\n\
-         pub(crate) async fn dispatch<S>(svc: &S, rpc: &str, input: serde_json::Value, metadata: tonic::metadata::MetadataMap) -> Result<Reply, tonic::Status>\n\
+         pub(crate) async fn dispatch<S>(svc: &S, rpc: &str, input: serde_json::Value, metadata: tonic::metadata::MetadataMap, principal: Option<crate::app::Principal>) -> Result<Reply, tonic::Status>\n\
          where\n    S: crate::proto::payment_service_server::PaymentService,\n{\n    match rpc {\n",
     );
     for m in service.methods() {
         let _ = writeln!(
             s,
-            "        {:?} => {{\n            let request: {} = decode(input)?;\n            let response = svc.{}(request_with(request, metadata)).await?;\n            encode(response)\n        }}",
+            "        {:?} => {{\n            let request: {} = decode(input)?;\n            let response = svc.{}(request_with(request, metadata, principal)).await?;\n            encode(response)\n        }}",
             m.name(),
             rust_type(&m.input()),
             snake(m.name())

@@ -256,3 +256,26 @@ async fn with_checks_turned_off_old_clients_are_served_without_a_key() {
     assert_eq!(c.into_inner().name, "Old");
     let _ = CreateCustomerRequest::default();
 }
+
+#[tokio::test]
+async fn an_unauthenticated_request_is_refused_before_its_body_is_read() {
+    let app = TestApp::spawn().await;
+    let resp = app
+        .http
+        .post(format!("{}/v1/payment", app.rest))
+        .header("content-type", "application/json")
+        .body("{\"amount\": \"not a number\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "no hint about the body to a caller without a key");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["reason"], "MISSING_API_KEY");
+}
+
+#[tokio::test]
+async fn an_empty_query_value_means_not_given() {
+    let app = TestApp::spawn().await;
+    let (status, body) = app.get("/v1/payment?customerID=&status=&page_size=").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}

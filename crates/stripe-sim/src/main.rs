@@ -39,7 +39,8 @@ async fn main() -> anyhow::Result<()> {
         Some(json) => serde_json::from_str(&json).map_err(|e| anyhow::anyhow!("STRIPE_SIM_WEBHOOKS: {e}"))?,
         None => Default::default(),
     };
-    let config = stripe_sim::Config { api_keys: (!args.api_keys.is_empty()).then_some(args.api_keys), faults, webhooks };
+    let config =
+        stripe_sim::Config { api_keys: (!args.api_keys.is_empty()).then_some(args.api_keys), faults, webhooks };
     let listener = tokio::net::TcpListener::bind(SocketAddr::new(args.host, args.port)).await?;
     let sim = stripe_sim::Simulator::start_on(listener, config)?;
     println!("stripe-sim listening on {}", sim.url());

@@ -25,8 +25,16 @@ impl PaymentApi {
         Self { app }
     }
 
-    /// The caller, from the `authorization` metadata.
+    pub fn app(&self) -> &App {
+        &self.app
+    }
+
+    /// The caller: as the REST gateway already authenticated it, or from the
+    /// `authorization` metadata.
     async fn principal<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
+        if let Some(p) = request.extensions().get::<Principal>() {
+            return Ok(p.clone());
+        }
         let value = request.metadata().get("authorization").and_then(|v| v.to_str().ok());
         Ok(self.app.authenticate(value).await?)
     }

@@ -47,6 +47,8 @@ pub struct Route {
     pub path: &'static str,
     /// `""`, `"*"` or the name of the field the body fills.
     pub body: &'static str,
+    /// Served without an API key.
+    pub public: bool,
     pub query: &'static [QueryField],
 }
 
@@ -69,9 +71,14 @@ fn decode<T: DeserializeOwned>(input: Value) -> Result<T, tonic::Status> {
     })
 }
 
-fn request_with<T>(message: T, metadata: MetadataMap) -> tonic::Request<T> {
+/// The request for the service, with the caller the gateway already
+/// authenticated (in extensions, which no remote client can set).
+fn request_with<T>(message: T, metadata: MetadataMap, principal: Option<crate::app::Principal>) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     *request.metadata_mut() = metadata;
+    if let Some(p) = principal {
+        request.extensions_mut().insert(p);
+    }
     request
 }
 
@@ -134,6 +141,14 @@ async fn handle(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, RestError> {
+    // The caller first: an unauthenticated request learns nothing about its body.
+    let metadata = metadata_of(headers);
+    let principal = if route.public {
+        None
+    } else {
+        let authorization = metadata.get("authorization").and_then(|v| v.to_str().ok());
+        Some(api.app().authenticate(authorization).await.map_err(RestError::from)?)
+    };
     let body = body.map_err(|e| {
         RestError::new(
             e.status(),
@@ -160,7 +175,7 @@ async fn handle(
     for (name, value) in path_params(route.path, uri.path()) {
         input.insert(name.to_string(), Value::String(value));
     }
-    let reply = dispatch(api, route.rpc, Value::Object(input), metadata_of(headers)).await?;
+    let reply = dispatch(api, route.rpc, Value::Object(input), metadata, principal).await?;
     let mut response = (StatusCode::OK, Json(reply.body)).into_response();
     for (key, value) in reply.metadata.into_headers() {
         if let Some(key) = key.filter(|k| !k.as_str().starts_with("grpc-") && k.as_str() != "content-type") {
@@ -194,7 +209,10 @@ fn percent_decode(s: &str) -> String {
 /// ignored, as grpc-gateway did.
 fn query_into(route: &Route, query: &str, input: &mut Map<String, Value>) -> Result<(), RestError> {
     for (key, value) in form_urlencoded::parse(query.as_bytes()) {
-        let Some(field) = route.query.iter().find(|f| f.name == key || f.json_name == key) else {
+        // An empty value means "not given", as in `?customerID=&status=`.
+        let Some(field) =
+            route.query.iter().find(|f| f.name == key || f.json_name == key).filter(|_| !value.is_empty())
+        else {
             continue;
         };
         let json = match field.kind {
