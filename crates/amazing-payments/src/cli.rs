@@ -19,6 +19,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once at start-up: the size of its variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Serve the API (REST on JSON_PORT, gRPC on RPC_PORT); applies migrations first.
@@ -47,6 +49,13 @@ pub enum Command {
         #[command(flatten)]
         stripe: StripeArgs,
     },
+    /// Stripe webhook events: list them, or put parked ones back to work.
+    Webhooks {
+        #[command(subcommand)]
+        action: WebhookAction,
+        #[command(flatten)]
+        db: DbArgs,
+    },
     /// Create the database if it is missing and apply the migrations.
     Migrate {
         #[command(flatten)]
@@ -60,6 +69,22 @@ pub enum Command {
         db: DbArgs,
         #[command(flatten)]
         auth: AuthArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum WebhookAction {
+    /// Events, newest first: id, type, state, attempts, last error.
+    List {
+        /// Only parked events (those that kept failing).
+        #[arg(long)]
+        parked: bool,
+    },
+    /// Put a parked event (or all with --all) back to work.
+    Replay {
+        id: Option<String>,
+        #[arg(long)]
+        all: bool,
     },
 }
 
@@ -97,6 +122,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 auth: crate::app::AuthSettings { required: true, pepper: crate::secret::Secret::new("") },
                 idempotency_ttl: std::time::Duration::from_secs(24 * 3600),
                 idempotency_lease: std::time::Duration::from_secs(90),
+                webhooks: Default::default(),
             };
             if once {
                 let p = reconciler::until_idle(&app, &settings).await?;
@@ -111,6 +137,32 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     let _ = tx.send(true);
                 });
                 reconciler::run(app, settings, rx).await;
+            }
+            Ok(())
+        }
+        Command::Webhooks { action, db } => {
+            let pool = store::pool(&db.config()?);
+            match action {
+                WebhookAction::List { parked } => {
+                    println!("{:<32} {:<34} {:<10} {:<8} last error", "id", "type", "state", "attempts");
+                    for e in store::webhooks::list(&pool, parked.then_some("parked"), 500).await? {
+                        println!(
+                            "{:<32} {:<34} {:<10} {:<8} {}",
+                            e.id,
+                            e.kind,
+                            e.state,
+                            e.attempts,
+                            e.last_error.unwrap_or_default()
+                        );
+                    }
+                }
+                WebhookAction::Replay { id, all } => {
+                    if id.is_none() && !all {
+                        anyhow::bail!("name an event id, or --all");
+                    }
+                    let n = store::webhooks::replay(&pool, id.as_deref()).await?;
+                    println!("{n} event(s) put back to work");
+                }
             }
             Ok(())
         }
@@ -182,12 +234,21 @@ async fn serve_until_signal(config: ServeConfig, reconcile: Option<reconciler::S
         auth: config.auth,
         idempotency_ttl: config.idempotency_ttl,
         idempotency_lease: config.idempotency_lease,
+        webhooks: config.webhooks,
     };
     println!("REST:     http://{rest_addr}/v1/...");
     println!("gRPC:     {grpc_addr} (reflection on)");
     println!("API docs: http://{rest_addr}/docs (OpenAPI at /openapi.json)");
     tracing::info!(rest = %rest_addr, grpc = %grpc_addr, "serving");
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    if app.webhooks.secrets.is_empty() {
+        tracing::warn!("STRIPE_WEBHOOK_SECRET is not set: Stripe's webhooks will be refused");
+    }
+    let events = tokio::spawn(crate::workers::webhooks::run(
+        app.clone(),
+        std::time::Duration::from_millis(500),
+        stopped.clone(),
+    ));
     let worker = reconcile.map(|s| tokio::spawn(reconciler::run(app.clone(), s, stopped)));
     server::run(app, rest, grpc, async move {
         server::shutdown_signal().await;
@@ -197,6 +258,7 @@ async fn serve_until_signal(config: ServeConfig, reconcile: Option<reconciler::S
     if let Some(w) = worker {
         let _ = w.await;
     }
+    let _ = events.await;
     tracing::info!("stopped");
     Ok(())
 }

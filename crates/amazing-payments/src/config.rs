@@ -253,6 +253,13 @@ pub struct ServeArgs {
     /// may take over (its instance is then presumed dead).
     #[arg(long, env = "IDEMPOTENCY_LEASE", default_value = "90")]
     pub idempotency_lease: String,
+    /// The Stripe webhook endpoint's signing secret(s), `whsec_...`, comma
+    /// separated (several while one is rolled).
+    #[arg(long, env = "STRIPE_WEBHOOK_SECRET", hide_env_values = true)]
+    pub stripe_webhook_secret: Option<String>,
+    /// Seconds a webhook's timestamp may be from now.
+    #[arg(long, env = "STRIPE_WEBHOOK_TOLERANCE", default_value = "300")]
+    pub stripe_webhook_tolerance: String,
     /// Run the reconciler inside serve.
     #[arg(long, env = "RECONCILER", default_value = "true")]
     pub reconciler: String,
@@ -266,6 +273,7 @@ pub struct ServeConfig {
     pub migrate: bool,
     pub idempotency_ttl: Duration,
     pub idempotency_lease: Duration,
+    pub webhooks: crate::app::WebhookSettings,
     pub reconciler: bool,
     pub db: DbConfig,
     pub stripe: stripe::Settings,
@@ -291,6 +299,22 @@ impl ServeConfig {
                     return Err(err("IDEMPOTENCY_LEASE", "must be between 1 and 3600 seconds"));
                 }
                 Duration::from_secs_f64(secs)
+            },
+            webhooks: {
+                let secrets: Vec<Secret> = serve
+                    .stripe_webhook_secret
+                    .as_deref()
+                    .unwrap_or("")
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(Secret::new)
+                    .collect();
+                if secrets.iter().any(|s| !s.expose().starts_with("whsec_")) {
+                    return Err(err("STRIPE_WEBHOOK_SECRET", "each secret starts with whsec_"));
+                }
+                let tolerance: u64 = number("STRIPE_WEBHOOK_TOLERANCE", &serve.stripe_webhook_tolerance)?;
+                crate::app::WebhookSettings { secrets, tolerance: Duration::from_secs(tolerance) }
             },
             reconciler: flag("RECONCILER", &serve.reconciler)?,
             db: db.config()?,
@@ -347,6 +371,8 @@ mod tests {
             skip_migrations: "false".into(),
             idempotency_ttl: "24".into(),
             idempotency_lease: "90".into(),
+            stripe_webhook_secret: Some("whsec_abc".into()),
+            stripe_webhook_tolerance: "300".into(),
             reconciler: "true".into(),
         };
         let config = ServeConfig::new(&serve, &db, &stripe_args(Some("sk_test_abcdef123456")), &auth).unwrap();

@@ -29,6 +29,8 @@ pub fn router(sim: Arc<Sim>) -> Router {
         .route("/_sim/health", get(|| async { Json(json!({"ok": true})) }))
         .route("/_sim/faults", post(set_faults).get(list_faults).delete(clear_faults))
         .route("/_sim/payment_intents/{id}/authenticate", post(complete_3ds))
+        .route("/_sim/payment_intents/{id}/expire", post(expire_authorization))
+        .route("/_sim/refunds/{id}/fail", post(fail_refund))
         .route("/_sim/webhooks", post(set_webhook_options))
         .route("/_sim/webhook_endpoints/{id}/roll", post(roll_secret))
         .fallback(api)
@@ -66,6 +68,26 @@ async fn complete_3ds(State(sim): State<Arc<Sim>>, Path(id): Path<String>, Json(
     sim.flush_events();
     match outcome {
         Ok(pi) => Json(pi).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Lets an authorization expire uncaptured.
+async fn expire_authorization(State(sim): State<Arc<Sim>>, Path(id): Path<String>) -> Response {
+    let outcome = crate::resources::payment_intents::expire(&sim, &id);
+    sim.flush_events();
+    match outcome {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Makes a succeeded refund fail later.
+async fn fail_refund(State(sim): State<Arc<Sim>>, Path(id): Path<String>) -> Response {
+    let outcome = crate::resources::refunds::fail(&sim, &id);
+    sim.flush_events();
+    match outcome {
+        Ok(v) => Json(v).into_response(),
         Err(e) => e.into_response(),
     }
 }

@@ -15,6 +15,7 @@ pub mod payments;
 pub mod products;
 pub mod refunds;
 pub mod sync;
+pub mod webhooks;
 
 pub use error::{AppError, Kind};
 
@@ -42,6 +43,22 @@ pub struct App {
     /// How long a request holds its key before a retry may take over (the
     /// instance running it is then presumed dead). Longer than any request.
     pub idempotency_lease: std::time::Duration,
+    /// How Stripe's webhooks are checked.
+    pub webhooks: WebhookSettings,
+}
+
+/// The secrets of the Stripe webhook endpoint (several while one is
+/// rolled) and the timestamp tolerance.
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    pub secrets: Vec<Secret>,
+    pub tolerance: std::time::Duration,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        Self { secrets: Vec::new(), tolerance: std::time::Duration::from_secs(300) }
+    }
 }
 
 /// A client's idempotency key, with its scope (the API key's id, or 0).

@@ -5,6 +5,7 @@ pub mod docs;
 pub mod error;
 pub mod gateway;
 pub mod middleware;
+pub mod webhook;
 
 use crate::grpc::service::PaymentApi;
 use axum::{
@@ -16,7 +17,9 @@ use tonic::Code;
 
 /// Every REST route, with request ids and access logs.
 pub fn router(api: PaymentApi) -> Router {
+    let app = api.app().clone();
     gateway::router(api)
+        .merge(webhook::router(app))
         .merge(docs::router())
         .fallback(not_found)
         .layer(axum::middleware::from_fn(middleware::observe_rest))

@@ -7,6 +7,7 @@ pub mod customers;
 pub mod idempotency;
 pub mod payments;
 pub mod products;
+pub mod webhooks;
 
 use crate::config::DbConfig;
 use anyhow::Context;

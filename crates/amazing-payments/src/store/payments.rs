@@ -496,3 +496,74 @@ pub async fn refunds_of(db: &PgPool, payment_id: i64) -> Result<Vec<RefundRow>, 
         .fetch_all(db)
         .await
 }
+
+/// The payment of a Stripe PaymentIntent.
+pub async fn by_intent(db: &PgPool, pi: &str) -> Result<Option<PaymentRow>, sqlx::Error> {
+    sqlx::query_as(&format!("SELECT {PAYMENT} FROM payment.payment WHERE stripe_payment_intent_id = $1"))
+        .bind(pi)
+        .fetch_optional(db)
+        .await
+}
+
+/// Records a payment made outside this service (seen through a webhook),
+/// status pending until Stripe's PaymentIntent is applied to it.
+pub async fn adopt(
+    db: &PgPool,
+    customer_id: i64,
+    pi: &str,
+    amount: i64,
+    currency: &str,
+    capture_method: &str,
+) -> Result<PaymentRow, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    let row: PaymentRow = sqlx::query_as(&format!(
+        "INSERT INTO payment.payment (customer_id, status, amount, currency, capture_method, payment_method, stripe_payment_intent_id)
+         VALUES ($1, 'pending', $2, $3, $4, 'made outside this service', $5) RETURNING {PAYMENT}"
+    ))
+    .bind(customer_id)
+    .bind(amount)
+    .bind(currency)
+    .bind(capture_method)
+    .bind(pi)
+    .fetch_one(&mut *tx)
+    .await?;
+    add_history(
+        &mut tx,
+        None,
+        &row,
+        Source::Webhook,
+        &Cause { note: Some("made outside this service"), ..Default::default() },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(row)
+}
+
+/// Records a dispute on a payment, with a history line.
+pub async fn set_dispute(db: &PgPool, id: i64, status: &str, note: &str) -> Result<(), sqlx::Error> {
+    let mut tx = db.begin().await?;
+    let Some(before) = lock(&mut tx, id).await? else { return Ok(()) };
+    sqlx::query("UPDATE payment.payment SET dispute_status = $2, updated_at = now() WHERE id = $1")
+        .bind(id)
+        .bind(status)
+        .execute(&mut *tx)
+        .await?;
+    add_history(
+        &mut tx,
+        Some(&before.status),
+        &before,
+        Source::Webhook,
+        &Cause { note: Some(note), ..Default::default() },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// A refund by its Stripe id.
+pub async fn refund_by_stripe_id(db: &PgPool, id: &str) -> Result<Option<RefundRow>, sqlx::Error> {
+    sqlx::query_as(&format!("SELECT {REFUND} FROM payment.refund WHERE stripe_refund_id = $1"))
+        .bind(id)
+        .fetch_optional(db)
+        .await
+}

@@ -10,6 +10,7 @@
 pub mod error;
 pub mod form;
 pub mod types;
+pub mod webhook;
 
 pub use error::{ApiError, StripeError};
 pub use form::Form;

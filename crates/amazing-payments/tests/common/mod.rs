@@ -66,11 +66,15 @@ pub struct Options {
     pub db: Option<PgConnectOptions>,
     /// Use this Stripe base instead of the simulator's.
     pub stripe_base: Option<String>,
+    pub webhooks: amazing_payments::app::WebhookSettings,
+    /// Register the service's webhook endpoint with the simulator (every
+    /// event) and use its secret.
+    pub register_webhook: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { auth_required: true, db: None, stripe_base: None }
+        Self { auth_required: true, db: None, stripe_base: None, webhooks: Default::default(), register_webhook: false }
     }
 }
 
@@ -101,17 +105,33 @@ impl TestApp {
             None => db.clone(),
         };
         let stripe_base = options.stripe_base.clone().unwrap_or_else(|| sim.url());
+        let rest = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut webhooks = options.webhooks.clone();
+        if options.register_webhook {
+            let url = format!("http://{}/v1/webhooks/stripe", rest.local_addr().unwrap());
+            let endpoint: Value = reqwest::Client::new()
+                .post(format!("{}/v1/webhook_endpoints", sim.url()))
+                .bearer_auth(STRIPE_KEY)
+                .form(&[("url", url.as_str()), ("enabled_events[]", "*")])
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            webhooks.secrets = vec![Secret::new(endpoint["secret"].as_str().unwrap())];
+        }
         let auth = AuthSettings { required: options.auth_required, pepper: Secret::new(PEPPER) };
         let app = App {
             idempotency_ttl: Duration::from_secs(24 * 3600),
             idempotency_lease: Duration::from_secs(30),
+            webhooks,
             db: service_db,
             stripe: stripe::Client::new(stripe_settings(&stripe_base)).unwrap(),
             auth: auth.clone(),
         };
         let key = apikeys::create(&db, &auth, "tests").await.unwrap().key.expose().to_string();
-        let rest = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let rest_url = format!("http://{}", rest.local_addr().unwrap());
         let grpc_addr = format!("http://{}", grpc.local_addr().unwrap());
         let (tx, rx) = oneshot::channel::<()>();

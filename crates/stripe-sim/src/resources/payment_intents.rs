@@ -431,3 +431,30 @@ pub fn authenticate(sim: &Sim, id: &str, succeed: bool) -> ApiResult {
     data.emit("payment_intent.payment_failed", &failed, Some(json!({"status": "requires_action"})));
     Ok(failed)
 }
+
+/// Simulator only: an authorization not captured in time is released, as
+/// Stripe does after the window: the intent is canceled (`automatic`) and
+/// its charge expires.
+pub fn expire(sim: &Sim, id: &str) -> ApiResult {
+    let mut data = sim.data.lock();
+    let pi = get(&mut data, id)?.clone();
+    if pi["status"] != "requires_capture" {
+        return Err(unexpected_state(&pi, "expire", &["requires_capture"]));
+    }
+    let charge_id = pi["latest_charge"].as_str().unwrap_or_default().to_string();
+    if let Some(ch) = data.charges.get_mut(&charge_id) {
+        ch["refunded"] = json!(true);
+        ch["amount_refunded"] = ch["amount"].clone();
+        ch["status"] = json!("failed");
+    }
+    let pi = get(&mut data, id)?;
+    pi["status"] = json!("canceled");
+    pi["canceled_at"] = json!(ids::now());
+    pi["cancellation_reason"] = json!("automatic");
+    pi["amount_capturable"] = json!(0);
+    let pi = pi.clone();
+    let ch = data.charges.get(&charge_id).cloned().unwrap_or(Value::Null);
+    data.emit("charge.expired", &ch, None);
+    data.emit("payment_intent.canceled", &pi, Some(json!({"status": "requires_capture"})));
+    Ok(pi)
+}

@@ -116,3 +116,26 @@ pub fn list(sim: &Sim, p: &Value, _path: &[&str]) -> ApiResult {
             && charge.as_deref().is_none_or(|x| r["charge"].as_str() == Some(x))
     })
 }
+
+/// Simulator only: a refund that succeeded fails later (the card was closed):
+/// its amount goes back to the charge as not refunded.
+pub fn fail(sim: &Sim, id: &str) -> ApiResult {
+    let mut data = sim.data.lock();
+    let re = data.refunds.get_mut(id).ok_or_else(|| ApiError::missing_object("refund", id, "id"))?;
+    if re["status"] != "succeeded" {
+        return Err(ApiError::invalid("id", "only a succeeded refund can fail later"));
+    }
+    re["status"] = json!("failed");
+    re["failure_reason"] = json!("expired_or_canceled_card");
+    let re = re.clone();
+    let charge_id = re["charge"].as_str().unwrap_or_default().to_string();
+    let amount = re["amount"].as_i64().unwrap_or(0);
+    if let Some(ch) = data.charges.get_mut(&charge_id) {
+        let refunded = ch["amount_refunded"].as_i64().unwrap_or(0) - amount;
+        ch["amount_refunded"] = json!(refunded);
+        ch["refunded"] = json!(false);
+    }
+    data.emit("refund.updated", &re, Some(json!({"status": "succeeded"})));
+    data.emit("refund.failed", &re, None);
+    Ok(re)
+}

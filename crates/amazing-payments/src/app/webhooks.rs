@@ -1,0 +1,149 @@
+//! Stripe's webhooks: verified, stored once, then applied.
+//!
+//! Delivery is at least once and in no order, so an event is never applied
+//! as it came: the object it is about is read back from Stripe and applied
+//! through the payment state machine, which never moves a payment backwards.
+//! An event about a payment whose row has no PaymentIntent yet (its API call
+//! still in flight) fails for now and is retried; a PaymentIntent made outside
+//! this service for a customer we know is adopted; other unknown objects are
+//! acknowledged and logged.
+
+use super::{App, AppError, Kind};
+use crate::{
+    store::{
+        payments::{self, Cause, Source},
+        webhooks::{self, EventRow},
+    },
+    stripe::webhook::{SignatureError, verify},
+};
+use serde_json::Value;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Deliveries refused for their signature, since start (for metrics).
+pub static REFUSED_DELIVERIES: AtomicU64 = AtomicU64::new(0);
+
+fn refused(e: SignatureError) -> AppError {
+    REFUSED_DELIVERIES.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(reason = e.reason(), "webhook delivery refused");
+    AppError::invalid(e.reason(), "the webhook's Stripe-Signature does not check out")
+}
+
+impl App {
+    /// Checks a delivery and stores its event; false for a duplicate.
+    pub async fn receive_webhook(&self, signature: Option<&str>, body: &[u8]) -> Result<bool, AppError> {
+        if self.webhooks.secrets.is_empty() {
+            return Err(AppError::new(
+                Kind::FailedPrecondition,
+                "WEBHOOK_NOT_CONFIGURED",
+                "no STRIPE_WEBHOOK_SECRET is configured",
+            ));
+        }
+        let now = chrono::Utc::now().timestamp();
+        verify(signature, body, &self.webhooks.secrets, self.webhooks.tolerance.as_secs() as i64, now)
+            .map_err(refused)?;
+        let event: Value =
+            serde_json::from_slice(body).map_err(|_| AppError::invalid("MALFORMED_EVENT", "the event is not JSON"))?;
+        let (Some(id), Some(kind)) = (event["id"].as_str(), event["type"].as_str()) else {
+            return Err(AppError::invalid("MALFORMED_EVENT", "the event has no id or type"));
+        };
+        let new = webhooks::store(&self.db, id, kind, &event).await?;
+        tracing::info!(event = id, kind, duplicate = !new, "webhook received");
+        Ok(new)
+    }
+
+    /// Applies one stored event; an error means "try again later".
+    pub async fn apply_event(&self, e: &EventRow) -> Result<(), AppError> {
+        let object = &e.payload.0["data"]["object"];
+        let kind = e.kind.as_str();
+        let intent = if kind.starts_with("payment_intent.") {
+            object["id"].as_str()
+        } else if kind.starts_with("charge.") || kind.starts_with("refund.") {
+            object["payment_intent"].as_str()
+        } else {
+            None
+        };
+        let Some(pi) = intent else {
+            tracing::debug!(event = %e.id, kind, "event not about a payment: acknowledged");
+            return Ok(());
+        };
+        let row = match payments::by_intent(&self.db, pi).await? {
+            Some(row) => row,
+            None => match self.unknown_intent(pi).await? {
+                Some(row) => row,
+                None => return Ok(()),
+            },
+        };
+        if kind == "charge.dispute.created" {
+            let status = object["status"].as_str().unwrap_or("needs_response");
+            let note = format!("dispute opened ({})", object["reason"].as_str().unwrap_or("no reason given"));
+            payments::set_dispute(&self.db, row.id, status, &note).await?;
+        }
+        if kind.starts_with("refund.") {
+            self.refresh_refund(object["id"].as_str().unwrap_or_default(), &row).await?;
+        }
+        self.refresh_from(row.id, pi, Source::Webhook, &format!("webhook {kind}")).await?;
+        Ok(())
+    }
+
+    /// A PaymentIntent with no payment here: one of ours whose row is not
+    /// bound yet (retry later), or one made outside (adopted if its customer
+    /// is ours), or nothing of ours.
+    async fn unknown_intent(&self, pi: &str) -> Result<Option<payments::PaymentRow>, AppError> {
+        let reply = self.stripe.retrieve_payment_intent(pi).await.map_err(super::stripe_failure)?;
+        let intent = reply.object;
+        if let Some(id) = intent.metadata.get("paymentID") {
+            return Err(AppError::unavailable("PAYMENT_NOT_READY", format!("payment {id} is not bound to {pi} yet")));
+        }
+        let Some(customer) = intent.customer.as_ref().map(|c| c.id().to_string()) else {
+            tracing::info!(intent = pi, "PaymentIntent of no customer of ours: acknowledged");
+            return Ok(None);
+        };
+        let ours: Option<i64> = sqlx::query_scalar("SELECT id FROM customer.customer WHERE stripe_customer_key = $1")
+            .bind(&customer)
+            .fetch_optional(&self.db)
+            .await?;
+        let Some(customer_id) = ours else {
+            tracing::info!(intent = pi, "PaymentIntent of a customer we do not know: acknowledged");
+            return Ok(None);
+        };
+        let capture = if intent.capture_method == "manual" { "manual" } else { "automatic" };
+        Ok(Some(payments::adopt(&self.db, customer_id, pi, intent.amount, &intent.currency, capture).await?))
+    }
+
+    /// Reads a refund back from Stripe and applies its status; a refund that
+    /// failed after succeeding gives its amount back to the payment.
+    async fn refresh_refund(&self, stripe_refund: &str, payment: &payments::PaymentRow) -> Result<(), AppError> {
+        let Some(refund) = payments::refund_by_stripe_id(&self.db, stripe_refund).await? else {
+            tracing::info!(refund = stripe_refund, "refund not made here: acknowledged");
+            return Ok(());
+        };
+        let reply = self.stripe.retrieve_refund(stripe_refund).await.map_err(super::stripe_failure)?;
+        let status = super::sync::refund_status(&reply.object);
+        if status == refund.status {
+            return Ok(());
+        }
+        let mut tx = self.db.begin().await?;
+        let before =
+            payments::lock(&mut tx, payment.id).await?.ok_or_else(|| super::operations::not_found(payment.id))?;
+        let delta = match (refund.status.as_str(), status) {
+            ("succeeded", "failed" | "canceled") => -refund.amount,
+            ("pending" | "requires_action", "succeeded") => refund.amount,
+            _ => 0,
+        };
+        payments::update_refund(&mut tx, refund.id, status, None, reply.object.failure_reason.as_deref()).await?;
+        if delta != 0 {
+            let next = before
+                .ledger()
+                .set_refunded(before.amount_refunded + delta)
+                .map_err(|r| super::operations::refused(payment.id, r))?;
+            let mut after = before.clone();
+            after.set_ledger(next);
+            let note = format!("refund {} {status}", refund.id);
+            let cause =
+                Cause { refund_id: Some(refund.id), stripe_request_id: reply.request_id.as_deref(), note: Some(&note) };
+            payments::save(&mut tx, &before, &after, Source::Webhook, &cause).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
