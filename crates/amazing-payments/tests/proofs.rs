@@ -44,7 +44,9 @@ impl World {
     async fn start(faults: Value) -> Self {
         let (db_url, options) = common::fresh_database().await;
         let port = free_port();
-        let sim = spawn(&sim_bin(), &["--port", &port.to_string(), "--faults", &faults.to_string()], &[]);
+        // Webhooks flow during every proof, 30% of them twice, in any order.
+        let webhooks = r#"{"duplicate_rate": 0.3, "max_delay_ms": 200}"#;
+        let sim = spawn(&sim_bin(), &["--port", &port.to_string(), "--faults", &faults.to_string(), "--webhooks", webhooks], &[]);
         let sim_url = format!("http://127.0.0.1:{port}");
         wait_until_up(&format!("{sim_url}/_sim/health")).await;
         let out = Command::new(service_bin()).arg("migrate").env("DATABASE_URL", &db_url).output().unwrap();
@@ -53,8 +55,34 @@ impl World {
         Self { sim, sim_url, db_url, db, http: reqwest::Client::new() }
     }
 
-    fn env(&self, json_port: u16, rpc_port: u16, extra: &[(&str, &str)]) -> Vec<(&'static str, String)> {
+    /// Registers a service's webhook endpoint with the simulator; its secret.
+    async fn webhook_secret(&self, json_port: u16) -> String {
+        let url = format!("http://127.0.0.1:{json_port}/v1/webhooks/stripe");
+        let endpoint: Value = self
+            .http
+            .post(format!("{}/v1/webhook_endpoints", self.sim_url))
+            .bearer_auth(STRIPE_KEY)
+            .form(&[("url", url.as_str()), ("enabled_events[]", "*")])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        endpoint["secret"].as_str().unwrap().to_string()
+    }
+
+    /// Webhook events applied, and parked, across the instances.
+    async fn webhook_counts(&self) -> (i64, i64) {
+        sqlx::query_as("SELECT count(*) FILTER (WHERE state = 'processed'), count(*) FILTER (WHERE state = 'parked') FROM webhook.event")
+            .fetch_one(&self.db)
+            .await
+            .unwrap()
+    }
+
+    async fn env(&self, json_port: u16, rpc_port: u16, extra: &[(&str, &str)]) -> Vec<(&'static str, String)> {
         let mut env = vec![
+            ("STRIPE_WEBHOOK_SECRET", self.webhook_secret(json_port).await),
             ("DATABASE_URL", self.db_url.clone()),
             ("STRIPE_KEY", STRIPE_KEY.to_string()),
             ("STRIPE_API_BASE", self.sim_url.clone()),
@@ -254,7 +282,7 @@ async fn concurrency_three_instances_200_requests_over_20_keys_make_20_payments(
     let mut instances = Vec::new();
     for _ in 0..3 {
         let (j, r) = (free_port(), free_port());
-        let env = world.env(j, r, &[]);
+        let env = world.env(j, r, &[]).await;
         instances.push((world.service(j, &env).await, format!("http://127.0.0.1:{j}")));
     }
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -283,6 +311,8 @@ async fn concurrency_three_instances_200_requests_over_20_keys_make_20_payments(
     let local: i64 = sqlx::query_scalar("SELECT count(*) FROM payment.payment").fetch_one(&world.db).await.unwrap();
     assert_eq!(local, 20, "exactly 20 payments here");
     world.assert_books_match().await;
+    let (applied, parked) = world.webhook_counts().await;
+    assert!(applied > 0 && parked == 0, "webhooks flowed: {applied} applied, {parked} parked");
     drop(instances);
     drop(world.sim);
 }
@@ -357,7 +387,7 @@ async fn faults_30_percent_of_stripe_calls_failing_in_mixed_ways_never_duplicate
     let extra = [("RECONCILE_MIN_AGE", "1"), ("RECONCILE_INTERVAL", "0.5")];
     for _ in 0..2 {
         let (j, r) = (free_port(), free_port());
-        let env = world.env(j, r, &extra);
+        let env = world.env(j, r, &extra).await;
         instances.push((world.service(j, &env).await, format!("http://127.0.0.1:{j}")));
     }
     let urls: Vec<String> = instances.iter().map(|i| i.1.clone()).collect();
@@ -381,6 +411,8 @@ async fn faults_30_percent_of_stripe_calls_failing_in_mixed_ways_never_duplicate
     world.assert_books_match().await;
     assert_eq!(world.stripe_all("/v1/payment_intents").await.len(), 200);
     assert_eq!(world.stripe_all("/v1/refunds").await.len(), 400);
+    let (applied, parked) = world.webhook_counts().await;
+    assert!(applied > 0 && parked == 0, "webhooks flowed: {applied} applied, {parked} parked");
     drop(instances);
 }
 
@@ -389,7 +421,7 @@ async fn crashes_20_sigkills_during_a_stream_of_payments_lose_nothing_and_do_not
     let world = World::start(json!([{"path": "/v1/", "latency_ms": 5, "jitter_ms": 40}])).await;
     let key = world.api_key();
     let (j, r) = (free_port(), free_port());
-    let env = world.env(j, r, &[("IDEMPOTENCY_LEASE", "1"), ("RECONCILE_MIN_AGE", "1"), ("RECONCILE_INTERVAL", "0.5")]);
+    let env = world.env(j, r, &[("IDEMPOTENCY_LEASE", "1"), ("RECONCILE_MIN_AGE", "1"), ("RECONCILE_INTERVAL", "0.5")]).await;
     let url = format!("http://127.0.0.1:{j}");
     let mut service = world.service(j, &env).await;
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -421,5 +453,7 @@ async fn crashes_20_sigkills_during_a_stream_of_payments_lose_nothing_and_do_not
     world.assert_books_match().await;
     let local: i64 = sqlx::query_scalar("SELECT count(*) FROM payment.payment").fetch_one(&world.db).await.unwrap();
     assert!(local as usize >= flows, "every finished flow has its payment");
+    let (applied, parked) = world.webhook_counts().await;
+    assert!(applied > 0 && parked == 0, "webhooks flowed: {applied} applied, {parked} parked");
     drop(service);
 }
