@@ -23,6 +23,7 @@ trap cleanup EXIT INT TERM
 
 if [ -z "${STRIPE_KEY:-}" ]; then
   SIM_PORT="${STRIPE_SIM_PORT:-12111}"
+  export SIM_PORT
   "$BIN/stripe-sim" --port "$SIM_PORT" >"$ROOT/target/stripe-sim.log" 2>&1 &
   pids+=($!)
   export STRIPE_KEY=sk_test_local_simulator STRIPE_API_BASE="http://127.0.0.1:$SIM_PORT"
@@ -30,10 +31,18 @@ if [ -z "${STRIPE_KEY:-}" ]; then
   log "Stripe simulator on $STRIPE_API_BASE (set STRIPE_KEY to use Stripe)"
 fi
 
+JSON="${JSON_PORT:-:8080}"; RPC="${RPC_PORT:-:8081}"
+if [ -n "${SIM_PORT:-}" ] && [ -z "${STRIPE_WEBHOOK_SECRET:-}" ]; then
+  # The simulator sends its events to the service, signed with this secret.
+  STRIPE_WEBHOOK_SECRET=$(curl -s -X POST "$STRIPE_API_BASE/v1/webhook_endpoints" -H "Authorization: Bearer $STRIPE_KEY" \
+    -d "url=http://127.0.0.1:${JSON##*:}/v1/webhooks/stripe" -d "enabled_events[]=*" | sed -E 's/.*"secret":"([^"]+)".*/\1/')
+  export STRIPE_WEBHOOK_SECRET
+  log "webhooks: the simulator sends every event to /v1/webhooks/stripe"
+fi
+
 "$BIN/amazing-payments" migrate >/dev/null
 DEMO_KEY="$("$BIN/amazing-payments" apikey create --name demo 2>/dev/null)"
 
-JSON="${JSON_PORT:-:8080}"; RPC="${RPC_PORT:-:8081}"
 cat >&2 <<TXT
 
   amazing-payments

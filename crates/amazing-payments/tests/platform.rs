@@ -143,6 +143,7 @@ async fn the_openapi_document_describes_every_route_as_the_json_really_is() {
     assert_eq!(customer["customerID"]["format"], "int64");
     assert!(customer["stripe_customer_key"].is_object(), "proto field names are the keys");
     assert_eq!(doc["paths"]["/v1/healthcheck"]["get"]["security"], json!([]));
+    assert_eq!(doc["paths"]["/v1/webhooks/stripe"]["post"]["security"], json!([]), "the webhook route is documented");
     let params = doc["paths"]["/v1/customer"]["get"]["parameters"].as_array().unwrap();
     let names: Vec<&str> = params.iter().map(|p| p["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["page_size", "page_token", "email"]);

@@ -46,7 +46,11 @@ impl World {
         let port = free_port();
         // Webhooks flow during every proof, 30% of them twice, in any order.
         let webhooks = r#"{"duplicate_rate": 0.3, "max_delay_ms": 200}"#;
-        let sim = spawn(&sim_bin(), &["--port", &port.to_string(), "--faults", &faults.to_string(), "--webhooks", webhooks], &[]);
+        let sim = spawn(
+            &sim_bin(),
+            &["--port", &port.to_string(), "--faults", &faults.to_string(), "--webhooks", webhooks],
+            &[],
+        );
         let sim_url = format!("http://127.0.0.1:{port}");
         wait_until_up(&format!("{sim_url}/_sim/health")).await;
         let out = Command::new(service_bin()).arg("migrate").env("DATABASE_URL", &db_url).output().unwrap();
@@ -421,7 +425,8 @@ async fn crashes_20_sigkills_during_a_stream_of_payments_lose_nothing_and_do_not
     let world = World::start(json!([{"path": "/v1/", "latency_ms": 5, "jitter_ms": 40}])).await;
     let key = world.api_key();
     let (j, r) = (free_port(), free_port());
-    let env = world.env(j, r, &[("IDEMPOTENCY_LEASE", "1"), ("RECONCILE_MIN_AGE", "1"), ("RECONCILE_INTERVAL", "0.5")]).await;
+    let env =
+        world.env(j, r, &[("IDEMPOTENCY_LEASE", "1"), ("RECONCILE_MIN_AGE", "1"), ("RECONCILE_INTERVAL", "0.5")]).await;
     let url = format!("http://127.0.0.1:{j}");
     let mut service = world.service(j, &env).await;
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));

@@ -151,7 +151,13 @@ fn authenticate(sim: &Sim, headers: &HeaderMap) -> Result<String, ApiError> {
             "You did not provide an API key. You need to provide your API key in the Authorization header, using Bearer auth (e.g. 'Authorization: Bearer YOUR_SECRET_KEY').",
         ));
     };
-    let key = value.strip_prefix("Bearer ").unwrap_or("").trim();
+    // Bearer, or Basic with the key as the user name (`curl -u sk_test_...:`).
+    let basic = value.strip_prefix("Basic ").and_then(|b| {
+        use base64::Engine;
+        let decoded = base64::engine::general_purpose::STANDARD.decode(b.trim()).ok()?;
+        String::from_utf8(decoded).ok().map(|s| s.split(':').next().unwrap_or("").to_string())
+    });
+    let key = basic.as_deref().unwrap_or_else(|| value.strip_prefix("Bearer ").unwrap_or("")).trim();
     let accepted = match &sim.config.api_keys {
         Some(keys) => keys.iter().any(|k| k == key),
         None => (key.starts_with("sk_test_") || key.starts_with("rk_test_")) && key.len() > 12,
