@@ -45,6 +45,7 @@ const EVENT: &str = r#"{"id":"evt_test_1","object":"event","type":"customer.crea
 async fn forged_stale_and_unsigned_deliveries_are_refused_and_nothing_is_stored() {
     let app = TestApp::spawn_with(with_secrets(&["whsec_right"])).await;
     let now = chrono::Utc::now().timestamp();
+    let refused_before = amazing_payments::app::webhooks::REFUSED_DELIVERIES.load(std::sync::atomic::Ordering::Relaxed);
     for (signature, reason) in [
         (Some(sign("whsec_wrong", now, EVENT)), "WEBHOOK_SIGNATURE_INVALID"),
         (Some(sign("whsec_right", now - 301, EVENT)), "WEBHOOK_TIMESTAMP_STALE"),
@@ -58,6 +59,9 @@ async fn forged_stale_and_unsigned_deliveries_are_refused_and_nothing_is_stored(
     let (status, _) = deliver(&app, Some(sign("whsec_right", now, EVENT)), &tampered).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "the raw body is what is signed");
     assert_eq!(app.count("webhook.event").await, 0);
+    let refused =
+        amazing_payments::app::webhooks::REFUSED_DELIVERIES.load(std::sync::atomic::Ordering::Relaxed) - refused_before;
+    assert!(refused >= 5, "every refusal is counted: {refused}");
 }
 
 #[tokio::test]
@@ -395,4 +399,51 @@ async fn an_event_that_keeps_failing_is_parked_listed_and_replayed() {
     assert_eq!(amazing_payments::store::webhooks::replay(&app.db, Some("evt_ghost")).await.unwrap(), 1);
     let state: String = sqlx::query_scalar("SELECT state FROM webhook.event").fetch_one(&app.db).await.unwrap();
     assert_eq!(state, "pending");
+}
+
+#[tokio::test]
+async fn a_refund_update_delivered_before_the_refund_creation_still_ends_where_stripe_is() {
+    let app = TestApp::spawn_with(with_secrets(&["whsec_manual"])).await;
+    let customer = app.new_customer().await;
+    let p = app
+        .call(
+            Via::Rest,
+            "CreatePayment",
+            json!({"customerID": customer, "amount": 2000, "currency": "usd", "payment_method": "pm_card_visa"}),
+        )
+        .await
+        .unwrap();
+    let id = int(&p, "paymentID");
+    let r = app.call(Via::Rest, "RefundPayment", json!({"paymentID": id.to_string(), "amount": 500})).await.unwrap();
+    let re = r["stripe_refund_id"].as_str().unwrap();
+    app.http.post(format!("{}/_sim/refunds/{re}/fail", app.sim.url())).send().await.unwrap();
+    let event_of = |kind: &'static str| {
+        let (http, url) = (app.http.clone(), app.sim.url());
+        async move {
+            let list: Value = http
+                .get(format!("{url}/v1/events?type={kind}"))
+                .bearer_auth(common::STRIPE_KEY)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            list["data"][0].clone()
+        }
+    };
+    let (updated, created) = (event_of("refund.updated").await, event_of("refund.created").await);
+    let now = chrono::Utc::now().timestamp();
+    for e in [updated, created] {
+        let body = e.to_string();
+        assert_eq!(deliver(&app, Some(sign("whsec_manual", now, &body)), &body).await.0, StatusCode::OK);
+        while webhooks::pass(&app.app, 10).await.unwrap() > 0 {}
+    }
+    assert_eq!(
+        payment_row(&app, id).await,
+        ("succeeded".to_string(), 2000, 0, None),
+        "the failed refund's amount is back, once"
+    );
+    let refund = app.call(Via::Rest, "GetRefund", json!({"refundID": r["refundID"]})).await.unwrap();
+    assert_eq!(refund["status"], "failed", "the late refund.created did not bring it back");
 }
