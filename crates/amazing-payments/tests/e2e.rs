@@ -304,3 +304,27 @@ async fn the_readme_payment_walkthrough_runs_as_written() {
     assert_eq!((last["amount_captured"].as_str(), last["amount_refunded"].as_str()), (Some("3000"), Some("1000")));
     assert_eq!(last["history"].as_array().unwrap().len(), 4, "pending, authorized, succeeded, partially_refunded");
 }
+
+#[tokio::test]
+async fn parked_webhook_events_are_listed_and_replayed_with_the_cli() {
+    let (db_url, options) = common::fresh_database().await;
+    let out = Command::new(service_bin()).arg("migrate").env("DATABASE_URL", &db_url).output().unwrap();
+    assert!(out.status.success());
+    let pool = sqlx::PgPool::connect_with(options).await.unwrap();
+    sqlx::query("INSERT INTO webhook.event (id, type, payload, state, attempts, last_error) VALUES ('evt_parked', 'payment_intent.succeeded', '{}', 'parked', 8, 'STRIPE_REFUSED: No such payment_intent')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let cli = |args: &[&str]| {
+        let out = Command::new(service_bin()).args(args).env("DATABASE_URL", &db_url).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let listed = cli(&["webhooks", "list", "--parked"]);
+    let row = listed.lines().find(|l| l.starts_with("evt_parked")).expect("the parked event is listed");
+    assert!(row.contains("parked") && row.contains("STRIPE_REFUSED"), "{row}");
+    assert!(cli(&["webhooks", "replay", "--all"]).starts_with("1 event(s)"));
+    let state: String = sqlx::query_scalar("SELECT state FROM webhook.event").fetch_one(&pool).await.unwrap();
+    assert_eq!(state, "pending");
+    assert!(cli(&["webhooks", "list", "--parked"]).lines().all(|l| !l.starts_with("evt_parked")));
+}
