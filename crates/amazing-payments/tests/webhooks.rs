@@ -156,22 +156,17 @@ async fn a_payment_made_outside_the_service_for_a_known_customer_is_recorded() {
     app.new_customer().await;
     let stripe_customer = app.stripe_customers()[0]["id"].as_str().unwrap().to_string();
     let pi: Value = app
-        .http
-        .post(format!("{}/v1/payment_intents", app.sim.url()))
-        .bearer_auth(common::STRIPE_KEY)
-        .form(&[
-            ("amount", "4200"),
-            ("currency", "eur"),
-            ("customer", stripe_customer.as_str()),
-            ("payment_method", "pm_card_visa"),
-            ("confirm", "true"),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .stripe_post(
+            "/v1/payment_intents",
+            &[
+                ("amount", "4200"),
+                ("currency", "eur"),
+                ("customer", stripe_customer.as_str()),
+                ("payment_method", "pm_card_visa"),
+                ("confirm", "true"),
+            ],
+        )
+        .await;
     settle(&app).await;
     let (status, amount, currency): (String, i64, String) =
         sqlx::query_as("SELECT status, amount, currency FROM payment.payment WHERE stripe_payment_intent_id = $1")
@@ -269,40 +264,21 @@ async fn events_applied_in_reverse_order_leave_the_payment_where_stripe_has_it()
     app.new_customer().await;
     let stripe_customer = app.stripe_customers()[0]["id"].as_str().unwrap().to_string();
     let pi: Value = app
-        .http
-        .post(format!("{}/v1/payment_intents", app.sim.url()))
-        .bearer_auth(common::STRIPE_KEY)
-        .form(&[
-            ("amount", "2500"),
-            ("currency", "usd"),
-            ("customer", stripe_customer.as_str()),
-            ("payment_method", "pm_card_visa"),
-            ("confirm", "true"),
-            ("capture_method", "manual"),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .stripe_post(
+            "/v1/payment_intents",
+            &[
+                ("amount", "2500"),
+                ("currency", "usd"),
+                ("customer", stripe_customer.as_str()),
+                ("payment_method", "pm_card_visa"),
+                ("confirm", "true"),
+                ("capture_method", "manual"),
+            ],
+        )
+        .await;
     let id = pi["id"].as_str().unwrap();
-    app.http
-        .post(format!("{}/v1/payment_intents/{id}/capture", app.sim.url()))
-        .bearer_auth(common::STRIPE_KEY)
-        .send()
-        .await
-        .unwrap();
-    let events: Value = app
-        .http
-        .get(format!("{}/v1/events?limit=100", app.sim.url()))
-        .bearer_auth(common::STRIPE_KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    app.stripe_post(&format!("/v1/payment_intents/{id}/capture"), &[]).await;
+    let events = app.stripe_get("/v1/events?limit=100").await;
     let types: Vec<&str> = events["data"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
     let succeeded = types.iter().position(|t| *t == "payment_intent.succeeded").unwrap();
     let capturable = types.iter().position(|t| *t == "payment_intent.amount_capturable_updated").unwrap();
@@ -417,22 +393,8 @@ async fn a_refund_update_delivered_before_the_refund_creation_still_ends_where_s
     let r = app.call(Via::Rest, "RefundPayment", json!({"paymentID": id.to_string(), "amount": 500})).await.unwrap();
     let re = r["stripe_refund_id"].as_str().unwrap();
     app.http.post(format!("{}/_sim/refunds/{re}/fail", app.sim.url())).send().await.unwrap();
-    let event_of = |kind: &'static str| {
-        let (http, url) = (app.http.clone(), app.sim.url());
-        async move {
-            let list: Value = http
-                .get(format!("{url}/v1/events?type={kind}"))
-                .bearer_auth(common::STRIPE_KEY)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            list["data"][0].clone()
-        }
-    };
-    let (updated, created) = (event_of("refund.updated").await, event_of("refund.created").await);
+    let updated = app.stripe_get("/v1/events?type=refund.updated").await["data"][0].clone();
+    let created = app.stripe_get("/v1/events?type=refund.created").await["data"][0].clone();
     let now = chrono::Utc::now().timestamp();
     for e in [updated, created] {
         let body = e.to_string();

@@ -167,6 +167,34 @@ impl TestApp {
         body["customerID"].as_str().unwrap().to_string()
     }
 
+    /// A form POST to the simulator's Stripe API, as another Stripe client
+    /// would send it (a payment made outside this service, say); the answer.
+    pub async fn stripe_post(&self, path: &str, form: &[(&str, &str)]) -> Value {
+        self.http
+            .post(format!("{}{path}", self.sim.url()))
+            .bearer_auth(super::STRIPE_KEY)
+            .form(form)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// A GET on the simulator's Stripe API; the answer.
+    pub async fn stripe_get(&self, path: &str) -> Value {
+        self.http
+            .get(format!("{}{path}", self.sim.url()))
+            .bearer_auth(super::STRIPE_KEY)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// How many requests the simulator has received.
     pub fn stripe_calls(&self) -> usize {
         self.sim.state().received().len()
