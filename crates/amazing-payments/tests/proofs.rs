@@ -61,19 +61,8 @@ impl World {
 
     /// Registers a service's webhook endpoint with the simulator; its secret.
     async fn webhook_secret(&self, json_port: u16) -> String {
-        let url = format!("http://127.0.0.1:{json_port}/v1/webhooks/stripe");
-        let endpoint: Value = self
-            .http
-            .post(format!("{}/v1/webhook_endpoints", self.sim_url))
-            .bearer_auth(STRIPE_KEY)
-            .form(&[("url", url.as_str()), ("enabled_events[]", "*")])
-            .send()
+        common::register_webhook(&self.sim_url, STRIPE_KEY, &format!("http://127.0.0.1:{json_port}/v1/webhooks/stripe"))
             .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        endpoint["secret"].as_str().unwrap().to_string()
     }
 
     /// Webhook events applied, and parked, across the instances.

@@ -11,6 +11,7 @@
 use super::{App, AppError, Kind};
 use crate::{
     store::{
+        customers,
         payments::{self, Cause, Source},
         webhooks::{self, EventRow},
     },
@@ -98,11 +99,7 @@ impl App {
             tracing::info!(intent = pi, "PaymentIntent of no customer of ours: acknowledged");
             return Ok(None);
         };
-        let ours: Option<i64> = sqlx::query_scalar("SELECT id FROM customer.customer WHERE stripe_customer_key = $1")
-            .bind(&customer)
-            .fetch_optional(&self.db)
-            .await?;
-        let Some(customer_id) = ours else {
+        let Some(customer_id) = customers::by_stripe_key(&self.db, &customer).await?.map(|c| c.id) else {
             tracing::info!(intent = pi, "PaymentIntent of a customer we do not know: acknowledged");
             return Ok(None);
         };

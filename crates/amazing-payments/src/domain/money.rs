@@ -171,11 +171,6 @@ impl Money {
     pub fn currency(self) -> Currency {
         self.currency
     }
-
-    /// For people: `12.34 USD`, `5000 JPY`, `1.230 KWD`.
-    pub fn display(self) -> String {
-        format_amount(self.amount, self.currency)
-    }
 }
 
 /// An amount in minor units, written in major units with the currency's

@@ -66,11 +66,6 @@ impl Status {
         matches!(self, Status::Succeeded | Status::PartiallyRefunded | Status::Refunded)
     }
 
-    /// Whether nothing more can happen to the payment but refunds.
-    pub fn is_settled(self) -> bool {
-        matches!(self, Status::Canceled | Status::Failed | Status::Refunded)
-    }
-
     /// Whether a payment may move from `self` to `to`. Refund-driven moves
     /// among the captured statuses are allowed both ways (a refund can fail
     /// after succeeding); nothing leaves `canceled`.

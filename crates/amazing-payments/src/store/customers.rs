@@ -51,6 +51,14 @@ pub async fn insert(conn: &mut sqlx::PgConnection, c: NewCustomer<'_>) -> Result
     Ok(())
 }
 
+/// The customer of a Stripe customer id.
+pub async fn by_stripe_key(db: &PgPool, stripe_customer_key: &str) -> Result<Option<CustomerRow>, sqlx::Error> {
+    sqlx::query_as(&format!("SELECT {COLUMNS} FROM customer.customer WHERE stripe_customer_key = $1"))
+        .bind(stripe_customer_key)
+        .fetch_optional(db)
+        .await
+}
+
 pub async fn get(db: &PgPool, id: CustomerId) -> Result<Option<CustomerRow>, sqlx::Error> {
     sqlx::query_as(&format!("SELECT {COLUMNS} FROM customer.customer WHERE id = $1"))
         .bind(id.get())

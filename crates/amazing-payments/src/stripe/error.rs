@@ -49,6 +49,9 @@ pub enum StripeError {
     Decode { message: String, request_id: Option<String> },
 }
 
+/// Type, codes and request id; never Stripe's free-text message, which can
+/// echo values of the request (an e-mail address, say) and is shown only to
+/// the client that sent them. This is what reaches logs.
 impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.kind)?;
@@ -57,9 +60,6 @@ impl fmt::Display for ApiError {
         }
         if let Some(d) = &self.decline_code {
             write!(f, "/{d}")?;
-        }
-        if let Some(m) = &self.message {
-            write!(f, ": {m}")?;
         }
         if let Some(r) = &self.request_id {
             write!(f, " (request {r})")?;
@@ -85,5 +85,25 @@ impl StripeError {
             StripeError::Api(e) => Some(e),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_reaches_a_log_never_holds_stripes_message() {
+        let e = StripeError::Api(ApiError {
+            status: 400,
+            kind: "invalid_request_error".into(),
+            code: Some("email_invalid".into()),
+            message: Some("Invalid email address: ada@example.com".into()),
+            request_id: Some("req_1".into()),
+            ..Default::default()
+        });
+        let shown = e.to_string();
+        assert_eq!(shown, "stripe answered 400: invalid_request_error/email_invalid (request req_1)");
+        assert!(!shown.contains("ada@example.com"));
     }
 }

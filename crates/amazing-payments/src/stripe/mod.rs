@@ -273,7 +273,12 @@ impl Client {
         if status.is_success() {
             let parsed = serde_json::from_slice::<T>(&bytes)
                 .map(|object| Reply { object, request_id: request_id.clone() })
-                .map_err(|e| StripeError::Decode { message: e.to_string(), request_id });
+                // serde's message may quote a value of the answer: keep only
+                // what kind of error it was and where.
+                .map_err(|e| StripeError::Decode {
+                    message: format!("{:?} error at line {} column {}", e.classify(), e.line(), e.column()),
+                    request_id,
+                });
             return (parsed, hints);
         }
         let mut error = match serde_json::from_slice::<error::ErrorBody>(&bytes) {

@@ -36,17 +36,6 @@ pub struct Balance {
     pub livemode: bool,
 }
 
-/// A page of a Stripe list.
-#[derive(Debug, Clone, Deserialize)]
-pub struct List<T> {
-    #[serde(default = "Vec::new")]
-    pub data: Vec<T>,
-    #[serde(default)]
-    pub has_more: bool,
-    #[serde(default)]
-    pub url: String,
-}
-
 /// A field Stripe sends as an id, or as the object when expanded.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]

@@ -110,17 +110,7 @@ impl TestApp {
         let mut webhooks = options.webhooks.clone();
         if options.register_webhook {
             let url = format!("http://{}/v1/webhooks/stripe", rest.local_addr().unwrap());
-            let endpoint: Value = reqwest::Client::new()
-                .post(format!("{}/v1/webhook_endpoints", sim.url()))
-                .bearer_auth(STRIPE_KEY)
-                .form(&[("url", url.as_str()), ("enabled_events[]", "*")])
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            webhooks.secrets = vec![Secret::new(endpoint["secret"].as_str().unwrap())];
+            webhooks.secrets = vec![Secret::new(register_webhook(&sim.url(), STRIPE_KEY, &url).await)];
         }
         let auth = AuthSettings { required: options.auth_required, pepper: Secret::new(PEPPER) };
         let app = App {
@@ -230,6 +220,22 @@ pub fn with_key<T>(message: T, key: &str) -> tonic::Request<T> {
     let mut r = tonic::Request::new(message);
     r.metadata_mut().insert("authorization", format!("Bearer {key}").parse().unwrap());
     r
+}
+
+/// Registers `url` with the simulator at `sim_url` for every event, as a
+/// Stripe account's webhook endpoint; its signing secret.
+pub async fn register_webhook(sim_url: &str, stripe_key: &str, url: &str) -> String {
+    let endpoint: Value = reqwest::Client::new()
+        .post(format!("{sim_url}/v1/webhook_endpoints"))
+        .bearer_auth(stripe_key)
+        .form(&[("url", url), ("enabled_events[]", "*")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    endpoint["secret"].as_str().expect("a new endpoint shows its secret").to_string()
 }
 
 /// The `ErrorInfo` reason of a gRPC status.
