@@ -1,9 +1,13 @@
-//! The command line: `serve`, `migrate`, `apikey create|list|revoke`. Flags
-//! mirror the environment variables (see `--help` of each command).
+//! The command line: `serve`, `migrate`, `reconcile`, `webhooks`, `relay`,
+//! `notifier`, `dlq` and `apikey`. Flags mirror the environment variables
+//! (see `--help` of each command).
 
 use crate::{
     app::{App, apikeys},
-    config::{AuthArgs, ConfigError, DbArgs, ReconcileArgs, ServeArgs, ServeConfig, StripeArgs},
+    config::{
+        AuthArgs, ConfigError, DbArgs, NotifyArgs, NotifyConfig, ReconcileArgs, ServeArgs, ServeConfig, StripeArgs,
+    },
+    notify::{mailer::Mailer, notifier::Notifier, queue::Queue, relay::Relay, templates::Templates},
     server, store, stripe, telemetry,
     workers::reconciler,
 };
@@ -35,6 +39,8 @@ pub enum Command {
         stripe: StripeArgs,
         #[command(flatten)]
         auth: AuthArgs,
+        #[command(flatten)]
+        notify: NotifyArgs,
     },
     /// Finish operations left in flight and bring waiting payments up to date
     /// from Stripe (the same reconciler serve runs).
@@ -53,6 +59,32 @@ pub enum Command {
     Webhooks {
         #[command(subcommand)]
         action: WebhookAction,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Publish the outbox's events to the queue (the relay serve runs).
+    Relay {
+        /// Publish what is there now, then stop.
+        #[arg(long)]
+        once: bool,
+        #[command(flatten)]
+        notify: NotifyArgs,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Mail customers the events from the queue (serve runs it when SMTP_URL is set).
+    Notifier {
+        #[command(flatten)]
+        notify: NotifyArgs,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// The dead-letter queue of notifications: list, or move back to the queue.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+        #[command(flatten)]
+        notify: NotifyArgs,
         #[command(flatten)]
         db: DbArgs,
     },
@@ -89,6 +121,19 @@ pub enum WebhookAction {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum DlqAction {
+    /// Dead letters, oldest first: event id, type, receives, reason.
+    List,
+    /// Move dead letters back to the queue: one (--id) or all (--all).
+    Redrive {
+        #[arg(long, conflicts_with = "all")]
+        id: Option<uuid::Uuid>,
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum ApiKeyAction {
     /// Make a key; it is printed once, on a line of its own, and never again.
     Create {
@@ -104,8 +149,8 @@ pub enum ApiKeyAction {
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve { serve, reconcile, db, stripe, auth } => {
-            let config = ServeConfig::new(&serve, &db, &stripe, &auth)?;
+        Command::Serve { serve, reconcile, db, stripe, auth, notify } => {
+            let config = ServeConfig::new(&serve, &db, &stripe, &auth, &notify)?;
             let reconciler = config.reconciler.then(|| reconcile.settings()).transpose()?;
             if auth.pepper_is_default() {
                 tracing::warn!(
@@ -166,6 +211,48 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Relay { once, notify, db } => {
+            let config = notify.config()?;
+            let pool = store::pool(&db.config()?);
+            let relay = Relay::new(pool.clone(), Queue::open(&config.target, &pool).await?, config.relay);
+            if once {
+                println!("{} event(s) published", relay.drain().await?);
+            } else {
+                relay.run(stop_on_signal()).await;
+            }
+            Ok(())
+        }
+        Command::Notifier { notify, db } => {
+            let config = notify.config()?;
+            let pool = store::pool(&db.config()?);
+            notifier(&config, &pool).await?.run(stop_on_signal()).await;
+            Ok(())
+        }
+        Command::Dlq { action, notify, db } => {
+            let config = notify.config()?;
+            let pool = store::pool(&db.config()?);
+            let queue = Queue::open(&config.target, &pool).await?;
+            match action {
+                DlqAction::List => {
+                    println!("{:<36} {:<20} {:<8} reason", "event", "type", "receives");
+                    for d in queue.dead_letters(&pool, 1000).await? {
+                        let id = d.event_id.map(|i| i.to_string()).unwrap_or_else(|| "(not an event)".into());
+                        println!("{id:<36} {:<20} {:<8} {}", d.kind, d.receives, d.reason);
+                    }
+                }
+                DlqAction::Redrive { id, all } => {
+                    if id.is_none() && !all {
+                        anyhow::bail!("name a dead letter with --id EVENT_ID, or move them all with --all");
+                    }
+                    let n = queue.redrive(&pool, id).await?;
+                    if id.is_some() && n == 0 {
+                        anyhow::bail!("no dead letter with event id {}", id.unwrap_or_default());
+                    }
+                    println!("{n} message(s) moved back to {}", queue.describe());
+                }
+            }
+            Ok(())
+        }
         Command::Migrate { db } => {
             let db = db.config()?;
             store::create_database_if_missing(&db).await?;
@@ -209,6 +296,28 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// A watch that turns true on SIGTERM or SIGINT.
+fn stop_on_signal() -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        server::shutdown_signal().await;
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+/// The notifier of `config`, its templates checked.
+async fn notifier(config: &NotifyConfig, pool: &sqlx::PgPool) -> anyhow::Result<Notifier> {
+    let templates = Templates::new(config.templates.as_deref());
+    let mut mailed: Vec<_> = config.notifier.mailed.iter().copied().collect();
+    mailed.sort_by_key(|t| t.as_str());
+    templates.check(&mailed).map_err(|m| ConfigError { variable: "MAIL_TEMPLATES", message: m })?;
+    let mailer = Mailer::new(config.smtp.as_ref(), &config.mail_from, config.smtp_timeout)
+        .map_err(|m| ConfigError { variable: "SMTP_URL", message: m })?;
+    let queue = Queue::open(&config.target, pool).await?;
+    Ok(Notifier::new(pool.clone(), queue, mailer, templates, config.notifier.clone()))
+}
+
 /// Checks the database and Stripe, then serves (and reconciles) until
 /// SIGTERM or SIGINT.
 async fn serve_until_signal(config: ServeConfig, reconcile: Option<reconciler::Settings>) -> anyhow::Result<()> {
@@ -249,6 +358,16 @@ async fn serve_until_signal(config: ServeConfig, reconcile: Option<reconciler::S
         std::time::Duration::from_millis(500),
         stopped.clone(),
     ));
+    let mut background = Vec::new();
+    if config.relay {
+        let queue = Queue::open(&config.notify.target, &app.db).await?;
+        let relay = Relay::new(app.db.clone(), queue, config.notify.relay.clone());
+        background.push(tokio::spawn(relay.run(stopped.clone())));
+    }
+    if config.notifier {
+        let n = notifier(&config.notify, &app.db).await?;
+        background.push(tokio::spawn(n.run(stopped.clone())));
+    }
     let worker = reconcile.map(|s| tokio::spawn(reconciler::run(app.clone(), s, stopped)));
     server::run(app, rest, grpc, async move {
         server::shutdown_signal().await;
@@ -259,6 +378,9 @@ async fn serve_until_signal(config: ServeConfig, reconcile: Option<reconciler::S
         let _ = w.await;
     }
     let _ = events.await;
+    for b in background {
+        let _ = b.await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -234,6 +234,130 @@ impl ReconcileArgs {
     }
 }
 
+/// Notifications: the queue, the mail and their pace.
+#[derive(Args, Debug, Clone)]
+pub struct NotifyArgs {
+    /// Unset: the built-in PostgreSQL queue. An SQS queue URL: SQS (region
+    /// and credentials from the AWS SDK's chain; AWS_ENDPOINT_URL for a local
+    /// stand-in). A URL ending in .fifo is a FIFO queue.
+    #[arg(long, env = "QUEUE_URL")]
+    pub queue_url: Option<String>,
+    /// smtp://user:pass@host:587?tls=starttls, smtps://..., smtp://host:2525
+    /// for a plain local relay. Unset: the log transport (nothing is sent).
+    #[arg(long, env = "SMTP_URL", hide_env_values = true)]
+    pub smtp_url: Option<String>,
+    /// The From of customers' mails.
+    #[arg(long, env = "MAIL_FROM", default_value = "Payments <payments@localhost>")]
+    pub mail_from: String,
+    /// Event types mailed to the customer, comma separated.
+    #[arg(long, env = "MAIL_EVENTS", default_value = DEFAULT_MAIL_EVENTS)]
+    pub mail_events: String,
+    /// A directory whose <type>.subject|txt|html files replace the built-in templates.
+    #[arg(long, env = "MAIL_TEMPLATES")]
+    pub mail_templates: Option<String>,
+    /// Seconds allowed for one SMTP conversation.
+    #[arg(long, env = "SMTP_TIMEOUT", default_value = "30")]
+    pub smtp_timeout: String,
+    /// Attempts at a mail before it goes to the dead-letter queue (built-in
+    /// queue; SQS uses its redrive policy's maxReceiveCount).
+    #[arg(long, env = "NOTIFY_MAX_ATTEMPTS", default_value = "5")]
+    pub notify_max_attempts: String,
+    /// Seconds before the first retry; doubled each time up to NOTIFY_RETRY_MAX.
+    #[arg(long, env = "NOTIFY_RETRY_BASE", default_value = "10")]
+    pub notify_retry_base: String,
+    #[arg(long, env = "NOTIFY_RETRY_MAX", default_value = "600")]
+    pub notify_retry_max: String,
+    /// Seconds between polls of an empty queue (SQS: the long-poll wait).
+    #[arg(long, env = "NOTIFY_INTERVAL", default_value = "1")]
+    pub notify_interval: String,
+    /// Seconds between relay passes when the outbox is empty.
+    #[arg(long, env = "RELAY_INTERVAL", default_value = "0.5")]
+    pub relay_interval: String,
+    /// Events published per relay pass.
+    #[arg(long, env = "RELAY_BATCH", default_value = "100")]
+    pub relay_batch: String,
+}
+
+/// The event types mailed unless MAIL_EVENTS says otherwise.
+pub const DEFAULT_MAIL_EVENTS: &str = "payment.authorized,payment.succeeded,payment.captured,payment.failed,payment.canceled,payment.refunded,refund.failed";
+
+/// Notification settings, checked.
+#[derive(Debug, Clone)]
+pub struct NotifyConfig {
+    pub target: crate::notify::queue::Target,
+    pub smtp: Option<crate::notify::mailer::SmtpSettings>,
+    pub mail_from: String,
+    pub templates: Option<std::path::PathBuf>,
+    pub smtp_timeout: Duration,
+    pub notifier: crate::notify::notifier::Settings,
+    pub relay: crate::notify::relay::Settings,
+}
+
+impl NotifyArgs {
+    pub fn config(&self) -> Result<NotifyConfig, ConfigError> {
+        use crate::{domain::event::EventType, notify::mailer::SmtpSettings};
+        let secs = |var: &'static str, raw: &str, max: f64| -> Result<Duration, ConfigError> {
+            let v: f64 = number(var, raw)?;
+            if !(0.0..=max).contains(&v) {
+                return Err(err(var, format!("must be between 0 and {max} seconds")));
+            }
+            Ok(Duration::from_secs_f64(v))
+        };
+        let mut mailed = std::collections::HashSet::new();
+        for name in self.mail_events.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let t = EventType::parse(name).ok_or_else(|| {
+                let known: Vec<&str> = EventType::ALL.iter().map(|t| t.as_str()).collect();
+                err("MAIL_EVENTS", format!("{name:?} is not an event type ({})", known.join(", ")))
+            })?;
+            mailed.insert(t);
+        }
+        let max_attempts: i32 = number("NOTIFY_MAX_ATTEMPTS", &self.notify_max_attempts)?;
+        if !(1..=100).contains(&max_attempts) {
+            return Err(err("NOTIFY_MAX_ATTEMPTS", "must be between 1 and 100"));
+        }
+        let batch: i64 = number("RELAY_BATCH", &self.relay_batch)?;
+        if !(1..=1000).contains(&batch) {
+            return Err(err("RELAY_BATCH", "must be between 1 and 1000"));
+        }
+        let smtp = match self.smtp_url.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+            Some(raw) => Some(SmtpSettings::parse(raw).map_err(|m| err("SMTP_URL", m))?),
+            None => None,
+        };
+        let mail_from = self.mail_from.trim().to_string();
+        mail_from.parse::<lettre::message::Mailbox>().map_err(|_| {
+            err("MAIL_FROM", format!("{mail_from:?} is not an address such as Shop <payments@shop.example>"))
+        })?;
+        let templates: Option<std::path::PathBuf> =
+            self.mail_templates.as_deref().map(str::trim).filter(|s| !s.is_empty()).map(Into::into);
+        if let Some(dir) = &templates {
+            if !dir.is_dir() {
+                return Err(err("MAIL_TEMPLATES", format!("{} is not a directory", dir.display())));
+            }
+        }
+        let interval = secs("NOTIFY_INTERVAL", &self.notify_interval, 20.0)?;
+        Ok(NotifyConfig {
+            target: crate::notify::queue::Target::parse(self.queue_url.as_deref()).map_err(|m| err("QUEUE_URL", m))?,
+            smtp,
+            mail_from,
+            templates,
+            smtp_timeout: secs("SMTP_TIMEOUT", &self.smtp_timeout, 600.0)?,
+            notifier: crate::notify::notifier::Settings {
+                mailed,
+                max_attempts,
+                retry_base: secs("NOTIFY_RETRY_BASE", &self.notify_retry_base, 86_400.0)?,
+                retry_max: secs("NOTIFY_RETRY_MAX", &self.notify_retry_max, 43_200.0)?,
+                interval,
+                ..Default::default()
+            },
+            relay: crate::notify::relay::Settings {
+                batch,
+                interval: secs("RELAY_INTERVAL", &self.relay_interval, 60.0)?,
+                ..Default::default()
+            },
+        })
+    }
+}
+
 /// `serve`'s own settings.
 #[derive(Args, Debug, Clone)]
 pub struct ServeArgs {
@@ -263,6 +387,13 @@ pub struct ServeArgs {
     /// Run the reconciler inside serve.
     #[arg(long, env = "RECONCILER", default_value = "true")]
     pub reconciler: String,
+    /// Run the outbox relay inside serve.
+    #[arg(long, env = "RELAY", default_value = "true")]
+    pub relay: String,
+    /// Run the e-mail notifier inside serve: true, false, or auto (when
+    /// SMTP_URL is set).
+    #[arg(long, env = "NOTIFIER", default_value = "auto")]
+    pub notifier: String,
 }
 
 /// Everything `serve` needs, checked.
@@ -275,13 +406,27 @@ pub struct ServeConfig {
     pub idempotency_lease: Duration,
     pub webhooks: crate::app::WebhookSettings,
     pub reconciler: bool,
+    pub relay: bool,
+    pub notifier: bool,
+    pub notify: NotifyConfig,
     pub db: DbConfig,
     pub stripe: stripe::Settings,
     pub auth: AuthSettings,
 }
 
 impl ServeConfig {
-    pub fn new(serve: &ServeArgs, db: &DbArgs, stripe: &StripeArgs, auth: &AuthArgs) -> Result<Self, ConfigError> {
+    pub fn new(
+        serve: &ServeArgs,
+        db: &DbArgs,
+        stripe: &StripeArgs,
+        auth: &AuthArgs,
+        notify: &NotifyArgs,
+    ) -> Result<Self, ConfigError> {
+        let notify = notify.config()?;
+        let notifier = match serve.notifier.trim().to_ascii_lowercase().as_str() {
+            "auto" => notify.smtp.is_some(),
+            other => flag("NOTIFIER", other)?,
+        };
         Ok(Self {
             rest: listen_addr("JSON_PORT", &serve.json_port)?,
             grpc: listen_addr("RPC_PORT", &serve.rpc_port)?,
@@ -317,6 +462,9 @@ impl ServeConfig {
                 crate::app::WebhookSettings { secrets, tolerance: Duration::from_secs(tolerance) }
             },
             reconciler: flag("RECONCILER", &serve.reconciler)?,
+            relay: flag("RELAY", &serve.relay)?,
+            notifier,
+            notify,
             db: db.config()?,
             stripe: stripe.settings()?,
             auth: auth.settings()?,
@@ -374,13 +522,51 @@ mod tests {
             stripe_webhook_secret: Some("whsec_abc".into()),
             stripe_webhook_tolerance: "300".into(),
             reconciler: "true".into(),
+            relay: "true".into(),
+            notifier: "auto".into(),
         };
-        let config = ServeConfig::new(&serve, &db, &stripe_args(Some("sk_test_abcdef123456")), &auth).unwrap();
+        let config =
+            ServeConfig::new(&serve, &db, &stripe_args(Some("sk_test_abcdef123456")), &auth, &notify_args()).unwrap();
         let printed = format!("{config:?}");
-        for secret in ["s3cret-pw", "sk_test_abcdef123456", "a-long-enough-pepper"] {
+        assert!(config.notifier, "SMTP_URL is set, so the notifier runs");
+        for secret in ["s3cret-pw", "sk_test_abcdef123456", "a-long-enough-pepper", "mail-pw-123"] {
             assert!(!printed.contains(secret), "{secret} printed in {printed}");
         }
         assert!(printed.contains("db.internal"));
+    }
+
+    fn notify_args() -> NotifyArgs {
+        NotifyArgs {
+            queue_url: None,
+            smtp_url: Some("smtp://shop:mail-pw-123@mail.example.com:587".into()),
+            mail_from: "Shop <payments@shop.example>".into(),
+            mail_events: DEFAULT_MAIL_EVENTS.into(),
+            mail_templates: None,
+            smtp_timeout: "30".into(),
+            notify_max_attempts: "5".into(),
+            notify_retry_base: "10".into(),
+            notify_retry_max: "600".into(),
+            notify_interval: "1".into(),
+            relay_interval: "0.5".into(),
+            relay_batch: "100".into(),
+        }
+    }
+
+    #[test]
+    fn bad_notification_settings_name_their_variable() {
+        let bad = |f: fn(&mut NotifyArgs)| {
+            let mut a = notify_args();
+            f(&mut a);
+            a.config().unwrap_err().variable
+        };
+        assert_eq!(bad(|a| a.mail_events = "payment.captured,payment.exploded".into()), "MAIL_EVENTS");
+        assert_eq!(bad(|a| a.queue_url = Some("sqs://payments".into())), "QUEUE_URL");
+        assert_eq!(bad(|a| a.smtp_url = Some("smtp://host?tls=maybe".into())), "SMTP_URL");
+        assert_eq!(bad(|a| a.mail_from = "not an address".into()), "MAIL_FROM");
+        assert_eq!(bad(|a| a.notify_max_attempts = "0".into()), "NOTIFY_MAX_ATTEMPTS");
+        let ok = notify_args().config().unwrap();
+        assert!(matches!(ok.target, crate::notify::queue::Target::Builtin));
+        assert_eq!(ok.notifier.mailed.len(), 7);
     }
 
     #[test]

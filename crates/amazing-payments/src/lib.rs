@@ -12,7 +12,9 @@
 //! - [`domain`]: checked values (parse, don't validate); no I/O.
 //! - [`store`]: SQL, one module per table; migrations in `migrations/`.
 //! - [`stripe`]: the Stripe client.
-//! - [`workers`]: the reconciler.
+//! - [`workers`]: the reconciler and the webhook worker.
+//! - [`notify`]: the outbox relay, the queues (built-in, SQS) and the e-mail
+//!   notifier.
 //! - [`config`], [`cli`], [`server`], [`telemetry`], [`secret`].
 //!
 //! The proto files in `proto/` are the single source of the API: `build.rs`
@@ -25,6 +27,7 @@ pub mod config;
 pub mod domain;
 pub mod grpc;
 pub mod http;
+pub mod notify;
 pub mod secret;
 pub mod server;
 pub mod store;

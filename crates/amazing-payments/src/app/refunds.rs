@@ -86,6 +86,7 @@ impl App {
                     status,
                     Some(&reply.object.id),
                     reply.object.failure_reason.as_deref(),
+                    source,
                 )
                 .await?;
                 if status == "succeeded" {
@@ -114,7 +115,7 @@ impl App {
             Err(e) => {
                 let message = e.api().and_then(|a| a.message.clone()).unwrap_or_else(|| e.to_string());
                 let mut tx = self.db.begin().await?;
-                payments::update_refund(&mut tx, refund.id, "failed", None, Some(&message)).await?;
+                payments::update_refund(&mut tx, refund.id, "failed", None, Some(&message), source).await?;
                 payments::finish_operation(&mut tx, op.id, "failed", Some(&message)).await?;
                 tx.commit().await?;
                 let err = match e {

@@ -76,8 +76,9 @@ impl App {
         };
         if kind == "charge.dispute.created" {
             let status = object["status"].as_str().unwrap_or("needs_response");
-            let note = format!("dispute opened ({})", object["reason"].as_str().unwrap_or("no reason given"));
-            payments::set_dispute(&self.db, row.id, status, &note).await?;
+            let reason = object["reason"].as_str();
+            let note = format!("dispute opened ({})", reason.unwrap_or("no reason given"));
+            payments::set_dispute(&self.db, row.id, status, reason, &note).await?;
         }
         if kind.starts_with("refund.") {
             self.refresh_refund(object["id"].as_str().unwrap_or_default(), &row).await?;
@@ -127,7 +128,15 @@ impl App {
             ("pending" | "requires_action", "succeeded") => refund.amount,
             _ => 0,
         };
-        payments::update_refund(&mut tx, refund.id, status, None, reply.object.failure_reason.as_deref()).await?;
+        payments::update_refund(
+            &mut tx,
+            refund.id,
+            status,
+            None,
+            reply.object.failure_reason.as_deref(),
+            Source::Webhook,
+        )
+        .await?;
         if delta != 0 {
             let next = before
                 .ledger()

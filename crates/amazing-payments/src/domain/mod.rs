@@ -2,6 +2,7 @@
 //! see a raw `String` or `i64` where a checked value belongs. No I/O here.
 
 pub mod customer;
+pub mod event;
 pub mod money;
 pub mod payment;
 pub mod request;

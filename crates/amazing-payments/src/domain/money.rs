@@ -187,6 +187,27 @@ pub fn format_amount(amount: i64, currency: Currency) -> String {
     format!("{sign}{}.{:0width$} {code}", a / unit, a % unit, width = exp as usize)
 }
 
+/// An amount for people: like [`format_amount`], with thousands grouped:
+/// `display_amount(123456, usd) == "1,234.56 USD"`, `(150000, jpy)` gives
+/// `"150,000 JPY"`.
+pub fn display_amount(amount: i64, currency: Currency) -> String {
+    let plain = format_amount(amount, currency);
+    let (number, code) = plain.split_once(' ').unwrap_or((&plain, ""));
+    let (sign, number) = number.strip_prefix('-').map(|n| ("-", n)).unwrap_or(("", number));
+    let (whole, frac) = number.split_once('.').map(|(w, f)| (w, Some(f))).unwrap_or((number, None));
+    let mut grouped = String::new();
+    for (i, c) in whole.chars().enumerate() {
+        if i > 0 && (whole.len() - i) % 3 == 0 {
+            grouped.push(',');
+        }
+        grouped.push(c);
+    }
+    match frac {
+        Some(f) => format!("{sign}{grouped}.{f} {code}"),
+        None => format!("{sign}{grouped} {code}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,6 +222,16 @@ mod tests {
         assert_eq!(cur("USD").code(), "usd");
         assert_eq!(Currency::parse("XYZ").unwrap_err().reason, "INVALID_CURRENCY");
         assert_eq!(Currency::parse("").unwrap_err().reason, "MISSING_CURRENCY");
+    }
+
+    #[test]
+    fn amounts_for_people_group_thousands_and_keep_the_currencys_decimals() {
+        assert_eq!(display_amount(123456, cur("usd")), "1,234.56 USD");
+        assert_eq!(display_amount(150000, cur("jpy")), "150,000 JPY");
+        assert_eq!(display_amount(999, cur("jpy")), "999 JPY");
+        assert_eq!(display_amount(5, cur("eur")), "0.05 EUR");
+        assert_eq!(display_amount(1234567890, cur("kwd")), "1,234,567.890 KWD");
+        assert_eq!(display_amount(-100000, cur("usd")), "-1,000.00 USD");
     }
 
     #[test]

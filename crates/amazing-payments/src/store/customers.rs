@@ -35,9 +35,9 @@ pub struct NewCustomer<'a> {
 }
 
 /// Inserts a customer (once: a second insert of the same id changes
-/// nothing), in the caller's transaction.
+/// nothing) and its `customer.created` event, in the caller's transaction.
 pub async fn insert(conn: &mut sqlx::PgConnection, c: NewCustomer<'_>) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    let done = sqlx::query(
         "INSERT INTO customer.customer (id, name, email, stripe_customer_key, stripe_charge_date)
          VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
     )
@@ -46,8 +46,11 @@ pub async fn insert(conn: &mut sqlx::PgConnection, c: NewCustomer<'_>) -> Result
     .bind(c.email.as_str())
     .bind(c.stripe_customer_key)
     .bind(c.charge_date.map(ChargeDate::as_str))
-    .execute(conn)
+    .execute(&mut *conn)
     .await?;
+    if done.rows_affected() == 1 {
+        super::outbox::customer_created(conn, c.id.get(), c.name.as_str(), c.email.as_str()).await?;
+    }
     Ok(())
 }
 

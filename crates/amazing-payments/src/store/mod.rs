@@ -5,8 +5,11 @@
 pub mod apikeys;
 pub mod customers;
 pub mod idempotency;
+pub mod mail;
+pub mod outbox;
 pub mod payments;
 pub mod products;
+pub mod queue;
 pub mod webhooks;
 
 use crate::config::DbConfig;

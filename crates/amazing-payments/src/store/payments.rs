@@ -2,6 +2,7 @@
 //! `payment.operation`. A change of a payment is saved together with its
 //! history row, in the caller's transaction.
 
+use super::outbox;
 use crate::domain::payment::{Ledger, Status};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -63,7 +64,7 @@ impl PaymentRow {
     }
 }
 
-const PAYMENT: &str = "id, customer_id, status, amount, currency, amount_capturable, amount_captured, amount_refunded, \
+pub(crate) const PAYMENT: &str = "id, customer_id, status, amount, currency, amount_capturable, amount_captured, amount_refunded, \
     capture_method, price_id, quantity, payment_method, description, metadata, receipt_email, return_url, \
     stripe_payment_intent_id, stripe_charge_id, client_secret, next_action, capture_before, failure_code, \
     failure_message, decline_code, cancellation_reason, integrity_error, created_at, updated_at";
@@ -80,7 +81,7 @@ pub struct RefundRow {
     pub created_at: DateTime<Utc>,
 }
 
-const REFUND: &str = "id, payment_id, status, amount, reason, stripe_refund_id, failure_reason, created_at";
+pub(crate) const REFUND: &str = "id, payment_id, status, amount, reason, stripe_refund_id, failure_reason, created_at";
 
 #[derive(Debug, Clone, FromRow)]
 pub struct HistoryRow {
@@ -376,18 +377,21 @@ pub async fn save(
     .execute(&mut *conn)
     .await?;
     if before.ledger() != row.ledger() || cause.note.is_some() {
-        add_history(conn, Some(&before.status), row, source, cause).await?;
+        add_history(conn, Some(before), row, source, cause).await?;
     }
     Ok(())
 }
 
+/// Appends a history line for `row` (changed from `before`; `None` for a new
+/// payment) and the notification event of the change, if it is one.
 async fn add_history(
     conn: &mut PgConnection,
-    from: Option<&str>,
+    before: Option<&PaymentRow>,
     row: &PaymentRow,
     source: Source,
     cause: &Cause<'_>,
 ) -> Result<(), sqlx::Error> {
+    let from = before.map(|b| b.status.as_str());
     sqlx::query(
         "INSERT INTO payment.history (payment_id, refund_id, from_status, to_status, amount_capturable,
              amount_captured, amount_refunded, source, stripe_request_id, note)
@@ -403,9 +407,9 @@ async fn add_history(
     .bind(source.as_str())
     .bind(cause.stripe_request_id)
     .bind(cause.note)
-    .execute(conn)
+    .execute(&mut *conn)
     .await?;
-    Ok(())
+    outbox::payment_changed(conn, before, row, cause.refund_id, source.as_str()).await
 }
 
 pub async fn history(db: &PgPool, payment_id: i64) -> Result<Vec<HistoryRow>, sqlx::Error> {
@@ -450,30 +454,39 @@ pub async fn refunds_in_flight(conn: &mut PgConnection, payment_id: i64) -> Resu
     .await
 }
 
+/// Records a new refund (status pending) and its `refund.created` event.
 pub async fn insert_refund(
     conn: &mut PgConnection,
     payment_id: i64,
     amount: i64,
     reason: Option<&str>,
 ) -> Result<RefundRow, sqlx::Error> {
-    sqlx::query_as(&format!(
+    let row: RefundRow = sqlx::query_as(&format!(
         "INSERT INTO payment.refund (payment_id, status, amount, reason) VALUES ($1, 'pending', $2, $3) RETURNING {REFUND}"
     ))
     .bind(payment_id)
     .bind(amount)
     .bind(reason)
-    .fetch_one(conn)
-    .await
+    .fetch_one(&mut *conn)
+    .await?;
+    outbox::refund_changed(conn, None, &row, Source::Api.as_str()).await?;
+    Ok(row)
 }
 
+/// Sets a refund's status (and the event of the change, if it is one).
 pub async fn update_refund(
     conn: &mut PgConnection,
     id: i64,
     status: &str,
     stripe_refund_id: Option<&str>,
     failure_reason: Option<&str>,
+    source: Source,
 ) -> Result<RefundRow, sqlx::Error> {
-    sqlx::query_as(&format!(
+    let before: String = sqlx::query_scalar("SELECT status FROM payment.refund WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .fetch_one(&mut *conn)
+        .await?;
+    let row: RefundRow = sqlx::query_as(&format!(
         "UPDATE payment.refund SET status = $2, stripe_refund_id = coalesce($3, stripe_refund_id),
              failure_reason = coalesce($4, failure_reason), updated_at = now()
          WHERE id = $1 RETURNING {REFUND}"
@@ -482,8 +495,10 @@ pub async fn update_refund(
     .bind(status)
     .bind(stripe_refund_id)
     .bind(failure_reason)
-    .fetch_one(conn)
-    .await
+    .fetch_one(&mut *conn)
+    .await?;
+    outbox::refund_changed(conn, Some(&before), &row, source.as_str()).await?;
+    Ok(row)
 }
 
 pub async fn get_refund(db: &PgPool, id: i64) -> Result<Option<RefundRow>, sqlx::Error> {
@@ -539,23 +554,31 @@ pub async fn adopt(
     Ok(row)
 }
 
-/// Records a dispute on a payment, with a history line.
-pub async fn set_dispute(db: &PgPool, id: i64, status: &str, note: &str) -> Result<(), sqlx::Error> {
+/// Records a dispute on a payment, with a history line, and the
+/// `dispute.created` event the first time.
+pub async fn set_dispute(
+    db: &PgPool,
+    id: i64,
+    status: &str,
+    reason: Option<&str>,
+    note: &str,
+) -> Result<(), sqlx::Error> {
     let mut tx = db.begin().await?;
     let Some(before) = lock(&mut tx, id).await? else { return Ok(()) };
-    sqlx::query("UPDATE payment.payment SET dispute_status = $2, updated_at = now() WHERE id = $1")
-        .bind(id)
-        .bind(status)
-        .execute(&mut *tx)
-        .await?;
-    add_history(
-        &mut tx,
-        Some(&before.status),
-        &before,
-        Source::Webhook,
-        &Cause { note: Some(note), ..Default::default() },
+    let earlier: Option<String> = sqlx::query_scalar(
+        "UPDATE payment.payment p SET dispute_status = $2, updated_at = now()
+         FROM (SELECT dispute_status FROM payment.payment WHERE id = $1) old
+         WHERE p.id = $1 RETURNING old.dispute_status",
     )
+    .bind(id)
+    .bind(status)
+    .fetch_one(&mut *tx)
     .await?;
+    add_history(&mut tx, Some(&before), &before, Source::Webhook, &Cause { note: Some(note), ..Default::default() })
+        .await?;
+    if earlier.is_none() {
+        outbox::dispute_created(&mut tx, &before, status, reason).await?;
+    }
     tx.commit().await?;
     Ok(())
 }

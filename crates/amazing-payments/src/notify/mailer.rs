@@ -1,0 +1,199 @@
+//! Sending e-mail: SMTP (`SMTP_URL`) or, when it is unset, the `log`
+//! transport for development, which logs that a mail would go (event, type,
+//! subject, the recipient's domain) but never the address or the body.
+//!
+//! `SMTP_URL` is `smtp://[user:pass@]host[:port][?tls=none|starttls|tls]`
+//! or `smtps://...` (TLS from the first byte, port 465). Without `tls=`,
+//! `smtp://` uses STARTTLS when credentials are given (a password is never
+//! sent in the clear unless `tls=none` says so) and plain SMTP otherwise,
+//! as a local relay such as `smtp://127.0.0.1:2525` needs.
+
+use crate::secret::Secret;
+use lettre::{
+    AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor,
+    message::{Mailbox, MultiPart},
+    transport::smtp::{
+        authentication::Credentials,
+        client::{Tls, TlsParameters},
+    },
+};
+use std::{fmt, time::Duration};
+
+/// How the SMTP connection is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+    None,
+    StartTls,
+    Tls,
+}
+
+/// `SMTP_URL`, parsed. Its password is a [`Secret`].
+#[derive(Clone, PartialEq)]
+pub struct SmtpSettings {
+    pub host: String,
+    pub port: u16,
+    pub tls: TlsMode,
+    pub user: Option<String>,
+    pub password: Option<Secret>,
+}
+
+impl fmt::Debug for SmtpSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let user = if self.user.is_some() { "[user]@" } else { "" };
+        write!(f, "smtp://{user}{}:{} ({:?})", self.host, self.port, self.tls)
+    }
+}
+
+impl SmtpSettings {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let url =
+            url::Url::parse(raw.trim()).map_err(|_| "is not a URL such as smtp://user:pass@host:587".to_string())?;
+        let implicit = match url.scheme() {
+            "smtp" => false,
+            "smtps" => true,
+            other => return Err(format!("scheme {other:?}: use smtp:// or smtps://")),
+        };
+        let host = url.host_str().filter(|h| !h.is_empty()).ok_or("has no host")?.to_string();
+        let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned();
+        let user = Some(decode(url.username())).filter(|u| !u.is_empty());
+        let password = url.password().map(|p| Secret::new(decode(p)));
+        let mut tls = None;
+        for (k, v) in url.query_pairs() {
+            match (k.as_ref(), v.as_ref()) {
+                ("tls", "none") => tls = Some(TlsMode::None),
+                ("tls", "starttls") => tls = Some(TlsMode::StartTls),
+                ("tls", "tls") => tls = Some(TlsMode::Tls),
+                ("tls", other) => return Err(format!("tls={other:?}: use none, starttls or tls")),
+                (other, _) => return Err(format!("unknown parameter {other:?} (only tls=)")),
+            }
+        }
+        let tls = match (implicit, tls) {
+            (true, Some(TlsMode::None | TlsMode::StartTls)) => return Err("smtps:// is TLS: drop tls=".into()),
+            (true, _) => TlsMode::Tls,
+            (false, Some(t)) => t,
+            (false, None) if user.is_some() => TlsMode::StartTls,
+            (false, None) => TlsMode::None,
+        };
+        let port = url.port().unwrap_or(match tls {
+            TlsMode::Tls => 465,
+            TlsMode::StartTls => 587,
+            TlsMode::None => 25,
+        });
+        Ok(SmtpSettings { host, port, tls, user, password })
+    }
+}
+
+/// A rendered mail.
+#[derive(Debug, Clone)]
+pub struct Mail {
+    pub to: String,
+    pub subject: String,
+    pub text: String,
+    pub html: String,
+    /// `Message-ID` without the brackets: the same for every attempt at one
+    /// event, so a mailbox can tell a repeat.
+    pub message_id: String,
+}
+
+/// Why a mail was not sent.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// Worth another attempt (connection, 4xx).
+    #[error("{0}")]
+    Transient(String),
+    /// No attempt will do (5xx, an address that does not parse).
+    #[error("{0}")]
+    Permanent(String),
+}
+
+#[derive(Clone)]
+pub enum Mailer {
+    Smtp { transport: AsyncSmtpTransport<Tokio1Executor>, from: Mailbox, describe: String },
+    Log { from: Mailbox },
+}
+
+impl Mailer {
+    pub fn new(smtp: Option<&SmtpSettings>, from: &str, timeout: Duration) -> Result<Self, String> {
+        let from: Mailbox = from.parse().map_err(|e| format!("MAIL_FROM {from:?} is not an address: {e}"))?;
+        let Some(s) = smtp else {
+            return Ok(Mailer::Log { from });
+        };
+        let mut b =
+            AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&s.host).port(s.port).timeout(Some(timeout));
+        let tls = || TlsParameters::new(s.host.clone()).map_err(|e| format!("SMTP TLS for {}: {e}", s.host));
+        b = match s.tls {
+            TlsMode::None => b.tls(Tls::None),
+            TlsMode::StartTls => b.tls(Tls::Required(tls()?)),
+            TlsMode::Tls => b.tls(Tls::Wrapper(tls()?)),
+        };
+        if let (Some(u), Some(p)) = (&s.user, &s.password) {
+            b = b.credentials(Credentials::new(u.clone(), p.expose().to_string()));
+        }
+        Ok(Mailer::Smtp { transport: b.build(), from, describe: format!("{s:?}") })
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Mailer::Smtp { describe, .. } => describe.clone(),
+            Mailer::Log { .. } => "the log transport (SMTP_URL unset): mails are logged, not sent".into(),
+        }
+    }
+
+    pub async fn send(&self, mail: &Mail) -> Result<(), SendError> {
+        let from = match self {
+            Mailer::Smtp { from, .. } | Mailer::Log { from } => from.clone(),
+        };
+        let to: Mailbox =
+            mail.to.parse().map_err(|_| SendError::Permanent("the recipient is not an e-mail address".into()))?;
+        let message = Message::builder()
+            .from(from)
+            .to(to)
+            .subject(&mail.subject)
+            .message_id(Some(format!("<{}>", mail.message_id)))
+            .multipart(MultiPart::alternative_plain_html(mail.text.clone(), mail.html.clone()))
+            .map_err(|e| SendError::Permanent(format!("the mail could not be built: {e}")))?;
+        match self {
+            Mailer::Log { .. } => {
+                let domain = mail.to.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
+                tracing::info!(
+                    message_id = %mail.message_id,
+                    subject = %mail.subject,
+                    recipient_domain = domain,
+                    text_bytes = mail.text.len(),
+                    "mail (log transport: not sent)"
+                );
+                Ok(())
+            }
+            Mailer::Smtp { transport, .. } => match transport.send(message).await {
+                Ok(_) => Ok(()),
+                Err(e) if e.is_permanent() => Err(SendError::Permanent(format!("SMTP refused the mail: {e}"))),
+                Err(e) => Err(SendError::Transient(format!("SMTP: {e}"))),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plain_local_relay_needs_no_tls_and_credentials_imply_starttls() {
+        let local = SmtpSettings::parse("smtp://127.0.0.1:2525").unwrap();
+        assert_eq!((local.host.as_str(), local.port, local.tls, local.user), ("127.0.0.1", 2525, TlsMode::None, None));
+        let auth = SmtpSettings::parse("smtp://me%40shop.com:p%3Ass@mail.example.com").unwrap();
+        assert_eq!((auth.port, auth.tls, auth.user.as_deref()), (587, TlsMode::StartTls, Some("me@shop.com")));
+        assert_eq!(auth.password.unwrap().expose(), "p:ss");
+        assert_eq!(SmtpSettings::parse("smtps://mail.example.com").unwrap().port, 465);
+        assert_eq!(SmtpSettings::parse("smtp://h:25?tls=tls").unwrap().tls, TlsMode::Tls);
+    }
+
+    #[test]
+    fn bad_smtp_urls_say_what_is_wrong_and_never_show_the_password() {
+        assert!(SmtpSettings::parse("http://host").unwrap_err().contains("scheme"));
+        assert!(SmtpSettings::parse("smtp://host?tls=maybe").unwrap_err().contains("tls="));
+        assert!(SmtpSettings::parse("smtp://host?verify=no").unwrap_err().contains("verify"));
+        let s = SmtpSettings::parse("smtp://u:hunter22@host").unwrap();
+        assert!(!format!("{s:?}").contains("hunter22"));
+    }
+}
