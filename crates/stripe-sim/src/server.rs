@@ -250,11 +250,11 @@ async fn execute(
     let Some(handler) = resources::route(method, &segments) else {
         return ApiError::unrecognized_url(method.as_str(), path).into_response();
     };
-    if let Some(k) = idem_key {
-        if k.len() > 255 {
-            return ApiError::invalid("Idempotency-Key", "Idempotency keys can be at most 255 characters long.")
-                .into_response();
-        }
+    if let Some(k) = idem_key
+        && k.len() > 255
+    {
+        return ApiError::invalid("Idempotency-Key", "Idempotency keys can be at most 255 characters long.")
+            .into_response();
     }
     let fault = sim.faults.pick(method.as_str(), path);
     if let Some(rule) = fault.as_ref().filter(|r| r.status.is_some() || r.drop == Some(faults::Drop::Before)) {

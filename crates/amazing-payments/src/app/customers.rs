@@ -130,10 +130,10 @@ impl App {
             tx.commit().await?;
         } else {
             let stripe_id = text("stripe_customer_key");
-            if let (Some(stripe_id), false) = (stripe_id, form.is_empty()) {
-                if let Err(e) = self.stripe.update_customer(stripe_id, &form, &op.idempotency_key).await {
-                    return Err(self.unfinished_op(op, e).await);
-                }
+            if let (Some(stripe_id), false) = (stripe_id, form.is_empty())
+                && let Err(e) = self.stripe.update_customer(stripe_id, &form, &op.idempotency_key).await
+            {
+                return Err(self.unfinished_op(op, e).await);
             }
             let mut tx = self.db.begin().await?;
             let changes = Changes { name: name.as_ref(), email: email.as_ref(), charge_date: charge_date.as_ref() };
@@ -172,14 +172,11 @@ impl App {
             return done.customer();
         }
         let current = self.get_customer(cmd.id).await?;
-        if let Some(stripe_key) = &cmd.stripe_customer_key {
-            if current.stripe_customer_key.as_deref() != Some(stripe_key.as_str()) {
-                return Err(AppError::invalid(
-                    "STRIPE_CUSTOMER_KEY_IMMUTABLE",
-                    "stripe_customer_key cannot be changed",
-                )
+        if let Some(stripe_key) = &cmd.stripe_customer_key
+            && current.stripe_customer_key.as_deref() != Some(stripe_key.as_str())
+        {
+            return Err(AppError::invalid("STRIPE_CUSTOMER_KEY_IMMUTABLE", "stripe_customer_key cannot be changed")
                 .detail("field", "stripe_customer_key"));
-            }
         }
         let params = json!({
             "customer_id": cmd.id.get(),

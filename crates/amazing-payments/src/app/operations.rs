@@ -410,13 +410,11 @@ impl App {
             return settled(op, before);
         }
         let mut row = before.clone();
-        if payment_fails {
-            if let Ok(next) = before.ledger().fail() {
-                row.set_ledger(next);
-                row.failure_code = e.code.clone().or(Some(e.kind.clone()));
-                row.failure_message = e.message.clone();
-                row.decline_code = e.decline_code.clone();
-            }
+        if payment_fails && let Ok(next) = before.ledger().fail() {
+            row.set_ledger(next);
+            row.failure_code = e.code.clone().or(Some(e.kind.clone()));
+            row.failure_message = e.message.clone();
+            row.decline_code = e.decline_code.clone();
         }
         let cause = Cause { stripe_request_id: e.request_id.as_deref(), ..Default::default() };
         payments::save(&mut tx, &before, &row, source, &cause).await?;

@@ -30,10 +30,10 @@ pub fn check_integrity(row: &PaymentRow, pi: &PaymentIntent, stripe_customer: Op
     if pi.currency != row.currency {
         wrong.push(format!("currency {} instead of {}", pi.currency, row.currency));
     }
-    if let (Some(expected), Some(got)) = (stripe_customer, pi.customer.as_ref()) {
-        if got.id() != expected {
-            wrong.push(format!("customer {} instead of {expected}", got.id()));
-        }
+    if let (Some(expected), Some(got)) = (stripe_customer, pi.customer.as_ref())
+        && got.id() != expected
+    {
+        wrong.push(format!("customer {} instead of {expected}", got.id()));
     }
     let method_ok = match row.capture_method.as_str() {
         "manual" => pi.capture_method == "manual",
@@ -42,10 +42,10 @@ pub fn check_integrity(row: &PaymentRow, pi: &PaymentIntent, stripe_customer: Op
     if !method_ok {
         wrong.push(format!("capture_method {} instead of {}", pi.capture_method, row.capture_method));
     }
-    if let Some(id) = pi.metadata.get("paymentID") {
-        if *id != row.id.to_string() {
-            wrong.push(format!("metadata paymentID {id} instead of {}", row.id));
-        }
+    if let Some(id) = pi.metadata.get("paymentID")
+        && *id != row.id.to_string()
+    {
+        wrong.push(format!("metadata paymentID {id} instead of {}", row.id));
     }
     if wrong.is_empty() { Ok(()) } else { Err(format!("Stripe's PaymentIntent {} has {}", pi.id, wrong.join(", "))) }
 }
@@ -105,12 +105,12 @@ pub fn apply_intent(
             row.capture_before = timestamp(before);
         }
     }
-    if next.status == Status::Failed {
-        if let Some(e) = &pi.last_payment_error {
-            row.failure_code = e.code.clone();
-            row.failure_message = e.message.clone();
-            row.decline_code = e.decline_code.clone();
-        }
+    if next.status == Status::Failed
+        && let Some(e) = &pi.last_payment_error
+    {
+        row.failure_code = e.code.clone();
+        row.failure_message = e.message.clone();
+        row.decline_code = e.decline_code.clone();
     }
     if next.status == Status::Canceled {
         row.cancellation_reason = pi.cancellation_reason.clone().or(row.cancellation_reason.take());

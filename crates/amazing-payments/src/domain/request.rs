@@ -25,7 +25,7 @@ pub fn contains_card_number(text: &str) -> bool {
                     }
                 })
                 .sum();
-            sum % 10 == 0
+            sum.is_multiple_of(10)
         }
     };
     for c in text.chars().chain(std::iter::once('x')) {

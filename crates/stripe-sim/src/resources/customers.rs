@@ -38,16 +38,16 @@ fn check_email(email: &str) -> Result<(), ApiError> {
 /// Checks the customer fields given and writes them onto `customer`.
 fn apply(customer: &mut Value, p: &Value) -> Result<(), ApiError> {
     params::only(p, FIELDS)?;
-    if let Some(email) = params::text(p, "email")? {
-        if !email.is_empty() {
-            check_email(email)?;
-        }
+    if let Some(email) = params::text(p, "email")?
+        && !email.is_empty()
+    {
+        check_email(email)?;
     }
     for (field, max) in [("name", 256), ("description", 350), ("phone", 20)] {
-        if let Some(v) = params::text(p, field)? {
-            if v.chars().count() > max {
-                return Err(ApiError::invalid(field, format!("{field} must be at most {max} characters")));
-            }
+        if let Some(v) = params::text(p, field)?
+            && v.chars().count() > max
+        {
+            return Err(ApiError::invalid(field, format!("{field} must be at most {max} characters")));
         }
     }
     let metadata = params::metadata(p)?;

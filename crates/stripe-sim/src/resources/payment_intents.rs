@@ -72,10 +72,10 @@ pub fn create(sim: &Sim, p: &Value, _path: &[&str]) -> ApiResult {
     let metadata = params::metadata(p)?.unwrap_or_default();
     let mut data = sim.data.lock();
     let customer = params::text(p, "customer")?.filter(|c| !c.is_empty());
-    if let Some(c) = customer {
-        if data.customers.get(c).is_none() {
-            return Err(ApiError::missing_object("customer", c, "customer").with_status(StatusCode::BAD_REQUEST));
-        }
+    if let Some(c) = customer
+        && data.customers.get(c).is_none()
+    {
+        return Err(ApiError::missing_object("customer", c, "customer").with_status(StatusCode::BAD_REQUEST));
     }
     let pm = match params::text(p, "payment_method")?.filter(|s| !s.is_empty()) {
         Some(id) => Some(payment_methods::resolve(&mut data, id, "payment_method")?.0),
