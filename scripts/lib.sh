@@ -71,3 +71,16 @@ ensure_postgres() {
   PG_ADMIN_URL="postgres://$PG_USER${PG_PASS:+:$PG_PASS}@$PG_HOST:$PG_PORT/postgres"
   export PG_HOST PG_PORT PG_USER PG_PASS PG_ADMIN_URL
 }
+
+# The Python tools of scripts/pytools.txt in a virtual environment under
+# target/pytools, made (or brought up to date) when the list changes.
+ensure_pytools() {
+  local venv="$ROOT/target/pytools" list="$ROOT/scripts/pytools.txt"
+  if [ -x "$venv/bin/python" ] && cmp -s "$list" "$venv/.installed" 2>/dev/null; then
+    return
+  fi
+  log "installing the Python tools of scripts/pytools.txt in target/pytools"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$list"
+  cp "$list" "$venv/.installed"
+}

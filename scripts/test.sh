@@ -8,6 +8,8 @@ cd "$ROOT"
 
 ensure_postgres
 export DATABASE_URL="$PG_ADMIN_URL"
+ensure_pytools
+export PYTOOLS="$ROOT/target/pytools"
 
 # Databases left by earlier runs (each test makes its own).
 if command -v psql >/dev/null; then

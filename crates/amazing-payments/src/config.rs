@@ -276,6 +276,10 @@ pub struct NotifyArgs {
     /// Events published per relay pass.
     #[arg(long, env = "RELAY_BATCH", default_value = "100")]
     pub relay_batch: String,
+    /// Seconds a relay's lease lasts without renewal: how long another
+    /// relay waits to take over from one that died.
+    #[arg(long, env = "RELAY_LEASE", default_value = "30")]
+    pub relay_lease: String,
 }
 
 /// The event types mailed unless MAIL_EVENTS says otherwise.
@@ -329,10 +333,10 @@ impl NotifyArgs {
         })?;
         let templates: Option<std::path::PathBuf> =
             self.mail_templates.as_deref().map(str::trim).filter(|s| !s.is_empty()).map(Into::into);
-        if let Some(dir) = &templates {
-            if !dir.is_dir() {
-                return Err(err("MAIL_TEMPLATES", format!("{} is not a directory", dir.display())));
-            }
+        if let Some(dir) = &templates
+            && !dir.is_dir()
+        {
+            return Err(err("MAIL_TEMPLATES", format!("{} is not a directory", dir.display())));
         }
         let interval = secs("NOTIFY_INTERVAL", &self.notify_interval, 20.0)?;
         Ok(NotifyConfig {
@@ -352,6 +356,13 @@ impl NotifyArgs {
             relay: crate::notify::relay::Settings {
                 batch,
                 interval: secs("RELAY_INTERVAL", &self.relay_interval, 60.0)?,
+                lease: {
+                    let lease = secs("RELAY_LEASE", &self.relay_lease, 3600.0)?;
+                    if lease < Duration::from_secs(1) {
+                        return Err(err("RELAY_LEASE", "must be at least 1 second"));
+                    }
+                    lease
+                },
                 ..Default::default()
             },
         })
@@ -549,6 +560,7 @@ mod tests {
             notify_interval: "1".into(),
             relay_interval: "0.5".into(),
             relay_batch: "100".into(),
+            relay_lease: "30".into(),
         }
     }
 

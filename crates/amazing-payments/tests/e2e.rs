@@ -9,64 +9,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::{process::Command, time::Duration};
 
-use common::procs::{PEPPER, Proc, STRIPE_KEY, free_port, get_json, service_bin, sim_bin, spawn, wait_until_up};
-
-/// The simulator binary and the service binary on a fresh database.
-struct Stack {
-    sim_url: String,
-    rest: String,
-    grpc: String,
-    db_url: String,
-    service: Proc,
-    _sim: Proc,
-}
-
-impl Stack {
-    async fn start(extra: &[(&str, String)]) -> Self {
-        let (db_url, _) = common::fresh_database().await;
-        Self::start_on(db_url, extra).await
-    }
-
-    async fn start_on(db_url: String, extra: &[(&str, String)]) -> Self {
-        let sim_port = free_port();
-        let sim = spawn(&sim_bin(), &["--port", &sim_port.to_string()], &[]);
-        let sim_url = format!("http://127.0.0.1:{sim_port}");
-        wait_until_up(&format!("{sim_url}/_sim/health")).await;
-        let (json_port, rpc_port) = (free_port(), free_port());
-        let mut env = vec![
-            ("DATABASE_URL", db_url.clone()),
-            ("STRIPE_KEY", STRIPE_KEY.to_string()),
-            ("STRIPE_API_BASE", sim_url.clone()),
-            ("JSON_PORT", format!("127.0.0.1:{json_port}")),
-            ("RPC_PORT", format!("127.0.0.1:{rpc_port}")),
-            ("API_KEY_PEPPER", PEPPER.to_string()),
-        ];
-        env.extend(extra.iter().cloned());
-        let service = spawn(&service_bin(), &["serve"], &env);
-        let rest = format!("http://127.0.0.1:{json_port}");
-        wait_until_up(&format!("{rest}/v1/healthcheck")).await;
-        Self { sim_url, rest, grpc: format!("http://127.0.0.1:{rpc_port}"), db_url, service, _sim: sim }
-    }
-
-    /// Runs the CLI against this stack's database; (success, stdout, stderr).
-    fn cli(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(service_bin())
-            .args(args)
-            .env("DATABASE_URL", &self.db_url)
-            .env("API_KEY_PEPPER", PEPPER)
-            .output()
-            .unwrap();
-        (out.status.success(), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
-    }
-
-    fn new_key(&self) -> String {
-        let (ok, stdout, _) = self.cli(&["apikey", "create", "--name", "e2e"]);
-        assert!(ok);
-        let lines: Vec<&str> = stdout.lines().collect();
-        assert_eq!(lines.len(), 1, "the key alone on one line: {stdout}");
-        lines[0].to_string()
-    }
-}
+use common::procs::{PEPPER, STRIPE_KEY, Stack, free_port, get_json, service_bin, sim_bin, spawn, wait_until_up};
 
 #[tokio::test]
 async fn the_built_binaries_serve_customers_over_both_transports_and_log_no_secrets() {

@@ -106,17 +106,24 @@ pub enum SendError {
     Permanent(String),
 }
 
+/// Sends mails from one address, over SMTP or (without it) to the log.
 #[derive(Clone)]
-pub enum Mailer {
-    Smtp { transport: AsyncSmtpTransport<Tokio1Executor>, from: Mailbox, describe: String },
-    Log { from: Mailbox },
+pub struct Mailer {
+    from: Mailbox,
+    smtp: Option<Smtp>,
+}
+
+#[derive(Clone)]
+struct Smtp {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    describe: String,
 }
 
 impl Mailer {
     pub fn new(smtp: Option<&SmtpSettings>, from: &str, timeout: Duration) -> Result<Self, String> {
         let from: Mailbox = from.parse().map_err(|e| format!("MAIL_FROM {from:?} is not an address: {e}"))?;
         let Some(s) = smtp else {
-            return Ok(Mailer::Log { from });
+            return Ok(Mailer { from, smtp: None });
         };
         let mut b =
             AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&s.host).port(s.port).timeout(Some(timeout));
@@ -129,31 +136,28 @@ impl Mailer {
         if let (Some(u), Some(p)) = (&s.user, &s.password) {
             b = b.credentials(Credentials::new(u.clone(), p.expose().to_string()));
         }
-        Ok(Mailer::Smtp { transport: b.build(), from, describe: format!("{s:?}") })
+        Ok(Mailer { from, smtp: Some(Smtp { transport: b.build(), describe: format!("{s:?}") }) })
     }
 
     pub fn describe(&self) -> String {
-        match self {
-            Mailer::Smtp { describe, .. } => describe.clone(),
-            Mailer::Log { .. } => "the log transport (SMTP_URL unset): mails are logged, not sent".into(),
+        match &self.smtp {
+            Some(s) => s.describe.clone(),
+            None => "the log transport (SMTP_URL unset): mails are logged, not sent".into(),
         }
     }
 
     pub async fn send(&self, mail: &Mail) -> Result<(), SendError> {
-        let from = match self {
-            Mailer::Smtp { from, .. } | Mailer::Log { from } => from.clone(),
-        };
         let to: Mailbox =
             mail.to.parse().map_err(|_| SendError::Permanent("the recipient is not an e-mail address".into()))?;
         let message = Message::builder()
-            .from(from)
+            .from(self.from.clone())
             .to(to)
             .subject(&mail.subject)
             .message_id(Some(format!("<{}>", mail.message_id)))
             .multipart(MultiPart::alternative_plain_html(mail.text.clone(), mail.html.clone()))
             .map_err(|e| SendError::Permanent(format!("the mail could not be built: {e}")))?;
-        match self {
-            Mailer::Log { .. } => {
+        match &self.smtp {
+            None => {
                 let domain = mail.to.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
                 tracing::info!(
                     message_id = %mail.message_id,
@@ -164,7 +168,7 @@ impl Mailer {
                 );
                 Ok(())
             }
-            Mailer::Smtp { transport, .. } => match transport.send(message).await {
+            Some(Smtp { transport, .. }) => match transport.send(message).await {
                 Ok(_) => Ok(()),
                 Err(e) if e.is_permanent() => Err(SendError::Permanent(format!("SMTP refused the mail: {e}"))),
                 Err(e) => Err(SendError::Transient(format!("SMTP: {e}"))),

@@ -75,14 +75,20 @@ impl Relay {
         Ok(p)
     }
 
-    /// Publishes until nothing is left; how many. For `relay --once`.
+    /// Publishes until nothing is left; how many. For `relay --once`: waits
+    /// (up to twice the lease) while another relay holds the lease.
     pub async fn drain(&self) -> anyhow::Result<u64> {
         let mut total = 0;
+        let start = std::time::Instant::now();
         loop {
             let p = self.pass().await?;
             total += p.published;
             if !p.leader {
-                anyhow::bail!("another relay holds the lease; try again when it stops");
+                if start.elapsed() > self.settings.lease * 2 {
+                    anyhow::bail!("another relay holds the lease; try again when it stops");
+                }
+                tokio::time::sleep(self.settings.interval.max(Duration::from_millis(100))).await;
+                continue;
             }
             if p.published == 0 {
                 outbox::release_lease(&self.db, self.id).await?;
@@ -106,13 +112,15 @@ impl Relay {
                             outbox_lag_seconds = p.lag_seconds,
                             "relay pass"
                         );
-                    } else if passes % 120 == 0 {
+                    } else if passes.is_multiple_of(120) {
                         tracing::debug!(leader = p.leader, outbox_lag = p.lag, "relay idle");
                     }
-                    if p.leader && p.published == 0 && passes % 600 == 1 {
-                        if let Err(e) = outbox::purge_published(&self.db, self.settings.keep).await {
-                            tracing::warn!(error = %e, "purging published events failed");
-                        }
+                    if p.leader
+                        && p.published == 0
+                        && passes % 600 == 1
+                        && let Err(e) = outbox::purge_published(&self.db, self.settings.keep).await
+                    {
+                        tracing::warn!(error = %e, "purging published events failed");
                     }
                     p.published > 0
                 }

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod call;
+pub mod outside;
 pub mod procs;
 pub mod proxy;
 
@@ -140,6 +141,13 @@ impl TestApp {
             stop: Some(tx),
             served: Some(served),
         }
+    }
+
+    /// The URL of this app's database, for the binaries run beside it.
+    pub fn db_url(&self) -> String {
+        let mut url = reqwest::Url::parse(&admin_url()).unwrap();
+        url.set_path(self.db_options.get_database().unwrap());
+        url.to_string()
     }
 
     /// A gRPC client of the service.
