@@ -359,15 +359,21 @@ async fn serve_until_signal(config: ServeConfig, reconcile: Option<reconciler::S
         stopped.clone(),
     ));
     let mut background = Vec::new();
+    let mut notices = Vec::new();
     if config.relay {
         let queue = Queue::open(&config.notify.target, &app.db).await?;
+        notices.push(format!("events relayed to {}", queue.describe()));
         let relay = Relay::new(app.db.clone(), queue, config.notify.relay.clone());
         background.push(tokio::spawn(relay.run(stopped.clone())));
     }
     if config.notifier {
         let n = notifier(&config.notify, &app.db).await?;
+        notices.push(format!("mailed through {}", n.transport()));
         background.push(tokio::spawn(n.run(stopped.clone())));
+    } else {
+        notices.push("notifier off (set SMTP_URL, or NOTIFIER=true for the log transport)".into());
     }
+    println!("Notify:   {}", notices.join("; "));
     let worker = reconcile.map(|s| tokio::spawn(reconciler::run(app.clone(), s, stopped)));
     server::run(app, rest, grpc, async move {
         server::shutdown_signal().await;

@@ -510,3 +510,23 @@ async fn three_relays_at_once_publish_each_event_once_in_order_to_a_fifo_queue()
         );
     }
 }
+
+#[tokio::test]
+async fn without_smtp_the_log_transport_records_each_mail_with_no_personal_data_in_the_log() {
+    let app = TestApp::spawn().await;
+    let c = customer(&app, "Zelda Quux", "zelda.quux@example.com").await;
+    pay(&app, &c, 990, "gbp", json!({"description": "Lute strings"})).await;
+    let env = vec![("NOTIFY_INTERVAL", "0.1".into()), ("MAIL_EVENTS", "customer.created,payment.succeeded".into())];
+    let (ok, _, err) = cli(&app.db_url(), &["relay", "--once"], &env);
+    assert!(ok, "{err}");
+    let n = notifier(&app.db_url(), &env);
+    let sent = async || -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM notify.mail WHERE state = 'sent'").fetch_one(&app.db).await.unwrap()
+    };
+    wait_until("both mails recorded", Duration::from_secs(20), async || sent().await == 2).await;
+    let logs = n.logs();
+    assert_eq!(logs.matches("mail (log transport: not sent)").count(), 2, "{logs}");
+    for private in ["Zelda", "Quux", "zelda", "Lute"] {
+        assert!(!logs.contains(private), "{private} reached the log:\n{logs}");
+    }
+}

@@ -103,6 +103,19 @@ async fn payment_row(app: &TestApp, id: i64) -> (String, i64, i64, Option<String
         .unwrap()
 }
 
+/// The notification events of a payment, in order: (type, source).
+async fn events_of(app: &TestApp, payment_id: i64) -> Vec<(String, String)> {
+    sqlx::query_as("SELECT type, body->>'source' FROM notify.outbox WHERE payment_id = $1 ORDER BY seq")
+        .bind(payment_id)
+        .fetch_all(&app.db)
+        .await
+        .unwrap()
+}
+
+fn has(events: &[(String, String)], kind: &str, source: &str) -> usize {
+    events.iter().filter(|(k, s)| k == kind && s == source).count()
+}
+
 fn webhook_app() -> Options {
     Options { register_webhook: true, ..Default::default() }
 }
@@ -132,6 +145,7 @@ async fn three_d_secure_completed_in_the_browser_reaches_the_payment_through_the
             .await
             .unwrap();
     assert_eq!(sources, ["webhook"]);
+    assert_eq!(has(&events_of(&app, id).await, "payment.authorized", "webhook"), 1, "the customer is told");
 }
 
 #[tokio::test]
@@ -148,6 +162,8 @@ async fn a_dispute_is_recorded_on_its_payment() {
         .await
         .unwrap();
     assert!(notes.iter().flatten().any(|n| n.starts_with("dispute opened")), "{notes:?}");
+    let events = events_of(&app, int(&p, "paymentID")).await;
+    assert_eq!(has(&events, "dispute.created", "webhook"), 1, "{events:?}");
 }
 
 #[tokio::test]
@@ -201,6 +217,12 @@ async fn duplicated_and_reordered_deliveries_never_move_a_payment_backwards() {
             .await
             .unwrap();
     assert_eq!(steps, ["pending", "authorized", "succeeded", "partially_refunded"], "no step back, none twice");
+    let kinds: Vec<String> = events_of(&app, id).await.into_iter().map(|(k, _)| k).collect();
+    assert_eq!(
+        kinds,
+        ["payment.created", "payment.authorized", "payment.captured", "refund.created", "payment.refunded"],
+        "one event per change, whatever the deliveries"
+    );
     let processed: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook.event WHERE state = 'processed'")
         .fetch_one(&app.db)
         .await
@@ -225,6 +247,7 @@ async fn an_authorization_that_expires_uncaptured_is_canceled_through_the_webhoo
         .await
         .unwrap();
     assert_eq!(reason.as_deref(), Some("automatic"));
+    assert_eq!(has(&events_of(&app, id).await, "payment.canceled", "webhook"), 1);
 }
 
 #[tokio::test]
@@ -247,6 +270,9 @@ async fn a_refund_that_fails_after_succeeding_gives_its_amount_back_to_the_payme
     app.http.post(format!("{}/_sim/refunds/{re}/fail", app.sim.url())).send().await.unwrap();
     settle(&app).await;
     assert_eq!(payment_row(&app, id).await, ("succeeded".to_string(), 3000, 0, None));
+    let events = events_of(&app, id).await;
+    assert_eq!(has(&events, "refund.failed", "webhook"), 1, "{events:?}");
+    assert_eq!(events.iter().filter(|(k, _)| k == "payment.refunded").count(), 1, "{events:?}");
     let refund = app.call(Via::Grpc, "GetRefund", json!({"refundID": r["refundID"]})).await.unwrap();
     assert_eq!(
         (refund["status"].as_str(), refund["failure_reason"].as_str()),

@@ -1,6 +1,7 @@
 //! Sending e-mail: SMTP (`SMTP_URL`) or, when it is unset, the `log`
-//! transport for development, which logs that a mail would go (event, type,
-//! subject, the recipient's domain) but never the address or the body.
+//! transport for development, which logs that a mail would go (its
+//! Message-ID, which names the event, and its size) but never the address,
+//! the subject or the body, which carry personal data.
 //!
 //! `SMTP_URL` is `smtp://[user:pass@]host[:port][?tls=none|starttls|tls]`
 //! or `smtps://...` (TLS from the first byte, port 465). Without `tls=`,
@@ -158,28 +159,73 @@ impl Mailer {
             .map_err(|e| SendError::Permanent(format!("the mail could not be built: {e}")))?;
         match &self.smtp {
             None => {
-                let domain = mail.to.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
+                // The subject and body carry the customer's name and the
+                // address is personal data: neither is logged.
                 tracing::info!(
                     message_id = %mail.message_id,
-                    subject = %mail.subject,
-                    recipient_domain = domain,
                     text_bytes = mail.text.len(),
+                    html_bytes = mail.html.len(),
                     "mail (log transport: not sent)"
                 );
                 Ok(())
             }
             Some(Smtp { transport, .. }) => match transport.send(message).await {
                 Ok(_) => Ok(()),
-                Err(e) if e.is_permanent() => Err(SendError::Permanent(format!("SMTP refused the mail: {e}"))),
-                Err(e) => Err(SendError::Transient(format!("SMTP: {e}"))),
+                Err(e) if e.is_permanent() => {
+                    Err(SendError::Permanent(without_addresses(&format!("SMTP refused the mail: {e}"))))
+                }
+                Err(e) => Err(SendError::Transient(without_addresses(&format!("SMTP: {e}")))),
             },
         }
     }
 }
 
+/// `text` with every e-mail address replaced by `[address]`: an SMTP
+/// server's answer often quotes the recipient, and errors are logged and
+/// kept (personal data is not).
+pub fn without_addresses(text: &str) -> String {
+    let chars: Vec<char> = text.chars().collect();
+    let local = |c: char| c.is_alphanumeric() || "._%+-'".contains(c);
+    let domain = |c: char| c.is_alphanumeric() || ".-".contains(c);
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < chars.len() {
+        if chars[i] == '@' {
+            let mut start = i;
+            while start > 0 && local(chars[start - 1]) {
+                start -= 1;
+            }
+            let mut end = i + 1;
+            while end < chars.len() && domain(chars[end]) {
+                end += 1;
+            }
+            if start < i && end > i + 1 {
+                let kept = out.chars().count() - (i - start);
+                out = out.chars().take(kept).collect();
+                out.push_str("[address]");
+                i = end;
+                continue;
+            }
+        }
+        out.push(chars[i]);
+        i += 1;
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn smtp_answers_lose_the_addresses_they_quote() {
+        assert_eq!(
+            without_addresses("permanent error (550): 5.1.1 <ada.l+shop@mail.example.com>: Recipient address rejected"),
+            "permanent error (550): 5.1.1 <[address]>: Recipient address rejected"
+        );
+        assert_eq!(without_addresses("a@b and c@d.e"), "[address] and [address]");
+        assert_eq!(without_addresses("no address @ here"), "no address @ here");
+    }
 
     #[test]
     fn a_plain_local_relay_needs_no_tls_and_credentials_imply_starttls() {

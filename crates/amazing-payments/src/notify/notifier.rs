@@ -87,6 +87,11 @@ impl Notifier {
         Notifier { db, queue, mailer, templates: Arc::new(templates), settings }
     }
 
+    /// How mails leave, for people.
+    pub fn transport(&self) -> String {
+        self.mailer.describe()
+    }
+
     /// Receives one batch and handles it.
     pub async fn pass(&self) -> anyhow::Result<Pass> {
         let mut p = Pass::default();
