@@ -94,9 +94,19 @@ impl Notifier {
 
     /// Receives one batch and handles it.
     pub async fn pass(&self) -> anyhow::Result<Pass> {
+        self.pass_until(&watch::channel(false).1).await
+    }
+
+    /// Like [`pass`](Self::pass), but stops between two messages once `stop`
+    /// is set: a mail being sent is finished and recorded, and the messages
+    /// not yet looked at come back after their visibility timeout.
+    async fn pass_until(&self, stop: &watch::Receiver<bool>) -> anyhow::Result<Pass> {
         let mut p = Pass::default();
         let batch = self.queue.receive(self.settings.batch, self.settings.interval, self.settings.visibility).await?;
         for d in &batch {
+            if *stop.borrow() {
+                break;
+            }
             p.received += 1;
             self.handle(d, &mut p).await?;
         }
@@ -173,10 +183,12 @@ impl Notifier {
         tracing::info!(queue = %self.queue.describe(), transport = %self.mailer.describe(), "notifier started");
         let mut passes: u64 = 0;
         loop {
-            let work = tokio::select! {
-                r = self.pass() => r,
-                _ = stop.wait_for(|s| *s) => break,
-            };
+            if *stop.borrow() {
+                break;
+            }
+            // Not cancelled by `stop`: a mail in flight is finished and
+            // recorded (else it could be sent twice); see `pass_until`.
+            let work = self.pass_until(&stop).await;
             passes += 1;
             let busy = match work {
                 Ok(p) => {
