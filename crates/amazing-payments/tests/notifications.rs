@@ -319,13 +319,19 @@ async fn with_smtp_down_sqs_moves_mails_to_the_dead_letter_queue_and_a_redrive_d
             .find(|l| l.starts_with(&id.to_string()))
             .unwrap_or_else(|| panic!("{id} not listed:\n{listed}"));
         assert!(line.contains(kind.as_str()) && line.contains("SMTP"), "the reason is told: {line}");
+        assert_eq!(line.split_whitespace().nth(2), Some("3"), "three attempts: {line}");
     }
     assert_eq!(moto.depth(&dlq).await, 3, "listing takes nothing away");
 
     smtp.up().await;
+    let first = mailed[0].0.to_string();
+    let (ok, out, err) = cli(&app.db_url(), &["dlq", "redrive", "--id", &first], &env);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("1 message(s) moved back"), "{out}");
+    assert_eq!((moto.depth(&queue).await, moto.depth(&dlq).await), (1, 2), "only that one moved");
     let (ok, out, err) = cli(&app.db_url(), &["dlq", "redrive", "--all"], &env);
     assert!(ok, "{err}");
-    assert!(out.starts_with("3 message(s) moved back"), "{out}");
+    assert!(out.starts_with("2 message(s) moved back"), "{out}");
     assert_eq!(moto.depth(&dlq).await, 0);
     let n = notifier(&app.db_url(), &env);
     let mails = smtp.wait_for(3, Duration::from_secs(30)).await;

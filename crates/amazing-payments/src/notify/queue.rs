@@ -202,17 +202,20 @@ impl Queue {
                     .into_iter()
                     .zip(&msgs)
                     .map(|(e, m)| {
-                        let reason = match &e {
-                            None => "not an event".to_string(),
-                            Some(e) => mails
-                                .get(&e.id)
+                        // The DLQ's own receive count grows with every look
+                        // at it; the notifier's attempts are the ones that
+                        // matter.
+                        let mail = e.as_ref().and_then(|e| mails.get(&e.id));
+                        let reason = match (&e, mail) {
+                            (None, _) => "not an event".to_string(),
+                            (Some(_), m) => m
                                 .and_then(|r| r.last_error.clone())
                                 .unwrap_or_else(|| "no attempt recorded".to_string()),
                         };
                         DeadLetter {
                             event_id: e.as_ref().map(|e| e.id),
+                            receives: mail.map(|r| r.attempts).unwrap_or(m.receives),
                             kind: e.map(|e| e.kind).unwrap_or_default(),
-                            receives: m.receives,
                             reason,
                             dead_since: None,
                         }
