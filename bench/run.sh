@@ -5,7 +5,10 @@
 #     concurrent clients: payments/s against the ideal (clients / latency),
 #     p50 and p99 latency, peak RSS of the service;
 #  2. GET /v1/customer/{customerID} over REST and over gRPC, against
-#     `pgbench -S` on the same PostgreSQL, as a ratio.
+#     `pgbench -S` on the same PostgreSQL, as a ratio;
+#  3. notifications: the relay's lag when the payment load ends (the relay
+#     runs inside serve), then the notifier mailing the queued events into
+#     aiosmtpd (mails/s).
 # Results are printed as JSON lines and a Markdown table (see BENCHMARKS.md).
 set -euo pipefail
 source "$(dirname "$0")/../scripts/lib.sh"
@@ -16,6 +19,7 @@ READERS="${BENCH_READERS:-64}"
 ulimit -n 65536 2>/dev/null || true
 
 ensure_postgres
+ensure_pytools
 log "building release binaries"
 cargo build --release --locked --bins -q
 cargo bench --locked --bench loadgen --no-run -q 2>/dev/null
@@ -50,6 +54,10 @@ log "payment creation: $CLIENTS clients, Stripe answering after 300 ms, ${SECOND
 CREATE=$("$LOADGEN" create-payment "http://127.0.0.1:$JSON" "$KEY" "$CLIENTS" "$SECONDS_PER_RUN" "$CUSTOMER")
 RSS_KB=$(awk '/VmHWM/ {print $2}' "/proc/$SERVICE/status")
 echo "$CREATE"
+LAG=$(psql "$DB_URL" -Atc "SELECT count(*) FILTER (WHERE published_at IS NULL), count(*) FROM notify.outbox")
+sleep 2
+LAG_2S=$(psql "$DB_URL" -Atc "SELECT count(*) FROM notify.outbox WHERE published_at IS NULL")
+echo "{\"outbox_unpublished_at_end\": ${LAG%%|*}, \"outbox_events\": ${LAG##*|}, \"unpublished_2s_later\": $LAG_2S}"
 
 curl -s -X DELETE "http://127.0.0.1:$SIM_PORT/_sim/faults" >/dev/null
 log "GET customer: $READERS clients, ${SECONDS_PER_RUN}s each over REST and gRPC"
@@ -60,6 +68,27 @@ echo "$GRPC"
 
 # The service's pool would count against PostgreSQL's max_connections.
 kill "$SERVICE"; wait "$SERVICE" 2>/dev/null || true
+
+SMTP_PORT=12525
+rm -rf target/bench-maildir && mkdir -p target/bench-maildir/{cur,new,tmp}
+target/pytools/bin/python -m aiosmtpd -n -l 127.0.0.1:$SMTP_PORT -c aiosmtpd.handlers.Mailbox target/bench-maildir \
+  >target/bench-smtp.log 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do port_open 127.0.0.1 $SMTP_PORT && break; sleep 0.1; done
+QUEUED=$(psql "$DB_URL" -Atc "SELECT count(*) FROM notify.message")
+MAILS=$(psql "$DB_URL" -Atc "SELECT count(*) FROM notify.message WHERE type = 'payment.succeeded'")
+log "notifier: $QUEUED queued events ($MAILS to mail) into aiosmtpd"
+START_NS=$(date +%s%N)
+SMTP_URL="smtp://127.0.0.1:$SMTP_PORT" NOTIFY_INTERVAL=0.05 "$BIN/amazing-payments" notifier >target/bench-notifier.log 2>&1 &
+NOTIFIER=$!
+pids+=($NOTIFIER)
+while [ "$(psql "$DB_URL" -Atc "SELECT count(*) FROM notify.message")" != 0 ]; do sleep 0.2; done
+END_NS=$(date +%s%N)
+NOTIFIER_RSS_KB=$(awk '/VmHWM/ {print $2}' "/proc/$NOTIFIER/status")
+kill "$NOTIFIER"; wait "$NOTIFIER" 2>/dev/null || true
+DELIVERED=$(find target/bench-maildir/new -type f | wc -l)
+NOTIFY="{\"queued\": $QUEUED, \"mailed\": $DELIVERED, \"seconds\": $(( (END_NS - START_NS) / 1000000 ))e-3, \"rss_kb\": $NOTIFIER_RSS_KB}"
+echo "$NOTIFY"
 log "pgbench -S: $READERS clients, ${SECONDS_PER_RUN}s"
 psql "$PG_ADMIN_URL" -qc "DROP DATABASE IF EXISTS ap_pgbench" -qc "CREATE DATABASE ap_pgbench" >/dev/null
 PGB_URL="${PG_ADMIN_URL%/*}/ap_pgbench"
@@ -68,10 +97,13 @@ PGB=$(pgbench -S -c "$READERS" -j 2 -T "$SECONDS_PER_RUN" "$PGB_URL" 2>>target/b
 [ -n "$PGB" ] || { cat target/bench-pgbench.log; exit 1; }
 echo "{\"mode\": \"pgbench -S\", \"tps\": $PGB}"
 
-python3 - "$CREATE" "$REST" "$GRPC" "$PGB" "$RSS_KB" "$CLIENTS" <<'PY'
+python3 - "$CREATE" "$REST" "$GRPC" "$PGB" "$RSS_KB" "$CLIENTS" "$NOTIFY" "$LAG" "$LAG_2S" <<'PY'
 import json, sys
 create, rest, grpc = (json.loads(a) for a in sys.argv[1:4])
 pgb, rss_kb, clients = float(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+notify = json.loads(sys.argv[7])
+lag, events = (int(x) for x in sys.argv[8].split("|"))
+lag_2s = int(sys.argv[9])
 ideal = clients / 0.3
 print()
 print("| measure | value |")
@@ -83,4 +115,6 @@ print(f"| GET customer, REST | {rest['rate_per_s']:.0f}/s, p50 {rest['p50_ms']:.
 print(f"| GET customer, gRPC | {grpc['rate_per_s']:.0f}/s, p50 {grpc['p50_ms']:.2f} ms, p99 {grpc['p99_ms']:.2f} ms |")
 print(f"| pgbench -S | {pgb:.0f} tps |")
 print(f"| REST / pgbench, gRPC / pgbench | {rest['rate_per_s']/pgb:.2f}, {grpc['rate_per_s']/pgb:.2f} |")
+print(f"| outbox events unpublished when the load stops / 2 s later | {lag} of {events} / {lag_2s} |")
+print(f"| notifier: queued events handled/s (mails/s) | {notify['queued']/notify['seconds']:.0f} ({notify['mailed']/notify['seconds']:.0f}), {notify['mailed']} mails, peak RSS {notify['rss_kb']/1024:.0f} MiB |")
 PY

@@ -5,7 +5,8 @@
 use crate::{
     app::{App, apikeys},
     config::{
-        AuthArgs, ConfigError, DbArgs, NotifyArgs, NotifyConfig, ReconcileArgs, ServeArgs, ServeConfig, StripeArgs,
+        AuthArgs, ConfigError, DbArgs, DbConfig, NotifyArgs, NotifyConfig, ReconcileArgs, ServeArgs, ServeConfig,
+        StripeArgs,
     },
     notify::{mailer::Mailer, notifier::Notifier, queue::Queue, relay::Relay, templates::Templates},
     server, store, stripe, telemetry,
@@ -360,14 +361,19 @@ async fn serve_until_signal(config: ServeConfig, reconcile: Option<reconciler::S
     ));
     let mut background = Vec::new();
     let mut notices = Vec::new();
+    // The relay and the notifier have connections of their own, so that a
+    // burst of requests cannot starve them (nor they the requests).
     if config.relay {
-        let queue = Queue::open(&config.notify.target, &app.db).await?;
+        let db = store::pool(&DbConfig { max_connections: 2, ..config.db.clone() });
+        let queue = Queue::open(&config.notify.target, &db).await?;
         notices.push(format!("events relayed to {}", queue.describe()));
-        let relay = Relay::new(app.db.clone(), queue, config.notify.relay.clone());
+        let relay = Relay::new(db, queue, config.notify.relay.clone());
         background.push(tokio::spawn(relay.run(stopped.clone())));
     }
     if config.notifier {
-        let n = notifier(&config.notify, &app.db).await?;
+        let size = config.notify.notifier.concurrency as u32 + 1;
+        let db = store::pool(&DbConfig { max_connections: size, ..config.db.clone() });
+        let n = notifier(&config.notify, &db).await?;
         notices.push(format!("mailed through {}", n.transport()));
         background.push(tokio::spawn(n.run(stopped.clone())));
     } else {

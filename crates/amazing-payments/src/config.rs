@@ -270,6 +270,10 @@ pub struct NotifyArgs {
     /// Seconds between polls of an empty queue (SQS: the long-poll wait).
     #[arg(long, env = "NOTIFY_INTERVAL", default_value = "1")]
     pub notify_interval: String,
+    /// Mails sent at once by one notifier (each holds one database
+    /// connection while it is recorded).
+    #[arg(long, env = "NOTIFY_CONCURRENCY", default_value = "8")]
+    pub notify_concurrency: String,
     /// Seconds between relay passes when the outbox is empty.
     #[arg(long, env = "RELAY_INTERVAL", default_value = "0.5")]
     pub relay_interval: String,
@@ -319,6 +323,10 @@ impl NotifyArgs {
         if !(1..=100).contains(&max_attempts) {
             return Err(err("NOTIFY_MAX_ATTEMPTS", "must be between 1 and 100"));
         }
+        let concurrency: usize = number("NOTIFY_CONCURRENCY", &self.notify_concurrency)?;
+        if !(1..=100).contains(&concurrency) {
+            return Err(err("NOTIFY_CONCURRENCY", "must be between 1 and 100"));
+        }
         let batch: i64 = number("RELAY_BATCH", &self.relay_batch)?;
         if !(1..=1000).contains(&batch) {
             return Err(err("RELAY_BATCH", "must be between 1 and 1000"));
@@ -351,6 +359,10 @@ impl NotifyArgs {
                 retry_base: secs("NOTIFY_RETRY_BASE", &self.notify_retry_base, 86_400.0)?,
                 retry_max: secs("NOTIFY_RETRY_MAX", &self.notify_retry_max, 43_200.0)?,
                 interval,
+                concurrency,
+                // SQS gives at most 10 a receive; the built-in queue as many
+                // as can be sent at once.
+                batch: concurrency as i64,
                 ..Default::default()
             },
             relay: crate::notify::relay::Settings {
@@ -561,6 +573,7 @@ mod tests {
             relay_interval: "0.5".into(),
             relay_batch: "100".into(),
             relay_lease: "30".into(),
+            notify_concurrency: "8".into(),
         }
     }
 

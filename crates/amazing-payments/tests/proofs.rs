@@ -217,6 +217,36 @@ impl World {
             assert_eq!(re["metadata"]["refundID"], local.0.to_string());
         }
         assert!(refunds.iter().all(|r| r.1 != "pending"), "a refund was left pending");
+        self.assert_one_event_per_change(&payments).await;
+    }
+
+    /// The outbox tells each change once: whatever the retries, replays,
+    /// duplicated webhooks and crashes, a payment has one created event, one
+    /// capture event if money was captured, one refund event per refund.
+    async fn assert_one_event_per_change(&self, payments: &[LocalPayment]) {
+        let counts: Vec<(Option<i64>, String, i64)> =
+            sqlx::query_as("SELECT payment_id, type, count(*) FROM notify.outbox GROUP BY 1, 2")
+                .fetch_all(&self.db)
+                .await
+                .unwrap();
+        let refunds: Vec<(i64, String)> =
+            sqlx::query_as("SELECT payment_id, status FROM payment.refund").fetch_all(&self.db).await.unwrap();
+        for p in payments {
+            let n =
+                |kind: &str| -> i64 { counts.iter().filter(|c| c.0 == Some(p.0) && c.1 == kind).map(|c| c.2).sum() };
+            let refunds_in = |status: Option<&str>| -> i64 {
+                refunds.iter().filter(|r| r.0 == p.0 && status.is_none_or(|s| r.1 == s)).count() as i64
+            };
+            let what = format!("payment {} ({}, captured {})", p.0, p.1, p.4);
+            assert_eq!(n("payment.created"), 1, "{what}");
+            assert_eq!(n("payment.succeeded") + n("payment.captured"), i64::from(p.4 > 0), "{what}");
+            assert_eq!(n("payment.refunded"), refunds_in(Some("succeeded")), "{what}");
+            assert_eq!(n("refund.created"), refunds_in(None), "{what}");
+            assert_eq!(n("refund.failed"), refunds_in(Some("failed")), "{what}");
+            for once in ["payment.authorized", "payment.failed", "payment.canceled"] {
+                assert!(n(once) <= 1, "{what}: {once} {} times", n(once));
+            }
+        }
     }
 }
 

@@ -15,6 +15,7 @@ use super::{
     templates::Templates,
 };
 use crate::{domain::event::EventType, store::mail};
+use futures::StreamExt;
 use sqlx::PgPool;
 use std::{collections::HashSet, sync::Arc, time::Duration};
 use tokio::sync::watch;
@@ -31,6 +32,8 @@ pub struct Settings {
     pub retry_max: Duration,
     /// Messages taken per receive.
     pub batch: i64,
+    /// Mails sent at once.
+    pub concurrency: usize,
     /// Pause when the built-in queue is empty; SQS long-polls this long.
     pub interval: Duration,
     /// How long a received message stays hidden while it is being mailed.
@@ -45,6 +48,7 @@ impl Default for Settings {
             retry_base: Duration::from_secs(10),
             retry_max: Duration::from_secs(600),
             batch: 10,
+            concurrency: 10,
             interval: Duration::from_secs(1),
             visibility: Duration::from_secs(60),
         }
@@ -71,6 +75,17 @@ pub struct Pass {
     pub retried: u64,
     /// Given up on: to the dead-letter queue.
     pub dead: u64,
+}
+
+impl Pass {
+    fn add(&mut self, o: &Pass) {
+        self.received += o.received;
+        self.sent += o.sent;
+        self.duplicates += o.duplicates;
+        self.skipped += o.skipped;
+        self.retried += o.retried;
+        self.dead += o.dead;
+    }
 }
 
 #[derive(Clone)]
@@ -101,14 +116,27 @@ impl Notifier {
     /// is set: a mail being sent is finished and recorded, and the messages
     /// not yet looked at come back after their visibility timeout.
     async fn pass_until(&self, stop: &watch::Receiver<bool>) -> anyhow::Result<Pass> {
-        let mut p = Pass::default();
         let batch = self.queue.receive(self.settings.batch, self.settings.interval, self.settings.visibility).await?;
-        for d in &batch {
-            if *stop.borrow() {
-                break;
-            }
-            p.received += 1;
-            self.handle(d, &mut p).await?;
+        // Mails of one batch go out side by side: each waits mostly on the
+        // SMTP server and the database, not on this process.
+        let results: Vec<anyhow::Result<Pass>> = futures::stream::iter(batch)
+            .map(|d| self.one(d, stop.clone()))
+            .buffer_unordered(self.settings.concurrency.max(1))
+            .collect()
+            .await;
+        let mut total = Pass::default();
+        for r in results {
+            total.add(&r?);
+        }
+        Ok(total)
+    }
+
+    /// One message, unless `stop` is set (it then comes back later).
+    async fn one(&self, d: Delivery, stop: watch::Receiver<bool>) -> anyhow::Result<Pass> {
+        let mut p = Pass::default();
+        if !*stop.borrow() {
+            p.received = 1;
+            self.handle(&d, &mut p).await?;
         }
         Ok(p)
     }

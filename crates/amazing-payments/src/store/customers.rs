@@ -49,7 +49,7 @@ pub async fn insert(conn: &mut sqlx::PgConnection, c: NewCustomer<'_>) -> Result
     .execute(&mut *conn)
     .await?;
     if done.rows_affected() == 1 {
-        super::outbox::customer_created(conn, c.id.get(), c.name.as_str(), c.email.as_str()).await?;
+        super::outbox::customer_created(conn, c.id.get()).await?;
     }
     Ok(())
 }

@@ -12,11 +12,17 @@ use sqlx::{FromRow, PgConnection, PgPool, types::Json};
 use std::time::Duration;
 use uuid::Uuid;
 
-/// Records `event` in the caller's transaction.
-pub async fn record(conn: &mut PgConnection, event: &Event) -> Result<(), sqlx::Error> {
-    sqlx::query(
+/// Records `event` in the caller's transaction, with `data.customer` taken
+/// from the customer's row in the same statement (one round trip, and the
+/// snapshot is the row as this transaction sees it).
+async fn record(conn: &mut PgConnection, event: &Event) -> Result<(), sqlx::Error> {
+    let done = sqlx::query(
         "INSERT INTO notify.outbox (id, type, schema_version, payment_id, customer_id, body, occurred_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+         SELECT $1, $2, $3, $4, c.id,
+                jsonb_set($6::jsonb, '{data,customer}',
+                          jsonb_build_object('id', c.id, 'name', c.name, 'email', c.email)),
+                $7
+         FROM customer.customer c WHERE c.id = $5",
     )
     .bind(event.id)
     .bind(&event.kind)
@@ -27,13 +33,15 @@ pub async fn record(conn: &mut PgConnection, event: &Event) -> Result<(), sqlx::
     .bind(event.occurred_at)
     .execute(conn)
     .await?;
+    if done.rows_affected() != 1 {
+        return Err(sqlx::Error::RowNotFound);
+    }
     Ok(())
 }
 
-async fn customer(conn: &mut PgConnection, id: i64) -> Result<CustomerSnapshot, sqlx::Error> {
-    let (id, name, email): (i64, Option<String>, String) =
-        sqlx::query_as("SELECT id, name, email FROM customer.customer WHERE id = $1").bind(id).fetch_one(conn).await?;
-    Ok(CustomerSnapshot { id, name, email })
+/// The customer part of an event: filled in by [`record`].
+fn customer(id: i64) -> CustomerSnapshot {
+    CustomerSnapshot { id, name: None, email: String::new() }
 }
 
 fn payment_snapshot(row: &PaymentRow, previous: Option<&str>) -> PaymentSnapshot {
@@ -94,7 +102,7 @@ pub async fn payment_changed(
         None => None,
     };
     let data = EventData {
-        customer: customer(conn, row.customer_id).await?,
+        customer: customer(row.customer_id),
         payment: Some(payment_snapshot(row, before.map(|b| b.status.as_str()))),
         refund: refund.as_ref().map(|r| refund_snapshot(r, &row.currency)),
         dispute: None,
@@ -117,7 +125,7 @@ pub async fn refund_changed(
         .fetch_one(&mut *conn)
         .await?;
     let data = EventData {
-        customer: customer(conn, payment.customer_id).await?,
+        customer: customer(payment.customer_id),
         refund: Some(refund_snapshot(refund, &payment.currency)),
         payment: Some(payment_snapshot(&payment, None)),
         dispute: None,
@@ -133,7 +141,7 @@ pub async fn dispute_created(
     reason: Option<&str>,
 ) -> Result<(), sqlx::Error> {
     let data = EventData {
-        customer: customer(conn, row.customer_id).await?,
+        customer: customer(row.customer_id),
         payment: Some(payment_snapshot(row, None)),
         refund: None,
         dispute: Some(DisputeSnapshot { status: status.to_string(), reason: reason.map(String::from) }),
@@ -141,14 +149,10 @@ pub async fn dispute_created(
     record(conn, &Event::new(EventType::DisputeCreated, "webhook", data)).await
 }
 
-/// Records `customer.created`.
-pub async fn customer_created(conn: &mut PgConnection, id: i64, name: &str, email: &str) -> Result<(), sqlx::Error> {
-    let data = EventData {
-        customer: CustomerSnapshot { id, name: Some(name.to_string()), email: email.to_string() },
-        payment: None,
-        refund: None,
-        dispute: None,
-    };
+/// Records `customer.created` for the customer `id` (inserted in this
+/// transaction).
+pub async fn customer_created(conn: &mut PgConnection, id: i64) -> Result<(), sqlx::Error> {
+    let data = EventData { customer: customer(id), payment: None, refund: None, dispute: None };
     record(conn, &Event::new(EventType::CustomerCreated, "api", data)).await
 }
 
