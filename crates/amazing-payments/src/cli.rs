@@ -313,7 +313,8 @@ async fn notifier(config: &NotifyConfig, pool: &sqlx::PgPool) -> anyhow::Result<
     let mut mailed: Vec<_> = config.notifier.mailed.iter().copied().collect();
     mailed.sort_by_key(|t| t.as_str());
     templates.check(&mailed).map_err(|m| ConfigError { variable: "MAIL_TEMPLATES", message: m })?;
-    let mailer = Mailer::new(config.smtp.as_ref(), &config.mail_from, config.smtp_timeout)
+    let connections = config.notifier.concurrency as u32;
+    let mailer = Mailer::new(config.smtp.as_ref(), &config.mail_from, config.smtp_timeout, connections)
         .map_err(|m| ConfigError { variable: "SMTP_URL", message: m })?;
     let queue = Queue::open(&config.target, pool).await?;
     Ok(Notifier::new(pool.clone(), queue, mailer, templates, config.notifier.clone()))
@@ -371,8 +372,9 @@ async fn serve_until_signal(config: ServeConfig, reconcile: Option<reconciler::S
         background.push(tokio::spawn(relay.run(stopped.clone())));
     }
     if config.notifier {
-        let size = config.notify.notifier.concurrency as u32 + 1;
-        let db = store::pool(&DbConfig { max_connections: size, ..config.db.clone() });
+        // Each mail holds a connection only for its short queries, not
+        // while the SMTP server answers: a few serve many mails in flight.
+        let db = store::pool(&DbConfig { max_connections: 4, ..config.db.clone() });
         let n = notifier(&config.notify, &db).await?;
         notices.push(format!("mailed through {}", n.transport()));
         background.push(tokio::spawn(n.run(stopped.clone())));

@@ -270,9 +270,8 @@ pub struct NotifyArgs {
     /// Seconds between polls of an empty queue (SQS: the long-poll wait).
     #[arg(long, env = "NOTIFY_INTERVAL", default_value = "1")]
     pub notify_interval: String,
-    /// Mails sent at once by one notifier (each holds one database
-    /// connection while it is recorded).
-    #[arg(long, env = "NOTIFY_CONCURRENCY", default_value = "8")]
+    /// Mails sent at once by one notifier.
+    #[arg(long, env = "NOTIFY_CONCURRENCY", default_value = "16")]
     pub notify_concurrency: String,
     /// Seconds between relay passes when the outbox is empty.
     #[arg(long, env = "RELAY_INTERVAL", default_value = "0.5")]
@@ -573,7 +572,7 @@ mod tests {
             relay_interval: "0.5".into(),
             relay_batch: "100".into(),
             relay_lease: "30".into(),
-            notify_concurrency: "8".into(),
+            notify_concurrency: "16".into(),
         }
     }
 

@@ -14,6 +14,7 @@ use lettre::{
     AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor,
     message::{Mailbox, MultiPart},
     transport::smtp::{
+        PoolConfig,
         authentication::Credentials,
         client::{Tls, TlsParameters},
     },
@@ -121,13 +122,16 @@ struct Smtp {
 }
 
 impl Mailer {
-    pub fn new(smtp: Option<&SmtpSettings>, from: &str, timeout: Duration) -> Result<Self, String> {
+    /// A mailer from `from`; over SMTP, up to `connections` kept open.
+    pub fn new(smtp: Option<&SmtpSettings>, from: &str, timeout: Duration, connections: u32) -> Result<Self, String> {
         let from: Mailbox = from.parse().map_err(|e| format!("MAIL_FROM {from:?} is not an address: {e}"))?;
         let Some(s) = smtp else {
             return Ok(Mailer { from, smtp: None });
         };
-        let mut b =
-            AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&s.host).port(s.port).timeout(Some(timeout));
+        let mut b = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&s.host)
+            .port(s.port)
+            .timeout(Some(timeout))
+            .pool_config(PoolConfig::new().max_size(connections.max(1)));
         let tls = || TlsParameters::new(s.host.clone()).map_err(|e| format!("SMTP TLS for {}: {e}", s.host));
         b = match s.tls {
             TlsMode::None => b.tls(Tls::None),

@@ -48,7 +48,7 @@ impl Default for Settings {
             retry_base: Duration::from_secs(10),
             retry_max: Duration::from_secs(600),
             batch: 10,
-            concurrency: 10,
+            concurrency: 16,
             interval: Duration::from_secs(1),
             visibility: Duration::from_secs(60),
         }
