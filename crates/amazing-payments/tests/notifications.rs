@@ -536,3 +536,41 @@ async fn without_smtp_the_log_transport_records_each_mail_with_no_personal_data_
         assert!(!logs.contains(private), "{private} reached the log:\n{logs}");
     }
 }
+
+#[tokio::test]
+async fn smtp_credentials_from_the_url_log_in_and_a_refused_login_is_a_dead_letter_that_names_the_cause() {
+    let (smtp, app) = (Smtp::start_with_login("shop@example.com", "p:ss w0rd").await, TestApp::spawn().await);
+    let c = customer(&app, "Ada", "ada@example.com").await;
+    pay(&app, &c, 1999, "usd", json!({})).await;
+    let (ok, _, err) = cli(&app.db_url(), &["relay", "--once"], &[]);
+    assert!(ok, "{err}");
+    let port = smtp.port;
+    let wrong = vec![
+        ("SMTP_URL", format!("smtp://shop%40example.com:not-it@127.0.0.1:{port}?tls=none")),
+        ("NOTIFY_INTERVAL", "0.1".into()),
+    ];
+    let n = notifier(&app.db_url(), &wrong);
+    let dead = async || -> Option<String> {
+        sqlx::query_scalar("SELECT last_error FROM notify.message WHERE state = 'dead'")
+            .fetch_optional(&app.db)
+            .await
+            .unwrap()
+    };
+    wait_until("the refused mail dead", Duration::from_secs(20), async || dead().await.is_some()).await;
+    let logs = n.logs();
+    drop(n);
+    let reason = dead().await.unwrap();
+    assert!(reason.contains("535") || reason.to_lowercase().contains("auth"), "{reason}");
+    assert!(!reason.contains("not-it") && !logs.contains("not-it"), "no password in the reason or the log");
+    assert!(smtp.mails().is_empty());
+
+    let right = vec![
+        ("SMTP_URL", format!("smtp://shop%40example.com:p%3Ass%20w0rd@127.0.0.1:{port}?tls=none")),
+        ("NOTIFY_INTERVAL", "0.1".into()),
+    ];
+    let (ok, _, err) = cli(&app.db_url(), &["dlq", "redrive", "--all"], &right);
+    assert!(ok, "{err}");
+    let _n = notifier(&app.db_url(), &right);
+    let mails = smtp.wait_for(1, Duration::from_secs(20)).await;
+    assert_eq!(mails[0].subject, "Receipt: 19.99 USD paid");
+}

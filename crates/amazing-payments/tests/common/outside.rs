@@ -67,8 +67,28 @@ pub struct Received {
 pub struct Smtp {
     pub port: u16,
     pub maildir: PathBuf,
+    /// (user, password) the server demands, if any.
+    pub login: Option<(String, String)>,
     proc: Option<Proc>,
 }
+
+/// aiosmtpd that refuses mail until the client logs in (AUTH PLAIN/LOGIN,
+/// allowed without TLS here): argv port, Maildir, user, password.
+const AUTH_SERVER: &str = r#"
+import signal, sys
+from aiosmtpd.controller import Controller
+from aiosmtpd.handlers import Mailbox
+from aiosmtpd.smtp import AuthResult, LoginPassword
+port, maildir, user, password = sys.argv[1:5]
+def check(server, session, envelope, mechanism, data):
+    ok = isinstance(data, LoginPassword) and data.login.decode() == user and data.password.decode() == password
+    return AuthResult(success=ok, handled=False)
+c = Controller(Mailbox(maildir), hostname="127.0.0.1", port=int(port), authenticator=check,
+               auth_required=True, auth_require_tls=False)
+c.start()
+signal.sigwait({signal.SIGTERM, signal.SIGINT})
+c.stop()
+"#;
 
 impl Smtp {
     pub async fn start() -> Self {
@@ -76,7 +96,16 @@ impl Smtp {
         for d in ["cur", "new", "tmp"] {
             std::fs::create_dir_all(maildir.join(d)).unwrap();
         }
-        let mut s = Smtp { port: free_port(), maildir, proc: None };
+        let mut s = Smtp { port: free_port(), maildir, login: None, proc: None };
+        s.up().await;
+        s
+    }
+
+    /// A server that demands `user` and `password`.
+    pub async fn start_with_login(user: &str, password: &str) -> Self {
+        let mut s = Self::start().await;
+        s.down();
+        s.login = Some((user.to_string(), password.to_string()));
         s.up().await;
         s
     }
@@ -89,8 +118,14 @@ impl Smtp {
     pub async fn up(&mut self) {
         let listen = format!("127.0.0.1:{}", self.port);
         let dir = self.maildir.to_str().unwrap().to_string();
-        self.proc =
-            Some(spawn_py("python", &["-m", "aiosmtpd", "-n", "-l", &listen, "-c", "aiosmtpd.handlers.Mailbox", &dir]));
+        self.proc = Some(match &self.login {
+            None => {
+                spawn_py("python", &["-m", "aiosmtpd", "-n", "-l", &listen, "-c", "aiosmtpd.handlers.Mailbox", &dir])
+            }
+            Some((user, password)) => {
+                spawn_py("python", &["-c", AUTH_SERVER, &self.port.to_string(), &dir, user, password])
+            }
+        });
         wait_for_port(self.port).await;
     }
 
