@@ -42,7 +42,12 @@ pub struct SmtpSettings {
 impl fmt::Debug for SmtpSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let user = if self.user.is_some() { "[user]@" } else { "" };
-        write!(f, "smtp://{user}{}:{} ({:?})", self.host, self.port, self.tls)
+        let tls = match self.tls {
+            TlsMode::None => "no TLS",
+            TlsMode::StartTls => "STARTTLS",
+            TlsMode::Tls => "TLS",
+        };
+        write!(f, "smtp://{user}{}:{} ({tls})", self.host, self.port)
     }
 }
 
