@@ -31,6 +31,8 @@ pub struct Sqs {
     client: Client,
     pub url: String,
     fifo: bool,
+    /// The dead-letter queue's URL, once looked up.
+    dlq: std::sync::Arc<tokio::sync::OnceCell<String>>,
 }
 
 impl std::fmt::Debug for Sqs {
@@ -59,11 +61,16 @@ impl Sqs {
         if config.region().is_none() {
             bail!("QUEUE_URL is an SQS queue but no AWS region is set (AWS_REGION or a profile)");
         }
-        Ok(Sqs { client: Client::new(&config), url: url.to_string(), fifo: url.ends_with(".fifo") })
+        Ok(Sqs {
+            client: Client::new(&config),
+            url: url.to_string(),
+            fifo: url.ends_with(".fifo"),
+            dlq: Default::default(),
+        })
     }
 
     fn for_url(&self, url: &str) -> Sqs {
-        Sqs { client: self.client.clone(), url: url.to_string(), fifo: url.ends_with(".fifo") }
+        Sqs { client: self.client.clone(), url: url.to_string(), fifo: url.ends_with(".fifo"), dlq: Default::default() }
     }
 
     /// Sends events in order, ten at a time; how many of them (from the
@@ -191,6 +198,11 @@ impl Sqs {
 
     /// The dead-letter queue of this queue, from its `RedrivePolicy`.
     pub async fn dead_letter_queue(&self) -> anyhow::Result<Sqs> {
+        let url = self.dlq.get_or_try_init(|| self.find_dead_letter_queue()).await?;
+        Ok(self.for_url(url))
+    }
+
+    async fn find_dead_letter_queue(&self) -> anyhow::Result<String> {
         let out = self
             .client
             .get_queue_attributes()
@@ -219,7 +231,7 @@ impl Sqs {
             .await
             .map_err(|e| anyhow::anyhow!(aws_sdk_sqs::error::DisplayErrorContext(e)))
             .context("SQS GetQueueUrl of the dead-letter queue")?;
-        Ok(self.for_url(url.queue_url().unwrap_or_default()))
+        Ok(url.queue_url().unwrap_or_default().to_string())
     }
 
     /// Moves messages from this (dead-letter) queue to `to`: receive, send,

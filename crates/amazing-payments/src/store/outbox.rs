@@ -3,7 +3,7 @@
 //! in order by the relay. `notify.relay_lease` lets one relay at a time
 //! publish, which keeps the order when several instances run one.
 
-use super::payments::{PAYMENT, PaymentRow, RefundRow};
+use super::payments::{PAYMENT, PaymentRow, REFUND, RefundRow};
 use crate::domain::event::{
     CustomerSnapshot, DisputeSnapshot, Event, EventData, EventType, PaymentSnapshot, RefundSnapshot,
 };
@@ -91,13 +91,10 @@ pub async fn payment_changed(
     };
     let refund = match refund_id {
         Some(id) => Some(
-            sqlx::query_as::<_, RefundRow>(
-                "SELECT id, payment_id, status, amount, reason, stripe_refund_id, failure_reason, created_at
-                 FROM payment.refund WHERE id = $1",
-            )
-            .bind(id)
-            .fetch_one(&mut *conn)
-            .await?,
+            sqlx::query_as::<_, RefundRow>(&format!("SELECT {REFUND} FROM payment.refund WHERE id = $1"))
+                .bind(id)
+                .fetch_one(&mut *conn)
+                .await?,
         ),
         None => None,
     };
