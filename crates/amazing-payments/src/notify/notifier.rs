@@ -107,14 +107,10 @@ impl Notifier {
         self.mailer.describe()
     }
 
-    /// Receives one batch and handles it.
-    pub async fn pass(&self) -> anyhow::Result<Pass> {
-        self.pass_until(&watch::channel(false).1).await
-    }
-
-    /// Like [`pass`](Self::pass), but stops between two messages once `stop`
-    /// is set: a mail being sent is finished and recorded, and the messages
-    /// not yet looked at come back after their visibility timeout.
+    /// Receives one batch and handles it, stopping between two messages
+    /// once `stop` is set: a mail being sent is finished and recorded, and
+    /// the messages not yet looked at come back after their visibility
+    /// timeout.
     async fn pass_until(&self, stop: &watch::Receiver<bool>) -> anyhow::Result<Pass> {
         let batch = self.queue.receive(self.settings.batch, self.settings.interval, self.settings.visibility).await?;
         // Mails of one batch go out side by side: each waits mostly on the
@@ -191,10 +187,8 @@ impl Notifier {
             }
             Err(SendError::Transient(why)) => {
                 mail::failed(&self.db, event.id, &why).await?;
-                let last = matches!(self.queue, Queue::Builtin(_)) && d.receives >= self.settings.max_attempts;
                 let delay = self.settings.backoff(d.receives);
-                self.queue.retry_later(d, delay, self.settings.max_attempts, &why).await?;
-                if last {
+                if self.queue.retry_later(d, delay, self.settings.max_attempts, &why).await? {
                     tracing::warn!(event = %event.id, kind = %event.kind, attempts = d.receives, reason = %why, "mail failed at its last attempt: to the dead-letter queue");
                     p.dead += 1;
                 } else {

@@ -146,21 +146,26 @@ impl Queue {
     }
 
     /// The attempt failed: show the message again after `delay`, unless
-    /// this was the last attempt. The built-in queue then sets it dead; SQS
-    /// moves it to its dead-letter queue by its redrive policy.
+    /// this was the last attempt. The built-in queue then sets it dead (and
+    /// says so: `true`); SQS moves it to its dead-letter queue by its
+    /// redrive policy, later, on its own.
     pub async fn retry_later(
         &self,
         d: &Delivery,
         delay: Duration,
         max_receives: i32,
         error: &str,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<bool> {
         match (self, &d.handle) {
             (Queue::Builtin(db), Handle::Builtin(id)) if d.receives >= max_receives => {
-                Ok(store::queue::set_dead(db, *id, error).await?)
+                store::queue::set_dead(db, *id, error).await?;
+                Ok(true)
             }
-            (Queue::Builtin(db), Handle::Builtin(id)) => Ok(store::queue::retry_later(db, *id, delay, error).await?),
-            (Queue::Sqs(sqs), Handle::Sqs(h)) => sqs.retry_later(h, delay).await,
+            (Queue::Builtin(db), Handle::Builtin(id)) => {
+                store::queue::retry_later(db, *id, delay, error).await?;
+                Ok(false)
+            }
+            (Queue::Sqs(sqs), Handle::Sqs(h)) => sqs.retry_later(h, delay).await.map(|()| false),
             _ => unreachable!("a delivery goes back to the queue it came from"),
         }
     }
