@@ -138,7 +138,7 @@ impl ApiError {
         let mut err = json!({ "type": self.kind, "message": self.message });
         if let Some(code) = self.code {
             err["code"] = json!(code);
-            err["doc_url"] = json!(format!("https://stripe.com/docs/error-codes/{}", code.replace('_', "-")));
+            err["doc_url"] = json!(doc_url(code));
         }
         if let Some(d) = &self.decline_code {
             err["decline_code"] = json!(d);
@@ -153,9 +153,19 @@ impl ApiError {
     }
 }
 
+/// The page of Stripe's documentation about an error code.
+pub fn doc_url(code: &str) -> String {
+    format!("https://stripe.com/docs/error-codes/{}", code.replace('_', "-"))
+}
+
+/// An answer that is not saved under an idempotency key (a saved one is
+/// answered by the server with its own `Stripe-Should-Retry`).
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(self.body())).into_response()
+        let advice = crate::should_retry::advice(self.status, self.code, false);
+        let mut r = (self.status, Json(self.body())).into_response();
+        crate::should_retry::mark(&mut r, advice);
+        r
     }
 }
 

@@ -12,7 +12,10 @@
 //! - [`resources`]: one module per Stripe resource, and the route table.
 //! - [`store`]: collections with Stripe's list paging.
 //! - [`webhooks`]: webhook endpoints, Events, signed deliveries with retries.
-//! - [`idempotency`], [`faults`], [`form`], [`error`], [`fixtures`], [`ids`].
+//! - [`refund_settlement`]: refunds that stay `pending` and settle later.
+//! - [`search`]: Stripe's search query language.
+//! - [`idempotency`], [`faults`], [`should_retry`], [`form`], [`error`],
+//!   [`fixtures`], [`ids`].
 //!
 //! # Use from tests
 //! ```no_run
@@ -28,8 +31,11 @@ pub mod fixtures;
 pub mod form;
 pub mod idempotency;
 pub mod ids;
+pub mod refund_settlement;
 pub mod resources;
+pub mod search;
 pub mod server;
+pub mod should_retry;
 pub mod store;
 pub mod webhooks;
 
@@ -49,6 +55,10 @@ pub struct Config {
     pub faults: Vec<faults::Rule>,
     /// Webhook delivery options from the start (duplicates, delays).
     pub webhooks: webhooks::Options,
+    /// How new refunds settle from the start (pending, then settled).
+    pub refunds: refund_settlement::Options,
+    /// Search index options from the start (lag).
+    pub search: resources::search::Options,
 }
 
 /// All objects of the simulated account.
@@ -86,6 +96,8 @@ pub struct Sim {
     pub keys: idempotency::Keys,
     pub faults: faults::Faults,
     pub webhooks: webhooks::Webhooks,
+    pub refunds: refund_settlement::Settlement,
+    pub search: Mutex<resources::search::Options>,
     journal: Mutex<std::collections::VecDeque<Received>>,
 }
 
@@ -110,13 +122,17 @@ impl Sim {
         faults.set(config.faults.clone());
         let webhooks = webhooks::Webhooks::default();
         *webhooks.options.lock() = config.webhooks.clone();
+        let refunds = refund_settlement::Settlement::default();
+        *refunds.options.lock() = config.refunds.clone();
         Self {
-            config,
             data: Mutex::default(),
             keys: idempotency::Keys::default(),
             faults,
             webhooks,
+            refunds,
+            search: Mutex::new(config.search.clone()),
             journal: Mutex::default(),
+            config,
         }
     }
 
@@ -140,6 +156,7 @@ pub struct Simulator {
     state: Arc<Sim>,
     task: JoinHandle<()>,
     deliveries: JoinHandle<()>,
+    settlements: JoinHandle<()>,
 }
 
 impl Simulator {
@@ -159,7 +176,8 @@ impl Simulator {
             }
         });
         let deliveries = tokio::spawn(webhooks::deliver(state.clone()));
-        Ok(Self { addr, state, task, deliveries })
+        let settlements = tokio::spawn(refund_settlement::run(state.clone()));
+        Ok(Self { addr, state, task, deliveries, settlements })
     }
 
     /// `http://127.0.0.1:<port>`: the base URL to give a Stripe client.
@@ -181,5 +199,6 @@ impl Drop for Simulator {
     fn drop(&mut self) {
         self.task.abort();
         self.deliveries.abort();
+        self.settlements.abort();
     }
 }

@@ -22,6 +22,12 @@ struct Args {
     /// Webhook delivery options, as JSON: `{"duplicate_rate": 0.2, "max_delay_ms": 300}`.
     #[arg(long, env = "STRIPE_SIM_WEBHOOKS")]
     webhooks: Option<String>,
+    /// How refunds settle, as JSON: `{"pending_rate": 0.5, "settle_after_ms": 300, "fail_rate": 0.2}`.
+    #[arg(long, env = "STRIPE_SIM_REFUNDS")]
+    refunds: Option<String>,
+    /// Search index options, as JSON: `{"lag_ms": 2000}`.
+    #[arg(long, env = "STRIPE_SIM_SEARCH")]
+    search: Option<String>,
 }
 
 #[tokio::main]
@@ -31,16 +37,13 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let args = Args::parse();
-    let faults = match args.faults {
-        Some(json) => serde_json::from_str(&json).map_err(|e| anyhow::anyhow!("STRIPE_SIM_FAULTS: {e}"))?,
-        None => Vec::new(),
+    let config = stripe_sim::Config {
+        api_keys: (!args.api_keys.is_empty()).then_some(args.api_keys),
+        faults: json_option(args.faults, "STRIPE_SIM_FAULTS")?,
+        webhooks: json_option(args.webhooks, "STRIPE_SIM_WEBHOOKS")?,
+        refunds: json_option(args.refunds, "STRIPE_SIM_REFUNDS")?,
+        search: json_option(args.search, "STRIPE_SIM_SEARCH")?,
     };
-    let webhooks = match args.webhooks {
-        Some(json) => serde_json::from_str(&json).map_err(|e| anyhow::anyhow!("STRIPE_SIM_WEBHOOKS: {e}"))?,
-        None => Default::default(),
-    };
-    let config =
-        stripe_sim::Config { api_keys: (!args.api_keys.is_empty()).then_some(args.api_keys), faults, webhooks };
     let listener = tokio::net::TcpListener::bind(SocketAddr::new(args.host, args.port)).await?;
     let sim = stripe_sim::Simulator::start_on(listener, config)?;
     println!("stripe-sim listening on {}", sim.url());
@@ -50,4 +53,12 @@ async fn main() -> anyhow::Result<()> {
         _ = term.recv() => {}
     }
     Ok(())
+}
+
+/// An option given as JSON, or its default when absent.
+fn json_option<T: serde::de::DeserializeOwned + Default>(json: Option<String>, name: &str) -> anyhow::Result<T> {
+    match json {
+        Some(json) => serde_json::from_str(&json).map_err(|e| anyhow::anyhow!("{name}: {e}")),
+        None => Ok(T::default()),
+    }
 }

@@ -1,15 +1,20 @@
 //! The HTTP front of the simulator. Every API request takes the same path:
 //! request id -> API key -> fault rules -> parameters -> idempotency -> the
-//! resource handler; every answer carries `Request-Id` and `Stripe-Version`.
+//! resource handler; every answer carries `Request-Id` and `Stripe-Version`,
+//! and error answers the `Stripe-Should-Retry` of [`crate::should_retry`].
 //! Simulator-only endpoints live under `/_sim/` and need no key.
+//!
+//! A fault rule with `saved` fires inside the idempotency layer, not in
+//! front of it: its error is saved under the request's key like any result
+//! of a request that began executing (see [`crate::faults`]).
 
 use crate::{
     Sim,
     error::ApiError,
-    faults::{self, Rule},
+    faults::{self, Rule, SavedMode},
     form,
     idempotency::{Claim, Saved},
-    ids, resources,
+    ids, resources, should_retry,
 };
 use axum::{
     Json, Router,
@@ -30,7 +35,10 @@ pub fn router(sim: Arc<Sim>) -> Router {
         .route("/_sim/faults", post(set_faults).get(list_faults).delete(clear_faults))
         .route("/_sim/payment_intents/{id}/authenticate", post(complete_3ds))
         .route("/_sim/payment_intents/{id}/expire", post(expire_authorization))
+        .route("/_sim/refunds", post(set_refund_options).get(refund_options))
+        .route("/_sim/refunds/{id}/succeed", post(succeed_refund))
         .route("/_sim/refunds/{id}/fail", post(fail_refund))
+        .route("/_sim/search", post(set_search_options).get(search_options))
         .route("/_sim/webhooks", post(set_webhook_options))
         .route("/_sim/webhook_endpoints/{id}/roll", post(roll_secret))
         .fallback(api)
@@ -82,7 +90,7 @@ async fn expire_authorization(State(sim): State<Arc<Sim>>, Path(id): Path<String
     }
 }
 
-/// Makes a succeeded refund fail later.
+/// Makes a pending or succeeded refund fail.
 async fn fail_refund(State(sim): State<Arc<Sim>>, Path(id): Path<String>) -> Response {
     let outcome = crate::resources::refunds::fail(&sim, &id);
     sim.flush_events();
@@ -90,6 +98,40 @@ async fn fail_refund(State(sim): State<Arc<Sim>>, Path(id): Path<String>) -> Res
         Ok(v) => Json(v).into_response(),
         Err(e) => e.into_response(),
     }
+}
+
+/// Makes a pending refund succeed.
+async fn succeed_refund(State(sim): State<Arc<Sim>>, Path(id): Path<String>) -> Response {
+    let outcome = crate::resources::refunds::succeed(&sim, &id);
+    sim.flush_events();
+    match outcome {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn set_refund_options(
+    State(sim): State<Arc<Sim>>,
+    Json(o): Json<crate::refund_settlement::Options>,
+) -> Json<Value> {
+    *sim.refunds.options.lock() = o.clone();
+    Json(json!(o))
+}
+
+async fn refund_options(State(sim): State<Arc<Sim>>) -> Json<Value> {
+    Json(json!(*sim.refunds.options.lock()))
+}
+
+async fn set_search_options(
+    State(sim): State<Arc<Sim>>,
+    Json(o): Json<crate::resources::search::Options>,
+) -> Json<Value> {
+    *sim.search.lock() = o.clone();
+    Json(json!(o))
+}
+
+async fn search_options(State(sim): State<Arc<Sim>>) -> Json<Value> {
+    Json(json!(*sim.search.lock()))
 }
 
 async fn set_webhook_options(State(sim): State<Arc<Sim>>, Json(o): Json<crate::webhooks::Options>) -> Json<Value> {
@@ -256,12 +298,17 @@ async fn execute(
         return ApiError::invalid("Idempotency-Key", "Idempotency keys can be at most 255 characters long.")
             .into_response();
     }
+    let key = idem_key.filter(|_| *method == Method::POST);
     let fault = sim.faults.pick(method.as_str(), path);
-    if let Some(rule) = fault.as_ref().filter(|r| r.status.is_some() || r.drop == Some(faults::Drop::Before)) {
+    if let Some(rule) = fault.as_ref().filter(|r| answers_before_work(r, key.is_some())) {
         if let Some(wait) = rule.delay() {
             tokio::time::sleep(wait).await;
         }
-        return if rule.status.is_some() { fault_response(rule) } else { dropped() };
+        return if rule.drop == Some(faults::Drop::Before) {
+            dropped()
+        } else {
+            fault_response(rule, Answered::InFront)
+        };
     }
     let raw = if *method == Method::POST { body.as_ref() } else { uri.query().unwrap_or("").as_bytes() };
     let params = match form::decode(raw) {
@@ -270,7 +317,6 @@ async fn execute(
             return ApiError::invalid(&key, format!("Invalid request parameter: {key}")).into_response();
         }
     };
-    let key = idem_key.filter(|_| *method == Method::POST);
     if let Some(key) = key {
         match sim.keys.claim(&scope, key, &fingerprint(method, path, &params)) {
             Claim::Execute => {}
@@ -286,11 +332,25 @@ async fn execute(
     if let Some(wait) = fault.as_ref().and_then(Rule::delay) {
         tokio::time::sleep(wait).await;
     }
+    // before_work: nothing is done; the rule's error is saved as the result.
+    let failed_before_work = fault.as_ref().filter(|r| r.saved == Some(SavedMode::BeforeWork));
+    if let (Some(rule), Some(key)) = (failed_before_work, key) {
+        let (status, body) = rule.error();
+        sim.keys.finish(&scope, key, Saved { status, body, request_id: request_id.to_string() });
+        return fault_response(rule, Answered::Saved);
+    }
     let context = (request_id.to_string(), idem_key.map(str::to_string));
     let outcome = REQUEST.sync_scope(context, || handler(sim, &params, &segments));
     sim.flush_events();
-    let (status, body, saved) = match outcome {
-        Ok(mut v) => {
+    // after_work: the work stands; the answer (and what is saved) is the
+    // rule's error.
+    let failed_after_work = fault.as_ref().filter(|r| r.saved == Some(SavedMode::AfterWork));
+    let (status, body, saveable) = match (failed_after_work, outcome) {
+        (Some(rule), _) => {
+            let (status, body) = rule.error();
+            (status, body, true)
+        }
+        (None, Ok(mut v)) => {
             expand(sim, &mut v, &params);
             if let Some(fields) = fault.as_ref().and_then(|r| r.tamper.as_ref()) {
                 for (k, f) in fields {
@@ -299,10 +359,10 @@ async fn execute(
             }
             (StatusCode::OK, v, true)
         }
-        Err(e) => (e.status, e.body(), e.started_executing),
+        (None, Err(e)) => (e.status, e.body(), e.started_executing),
     };
     if let Some(key) = key {
-        if saved {
+        if saveable {
             let record = Saved { status, body: body.clone(), request_id: request_id.to_string() };
             sim.keys.finish(&scope, key, record);
         } else {
@@ -312,7 +372,34 @@ async fn execute(
     if fault.as_ref().is_some_and(|r| r.drop == Some(faults::Drop::After)) {
         return dropped();
     }
-    (status, Json(body)).into_response()
+    if let Some(rule) = failed_after_work {
+        let answered = match key {
+            Some(_) => Answered::Saved,
+            None if *method == Method::POST => Answered::DoneUnsaved,
+            None => Answered::InFront,
+        };
+        return fault_response(rule, answered);
+    }
+    let mut r = (status, Json(&body)).into_response();
+    should_retry::mark(&mut r, should_retry::advice(status, error_code(&body), key.is_some() && saveable));
+    r
+}
+
+/// Whether a fault rule answers in front of the work and the idempotency
+/// layer: a drop before the work, a plain error, or a `before_work` saved
+/// error that has no key to be saved under (an `after_work` one without a
+/// key does the work and answers the error, saving nothing).
+fn answers_before_work(rule: &Rule, keyed: bool) -> bool {
+    match rule.saved {
+        _ if rule.drop == Some(faults::Drop::Before) => true,
+        None => rule.status.is_some(),
+        Some(SavedMode::BeforeWork) => !keyed,
+        Some(SavedMode::AfterWork) => false,
+    }
+}
+
+fn error_code(body: &Value) -> Option<&str> {
+    body["error"]["code"].as_str()
 }
 
 /// A response whose body fails at once: the server closes the connection
@@ -329,28 +416,37 @@ fn dropped() -> Response {
 }
 
 fn replay(saved: Saved) -> Response {
+    let advice = should_retry::advice(saved.status, error_code(&saved.body), true);
     let mut r = (saved.status, Json(saved.body)).into_response();
     r.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
     if let Ok(v) = HeaderValue::from_str(&saved.request_id) {
         r.headers_mut().insert("request-id", v);
     }
+    should_retry::mark(&mut r, advice);
     r
 }
 
-fn fault_response(rule: &Rule) -> Response {
-    let status = rule.status.and_then(|s| StatusCode::from_u16(s).ok()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let kind = rule
-        .error_type
-        .clone()
-        .unwrap_or_else(|| if status.is_server_error() { "api_error".into() } else { "invalid_request_error".into() });
-    let mut err = json!({
-        "type": kind,
-        "message": rule.message.clone().unwrap_or_else(|| "Simulated failure (stripe-sim fault rule).".into()),
-    });
-    if let Some(code) = &rule.code {
-        err["code"] = json!(code);
-    }
-    let mut r = (status, Json(json!({ "error": err }))).into_response();
+/// Where a fault rule's error answer stands, for its `Stripe-Should-Retry`.
+enum Answered {
+    /// In front of the work and the idempotency layer: a retry runs afresh.
+    InFront,
+    /// Saved under the request's idempotency key: a retry replays it.
+    Saved,
+    /// After a POST's work, with no key: a retry would do the work again,
+    /// so no advice either way.
+    DoneUnsaved,
+}
+
+/// A fault rule's error answer.
+fn fault_response(rule: &Rule, answered: Answered) -> Response {
+    let (status, body) = rule.error();
+    let advice = match answered {
+        Answered::InFront => should_retry::advice(status, error_code(&body), false),
+        Answered::Saved => should_retry::advice(status, error_code(&body), true),
+        Answered::DoneUnsaved => None,
+    };
+    let mut r = (status, Json(body)).into_response();
+    should_retry::mark(&mut r, rule.should_retry.or(advice));
     if let Some(secs) = rule.retry_after {
         r.headers_mut().insert("retry-after", HeaderValue::from(secs));
     }

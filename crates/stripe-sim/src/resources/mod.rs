@@ -11,6 +11,7 @@ pub mod payment_intents;
 pub mod payment_methods;
 pub mod products;
 pub mod refunds;
+pub mod search;
 
 use crate::{Sim, error::ApiResult};
 use axum::http::Method;
@@ -26,6 +27,7 @@ pub fn route(method: &Method, segments: &[&str]) -> Option<Handler> {
         ("GET", ["v1", "balance"]) => balance::retrieve,
         ("POST", ["v1", "customers"]) => customers::create,
         ("GET", ["v1", "customers"]) => customers::list,
+        ("GET", ["v1", "customers", "search"]) => search::customers,
         ("GET", ["v1", "customers", _]) => customers::retrieve,
         ("POST", ["v1", "customers", _]) => customers::update,
         ("DELETE", ["v1", "customers", _]) => customers::delete,
@@ -34,11 +36,13 @@ pub fn route(method: &Method, segments: &[&str]) -> Option<Handler> {
         ("POST", ["v1", "payment_methods", _, "attach"]) => payment_methods::attach,
         ("POST", ["v1", "payment_intents"]) => payment_intents::create,
         ("GET", ["v1", "payment_intents"]) => payment_intents::list,
+        ("GET", ["v1", "payment_intents", "search"]) => search::payment_intents,
         ("GET", ["v1", "payment_intents", _]) => payment_intents::retrieve,
         ("POST", ["v1", "payment_intents", _, "confirm"]) => payment_intents::confirm,
         ("POST", ["v1", "payment_intents", _, "capture"]) => payment_intents::capture,
         ("POST", ["v1", "payment_intents", _, "cancel"]) => payment_intents::cancel,
         ("GET", ["v1", "charges"]) => charges::list,
+        ("GET", ["v1", "charges", "search"]) => search::charges,
         ("GET", ["v1", "charges", _]) => charges::retrieve,
         ("POST", ["v1", "refunds"]) => refunds::create,
         ("GET", ["v1", "refunds"]) => refunds::list,

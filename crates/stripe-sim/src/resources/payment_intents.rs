@@ -304,7 +304,7 @@ fn decline(
     stored["next_action"] = Value::Null;
     stored["last_payment_error"] = json!({
         "type": "card_error", "code": code, "decline_code": decline_code, "message": message,
-        "charge": charge, "payment_method": pm, "doc_url": format!("https://stripe.com/docs/error-codes/{}", code.replace('_', "-")),
+        "charge": charge, "payment_method": pm, "doc_url": crate::error::doc_url(code),
     });
     let stored = stored.clone();
     let ch = data.charges.get(&charge).cloned().unwrap_or(Value::Null);

@@ -1,10 +1,17 @@
 //! Refunds: create (of a PaymentIntent or a Charge), retrieve, list. Several
 //! partial refunds are allowed until the captured amount is used up; an
 //! uncaptured payment cannot be refunded (it is canceled instead).
+//!
+//! A refund may start `pending` ([`crate::refund_settlement`]) and settle
+//! later as `succeeded` or `failed`. The charge's `amount_refunded` counts
+//! every refund that is `pending` or `succeeded` from the moment it is
+//! created, so money being refunded cannot be refunded twice; a refund that
+//! fails gives its amount back to the charge (`amount_refunded` goes down,
+//! `refunded` turns false), and may then be refunded again.
 
 use super::params;
 use crate::{
-    Sim,
+    Data, Sim,
     error::{ApiError, ApiResult},
     fixtures, ids,
     store::Page,
@@ -70,6 +77,7 @@ pub fn create(sim: &Sim, p: &Value, _path: &[&str]) -> ApiResult {
         )
         .code("amount_too_large"));
     }
+    let pending = sim.refunds.starts_pending();
     let mut re = fixtures::template("refund");
     let id = ids::new_id("re");
     for (k, v) in [
@@ -83,9 +91,12 @@ pub fn create(sim: &Sim, p: &Value, _path: &[&str]) -> ApiResult {
         ("payment_intent", charge["payment_intent"].clone()),
         ("reason", json!(reason)),
         ("receipt_number", Value::Null),
-        ("status", json!("succeeded")),
+        ("status", json!(if pending { "pending" } else { "succeeded" })),
     ] {
         re[k] = v;
+    }
+    if pending {
+        re["pending_reason"] = json!("processing");
     }
     if let Some(ch) = data.charges.get_mut(&charge_id) {
         ch["amount_refunded"] = json!(refunded + amount);
@@ -96,6 +107,9 @@ pub fn create(sim: &Sim, p: &Value, _path: &[&str]) -> ApiResult {
     data.emit("refund.created", &re, None);
     let ch = data.charges.get(&charge_id).cloned().unwrap_or(Value::Null);
     data.emit("charge.refunded", &ch, Some(json!({"amount_refunded": refunded})));
+    if pending {
+        sim.refunds.schedule(&id);
+    }
     Ok(re)
 }
 
@@ -117,16 +131,54 @@ pub fn list(sim: &Sim, p: &Value, _path: &[&str]) -> ApiResult {
     })
 }
 
-/// Simulator only: a refund that succeeded fails later (the card was closed):
-/// its amount goes back to the charge as not refunded.
+/// Simulator only: a pending refund succeeds.
+pub fn succeed(sim: &Sim, id: &str) -> ApiResult {
+    let mut data = sim.data.lock();
+    to_succeeded(&mut data, id)
+}
+
+/// Simulator only: a pending or succeeded refund fails (the card was
+/// closed): its amount goes back to the charge as not refunded.
 pub fn fail(sim: &Sim, id: &str) -> ApiResult {
     let mut data = sim.data.lock();
+    to_failed(&mut data, id)
+}
+
+/// Settles a refund that is still pending; an error if it was settled
+/// meanwhile.
+pub fn settle_pending(sim: &Sim, id: &str, succeed: bool) -> ApiResult {
+    let mut data = sim.data.lock();
+    if data.refunds.get(id).is_some_and(|r| r["status"] != "pending") {
+        return Err(ApiError::invalid("id", format!("Refund {id} is no longer pending.")));
+    }
+    if succeed { to_succeeded(&mut data, id) } else { to_failed(&mut data, id) }
+}
+
+fn to_succeeded(data: &mut Data, id: &str) -> ApiResult {
     let re = data.refunds.get_mut(id).ok_or_else(|| ApiError::missing_object("refund", id, "id"))?;
-    if re["status"] != "succeeded" {
-        return Err(ApiError::invalid("id", "only a succeeded refund can fail later"));
+    if re["status"] != "pending" {
+        return Err(ApiError::invalid("id", "only a pending refund can succeed"));
+    }
+    re["status"] = json!("succeeded");
+    if let Some(fields) = re.as_object_mut() {
+        fields.remove("pending_reason");
+    }
+    let re = re.clone();
+    data.emit("refund.updated", &re, Some(json!({"status": "pending"})));
+    Ok(re)
+}
+
+fn to_failed(data: &mut Data, id: &str) -> ApiResult {
+    let re = data.refunds.get_mut(id).ok_or_else(|| ApiError::missing_object("refund", id, "id"))?;
+    let before = re["status"].clone();
+    if before != "succeeded" && before != "pending" {
+        return Err(ApiError::invalid("id", "only a pending or succeeded refund can fail"));
     }
     re["status"] = json!("failed");
     re["failure_reason"] = json!("expired_or_canceled_card");
+    if let Some(fields) = re.as_object_mut() {
+        fields.remove("pending_reason");
+    }
     let re = re.clone();
     let charge_id = re["charge"].as_str().unwrap_or_default().to_string();
     let amount = re["amount"].as_i64().unwrap_or(0);
@@ -135,7 +187,7 @@ pub fn fail(sim: &Sim, id: &str) -> ApiResult {
         ch["amount_refunded"] = json!(refunded);
         ch["refunded"] = json!(false);
     }
-    data.emit("refund.updated", &re, Some(json!({"status": "succeeded"})));
+    data.emit("refund.updated", &re, Some(json!({"status": before})));
     data.emit("refund.failed", &re, None);
     Ok(re)
 }
