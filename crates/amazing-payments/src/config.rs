@@ -230,6 +230,7 @@ impl ReconcileArgs {
             interval: secs("RECONCILE_INTERVAL", &self.reconcile_interval)?,
             min_age: secs("RECONCILE_MIN_AGE", &self.reconcile_min_age)?,
             batch,
+            ..Default::default()
         })
     }
 }
@@ -346,12 +347,13 @@ impl NotifyArgs {
             return Err(err("MAIL_TEMPLATES", format!("{} is not a directory", dir.display())));
         }
         let interval = secs("NOTIFY_INTERVAL", &self.notify_interval, 20.0)?;
+        let smtp_timeout = secs("SMTP_TIMEOUT", &self.smtp_timeout, 600.0)?;
         Ok(NotifyConfig {
             target: crate::notify::queue::Target::parse(self.queue_url.as_deref()).map_err(|m| err("QUEUE_URL", m))?,
             smtp,
             mail_from,
             templates,
-            smtp_timeout: secs("SMTP_TIMEOUT", &self.smtp_timeout, 600.0)?,
+            smtp_timeout,
             notifier: crate::notify::notifier::Settings {
                 mailed,
                 max_attempts,
@@ -362,6 +364,9 @@ impl NotifyArgs {
                 // SQS gives at most 10 a receive; the built-in queue as many
                 // as can be sent at once.
                 batch: concurrency as i64,
+                // A mail's claim outlives the SMTP conversation, waiting
+                // for a pooled connection included.
+                visibility: (smtp_timeout * 2 + Duration::from_secs(30)).max(Duration::from_secs(60)),
                 ..Default::default()
             },
             relay: crate::notify::relay::Settings {
@@ -397,7 +402,7 @@ pub struct ServeArgs {
     pub idempotency_ttl: String,
     /// Seconds a running request holds its idempotency key before a retry
     /// may take over (its instance is then presumed dead).
-    #[arg(long, env = "IDEMPOTENCY_LEASE", default_value = "90")]
+    #[arg(long, env = "IDEMPOTENCY_LEASE", default_value = "300")]
     pub idempotency_lease: String,
     /// The Stripe webhook endpoint's signing secret(s), `whsec_...`, comma
     /// separated (several while one is rolled).
@@ -445,6 +450,7 @@ impl ServeConfig {
         notify: &NotifyArgs,
     ) -> Result<Self, ConfigError> {
         let notify = notify.config()?;
+        let stripe_settings = stripe.settings()?;
         let notifier = match serve.notifier.trim().to_ascii_lowercase().as_str() {
             "auto" => notify.smtp.is_some(),
             other => flag("NOTIFIER", other)?,
@@ -464,6 +470,19 @@ impl ServeConfig {
                 let secs: f64 = number("IDEMPOTENCY_LEASE", &serve.idempotency_lease)?;
                 if !(1.0..=3600.0).contains(&secs) {
                     return Err(err("IDEMPOTENCY_LEASE", "must be between 1 and 3600 seconds"));
+                }
+                // A request makes at most two Stripe calls in a row (a
+                // product and its price): its key must outlive both, or a
+                // retry would take over a request that is still running.
+                let needed = stripe_settings.worst_case() * 2 + Duration::from_secs(10);
+                if Duration::from_secs_f64(secs) < needed {
+                    return Err(err(
+                        "IDEMPOTENCY_LEASE",
+                        format!(
+                            "must be at least {} seconds: twice the longest Stripe call (STRIPE_TIMEOUT x (STRIPE_MAX_RETRIES + 1), with backoff) and 10 s",
+                            needed.as_secs()
+                        ),
+                    ));
                 }
                 Duration::from_secs_f64(secs)
             },
@@ -488,7 +507,7 @@ impl ServeConfig {
             notifier,
             notify,
             db: db.config()?,
-            stripe: stripe.settings()?,
+            stripe: stripe_settings,
             auth: auth.settings()?,
         })
     }
@@ -540,7 +559,7 @@ mod tests {
             rpc_port: ":8081".into(),
             skip_migrations: "false".into(),
             idempotency_ttl: "24".into(),
-            idempotency_lease: "90".into(),
+            idempotency_lease: "300".into(),
             stripe_webhook_secret: Some("whsec_abc".into()),
             stripe_webhook_tolerance: "300".into(),
             reconciler: "true".into(),

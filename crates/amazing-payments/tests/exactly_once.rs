@@ -28,7 +28,7 @@ fn fault(app: &TestApp, rule: Value) {
 }
 
 fn now() -> Settings {
-    Settings { interval: Duration::from_millis(10), batch: 100, min_age: Duration::ZERO }
+    Settings { interval: Duration::from_millis(10), batch: 100, min_age: Duration::ZERO, ..Default::default() }
 }
 
 #[tokio::test]

@@ -27,8 +27,13 @@ pub enum Driven {
     Price(PriceRow),
 }
 
+/// A client key bound to an operation of another kind (a key once used for
+/// another rpc): the caller's mistake, never ours.
 fn wrong(what: &str) -> AppError {
-    AppError::internal(anyhow::anyhow!("an operation of another kind where a {what} one was expected"))
+    AppError::invalid(
+        "IDEMPOTENCY_KEY_REUSED",
+        format!("this idempotency key was already used for a request other than this {what} request"),
+    )
 }
 
 impl Driven {
@@ -96,20 +101,23 @@ fn declined(row: &PaymentRow, e: &crate::stripe::ApiError) -> AppError {
     err
 }
 
-/// Whether Stripe may or may not have done the work: the operation stays
-/// pending for the reconciler.
-pub(crate) fn outcome_unknown(e: &StripeError) -> bool {
-    match e {
-        StripeError::Network { sent, .. } => *sent,
-        StripeError::Api(a) => a.status == 409 || a.status == 429 || a.status >= 500,
-        StripeError::Decode { .. } => true,
-    }
+/// Whether a failed Stripe call leaves its operation pending. Its outcome
+/// is unknown (the request may have reached Stripe, whatever later attempts
+/// said), or it was never sent at all (nothing happened, and sending the
+/// same request with the same key again is safe). Either way the operation
+/// is resumed by the caller's retry or by the reconciler; only Stripe's own
+/// refusal closes it as failed.
+pub(crate) fn stays_pending(e: &StripeError) -> bool {
+    matches!(e, StripeError::Network { .. }) || e.outcome_unknown()
 }
 
 pub(crate) fn still_pending(kind: &str, id: i64) -> AppError {
     AppError::unavailable(
         "STRIPE_UNAVAILABLE",
-        format!("the payment provider did not answer; the {kind} is recorded and will be completed, check it later"),
+        format!(
+            "the payment provider did not answer; the {kind} is recorded and will be completed: \
+             retry with the same idempotency key to learn its outcome"
+        ),
     )
     .detail("paymentID", id.to_string())
 }
@@ -136,22 +144,19 @@ pub(crate) fn create_form(row: &PaymentRow, stripe_customer: &str) -> Form {
 }
 
 /// The error for a Stripe call that failed, and whether that ends the
-/// operation (refused, or never sent) rather than leaving it unknown.
+/// operation (Stripe refused it) rather than leaving it pending.
 pub(crate) fn unfinished(e: StripeError) -> (AppError, bool) {
-    match e {
-        e if outcome_unknown(&e) => (
+    if stays_pending(&e) {
+        return (
             AppError::unavailable(
                 "STRIPE_UNAVAILABLE",
-                "the payment provider did not answer; the request is recorded and will be completed, check it later",
+                "the payment provider did not answer; the request is recorded and will be completed: \
+                 retry with the same idempotency key to learn its outcome",
             ),
             false,
-        ),
-        StripeError::Network { .. } => (
-            AppError::unavailable("STRIPE_UNAVAILABLE", "the payment provider could not be reached; try again later"),
-            true,
-        ),
-        other => (stripe_failure(other), true),
+        );
     }
+    (stripe_failure(e), true)
 }
 
 /// The answer a settled payment gives to the request that created it.
@@ -184,7 +189,7 @@ fn settled(op: &OperationRow, row: PaymentRow) -> Result<PaymentRow, AppError> {
     if op.kind == "create_payment" { settled_payment(row) } else { Ok(row) }
 }
 
-fn mismatch(id: i64) -> AppError {
+pub(crate) fn mismatch(id: i64) -> AppError {
     AppError::new(
         Kind::Internal,
         "STRIPE_MISMATCH",
@@ -249,12 +254,13 @@ impl App {
         if op.state == "pending" {
             return self.drive(&op).await.map(Some);
         }
+        if op.state == "failed" {
+            // Never a 2xx: the request was refused, and its retry says so.
+            return Err(self.refusal_of(&op).await?);
+        }
         let p = &op.params.0;
         let id = |k: &str| p[k].as_i64().unwrap_or(0);
-        let failed =
-            || AppError::new(Kind::FailedPrecondition, "STRIPE_REFUSED", "the payment provider refused the request");
         match op.kind.as_str() {
-            _ if op.state == "failed" && op.payment_id == 0 => return Err(failed()),
             "create_customer" | "update_customer" => {
                 let c = self.get_customer(crate::domain::customer::CustomerId::parse(id("customer_id"))?).await?;
                 return Ok(Some(Driven::Customer(Box::new(c))));
@@ -280,6 +286,29 @@ impl App {
         }))
     }
 
+    /// What the request of a failed operation was answered: Stripe's
+    /// refusal, a decline, or a held payment.
+    async fn refusal_of(&self, op: &OperationRow) -> Result<AppError, AppError> {
+        let refused = AppError::new(
+            Kind::FailedPrecondition,
+            "STRIPE_REFUSED",
+            format!("the payment provider refused the request: {}", op.last_error.as_deref().unwrap_or("no reason given")),
+        );
+        if op.payment_id == 0 {
+            return Ok(refused);
+        }
+        let row = payments::get(&self.db, op.payment_id).await?.ok_or_else(|| not_found(op.payment_id))?;
+        if row.integrity_error.is_some() {
+            return Ok(mismatch(row.id));
+        }
+        let refused = refused.detail("paymentID", row.id.to_string());
+        Ok(match (op.kind.as_str(), op.refund_id) {
+            ("create_payment", _) => settled_payment(row).err().unwrap_or(refused),
+            (_, Some(refund)) => refused.detail("refundID", refund.to_string()),
+            _ => refused,
+        })
+    }
+
     /// Applies the answer to an operation that returns a PaymentIntent
     /// (create, capture, cancel).
     pub(crate) async fn finish_intent_operation(
@@ -302,24 +331,10 @@ impl App {
                 };
                 Err(declined(&row, &e))
             }
-            Err(e) if outcome_unknown(&e) => {
+            Err(e) if stays_pending(&e) => {
                 payments::note_attempt(&self.db, op.id, &e.to_string()).await?;
-                tracing::warn!(payment_id = id, operation = op.id, error = %e, "stripe outcome unknown: left for the reconciler");
+                tracing::warn!(payment_id = id, operation = op.id, error = %e, "stripe outcome unknown: left for a retry or the reconciler");
                 Err(still_pending(&op.kind.replace('_', " "), id))
-            }
-            Err(StripeError::Network { message, .. }) => {
-                // Never sent: nothing happened in Stripe.
-                let e = crate::stripe::ApiError {
-                    code: Some("provider_unreachable".into()),
-                    message: Some(message),
-                    ..Default::default()
-                };
-                self.fail_operation(op, &e, op.kind == "create_payment", source).await?;
-                Err(AppError::unavailable(
-                    "STRIPE_UNAVAILABLE",
-                    "the payment provider could not be reached; try again later",
-                )
-                .detail("paymentID", id.to_string()))
             }
             Err(e) => {
                 let api = e.api().cloned().unwrap_or_default();

@@ -204,8 +204,25 @@ impl App {
                 payments::save(&mut tx, &before, &next, source, &cause).await?;
             }
             Ok(false) => {}
-            Err(e) => {
-                tracing::warn!(payment_id = id, error = ?e, "Stripe's PaymentIntent could not be applied");
+            Err(sync::SyncError::Mismatch(m)) => {
+                // Held, as on the API path: recorded on the payment and in
+                // its history, never applied as a success.
+                tracing::error!(payment_id = id, mismatch = %m, "stripe's PaymentIntent does not match the payment: held");
+                let mut held = before.clone();
+                if held.integrity_error.is_none() {
+                    held.integrity_error = Some(m);
+                    let cause = Cause {
+                        stripe_request_id: reply.request_id.as_deref(),
+                        note: Some("integrity check failed: Stripe's PaymentIntent differs from the payment"),
+                        ..Default::default()
+                    };
+                    payments::save(&mut tx, &before, &held, source, &cause).await?;
+                }
+                tx.commit().await?;
+                return Err(super::operations::mismatch(id));
+            }
+            Err(sync::SyncError::Refused(r)) => {
+                tracing::warn!(payment_id = id, reason = r.reason, "Stripe's PaymentIntent is older than our record: kept ours");
                 next = before;
             }
         }

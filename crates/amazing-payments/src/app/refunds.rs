@@ -4,14 +4,21 @@
 
 use super::{
     App, AppError, RequestKey,
-    operations::{not_found, outcome_unknown, refused, still_pending},
+    operations::{not_found, refused, stays_pending, still_pending},
     stripe_failure, sync,
 };
 use crate::{
     domain::money::{Currency, Money},
     store::payments::{self, Cause, NewOperation, OperationRow, PaymentRow, RefundRow, Source},
-    stripe::{Form, StripeError},
+    stripe::{Form, types::Refund},
 };
+
+/// What applying a Stripe Refund gave.
+pub(crate) enum Applied {
+    Row(RefundRow),
+    /// Stripe's refund does not match ours: the payment is held.
+    Held(String),
+}
 
 pub(crate) fn refund_not_found(id: i64) -> AppError {
     AppError::not_found("REFUND_NOT_FOUND", format!("refund {id} does not exist")).detail("refundID", id.to_string())
@@ -37,7 +44,7 @@ impl App {
         }
         let in_flight = payments::refunds_in_flight(&mut tx, payment_id).await?;
         let amount = row.ledger().plan_refund(amount, in_flight).map_err(|r| refused(payment_id, r))?;
-        let refund = payments::insert_refund(&mut tx, payment_id, amount, reason).await?;
+        let refund = payments::insert_refund(&mut tx, payment_id, amount, reason, Source::Api).await?;
         let new = NewOperation {
             kind: "refund",
             payment_id,
@@ -72,43 +79,29 @@ impl App {
         match self.stripe.create_refund(&form, &op.idempotency_key).await {
             Ok(reply) => {
                 let mut tx = self.db.begin().await?;
-                let before = payments::lock(&mut tx, payment_id).await?.ok_or_else(|| not_found(payment_id))?;
+                payments::lock(&mut tx, payment_id).await?.ok_or_else(|| not_found(payment_id))?;
                 if payments::operation_state(&mut tx, op.id).await? != "pending" {
                     // Another driver (a retry, the reconciler) applied this
                     // answer already.
                     tx.commit().await?;
-                    return payments::get_refund(&self.db, refund.id).await?.ok_or_else(|| refund_not_found(refund.id));
+                    return self.answer_of_refund(refund.id).await;
                 }
-                let status = sync::refund_status(&reply.object);
-                let updated = payments::update_refund(
-                    &mut tx,
-                    refund.id,
-                    status,
-                    Some(&reply.object.id),
-                    reply.object.failure_reason.as_deref(),
-                    source,
-                )
-                .await?;
-                if status == "succeeded" {
-                    let mut after = before.clone();
-                    let next = before
-                        .ledger()
-                        .set_refunded(before.amount_refunded + refund.amount)
-                        .map_err(|r| refused(payment_id, r))?;
-                    after.set_ledger(next);
-                    let cause = Cause {
-                        refund_id: Some(refund.id),
-                        stripe_request_id: reply.request_id.as_deref(),
-                        ..Default::default()
-                    };
-                    payments::save(&mut tx, &before, &after, source, &cause).await?;
+                let cause = reply.request_id.as_deref();
+                match self.apply_refund(&mut tx, payment_id, refund.id, &reply.object, cause, source).await? {
+                    Applied::Row(updated) => {
+                        payments::finish_operation(&mut tx, op.id, "succeeded", None).await?;
+                        tx.commit().await?;
+                        tracing::info!(payment_id, refund_id = refund.id, amount = refund.amount, status = %updated.status, "refund created");
+                        Ok(updated)
+                    }
+                    Applied::Held(m) => {
+                        payments::finish_operation(&mut tx, op.id, "failed", Some(&m)).await?;
+                        tx.commit().await?;
+                        Err(super::operations::mismatch(payment_id).detail("refundID", refund.id.to_string()))
+                    }
                 }
-                payments::finish_operation(&mut tx, op.id, "succeeded", None).await?;
-                tx.commit().await?;
-                tracing::info!(payment_id, refund_id = refund.id, amount = refund.amount, status, "refund created");
-                Ok(updated)
             }
-            Err(e) if outcome_unknown(&e) => {
+            Err(e) if stays_pending(&e) => {
                 payments::note_attempt(&self.db, op.id, &e.to_string()).await?;
                 Err(still_pending("refund", payment_id).detail("refundID", refund.id.to_string()))
             }
@@ -118,15 +111,108 @@ impl App {
                 payments::update_refund(&mut tx, refund.id, "failed", None, Some(&message), source).await?;
                 payments::finish_operation(&mut tx, op.id, "failed", Some(&message)).await?;
                 tx.commit().await?;
-                let err = match e {
-                    StripeError::Network { .. } => AppError::unavailable(
-                        "STRIPE_UNAVAILABLE",
-                        "the payment provider could not be reached; try again later",
-                    ),
-                    other => stripe_failure(other),
-                };
+                let err = stripe_failure(e);
                 Err(err.detail("paymentID", payment_id.to_string()).detail("refundID", refund.id.to_string()))
             }
+        }
+    }
+
+    /// What a refund whose operation someone else finished answers: the
+    /// refund, or the hold of its payment.
+    async fn answer_of_refund(&self, id: i64) -> Result<RefundRow, AppError> {
+        let refund = payments::get_refund(&self.db, id).await?.ok_or_else(|| refund_not_found(id))?;
+        let payment = payments::get(&self.db, refund.payment_id).await?.ok_or_else(|| not_found(refund.payment_id))?;
+        if payment.integrity_error.is_some() {
+            return Err(super::operations::mismatch(payment.id).detail("refundID", id.to_string()));
+        }
+        Ok(refund)
+    }
+
+    /// Applies a Stripe Refund to our refund and its payment, both locked
+    /// (payment, then refund) and re-read in the caller's transaction: the
+    /// API call, a webhook, the reconciler, or one event delivered twice may
+    /// all bring the same news, and it counts once. The payment's refunded
+    /// amount moves by the refund's amount exactly when the refund enters or
+    /// leaves `succeeded`. A Refund that does not match ours holds the
+    /// payment, with a history line.
+    pub(crate) async fn apply_refund(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        payment_id: i64,
+        refund_id: i64,
+        re: &Refund,
+        stripe_request_id: Option<&str>,
+        source: Source,
+    ) -> Result<Applied, AppError> {
+        let before = payments::lock(tx, payment_id).await?.ok_or_else(|| not_found(payment_id))?;
+        let current = payments::lock_refund(tx, refund_id).await?.ok_or_else(|| refund_not_found(refund_id))?;
+        if let Err(m) = sync::check_refund(&before, &current, re) {
+            let mut held = before.clone();
+            held.integrity_error = Some(m.clone());
+            let note = format!("integrity check failed: Stripe's refund {} differs from refund {}", re.id, current.id);
+            let cause = Cause { refund_id: Some(current.id), stripe_request_id, note: Some(&note) };
+            payments::save(tx, &before, &held, source, &cause).await?;
+            tracing::error!(payment_id, refund_id, mismatch = %m, "stripe's refund does not match ours: payment held");
+            return Ok(Applied::Held(m));
+        }
+        let status = sync::refund_status(re);
+        if status == current.status && current.stripe_refund_id.as_deref() == Some(re.id.as_str()) {
+            return Ok(Applied::Row(current));
+        }
+        let updated =
+            payments::update_refund(tx, refund_id, status, Some(&re.id), re.failure_reason.as_deref(), source).await?;
+        let counted = |s: &str| i64::from(s == "succeeded");
+        let delta = current.amount * (counted(status) - counted(&current.status));
+        if delta != 0 {
+            let next = before.ledger().set_refunded(before.amount_refunded + delta).map_err(|r| refused(payment_id, r))?;
+            let mut after = before.clone();
+            after.set_ledger(next);
+            let note = format!("refund {} {status}", current.id);
+            let cause = Cause { refund_id: Some(current.id), stripe_request_id, note: Some(&note) };
+            payments::save(tx, &before, &after, source, &cause).await?;
+        }
+        Ok(Applied::Row(updated))
+    }
+
+    /// Reads a Stripe refund of `payment` back and applies it. Ours is found
+    /// by its Stripe id or, when the news comes before our API call has
+    /// bound it, by our id in its metadata; a refund made at Stripe outside
+    /// this service is recorded as a new refund of the payment.
+    pub(crate) async fn refresh_refund(
+        &self,
+        stripe_refund: &str,
+        payment: &PaymentRow,
+        source: Source,
+    ) -> Result<(), AppError> {
+        let reply = self.stripe.retrieve_refund(stripe_refund).await.map_err(stripe_failure)?;
+        let re = reply.object;
+        let bound = payments::refund_by_stripe_id(&self.db, &re.id).await?;
+        let ours = match (bound, re.metadata.get("refundID").and_then(|id| id.parse::<i64>().ok())) {
+            (Some(r), _) => Some(r),
+            (None, Some(id)) => payments::get_refund(&self.db, id).await?.filter(|r| r.payment_id == payment.id),
+            (None, None) => None,
+        };
+        let mut tx = self.db.begin().await?;
+        let refund_id = match ours {
+            Some(r) => r.id,
+            None => {
+                payments::lock(&mut tx, payment.id).await?.ok_or_else(|| not_found(payment.id))?;
+                // Looked up again under the payment's lock: two deliveries
+                // of its news record it once.
+                match payments::refund_by_stripe_id(&mut *tx, &re.id).await? {
+                    Some(r) => r.id,
+                    None => {
+                        tracing::info!(payment_id = payment.id, "refund made outside this service: recorded");
+                        payments::insert_refund(&mut tx, payment.id, re.amount, re.reason.as_deref(), source).await?.id
+                    }
+                }
+            }
+        };
+        let applied = self.apply_refund(&mut tx, payment.id, refund_id, &re, reply.request_id.as_deref(), source).await?;
+        tx.commit().await?;
+        match applied {
+            Applied::Row(_) => Ok(()),
+            Applied::Held(_) => Err(super::operations::mismatch(payment.id).detail("refundID", refund_id.to_string())),
         }
     }
 

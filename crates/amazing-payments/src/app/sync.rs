@@ -5,7 +5,7 @@
 
 use crate::{
     domain::payment::{Refused, Status},
-    store::payments::PaymentRow,
+    store::payments::{PaymentRow, RefundRow},
     stripe::types::{PaymentIntent, Refund},
 };
 use chrono::{DateTime, Utc};
@@ -129,4 +129,33 @@ pub fn refund_status(re: &Refund) -> &'static str {
         Some("requires_action") => "requires_action",
         _ => "pending",
     }
+}
+
+/// Checks a Stripe Refund against our refund and its payment: the same
+/// PaymentIntent, amount and currency, our refund id in its metadata when it
+/// carries one, and no other Stripe refund already bound to ours.
+pub fn check_refund(payment: &PaymentRow, ours: &RefundRow, re: &Refund) -> Result<(), String> {
+    let mut wrong = Vec::new();
+    if re.amount != ours.amount {
+        wrong.push(format!("amount {} instead of {}", re.amount, ours.amount));
+    }
+    if !re.currency.is_empty() && re.currency != payment.currency {
+        wrong.push(format!("currency {} instead of {}", re.currency, payment.currency));
+    }
+    if let (Some(got), Some(expected)) = (&re.payment_intent, &payment.stripe_payment_intent_id)
+        && got != expected
+    {
+        wrong.push(format!("payment_intent {got} instead of {expected}"));
+    }
+    if let Some(id) = re.metadata.get("refundID")
+        && *id != ours.id.to_string()
+    {
+        wrong.push(format!("metadata refundID {id} instead of {}", ours.id));
+    }
+    if let Some(bound) = &ours.stripe_refund_id
+        && *bound != re.id
+    {
+        wrong.push(format!("it is not {bound}, the refund already bound"));
+    }
+    if wrong.is_empty() { Ok(()) } else { Err(format!("Stripe's refund {} has {}", re.id, wrong.join(", "))) }
 }

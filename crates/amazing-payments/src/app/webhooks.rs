@@ -12,7 +12,7 @@ use super::{App, AppError, Kind};
 use crate::{
     store::{
         customers,
-        payments::{self, Cause, Source},
+        payments::{self, Source},
         webhooks::{self, EventRow},
     },
     stripe::webhook::{SignatureError, verify},
@@ -81,7 +81,7 @@ impl App {
             payments::set_dispute(&self.db, row.id, status, reason, &note).await?;
         }
         if kind.starts_with("refund.") {
-            self.refresh_refund(object["id"].as_str().unwrap_or_default(), &row).await?;
+            self.refresh_refund(object["id"].as_str().unwrap_or_default(), &row, Source::Webhook).await?;
         }
         self.refresh_from(row.id, pi, Source::Webhook, &format!("webhook {kind}")).await?;
         Ok(())
@@ -106,50 +106,5 @@ impl App {
         };
         let capture = if intent.capture_method == "manual" { "manual" } else { "automatic" };
         Ok(Some(payments::adopt(&self.db, customer_id, pi, intent.amount, &intent.currency, capture).await?))
-    }
-
-    /// Reads a refund back from Stripe and applies its status; a refund that
-    /// failed after succeeding gives its amount back to the payment.
-    async fn refresh_refund(&self, stripe_refund: &str, payment: &payments::PaymentRow) -> Result<(), AppError> {
-        let Some(refund) = payments::refund_by_stripe_id(&self.db, stripe_refund).await? else {
-            tracing::info!(refund = stripe_refund, "refund not made here: acknowledged");
-            return Ok(());
-        };
-        let reply = self.stripe.retrieve_refund(stripe_refund).await.map_err(super::stripe_failure)?;
-        let status = super::sync::refund_status(&reply.object);
-        if status == refund.status {
-            return Ok(());
-        }
-        let mut tx = self.db.begin().await?;
-        let before =
-            payments::lock(&mut tx, payment.id).await?.ok_or_else(|| super::operations::not_found(payment.id))?;
-        let delta = match (refund.status.as_str(), status) {
-            ("succeeded", "failed" | "canceled") => -refund.amount,
-            ("pending" | "requires_action", "succeeded") => refund.amount,
-            _ => 0,
-        };
-        payments::update_refund(
-            &mut tx,
-            refund.id,
-            status,
-            None,
-            reply.object.failure_reason.as_deref(),
-            Source::Webhook,
-        )
-        .await?;
-        if delta != 0 {
-            let next = before
-                .ledger()
-                .set_refunded(before.amount_refunded + delta)
-                .map_err(|r| super::operations::refused(payment.id, r))?;
-            let mut after = before.clone();
-            after.set_ledger(next);
-            let note = format!("refund {} {status}", refund.id);
-            let cause =
-                Cause { refund_id: Some(refund.id), stripe_request_id: reply.request_id.as_deref(), note: Some(&note) };
-            payments::save(&mut tx, &before, &after, Source::Webhook, &cause).await?;
-        }
-        tx.commit().await?;
-        Ok(())
     }
 }

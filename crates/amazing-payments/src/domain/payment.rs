@@ -25,7 +25,10 @@ pub enum Status {
     Succeeded,
     PartiallyRefunded,
     Refunded,
-    /// Declined or not authenticated.
+    /// The last attempt was declined or not authenticated. Not final:
+    /// Stripe keeps the PaymentIntent open, and the customer may still
+    /// complete it with another card (Stripe.js and the client secret), so
+    /// it can still become authorized or succeeded. Cancel it to close it.
     Failed,
     Canceled,
 }
@@ -68,7 +71,8 @@ impl Status {
 
     /// Whether a payment may move from `self` to `to`. Refund-driven moves
     /// among the captured statuses are allowed both ways (a refund can fail
-    /// after succeeding); nothing leaves `canceled`.
+    /// after succeeding); a failed attempt may be followed by another, in
+    /// any outcome; nothing leaves `canceled`.
     pub fn can_move_to(self, to: Status) -> bool {
         use Status::*;
         match (self, to) {
@@ -76,7 +80,8 @@ impl Status {
             (Pending, _) => true,
             (RequiresAction, Processing | Authorized | Succeeded | Failed | Canceled) => true,
             (Processing, Authorized | Succeeded | Failed | Canceled) => true,
-            (Failed, Canceled) => true,
+            (Failed, RequiresAction | Processing | Authorized | Succeeded | Canceled) => true,
+            (RequiresAction | Processing, RequiresAction | Processing) => true,
             (Authorized, Succeeded | Canceled) => true,
             (Succeeded | PartiallyRefunded | Refunded, Succeeded | PartiallyRefunded | Refunded) => true,
             _ => false,
@@ -332,6 +337,16 @@ mod tests {
         assert!(!Status::Succeeded.can_move_to(Status::Authorized));
         assert!(!Status::Authorized.can_move_to(Status::RequiresAction));
         assert!(authorized(100).cancel().unwrap().capture(100).is_err());
+    }
+
+    #[test]
+    fn a_failed_attempt_is_not_final_while_stripe_may_still_take_the_money() {
+        let failed = Ledger::pending(1000).fail().unwrap();
+        assert_eq!(failed.authorize(1000).unwrap().status, Status::Authorized);
+        assert_eq!(failed.capture(1000).unwrap().status, Status::Succeeded);
+        assert_eq!(failed.wait(Status::RequiresAction).unwrap().status, Status::RequiresAction);
+        assert_eq!(failed.cancel().unwrap().status, Status::Canceled);
+        assert!(failed.cancel().unwrap().authorize(1000).is_err(), "canceled stays canceled");
     }
 
     #[derive(Debug, Clone)]

@@ -30,6 +30,14 @@ pub async fn claim(
     ttl: Duration,
 ) -> Result<Claim, sqlx::Error> {
     let lease_s = lease.as_secs_f64();
+    // A key past its TTL is gone, whether or not the purge has run: the
+    // request that claims it now is a new one.
+    sqlx::query(&format!("{UNBIND_EXPIRED} SELECT 1"))
+        .bind(scope)
+        .bind(key)
+        .bind(1_i64)
+        .execute(db)
+        .await?;
     let inserted = sqlx::query(
         "INSERT INTO auth.idempotency_key (scope, key, rpc, fingerprint, state, locked_until, expires_at)
          VALUES ($1, $2, $3, $4, 'running', now() + make_interval(secs => $5), now() + make_interval(secs => $6))
@@ -98,14 +106,28 @@ pub async fn release(db: &PgPool, scope: i64, key: &str) -> Result<(), sqlx::Err
     Ok(())
 }
 
+/// Deletes expired keys (those of scope $1 and key $2, or all when both are
+/// NULL; at most $3) and, in the same statement, ends their binding to the
+/// operations they asked for: once a key has expired, it resolves to nothing.
+const UNBIND_EXPIRED: &str = "
+    WITH gone AS (
+        DELETE FROM auth.idempotency_key WHERE ctid IN (
+            SELECT ctid FROM auth.idempotency_key
+            WHERE expires_at < now() AND ($1::bigint IS NULL OR (scope = $1 AND key = $2))
+            LIMIT $3)
+        RETURNING scope, key),
+    unbound AS (
+        UPDATE payment.operation o SET request_scope = NULL, request_key = NULL
+        FROM gone WHERE o.request_scope = gone.scope AND o.request_key = gone.key
+        RETURNING o.id)";
+
 /// Deletes up to `batch` expired keys; how many.
 pub async fn purge(db: &PgPool, batch: i64) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query(
-        "DELETE FROM auth.idempotency_key WHERE ctid IN
-            (SELECT ctid FROM auth.idempotency_key WHERE expires_at < now() LIMIT $1)",
-    )
-    .bind(batch)
-    .execute(db)
-    .await?;
-    Ok(done.rows_affected())
+    let purged: i64 = sqlx::query_scalar(&format!("{UNBIND_EXPIRED} SELECT count(*) FROM gone"))
+        .bind(None::<i64>)
+        .bind(None::<String>)
+        .bind(batch)
+        .fetch_one(db)
+        .await?;
+    Ok(purged as u64)
 }

@@ -136,6 +136,8 @@ pub struct OperationRow {
     /// What the request needs besides the rows (e.g. a cancellation reason).
     pub params: Json<Value>,
     pub state: String,
+    /// Why it failed, or what its last attempt met.
+    pub last_error: Option<String>,
 }
 
 pub struct NewPayment<'a> {
@@ -193,7 +195,7 @@ pub async fn insert(db: &PgPool, p: NewPayment<'_>) -> Result<(PaymentRow, Opera
 /// Operations of customers, products and prices have no payment: their
 /// `payment_id` reads as 0.
 const OPERATION: &str =
-    "id, kind, coalesce(payment_id, 0) AS payment_id, refund_id, amount, idempotency_key, params, state";
+    "id, kind, coalesce(payment_id, 0) AS payment_id, refund_id, amount, idempotency_key, params, state, last_error";
 
 /// An operation to record.
 pub struct NewOperation<'a> {
@@ -207,12 +209,14 @@ pub struct NewOperation<'a> {
     pub request: Option<(i64, &'a str)>,
 }
 
-/// Records an operation; its Stripe idempotency key is derived from its id.
+/// Records an operation. Its Stripe idempotency key is a random UUID, so no
+/// two deployments (or databases, or restored backups) on one Stripe account
+/// ever send the same key for different requests.
 pub async fn insert_operation(conn: &mut PgConnection, op: NewOperation<'_>) -> Result<OperationRow, sqlx::Error> {
     sqlx::query_as(&format!(
         "WITH next AS (SELECT nextval(pg_get_serial_sequence('payment.operation', 'id')) AS id)
          INSERT INTO payment.operation (id, kind, payment_id, refund_id, amount, idempotency_key, params, request_scope, request_key)
-         SELECT next.id, $1, nullif($2, 0), $3, $4, 'ap-op-' || next.id, $5, $6, $7 FROM next
+         SELECT next.id, $1, nullif($2, 0), $3, $4, 'ap-' || gen_random_uuid(), $5, $6, $7 FROM next
          RETURNING {OPERATION}"
     ))
     .bind(op.kind)
@@ -248,15 +252,18 @@ pub async fn operation_by_request_key(db: &PgPool, scope: i64, key: &str) -> Res
 }
 
 /// Up to `limit` pending operations due for another try and older than
-/// `min_age`, each pushed back (exponentially with its attempts, at most five
-/// minutes) so that no other reconciler takes it meanwhile.
+/// `min_age`, each pushed back so that no other reconciler takes it
+/// meanwhile: by at least `claim` (longer than driving it can take), more
+/// after many attempts (exponentially, at most five minutes).
 pub async fn take_due_operations(
     db: &PgPool,
     limit: i64,
     min_age: std::time::Duration,
+    claim: std::time::Duration,
 ) -> Result<Vec<OperationRow>, sqlx::Error> {
     sqlx::query_as(&format!(
-        "UPDATE payment.operation SET next_attempt_at = now() + make_interval(secs => least(power(2, attempts), 300)::float8)
+        "UPDATE payment.operation
+         SET next_attempt_at = now() + make_interval(secs => greatest($3, least(power(2, attempts), 300))::float8)
          WHERE id IN (
              SELECT id FROM payment.operation
              WHERE state = 'pending' AND next_attempt_at <= now() AND created_at <= now() - make_interval(secs => $2)
@@ -265,32 +272,50 @@ pub async fn take_due_operations(
     ))
     .bind(limit)
     .bind(min_age.as_secs_f64())
+    .bind(claim.as_secs_f64())
     .fetch_all(db)
     .await
 }
 
 /// Payments that wait on something outside (the customer, the card network,
 /// an authorization's deadline), not touched for `min_age`, oldest first.
-pub async fn waiting(db: &PgPool, limit: i64, min_age: std::time::Duration) -> Result<Vec<PaymentRow>, sqlx::Error> {
+///
+/// A `failed` payment waits too: Stripe keeps its PaymentIntent open after a
+/// failed attempt, and the customer may still complete it. Those are read
+/// back at most every `failed_every`, for a week. Each payment taken is
+/// marked as looked at now, so that several reconcilers share the work.
+pub async fn take_waiting(
+    db: &PgPool,
+    limit: i64,
+    min_age: std::time::Duration,
+    failed_every: std::time::Duration,
+) -> Result<Vec<PaymentRow>, sqlx::Error> {
     sqlx::query_as(&format!(
-        "SELECT {PAYMENT} FROM payment.payment
-         WHERE stripe_payment_intent_id IS NOT NULL AND updated_at <= now() - make_interval(secs => $2)
-           AND (status IN ('requires_action', 'processing') OR (status = 'authorized' AND capture_before < now()))
-           AND NOT EXISTS (SELECT 1 FROM payment.operation o WHERE o.payment_id = payment.id AND o.state = 'pending')
-         ORDER BY updated_at LIMIT $1"
+        "UPDATE payment.payment SET reconciled_at = now() WHERE id IN (
+             SELECT id FROM payment.payment p
+             WHERE stripe_payment_intent_id IS NOT NULL
+               AND coalesce(reconciled_at, updated_at) <= now() - make_interval(secs => $2)
+               AND (status IN ('requires_action', 'processing')
+                    OR (status = 'authorized' AND capture_before < now())
+                    OR (status = 'failed' AND created_at > now() - interval '7 days'
+                        AND coalesce(reconciled_at, updated_at) <= now() - make_interval(secs => $3)))
+               AND NOT EXISTS (SELECT 1 FROM payment.operation o WHERE o.payment_id = p.id AND o.state = 'pending')
+             ORDER BY coalesce(reconciled_at, updated_at) LIMIT $1 FOR UPDATE SKIP LOCKED)
+         RETURNING {PAYMENT}"
     ))
     .bind(limit)
     .bind(min_age.as_secs_f64())
+    .bind(failed_every.as_secs_f64())
     .fetch_all(db)
     .await
 }
 
 /// The capture or cancel of a payment still in flight, if any.
 pub async fn pending_operation(conn: &mut PgConnection, payment_id: i64) -> Result<Option<OperationRow>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT id, kind, payment_id, refund_id, amount, idempotency_key, params, state FROM payment.operation
-         WHERE payment_id = $1 AND state = 'pending' AND kind IN ('capture', 'cancel')",
-    )
+    sqlx::query_as(&format!(
+        "SELECT {OPERATION} FROM payment.operation
+         WHERE payment_id = $1 AND state = 'pending' AND kind IN ('capture', 'cancel')"
+    ))
     .bind(payment_id)
     .fetch_optional(conn)
     .await
@@ -460,6 +485,7 @@ pub async fn insert_refund(
     payment_id: i64,
     amount: i64,
     reason: Option<&str>,
+    source: Source,
 ) -> Result<RefundRow, sqlx::Error> {
     let row: RefundRow = sqlx::query_as(&format!(
         "INSERT INTO payment.refund (payment_id, status, amount, reason) VALUES ($1, 'pending', $2, $3) RETURNING {REFUND}"
@@ -469,7 +495,7 @@ pub async fn insert_refund(
     .bind(reason)
     .fetch_one(&mut *conn)
     .await?;
-    outbox::refund_changed(conn, None, &row, Source::Api.as_str()).await?;
+    outbox::refund_changed(conn, None, &row, source.as_str()).await?;
     Ok(row)
 }
 
@@ -583,8 +609,43 @@ pub async fn set_dispute(
     Ok(())
 }
 
+/// The refund, locked for the rest of the transaction (after its payment:
+/// always payment first, then refund).
+pub async fn lock_refund(conn: &mut PgConnection, id: i64) -> Result<Option<RefundRow>, sqlx::Error> {
+    sqlx::query_as(&format!("SELECT {REFUND} FROM payment.refund WHERE id = $1 FOR UPDATE"))
+        .bind(id)
+        .fetch_optional(conn)
+        .await
+}
+
+/// Refunds Stripe may still settle (pending, or waiting on the customer)
+/// with no operation in flight and not looked at for `min_age`, oldest first;
+/// each marked as looked at now.
+pub async fn take_waiting_refunds(
+    db: &PgPool,
+    limit: i64,
+    min_age: std::time::Duration,
+) -> Result<Vec<RefundRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "UPDATE payment.refund SET reconciled_at = now() WHERE id IN (
+             SELECT id FROM payment.refund r
+             WHERE status IN ('pending', 'requires_action') AND stripe_refund_id IS NOT NULL
+               AND coalesce(reconciled_at, updated_at) <= now() - make_interval(secs => $2)
+               AND NOT EXISTS (SELECT 1 FROM payment.operation o WHERE o.refund_id = r.id AND o.state = 'pending')
+             ORDER BY coalesce(reconciled_at, updated_at) LIMIT $1 FOR UPDATE SKIP LOCKED)
+         RETURNING {REFUND}"
+    ))
+    .bind(limit)
+    .bind(min_age.as_secs_f64())
+    .fetch_all(db)
+    .await
+}
+
 /// A refund by its Stripe id.
-pub async fn refund_by_stripe_id(db: &PgPool, id: &str) -> Result<Option<RefundRow>, sqlx::Error> {
+pub async fn refund_by_stripe_id<'c>(
+    db: impl sqlx::PgExecutor<'c>,
+    id: &str,
+) -> Result<Option<RefundRow>, sqlx::Error> {
     sqlx::query_as(&format!("SELECT {REFUND} FROM payment.refund WHERE stripe_refund_id = $1"))
         .bind(id)
         .fetch_optional(db)

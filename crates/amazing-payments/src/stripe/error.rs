@@ -27,6 +27,13 @@ pub struct ApiError {
     pub payment_intent: Option<serde_json::Value>,
     #[serde(skip)]
     pub request_id: Option<String>,
+    /// Stripe replayed an answer it saved for this idempotency key: the
+    /// same key will only ever get this answer again.
+    #[serde(skip)]
+    pub replayed: bool,
+    /// `Stripe-Should-Retry`, when Stripe sent it.
+    #[serde(skip)]
+    pub should_retry: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -77,6 +84,30 @@ impl StripeError {
             StripeError::Api(e) => e.status == 409 || e.status == 429 || e.status >= 500,
             StripeError::Decode { .. } => false,
         }
+    }
+
+    /// Whether this attempt may have reached Stripe: anything but a
+    /// connection that was never made.
+    pub fn may_have_reached_stripe(&self) -> bool {
+        !matches!(self, StripeError::Network { sent: false, .. })
+    }
+
+    /// Whether Stripe's work for this request is in doubt: it may or may not
+    /// have been done, and only reading the object back, or the same request
+    /// with the same key, can tell. A request proven never sent is not in
+    /// doubt (nothing happened), and neither is a refusal.
+    pub fn outcome_unknown(&self) -> bool {
+        match self {
+            StripeError::Network { sent, .. } => *sent,
+            StripeError::Api(a) => a.status == 409 || a.status == 429 || a.status >= 500,
+            StripeError::Decode { .. } => true,
+        }
+    }
+
+    /// A saved error that Stripe replays for this idempotency key: retrying
+    /// with the key can never finish the request.
+    pub fn is_replayed_failure(&self) -> bool {
+        matches!(self, StripeError::Api(a) if a.replayed && a.status >= 500)
     }
 
     /// The Stripe API error, if Stripe answered with one.

@@ -55,6 +55,15 @@ impl Settings {
     }
 }
 
+impl Settings {
+    /// The longest one call may take, every retry and backoff included: the
+    /// lease of anything that guards a Stripe call must be longer.
+    pub fn worst_case(&self) -> Duration {
+        let attempts = self.max_retries + 1;
+        self.timeout.saturating_mul(attempts) + self.max_backoff.saturating_mul(self.max_retries)
+    }
+}
+
 /// A successful answer: the object and the `Request-Id` Stripe gave it.
 #[derive(Debug, Clone)]
 pub struct Reply<T> {
@@ -199,16 +208,26 @@ impl Client {
         idempotency_key: Option<&str>,
     ) -> Result<Reply<T>, StripeError> {
         let mut attempt = 0;
+        // Whether any attempt so far may have reached Stripe. A later attempt
+        // that could not connect proves nothing about the earlier ones.
+        let mut reached = false;
         loop {
             let (result, hints) = self.attempt(&method, path, form, idempotency_key).await;
             match result {
                 Err(e)
                     if e.is_retryable() && hints.should_retry != Some(false) && attempt < self.settings.max_retries =>
                 {
+                    reached |= e.may_have_reached_stripe();
                     attempt += 1;
                     let wait = self.backoff(attempt, hints.retry_after);
                     tracing::warn!(path, attempt, wait_ms = wait.as_millis() as u64, error = %e, "retrying stripe request");
                     tokio::time::sleep(wait).await;
+                }
+                Err(StripeError::Network { message, sent: false }) if reached => {
+                    return Err(StripeError::Network {
+                        message: format!("{message} (an earlier attempt may have reached Stripe)"),
+                        sent: true,
+                    });
                 }
                 other => return other,
             }
@@ -260,6 +279,7 @@ impl Client {
         let status = resp.status();
         let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
         let request_id = header("request-id");
+        let replayed = header("idempotent-replayed").is_some_and(|v| v == "true");
         let hints = RetryHints {
             should_retry: header("stripe-should-retry").map(|v| v == "true"),
             retry_after: header("retry-after").and_then(|v| v.trim().parse::<u64>().ok()).map(Duration::from_secs),
@@ -291,6 +311,8 @@ impl Client {
         };
         error.status = status.as_u16();
         error.request_id = request_id;
+        error.replayed = replayed;
+        error.should_retry = hints.should_retry;
         (Err(StripeError::Api(error)), hints)
     }
 }

@@ -7,7 +7,8 @@
 //!    so Stripe either does them now or replays what it already did;
 //! 2. payments waiting on something outside (3-D Secure, processing, an
 //!    authorization past its deadline) are read back from Stripe;
-//! 3. expired client idempotency keys are purged.
+//! 3. refunds Stripe may still settle (pending) are read back;
+//! 4. expired client idempotency keys are purged (ending their binding).
 //!
 //! Corrections are recorded in the payment history with source
 //! `reconciler`. Several instances may run it at once: operations are taken
@@ -30,11 +31,19 @@ pub struct Settings {
     pub batch: i64,
     /// Leave younger operations to the request that started them.
     pub min_age: Duration,
+    /// How often a failed payment (whose PaymentIntent Stripe keeps open)
+    /// is read back.
+    pub failed_every: Duration,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Self { interval: Duration::from_secs(10), batch: 100, min_age: Duration::from_secs(30) }
+        Self {
+            interval: Duration::from_secs(10),
+            batch: 100,
+            min_age: Duration::from_secs(30),
+            failed_every: Duration::from_secs(15 * 60),
+        }
     }
 }
 
@@ -49,6 +58,8 @@ pub struct Pass {
     pub payments: usize,
     /// Of those, changed by what Stripe said.
     pub corrected: usize,
+    /// Pending refunds read back.
+    pub refunds: usize,
     /// Expired idempotency keys deleted.
     pub purged: u64,
 }
@@ -56,14 +67,17 @@ pub struct Pass {
 impl Pass {
     /// Whether the pass found work.
     pub fn busy(&self) -> bool {
-        self.operations + self.payments > 0
+        self.operations + self.payments + self.refunds > 0
     }
 }
 
 /// One pass.
 pub async fn pass(app: &App, s: &Settings) -> anyhow::Result<Pass> {
     let mut done = Pass::default();
-    for op in payments::take_due_operations(&app.db, s.batch, s.min_age).await? {
+    // Taken for longer than driving one operation can take, so that no
+    // other reconciler drives it at the same time.
+    let claim = app.stripe.settings().worst_case() + Duration::from_secs(10);
+    for op in payments::take_due_operations(&app.db, s.batch, s.min_age, claim).await? {
         done.operations += 1;
         match app.drive_from(&op, payments::Source::Reconciler).await {
             Ok(_) => done.finished += 1,
@@ -80,7 +94,7 @@ pub async fn pass(app: &App, s: &Settings) -> anyhow::Result<Pass> {
             ),
         }
     }
-    for row in payments::waiting(&app.db, s.batch, s.min_age).await? {
+    for row in payments::take_waiting(&app.db, s.batch, s.min_age, s.failed_every).await? {
         done.payments += 1;
         let Some(pi) = row.stripe_payment_intent_id.clone() else { continue };
         match app.refresh_from(row.id, &pi, payments::Source::Reconciler, "reconciled with Stripe").await {
@@ -89,12 +103,31 @@ pub async fn pass(app: &App, s: &Settings) -> anyhow::Result<Pass> {
             Err(e) => tracing::warn!(payment_id = row.id, reason = e.reason, "payment could not be read back"),
         }
     }
+    for refund in payments::take_waiting_refunds(&app.db, s.batch, s.min_age).await? {
+        done.refunds += 1;
+        let (Some(stripe_id), Some(payment)) =
+            (refund.stripe_refund_id.as_deref(), payments::get(&app.db, refund.payment_id).await?)
+        else {
+            continue;
+        };
+        let before = refund.status.clone();
+        match app.refresh_refund(stripe_id, &payment, payments::Source::Reconciler).await {
+            Ok(()) => {
+                let now = payments::get_refund(&app.db, refund.id).await?.map(|r| r.status);
+                if now.as_deref() != Some(before.as_str()) {
+                    done.corrected += 1;
+                }
+            }
+            Err(e) => tracing::warn!(refund_id = refund.id, reason = e.reason, "refund could not be read back"),
+        }
+    }
     done.purged = idempotency::purge(&app.db, 1000).await?;
     if done.busy() || done.purged > 0 {
         tracing::info!(
             operations = done.operations,
             finished = done.finished,
             payments = done.payments,
+            refunds = done.refunds,
             corrected = done.corrected,
             purged = done.purged,
             "reconciler pass"
@@ -112,6 +145,7 @@ pub async fn until_idle(app: &App, s: &Settings) -> anyhow::Result<Pass> {
         total.finished += p.finished;
         total.payments += p.payments;
         total.corrected += p.corrected;
+        total.refunds += p.refunds;
         total.purged += p.purged;
         if !p.busy() || p.finished + p.corrected == 0 {
             return Ok(total);

@@ -71,11 +71,20 @@ pub struct Options {
     /// Register the service's webhook endpoint with the simulator (every
     /// event) and use its secret.
     pub register_webhook: bool,
+    /// This simulator instead of a new one.
+    pub simulator: Option<stripe_sim::Simulator>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { auth_required: true, db: None, stripe_base: None, webhooks: Default::default(), register_webhook: false }
+        Self {
+            auth_required: true,
+            db: None,
+            stripe_base: None,
+            webhooks: Default::default(),
+            register_webhook: false,
+            simulator: None,
+        }
     }
 }
 
@@ -98,8 +107,11 @@ impl TestApp {
         Self::spawn_with(Options::default()).await
     }
 
-    pub async fn spawn_with(options: Options) -> Self {
-        let sim = stripe_sim::Simulator::start(stripe_sim::Config::default()).await.unwrap();
+    pub async fn spawn_with(mut options: Options) -> Self {
+        let sim = match options.simulator.take() {
+            Some(sim) => sim,
+            None => stripe_sim::Simulator::start(stripe_sim::Config::default()).await.unwrap(),
+        };
         let (db_options, db) = migrated_database().await;
         let service_db = match &options.db {
             Some(o) => store::pool(&DbConfig { options: o.clone(), max_connections: 5 }),

@@ -1,5 +1,7 @@
-//! A TCP proxy in front of PostgreSQL that a test can cut and restore: from
-//! the service's side, exactly a database that stops and comes back.
+//! A TCP proxy that a test can cut and restore: in front of PostgreSQL, a
+//! database that stops and comes back; in front of the Stripe simulator, a
+//! network that breaks. `refuse` closes the port itself, so that new
+//! connections are refused (a request that certainly never left).
 
 use std::{
     net::SocketAddr,
@@ -19,7 +21,7 @@ pub struct Proxy {
     upstream: SocketAddr,
     up: Arc<AtomicBool>,
     cut: watch::Sender<u64>,
-    task: Option<JoinHandle<()>>,
+    task: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Proxy {
@@ -27,8 +29,8 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (cut, _) = watch::channel(0);
-        let mut p = Self { addr, upstream, up: Arc::new(AtomicBool::new(true)), cut, task: None };
-        p.task = Some(p.serve(listener));
+        let p = Self { addr, upstream, up: Arc::new(AtomicBool::new(true)), cut, task: Default::default() };
+        *p.task.lock().unwrap() = Some(p.serve(listener));
         p
     }
 
@@ -65,11 +67,27 @@ impl Proxy {
     pub fn start_again(&self) {
         self.up.store(true, Ordering::SeqCst);
     }
+
+    /// The network goes: open connections are cut and the port is closed,
+    /// so that every new connection is refused (a request that certainly
+    /// never left).
+    pub fn refuse(&self) {
+        if let Some(t) = self.task.lock().unwrap().take() {
+            t.abort();
+        }
+        self.cut.send_modify(|n| *n += 1);
+    }
+
+    /// Opens the port again after [`Proxy::refuse`].
+    pub async fn accept_again(&self) {
+        let listener = TcpListener::bind(self.addr).await.unwrap();
+        *self.task.lock().unwrap() = Some(self.serve(listener));
+    }
 }
 
 impl Drop for Proxy {
     fn drop(&mut self) {
-        if let Some(t) = self.task.take() {
+        if let Some(t) = self.task.lock().unwrap().take() {
             t.abort();
         }
     }

@@ -1,0 +1,388 @@
+//! Money under partial failure: a call that reached Stripe and then could not
+//! be retried, a retry after 503, a failed attempt that later succeeds, an
+//! idempotency key past its TTL, two deployments on one Stripe account, and
+//! one refund's news applied several times at once. Each test names what a
+//! caller or Stripe would see if the service got it wrong.
+
+mod common;
+
+use amazing_payments::store::webhooks::EventRow;
+use common::{
+    Options, TestApp,
+    call::{Via, int},
+    proxy::Proxy,
+};
+use serde_json::{Value, json};
+use std::{net::SocketAddr, time::Duration};
+use tonic::Code;
+
+fn fault(app: &TestApp, rule: Value) {
+    app.sim.state().faults.add(serde_json::from_value(rule).unwrap());
+}
+
+/// The service reaching the simulator through a proxy the test can close.
+async fn behind_proxy() -> (TestApp, Proxy) {
+    let sim = stripe_sim::Simulator::start(stripe_sim::Config::default()).await.unwrap();
+    let upstream: SocketAddr = sim.url().trim_start_matches("http://").parse().unwrap();
+    let proxy = Proxy::start(upstream).await;
+    let app = TestApp::spawn_with(Options {
+        stripe_base: Some(format!("http://{}", proxy.addr)),
+        simulator: Some(sim),
+        ..Default::default()
+    })
+    .await;
+    (app, proxy)
+}
+
+/// Closes the proxy's port `after` from now: the attempt in flight carries
+/// on, and every retry after it cannot connect.
+fn refuse_after(proxy: &Proxy, after: Duration) -> impl std::future::Future<Output = ()> + '_ {
+    async move {
+        tokio::time::sleep(after).await;
+        proxy.refuse();
+    }
+}
+
+/// Applies the webhooks that arrive until the payment satisfies `done` (at
+/// most five seconds); the payment then, with its history.
+async fn settled(app: &TestApp, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let mut now = Value::Null;
+    for _ in 0..100 {
+        while amazing_payments::workers::webhooks::pass(&app.app, 100).await.unwrap() > 0 {}
+        now = app.call(Via::Rest, "GetPayment", json!({"paymentID": id, "include_history": true})).await.unwrap();
+        if done(&now) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    now
+}
+
+fn manual_payment(customer: &str, amount: i64) -> Value {
+    json!({"customerID": customer, "amount": amount, "currency": "usd", "payment_method": "pm_card_visa", "capture_method": "manual"})
+}
+
+fn intents(app: &TestApp) -> Vec<Value> {
+    app.sim.state().data.lock().payment_intents.values().cloned().collect()
+}
+
+fn refunds(app: &TestApp) -> Vec<Value> {
+    app.sim.state().data.lock().refunds.values().cloned().collect()
+}
+
+#[tokio::test]
+async fn a_payment_whose_first_attempt_reached_stripe_is_not_recorded_failed_when_the_retry_cannot_connect() {
+    let (app, proxy) = behind_proxy().await;
+    let customer = app.new_customer().await;
+    // The first attempt is done by Stripe, slowly, and its answer is lost;
+    // meanwhile the network goes, so the retries cannot even connect.
+    fault(&app, json!({"method": "POST", "path": "/v1/payment_intents", "latency_ms": 400, "drop": "after", "times": 1}));
+    let body = manual_payment(&customer, 4200);
+    let (first, _) = tokio::join!(
+        app.call_keyed(Via::Rest, "CreatePayment", body.clone(), Some("order-77")),
+        refuse_after(&proxy, Duration::from_millis(150))
+    );
+    let failure = first.0.unwrap_err();
+    assert_eq!((failure.code, failure.reason.as_str()), (Code::Unavailable, "STRIPE_UNAVAILABLE"));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(intents(&app).len(), 1, "Stripe made the PaymentIntent");
+    let status: String = sqlx::query_scalar("SELECT status FROM payment.payment").fetch_one(&app.db).await.unwrap();
+    assert_eq!(status, "pending", "the outcome is unknown, not failed");
+
+    proxy.accept_again().await;
+    let (retried, _) = app.call_keyed(Via::Rest, "CreatePayment", body, Some("order-77")).await;
+    let payment = retried.expect("the retry finishes the same payment");
+    assert_eq!(payment["status"], "authorized");
+    assert_eq!(int(&payment, "amount_capturable"), 4200);
+    assert_eq!(intents(&app).len(), 1, "still one PaymentIntent: nothing charged twice");
+}
+
+#[tokio::test]
+async fn a_refund_whose_first_attempt_reached_stripe_is_finished_once_not_recorded_failed() {
+    let (app, proxy) = behind_proxy().await;
+    let customer = app.new_customer().await;
+    let mut body = manual_payment(&customer, 5000);
+    body["capture_method"] = json!("automatic");
+    let payment = app.call(Via::Rest, "CreatePayment", body).await.unwrap();
+    let id = payment["paymentID"].as_str().unwrap().to_string();
+    fault(&app, json!({"method": "POST", "path": "/v1/refunds", "latency_ms": 400, "drop": "after", "times": 1}));
+    let ask = json!({"paymentID": id, "amount": 2000});
+    let (first, _) = tokio::join!(
+        app.call_keyed(Via::Grpc, "RefundPayment", ask.clone(), Some("refund-1")),
+        refuse_after(&proxy, Duration::from_millis(150))
+    );
+    assert_eq!(first.0.unwrap_err().code, Code::Unavailable);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(refunds(&app).len(), 1, "Stripe refunded");
+
+    proxy.accept_again().await;
+    let refund = app.call_keyed(Via::Grpc, "RefundPayment", ask, Some("refund-1")).await.0.unwrap();
+    assert_eq!(refund["status"], "succeeded");
+    assert_eq!(refunds(&app).len(), 1, "refunded once");
+    let now = app.call(Via::Rest, "GetPayment", json!({"paymentID": id})).await.unwrap();
+    assert_eq!(int(&now, "amount_refunded"), 2000);
+}
+
+#[tokio::test]
+async fn a_capture_retried_after_stripe_could_not_be_reached_is_performed_not_answered_unchanged() {
+    let (app, proxy) = behind_proxy().await;
+    let customer = app.new_customer().await;
+    let payment = app.call(Via::Rest, "CreatePayment", manual_payment(&customer, 3000)).await.unwrap();
+    let id = payment["paymentID"].as_str().unwrap().to_string();
+    proxy.refuse();
+    for via in [Via::Rest, Via::Grpc] {
+        let f = app
+            .call_keyed(via, "CapturePayment", json!({"paymentID": id, "amount": 1000}), Some("cap-1"))
+            .await
+            .0
+            .unwrap_err();
+        assert_eq!((f.code, f.reason.as_str()), (Code::Unavailable, "STRIPE_UNAVAILABLE"));
+    }
+    proxy.accept_again().await;
+    let (captured, replayed) =
+        app.call_keyed(Via::Rest, "CapturePayment", json!({"paymentID": id, "amount": 1000}), Some("cap-1")).await;
+    let captured = captured.unwrap();
+    assert!(!replayed, "a 503 is never saved as the answer");
+    assert_eq!(captured["status"], "succeeded", "a 200 means the capture happened");
+    assert_eq!(int(&captured, "amount_captured"), 1000);
+    let pi = app.stripe_object(captured["stripe_payment_intent_id"].as_str().unwrap_or_default());
+    assert_eq!((pi["status"].as_str(), pi["amount_received"].as_i64()), (Some("succeeded"), Some(1000)));
+}
+
+#[tokio::test]
+async fn a_refund_retried_after_stripe_could_not_be_reached_refunds_instead_of_answering_a_failed_refund() {
+    let (app, proxy) = behind_proxy().await;
+    let customer = app.new_customer().await;
+    let mut body = manual_payment(&customer, 3000);
+    body["capture_method"] = json!("automatic");
+    let id = app.call(Via::Rest, "CreatePayment", body).await.unwrap()["paymentID"].as_str().unwrap().to_string();
+    proxy.refuse();
+    let ask = json!({"paymentID": id, "amount": 500});
+    assert_eq!(app.call_keyed(Via::Rest, "RefundPayment", ask.clone(), Some("r-9")).await.0.unwrap_err().code, Code::Unavailable);
+    proxy.accept_again().await;
+    let refund = app.call_keyed(Via::Rest, "RefundPayment", ask, Some("r-9")).await.0.unwrap();
+    assert_eq!(refund["status"], "succeeded");
+    assert_eq!(refunds(&app).len(), 1);
+}
+
+#[tokio::test]
+async fn an_operation_stripe_refused_after_a_503_answers_the_refusal_to_the_retry_never_a_200() {
+    let (app, proxy) = behind_proxy().await;
+    let customer = app.new_customer().await;
+    let id = app.call(Via::Rest, "CreatePayment", manual_payment(&customer, 3000)).await.unwrap()["paymentID"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    proxy.refuse();
+    let ask = json!({"paymentID": id});
+    assert_eq!(app.call_keyed(Via::Rest, "CapturePayment", ask.clone(), Some("c-2")).await.0.unwrap_err().code, Code::Unavailable);
+    proxy.accept_again().await;
+    // Meanwhile Stripe will refuse the capture; the reconciler meets that.
+    fault(&app, json!({"method": "POST", "path": "/v1/payment_intents/", "status": 400, "code": "payment_intent_unexpected_state"}));
+    let s = amazing_payments::workers::reconciler::Settings { min_age: Duration::ZERO, ..Default::default() };
+    amazing_payments::workers::reconciler::until_idle(&app.app, &s).await.unwrap();
+    let f = app.call_keyed(Via::Rest, "CapturePayment", ask, Some("c-2")).await.0.unwrap_err();
+    assert_eq!((f.code, f.reason.as_str()), (Code::FailedPrecondition, "STRIPE_REFUSED"));
+}
+
+#[tokio::test]
+async fn a_payment_that_failed_and_then_succeeded_at_stripe_ends_succeeded_here() {
+    let app = TestApp::spawn_with(Options { register_webhook: true, ..Default::default() }).await;
+    let customer = app.new_customer().await;
+    let mut body = manual_payment(&customer, 2500);
+    body["payment_method"] = json!("pm_card_chargeDeclined");
+    let f = app.call(Via::Rest, "CreatePayment", body).await.unwrap_err();
+    assert_eq!(f.reason, "CARD_DECLINED");
+    let id = f.details["paymentID"].as_str().unwrap().to_string();
+    let pi = intents(&app)[0]["id"].as_str().unwrap().to_string();
+    // The customer tries another card in Stripe.js: the same PaymentIntent.
+    let confirmed = app.stripe_post(&format!("/v1/payment_intents/{pi}/confirm"), &[("payment_method", "pm_card_visa")]).await;
+    assert_eq!(confirmed["status"], "requires_capture", "{confirmed}");
+    let now = settled(&app, &id, |p| p["status"] == "authorized").await;
+    assert_eq!(now["status"], "authorized", "the webhook brings the payment to Stripe's state: {now}");
+    assert_eq!(int(&now, "amount_capturable"), 2500);
+    let events: Vec<String> = sqlx::query_scalar("SELECT type FROM notify.outbox ORDER BY id")
+        .fetch_all(&app.db)
+        .await
+        .unwrap();
+    assert!(events.contains(&"payment.failed".to_string()) && events.contains(&"payment.authorized".to_string()), "{events:?}");
+}
+
+#[tokio::test]
+async fn a_failed_payment_whose_customer_completed_it_is_brought_up_to_date_by_the_reconciler() {
+    let app = TestApp::spawn().await;
+    let customer = app.new_customer().await;
+    let mut body = manual_payment(&customer, 2500);
+    body["payment_method"] = json!("pm_card_chargeDeclined");
+    let id = app.call(Via::Grpc, "CreatePayment", body).await.unwrap_err().details["paymentID"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let pi = intents(&app)[0]["id"].as_str().unwrap().to_string();
+    app.stripe_post(&format!("/v1/payment_intents/{pi}/confirm"), &[("payment_method", "pm_card_visa")]).await;
+    let s = amazing_payments::workers::reconciler::Settings {
+        min_age: Duration::ZERO,
+        failed_every: Duration::ZERO,
+        ..Default::default()
+    };
+    let pass = amazing_payments::workers::reconciler::pass(&app.app, &s).await.unwrap();
+    assert_eq!(pass.corrected, 1);
+    let now = app.call(Via::Rest, "GetPayment", json!({"paymentID": id, "include_history": true})).await.unwrap();
+    assert_eq!(now["status"], "authorized");
+    let last = now["history"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!((last["from_status"].as_str(), last["source"].as_str()), (Some("failed"), Some("reconciler")), "{last}");
+}
+
+#[tokio::test]
+async fn an_idempotency_key_past_its_ttl_no_longer_resolves_to_its_old_payment() {
+    let app = TestApp::spawn().await;
+    let customer = app.new_customer().await;
+    let a = app.call(Via::Rest, "CreatePayment", manual_payment(&customer, 1000)).await.unwrap();
+    let b = app.call(Via::Rest, "CreatePayment", manual_payment(&customer, 2000)).await.unwrap();
+    let (a, b) = (a["paymentID"].as_str().unwrap(), b["paymentID"].as_str().unwrap());
+    app.call_keyed(Via::Rest, "CapturePayment", json!({"paymentID": a}), Some("k")).await.0.unwrap();
+    sqlx::query("UPDATE auth.idempotency_key SET expires_at = now() - interval '1 second'").execute(&app.db).await.unwrap();
+    let captured = app.call_keyed(Via::Grpc, "CapturePayment", json!({"paymentID": b}), Some("k")).await.0.unwrap();
+    assert_eq!(captured["paymentID"], b, "the key now means this request");
+    assert_eq!(int(&captured, "amount_captured"), 2000);
+}
+
+#[tokio::test]
+async fn a_key_once_used_for_another_rpc_is_a_new_key_after_its_ttl_and_never_a_500() {
+    let app = TestApp::spawn().await;
+    let customer = app.new_customer().await;
+    app.call_keyed(Via::Rest, "CreateCustomer", json!({"name": "B", "email": "b@example.com"}), Some("k2"))
+        .await
+        .0
+        .unwrap();
+    // Purged by the reconciler this time, rather than found expired.
+    sqlx::query("UPDATE auth.idempotency_key SET expires_at = now() - interval '1 second'").execute(&app.db).await.unwrap();
+    assert_eq!(amazing_payments::store::idempotency::purge(&app.db, 100).await.unwrap(), 1);
+    for via in [Via::Rest, Via::Grpc] {
+        let (paid, _) = app.call_keyed(via, "CreatePayment", manual_payment(&customer, 1000), Some("k2")).await;
+        paid.expect("a new payment, not an error");
+    }
+    let customers: i64 = app.count("customer.customer").await;
+    assert_eq!(customers, 2);
+}
+
+#[tokio::test]
+async fn two_deployments_on_one_stripe_account_never_share_an_idempotency_key() {
+    let first = TestApp::spawn().await;
+    let second = TestApp::spawn_with(Options { stripe_base: Some(first.sim.url()), ..Default::default() }).await;
+    let a = first.call(Via::Rest, "CreateCustomer", json!({"name": "A", "email": "a@example.com"})).await.unwrap();
+    let b = second.call(Via::Rest, "CreateCustomer", json!({"name": "B", "email": "b@example.com"})).await.unwrap();
+    assert_eq!(a["customerID"], b["customerID"], "both databases number from 1");
+    assert_ne!(a["stripe_customer_key"], b["stripe_customer_key"], "each has its own Stripe customer");
+    let stripe_b = first.stripe_object(b["stripe_customer_key"].as_str().unwrap());
+    assert_eq!(stripe_b["email"], "b@example.com");
+    let pa = first.call(Via::Rest, "CreatePayment", manual_payment(a["customerID"].as_str().unwrap(), 1100)).await.unwrap();
+    let pb = second.call(Via::Rest, "CreatePayment", manual_payment(b["customerID"].as_str().unwrap(), 2200)).await.unwrap();
+    assert_ne!(pa["stripe_payment_intent_id"], pb["stripe_payment_intent_id"]);
+    assert_eq!(int(&pb, "amount_capturable"), 2200);
+}
+
+#[tokio::test]
+async fn one_refunds_news_applied_many_times_at_once_counts_once() {
+    let app = TestApp::spawn().await;
+    let customer = app.new_customer().await;
+    let mut body = manual_payment(&customer, 1000);
+    body["capture_method"] = json!("automatic");
+    let id = app.call(Via::Rest, "CreatePayment", body).await.unwrap()["paymentID"].as_str().unwrap().to_string();
+    let mut stripe_refunds = Vec::new();
+    for _ in 0..3 {
+        let r = app.call(Via::Rest, "RefundPayment", json!({"paymentID": id, "amount": 300})).await.unwrap();
+        stripe_refunds.push(r);
+    }
+    let first: String =
+        sqlx::query_scalar("SELECT stripe_refund_id FROM payment.refund ORDER BY id LIMIT 1").fetch_one(&app.db).await.unwrap();
+    let failed = app.stripe_post(&format!("/_sim/refunds/{first}/fail"), &[]).await;
+    assert_eq!(failed["status"], "failed");
+    let object = app.stripe_object(&first);
+    let event = EventRow {
+        id: "evt_test_refund_failed".into(),
+        kind: "refund.failed".into(),
+        payload: sqlx::types::Json(json!({"id": "evt_test_refund_failed", "type": "refund.failed", "data": {"object": object}})),
+        state: "received".into(),
+        attempts: 0,
+        last_error: None,
+        received_at: chrono::Utc::now(),
+    };
+    let results = futures::future::join_all((0..4).map(|_| app.app.apply_event(&event))).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let now = app.call(Via::Rest, "GetPayment", json!({"paymentID": id})).await.unwrap();
+    let charge = app.stripe_object(object["charge"].as_str().unwrap());
+    assert_eq!(charge["amount_refunded"], 600);
+    assert_eq!(int(&now, "amount_refunded"), 600, "the failed refund's 300 came back once");
+    assert_eq!(now["status"], "partially_refunded");
+}
+
+#[tokio::test]
+async fn a_refund_whose_news_comes_before_its_api_call_finished_is_matched_by_our_id() {
+    let app = TestApp::spawn().await;
+    let customer = app.new_customer().await;
+    let mut body = manual_payment(&customer, 1000);
+    body["capture_method"] = json!("automatic");
+    let id = app.call(Via::Rest, "CreatePayment", body).await.unwrap()["paymentID"].as_str().unwrap().to_string();
+    // The refund is made but its answer is lost: our row has no Stripe id.
+    fault(&app, json!({"method": "POST", "path": "/v1/refunds", "drop": "after"}));
+    let f = app.call(Via::Rest, "RefundPayment", json!({"paymentID": id, "amount": 400})).await.unwrap_err();
+    assert_eq!(f.code, Code::Unavailable);
+    let object = refunds(&app)[0].clone();
+    let event = EventRow {
+        id: "evt_test_refund_created".into(),
+        kind: "refund.created".into(),
+        payload: sqlx::types::Json(json!({"id": "evt_test_refund_created", "type": "refund.created", "data": {"object": object}})),
+        state: "received".into(),
+        attempts: 0,
+        last_error: None,
+        received_at: chrono::Utc::now(),
+    };
+    app.app.apply_event(&event).await.unwrap();
+    let rows: Vec<(String, Option<String>)> =
+        sqlx::query_as("SELECT status, stripe_refund_id FROM payment.refund").fetch_all(&app.db).await.unwrap();
+    assert_eq!(rows, [("succeeded".to_string(), object["id"].as_str().map(str::to_string))], "ours, bound, not a second refund");
+    let now = app.call(Via::Rest, "GetPayment", json!({"paymentID": id})).await.unwrap();
+    assert_eq!(int(&now, "amount_refunded"), 400);
+}
+
+#[tokio::test]
+async fn a_refund_made_at_stripe_outside_the_service_is_recorded() {
+    let app = TestApp::spawn_with(Options { register_webhook: true, ..Default::default() }).await;
+    let customer = app.new_customer().await;
+    let mut body = manual_payment(&customer, 1000);
+    body["capture_method"] = json!("automatic");
+    let payment = app.call(Via::Rest, "CreatePayment", body).await.unwrap();
+    let id = payment["paymentID"].as_str().unwrap().to_string();
+    let pi = payment["stripe_payment_intent_id"].as_str().unwrap().to_string();
+    app.stripe_post("/v1/refunds", &[("payment_intent", &pi), ("amount", "250")]).await;
+    let now = settled(&app, &id, |p| int(p, "amount_refunded") == 250).await;
+    assert_eq!(int(&now, "amount_refunded"), 250, "{now}");
+    let refunds = app.call(Via::Rest, "ListRefunds", json!({"paymentID": id})).await.unwrap();
+    assert_eq!(refunds["refunds"].as_array().map(Vec::len), Some(1), "{refunds}");
+}
+
+#[tokio::test]
+async fn a_payment_intent_that_does_not_match_found_by_the_reconciler_holds_the_payment_in_its_history() {
+    let app = TestApp::spawn().await;
+    let customer = app.new_customer().await;
+    let mut body = manual_payment(&customer, 1000);
+    body["payment_method"] = json!("pm_card_authenticationRequired");
+    let payment = app.call(Via::Rest, "CreatePayment", body).await.unwrap();
+    assert_eq!(payment["status"], "requires_action");
+    let id = payment["paymentID"].as_str().unwrap().to_string();
+    // Stripe's copy now says another amount than ours.
+    fault(&app, json!({"method": "GET", "path": "/v1/payment_intents/", "tamper": {"amount": 999999}}));
+    let s = amazing_payments::workers::reconciler::Settings { min_age: Duration::ZERO, ..Default::default() };
+    amazing_payments::workers::reconciler::pass(&app.app, &s).await.unwrap();
+    let row: (Option<String>, i64) = sqlx::query_as(
+        "SELECT integrity_error, (SELECT count(*) FROM payment.history h WHERE h.payment_id = p.id AND h.note LIKE 'integrity check failed%')
+         FROM payment.payment p WHERE id = $1",
+    )
+    .bind(id.parse::<i64>().unwrap())
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert!(row.0.unwrap().contains("amount 999999"));
+    assert_eq!(row.1, 1, "the hold is in the history");
+}
