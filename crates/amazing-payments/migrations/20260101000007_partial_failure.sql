@@ -8,3 +8,8 @@ ALTER TABLE payment.payment ADD COLUMN reconciled_at timestamptz;
 ALTER TABLE payment.refund ADD COLUMN reconciled_at timestamptz;
 CREATE INDEX refund_waiting_idx ON payment.refund (coalesce(reconciled_at, updated_at))
     WHERE status IN ('pending', 'requires_action');
+
+-- The fencing token of the request that holds a client idempotency key:
+-- only the holder's answer is saved or released, so a request that outlived
+-- its lease cannot overwrite the answer of the retry that took over.
+ALTER TABLE auth.idempotency_key ADD COLUMN holder uuid;

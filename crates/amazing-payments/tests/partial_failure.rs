@@ -386,3 +386,25 @@ async fn a_payment_intent_that_does_not_match_found_by_the_reconciler_holds_the_
     assert!(row.0.unwrap().contains("amount 999999"));
     assert_eq!(row.1, 1, "the hold is in the history");
 }
+
+#[tokio::test]
+async fn a_request_that_outlived_its_lease_cannot_overwrite_the_answer_of_the_retry_that_took_over() {
+    use amazing_payments::store::idempotency::{self, Claim};
+    let (_, db) = common::migrated_database().await;
+    let (lease, ttl) = (Duration::from_millis(100), Duration::from_secs(3600));
+    let Claim::Run(first) = idempotency::claim(&db, 1, "k", "CapturePayment", "f", lease, ttl).await.unwrap() else {
+        panic!("the first request runs")
+    };
+    assert!(matches!(idempotency::claim(&db, 1, "k", "CapturePayment", "f", lease, ttl).await.unwrap(), Claim::InUse));
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let Claim::Run(retry) = idempotency::claim(&db, 1, "k", "CapturePayment", "f", lease, ttl).await.unwrap() else {
+        panic!("the retry takes over a lapsed lease")
+    };
+    idempotency::complete(&db, 1, "k", retry, &json!({"ok": "the retry's"})).await.unwrap();
+    idempotency::complete(&db, 1, "k", first, &json!({"ok": "the first's"})).await.unwrap();
+    idempotency::release(&db, 1, "k", first).await.unwrap();
+    match idempotency::claim(&db, 1, "k", "CapturePayment", "f", lease, ttl).await.unwrap() {
+        Claim::Replay(saved) => assert_eq!(saved, json!({"ok": "the retry's"})),
+        other => panic!("{other:?}"),
+    }
+}

@@ -107,6 +107,13 @@ impl From<sqlx::Error> for AppError {
             sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
                 AppError::unavailable("DATABASE_UNAVAILABLE", "the database is unavailable; try again later")
             }
+            // Two requests with one client key, each past the other's
+            // lease, recording their operation at the same moment: one wins.
+            sqlx::Error::Database(d) if d.constraint() == Some("operation_request_key") => AppError::new(
+                Kind::Aborted,
+                "IDEMPOTENCY_KEY_IN_USE",
+                "a request with this idempotency key is still running; retry shortly",
+            ),
             other => AppError::internal(anyhow::Error::new(other).context("database")),
         }
     }

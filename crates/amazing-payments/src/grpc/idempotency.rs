@@ -111,7 +111,7 @@ where
         return run(message, None).await.map(Response::new).map_err(Status::from);
     };
     let scope = principal.api_key_id.unwrap_or(0);
-    match idempotency::claim(
+    let holder = match idempotency::claim(
         &app.db,
         scope,
         &key,
@@ -123,7 +123,7 @@ where
     .await
     .map_err(AppError::from)?
     {
-        Claim::Run => {}
+        Claim::Run(holder) => holder,
         Claim::Replay(saved) => return replay(saved),
         Claim::Mismatch => {
             return Err(AppError::invalid(
@@ -140,8 +140,8 @@ where
             )
             .into());
         }
-    }
-    let mut guard = Unfinished { db: Some(app.db.clone()), scope, key: key.clone() };
+    };
+    let mut guard = Unfinished { db: Some(app.db.clone()), scope, key: key.clone(), holder };
     let result = run(message, Some(RequestKey { scope, key: key.clone() })).await;
     guard.db = None;
     let saved = match &result {
@@ -152,8 +152,8 @@ where
         Err(_) => None,
     };
     let stored = match saved {
-        Some(v) => idempotency::complete(&app.db, scope, &key, &v).await,
-        None => idempotency::release(&app.db, scope, &key).await,
+        Some(v) => idempotency::complete(&app.db, scope, &key, holder, &v).await,
+        None => idempotency::release(&app.db, scope, &key, holder).await,
     };
     if let Err(e) = stored {
         tracing::error!(error = %e, "could not save the idempotent response");
@@ -168,15 +168,16 @@ struct Unfinished {
     db: Option<sqlx::PgPool>,
     scope: i64,
     key: String,
+    holder: uuid::Uuid,
 }
 
 impl Drop for Unfinished {
     fn drop(&mut self) {
         if let Some(db) = self.db.take() {
-            let (scope, key) = (self.scope, std::mem::take(&mut self.key));
+            let (scope, key, holder) = (self.scope, std::mem::take(&mut self.key), self.holder);
             if let Ok(handle) = tokio::runtime::Handle::try_current() {
                 handle.spawn(async move {
-                    let _ = idempotency::release(&db, scope, &key).await;
+                    let _ = idempotency::release(&db, scope, &key, holder).await;
                 });
             }
         }

@@ -5,12 +5,16 @@
 use serde_json::Value;
 use sqlx::PgPool;
 use std::time::Duration;
+use uuid::Uuid;
 
 /// What a request carrying a key must do.
 #[derive(Debug)]
 pub enum Claim {
-    /// Run it (first time, after an unknown outcome, or after a crash).
-    Run,
+    /// Run it (first time, after an unknown outcome, or after a crash),
+    /// holding the key with this fencing token: only the holder's answer is
+    /// saved, so a request that outlived its lease cannot overwrite the
+    /// answer of the retry that took over.
+    Run(Uuid),
     /// Answer with the saved response.
     Replay(Value),
     /// The key was used for another request.
@@ -38,9 +42,10 @@ pub async fn claim(
         .bind(1_i64)
         .execute(db)
         .await?;
+    let token = Uuid::new_v4();
     let inserted = sqlx::query(
-        "INSERT INTO auth.idempotency_key (scope, key, rpc, fingerprint, state, locked_until, expires_at)
-         VALUES ($1, $2, $3, $4, 'running', now() + make_interval(secs => $5), now() + make_interval(secs => $6))
+        "INSERT INTO auth.idempotency_key (scope, key, rpc, fingerprint, state, locked_until, expires_at, holder)
+         VALUES ($1, $2, $3, $4, 'running', now() + make_interval(secs => $5), now() + make_interval(secs => $6), $7)
          ON CONFLICT DO NOTHING",
     )
     .bind(scope)
@@ -49,10 +54,11 @@ pub async fn claim(
     .bind(fingerprint)
     .bind(lease_s)
     .bind(ttl.as_secs_f64())
+    .bind(token)
     .execute(db)
     .await?;
     if inserted.rows_affected() == 1 {
-        return Ok(Claim::Run);
+        return Ok(Claim::Run(token));
     }
     let row: Option<(String, String, Option<Value>)> =
         sqlx::query_as("SELECT fingerprint, state, response FROM auth.idempotency_key WHERE scope = $1 AND key = $2")
@@ -72,35 +78,44 @@ pub async fn claim(
     }
     // Running with a lapsed lease (its instance died), or retryable: take it.
     let taken = sqlx::query(
-        "UPDATE auth.idempotency_key SET state = 'running', locked_until = now() + make_interval(secs => $3)
-         WHERE scope = $1 AND key = $2 AND (state = 'retryable' OR locked_until < now())",
+        "UPDATE auth.idempotency_key SET state = 'running', locked_until = now() + make_interval(secs => $3), holder = $4
+         WHERE scope = $1 AND key = $2 AND (state = 'retryable' OR (state = 'running' AND locked_until < now()))",
     )
     .bind(scope)
     .bind(key)
     .bind(lease_s)
+    .bind(token)
     .execute(db)
     .await?;
-    Ok(if taken.rows_affected() == 1 { Claim::Run } else { Claim::InUse })
+    Ok(if taken.rows_affected() == 1 { Claim::Run(token) } else { Claim::InUse })
 }
 
-/// Saves the response of a completed request.
-pub async fn complete(db: &PgPool, scope: i64, key: &str, response: &Value) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE auth.idempotency_key SET state = 'done', response = $3, locked_until = NULL WHERE scope = $1 AND key = $2")
-        .bind(scope)
-        .bind(key)
-        .bind(response)
-        .execute(db)
-        .await?;
-    Ok(())
-}
-
-/// Frees the key for the same request to try again (the outcome was unknown).
-pub async fn release(db: &PgPool, scope: i64, key: &str) -> Result<(), sqlx::Error> {
+/// Saves the response of a completed request, if `holder` still holds the
+/// key (else a retry took over, and its answer is the one kept).
+pub async fn complete(db: &PgPool, scope: i64, key: &str, holder: Uuid, response: &Value) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE auth.idempotency_key SET state = 'retryable', locked_until = NULL WHERE scope = $1 AND key = $2",
+        "UPDATE auth.idempotency_key SET state = 'done', response = $3, locked_until = NULL
+         WHERE scope = $1 AND key = $2 AND holder = $4 AND state = 'running'",
     )
     .bind(scope)
     .bind(key)
+    .bind(response)
+    .bind(holder)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Frees the key for the same request to try again (the outcome was
+/// unknown), if `holder` still holds it.
+pub async fn release(db: &PgPool, scope: i64, key: &str, holder: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE auth.idempotency_key SET state = 'retryable', locked_until = NULL
+         WHERE scope = $1 AND key = $2 AND holder = $3 AND state = 'running'",
+    )
+    .bind(scope)
+    .bind(key)
+    .bind(holder)
     .execute(db)
     .await?;
     Ok(())
