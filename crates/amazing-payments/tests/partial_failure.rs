@@ -408,3 +408,106 @@ async fn a_request_that_outlived_its_lease_cannot_overwrite_the_answer_of_the_re
         other => panic!("{other:?}"),
     }
 }
+
+fn posts_to(app: &TestApp, prefix: &str) -> usize {
+    app.sim.state().received().iter().filter(|r| r.method == "POST" && r.path.starts_with(prefix)).count()
+}
+
+#[tokio::test]
+async fn a_saved_500_after_stripe_did_the_work_is_settled_by_finding_the_payment_intent() {
+    let app = TestApp::spawn().await;
+    let customer = app.new_customer().await;
+    fault(&app, json!({"method": "POST", "path": "/v1/payment_intents", "saved": "after_work", "times": 1}));
+    let paid = app.call_keyed(Via::Rest, "CreatePayment", manual_payment(&customer, 1500), Some("o-1")).await.0;
+    let paid = paid.expect("the PaymentIntent is found by our metadata");
+    assert_eq!((paid["status"].as_str(), int(&paid, "amount_capturable")), (Some("authorized"), 1500));
+    assert_eq!(intents(&app).len(), 1);
+}
+
+#[tokio::test]
+async fn a_saved_500_before_any_work_fails_the_payment_and_its_request_is_never_sent_again() {
+    let app = TestApp::spawn().await;
+    let customer = app.new_customer().await;
+    fault(&app, json!({"method": "POST", "path": "/v1/payment_intents", "saved": "before_work", "times": 1}));
+    for via in [Via::Rest, Via::Grpc] {
+        let f = app.call_keyed(via, "CreatePayment", manual_payment(&customer, 1500), Some("o-2")).await.0.unwrap_err();
+        assert_eq!((f.code, f.reason.as_str()), (Code::FailedPrecondition, "STRIPE_FAILED"));
+    }
+    assert_eq!(intents(&app).len(), 0, "nothing charged");
+    let sent = posts_to(&app, "/v1/payment_intents");
+    let s = amazing_payments::workers::reconciler::Settings { min_age: Duration::ZERO, ..Default::default() };
+    amazing_payments::workers::reconciler::until_idle(&app.app, &s).await.unwrap();
+    assert_eq!(posts_to(&app, "/v1/payment_intents"), sent, "settled: never sent again");
+    let status: String = sqlx::query_scalar("SELECT status FROM payment.payment").fetch_one(&app.db).await.unwrap();
+    assert_eq!(status, "failed");
+    let paid = app.call_keyed(Via::Rest, "CreatePayment", manual_payment(&customer, 1500), Some("o-3")).await.0;
+    assert_eq!(paid.unwrap()["status"], "authorized", "a new key takes the payment");
+}
+
+#[tokio::test]
+async fn a_refund_whose_500_was_saved_after_the_work_is_found_and_counted_once() {
+    let app = TestApp::spawn().await;
+    let customer = app.new_customer().await;
+    let mut body = manual_payment(&customer, 1000);
+    body["capture_method"] = json!("automatic");
+    let id = app.call(Via::Rest, "CreatePayment", body).await.unwrap()["paymentID"].as_str().unwrap().to_string();
+    fault(&app, json!({"method": "POST", "path": "/v1/refunds", "saved": "after_work", "times": 1}));
+    let refund = app.call_keyed(Via::Grpc, "RefundPayment", json!({"paymentID": id, "amount": 700}), Some("r")).await.0;
+    assert_eq!(refund.unwrap()["status"], "succeeded");
+    assert_eq!(refunds(&app).len(), 1);
+    let now = app.call(Via::Rest, "GetPayment", json!({"paymentID": id})).await.unwrap();
+    assert_eq!(int(&now, "amount_refunded"), 700);
+}
+
+#[tokio::test]
+async fn a_capture_whose_500_was_saved_before_the_work_fails_and_the_payment_stays_authorized() {
+    let app = TestApp::spawn().await;
+    let customer = app.new_customer().await;
+    let id = app.call(Via::Rest, "CreatePayment", manual_payment(&customer, 1000)).await.unwrap()["paymentID"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    fault(&app, json!({"method": "POST", "path": "/v1/payment_intents/", "saved": "before_work", "times": 1}));
+    let f = app.call_keyed(Via::Rest, "CapturePayment", json!({"paymentID": id}), Some("c")).await.0.unwrap_err();
+    assert_eq!(f.reason, "STRIPE_FAILED");
+    let now = app.call(Via::Rest, "GetPayment", json!({"paymentID": id})).await.unwrap();
+    assert_eq!(now["status"], "authorized");
+    let captured = app.call_keyed(Via::Rest, "CapturePayment", json!({"paymentID": id}), Some("c-again")).await.0;
+    assert_eq!(captured.unwrap()["status"], "succeeded");
+}
+
+#[tokio::test]
+async fn a_customer_whose_500_was_saved_after_the_work_is_found_by_our_metadata() {
+    let app = TestApp::spawn().await;
+    fault(&app, json!({"method": "POST", "path": "/v1/customers", "saved": "after_work", "times": 1}));
+    let c = app
+        .call_keyed(Via::Rest, "CreateCustomer", json!({"name": "Ada", "email": "ada@example.com"}), Some("c"))
+        .await
+        .0
+        .expect("found, not failed");
+    assert!(c["stripe_customer_key"].as_str().unwrap().starts_with("cus_"));
+    assert_eq!(app.stripe_customers().len(), 1);
+}
+
+#[tokio::test]
+async fn an_operation_in_doubt_past_stripes_key_retention_is_settled_by_lookup_not_sent_again() {
+    let app = TestApp::spawn().await;
+    let customer = app.new_customer().await;
+    let id = app.call(Via::Rest, "CreatePayment", manual_payment(&customer, 1000)).await.unwrap()["paymentID"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    fault(&app, json!({"method": "POST", "path": "/v1/payment_intents/", "drop": "after", "times": 3}));
+    assert_eq!(app.call(Via::Rest, "CapturePayment", json!({"paymentID": id})).await.unwrap_err().code, Code::Unavailable);
+    sqlx::query("UPDATE payment.operation SET created_at = now() - interval '25 hours' WHERE state = 'pending'")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let sent = posts_to(&app, "/v1/payment_intents/");
+    let s = amazing_payments::workers::reconciler::Settings { min_age: Duration::ZERO, ..Default::default() };
+    let pass = amazing_payments::workers::reconciler::pass(&app.app, &s).await.unwrap();
+    assert_eq!((pass.operations, pass.finished), (1, 1));
+    assert_eq!(posts_to(&app, "/v1/payment_intents/"), sent, "read back, not sent again");
+    let now = app.call(Via::Rest, "GetPayment", json!({"paymentID": id})).await.unwrap();
+    assert_eq!((now["status"].as_str(), int(&now, "amount_captured")), (Some("succeeded"), 1000));
+}

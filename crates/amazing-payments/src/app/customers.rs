@@ -108,26 +108,18 @@ impl App {
             .set_opt("email", email.as_ref().map(Email::as_str));
         if op.kind == "create_customer" {
             let id_text = id.to_string();
-            let form = form.map("metadata", [("customerID", id_text.as_str())]);
+            let mut metadata = vec![("customerID", id_text.as_str())];
+            metadata.extend(op.reference().map(|r| (super::operations::OPERATION_METADATA, r)));
+            let form = form.map("metadata", metadata);
             let created = self.stripe.create_customer(&form, &op.idempotency_key).await;
             let stripe_customer = match created {
                 Ok(reply) => reply.object,
+                Err(e) if e.is_replayed_failure() => {
+                    return Box::pin(self.settle_by_lookup(op, ops::Source::Api)).await?.customer();
+                }
                 Err(e) => return Err(self.unfinished_op(op, e).await),
             };
-            let (Some(name), Some(email)) = (&name, &email) else {
-                return Err(AppError::internal(anyhow::anyhow!("operation {} lacks name or email", op.id)));
-            };
-            let mut tx = self.db.begin().await?;
-            let new = NewCustomer {
-                id,
-                name,
-                email,
-                stripe_customer_key: &stripe_customer.id,
-                charge_date: charge_date.as_ref(),
-            };
-            customers::insert(&mut tx, new).await?;
-            ops::finish_operation(&mut tx, op.id, "succeeded", None).await?;
-            tx.commit().await?;
+            return self.finish_customer_create(op, &stripe_customer.id).await;
         } else {
             let stripe_id = text("stripe_customer_key");
             if let (Some(stripe_id), false) = (stripe_id, form.is_empty())
@@ -141,6 +133,31 @@ impl App {
             ops::finish_operation(&mut tx, op.id, "succeeded", None).await?;
             tx.commit().await?;
         }
+        self.get_customer(id).await
+    }
+
+    /// Records the customer that `op` created in Stripe, and closes `op`.
+    pub(crate) async fn finish_customer_create(
+        &self,
+        op: &OperationRow,
+        stripe_customer: &str,
+    ) -> Result<CustomerRow, AppError> {
+        let p = &op.params.0;
+        let text = |k: &str| p.get(k).and_then(Value::as_str);
+        let id = CustomerId::parse(p["customer_id"].as_i64().unwrap_or(0))?;
+        let (Some(name), Some(email)) = (text("name"), text("email")) else {
+            return Err(AppError::internal(anyhow::anyhow!("operation {} lacks name or email", op.id)));
+        };
+        let (name, email) = (CustomerName::parse(name)?, Email::parse(email)?);
+        let charge_date = text("charge_date").map(ChargeDate::parse).transpose()?;
+        let mut tx = self.db.begin().await?;
+        if ops::operation_state(&mut tx, op.id).await? == "pending" {
+            let new =
+                NewCustomer { id, name: &name, email: &email, stripe_customer_key: stripe_customer, charge_date: charge_date.as_ref() };
+            customers::insert(&mut tx, new).await?;
+            ops::finish_operation(&mut tx, op.id, "succeeded", None).await?;
+        }
+        tx.commit().await?;
         self.get_customer(id).await
     }
 

@@ -14,6 +14,7 @@ pub mod page;
 pub mod payments;
 pub mod products;
 pub mod refunds;
+pub mod settle;
 pub mod sync;
 pub mod webhooks;
 

@@ -101,6 +101,16 @@ fn declined(row: &PaymentRow, e: &crate::stripe::ApiError) -> AppError {
     err
 }
 
+/// The metadata key under which an object created at Stripe carries the
+/// reference of the operation that created it.
+pub(crate) const OPERATION_METADATA: &str = "ap_operation";
+
+/// How long Stripe keeps an idempotency key: after that, sending an
+/// operation's request again could do it twice, so an operation still in
+/// doubt is settled by looking its object up instead. A little less than
+/// Stripe's 24 hours, to stay clear of the edge.
+pub(crate) const STRIPE_KEY_RETENTION: chrono::TimeDelta = chrono::TimeDelta::hours(23);
+
 /// Whether a failed Stripe call leaves its operation pending. Its outcome
 /// is unknown (the request may have reached Stripe, whatever later attempts
 /// said), or it was never sent at all (nothing happened, and sending the
@@ -124,8 +134,9 @@ pub(crate) fn still_pending(kind: &str, id: i64) -> AppError {
 
 /// The request that creates a payment's PaymentIntent, built from the
 /// recorded payment only, so that every attempt sends the same parameters.
-pub(crate) fn create_form(row: &PaymentRow, stripe_customer: &str) -> Form {
-    let ids = [("paymentID", row.id.to_string()), ("customerID", row.customer_id.to_string())];
+pub(crate) fn create_form(row: &PaymentRow, stripe_customer: &str, op: &OperationRow) -> Form {
+    let mut ids = vec![("paymentID", row.id.to_string()), ("customerID", row.customer_id.to_string())];
+    ids.extend(op.reference().map(|r| (OPERATION_METADATA, r.to_string())));
     let mut metadata: Vec<(&String, &String)> = row.metadata.0.iter().collect();
     metadata.sort();
     Form::new()
@@ -208,6 +219,9 @@ impl App {
     /// [`App::drive`], recording the changes as coming from `source`.
     pub(crate) async fn drive_from(&self, op: &OperationRow, source: Source) -> Result<Driven, AppError> {
         match op.kind.as_str() {
+            "create_customer" if chrono::Utc::now() - op.created_at > STRIPE_KEY_RETENTION => {
+                return self.settle_by_lookup(op, source).await;
+            }
             "create_customer" | "update_customer" => {
                 return self.drive_customer(op).await.map(|c| Driven::Customer(Box::new(c)));
             }
@@ -215,6 +229,9 @@ impl App {
                 return self.drive_catalog(op).await;
             }
             _ => {}
+        }
+        if chrono::Utc::now() - op.created_at > STRIPE_KEY_RETENTION {
+            return self.settle_by_lookup(op, source).await;
         }
         let row = payments::get(&self.db, op.payment_id).await?.ok_or_else(|| not_found(op.payment_id))?;
         let pi = row.stripe_payment_intent_id.clone().unwrap_or_default();
@@ -224,7 +241,7 @@ impl App {
                 let customer =
                     customers::get(&self.db, crate::domain::customer::CustomerId::parse(row.customer_id)?).await?;
                 let stripe_customer = customer.and_then(|c| c.stripe_customer_key).unwrap_or_default();
-                let result = self.stripe.create_payment_intent(&create_form(&row, &stripe_customer), key).await;
+                let result = self.stripe.create_payment_intent(&create_form(&row, &stripe_customer, op), key).await;
                 self.finish_intent_operation(op, result, Some(&stripe_customer), source)
                     .await
                     .map(|p| Driven::Payment(Box::new(p)))
@@ -331,6 +348,11 @@ impl App {
                 };
                 Err(declined(&row, &e))
             }
+            Err(e) if e.is_replayed_failure() => {
+                payments::note_attempt(&self.db, op.id, &e.to_string()).await?;
+                tracing::warn!(payment_id = id, operation = op.id, error = %e, "stripe replays a saved failure for this key: looking the object up");
+                Box::pin(self.settle_by_lookup(op, source)).await?.payment()
+            }
             Err(e) if stays_pending(&e) => {
                 payments::note_attempt(&self.db, op.id, &e.to_string()).await?;
                 tracing::warn!(payment_id = id, operation = op.id, error = %e, "stripe outcome unknown: left for a retry or the reconciler");
@@ -410,7 +432,7 @@ impl App {
     }
 
     /// Closes `op` as failed; a payment being created fails with Stripe's code.
-    async fn fail_operation(
+    pub(crate) async fn fail_operation(
         &self,
         op: &OperationRow,
         e: &crate::stripe::ApiError,

@@ -70,36 +70,19 @@ impl App {
             .await?
             .ok_or_else(|| refund_not_found(op.refund_id.unwrap_or_default()))?;
         let pi = payment.stripe_payment_intent_id.as_deref().unwrap_or_default();
-        let ids = [("refundID", refund.id.to_string()), ("paymentID", payment_id.to_string())];
+        let mut ids = vec![("refundID", refund.id.to_string()), ("paymentID", payment_id.to_string())];
+        ids.extend(op.reference().map(|r| (super::operations::OPERATION_METADATA, r.to_string())));
         let form = Form::new()
             .set("payment_intent", pi)
             .set("amount", refund.amount)
             .set_opt("reason", refund.reason.as_deref())
             .map("metadata", ids.iter().map(|(k, v)| (*k, v.as_str())));
         match self.stripe.create_refund(&form, &op.idempotency_key).await {
-            Ok(reply) => {
-                let mut tx = self.db.begin().await?;
-                payments::lock(&mut tx, payment_id).await?.ok_or_else(|| not_found(payment_id))?;
-                if payments::operation_state(&mut tx, op.id).await? != "pending" {
-                    // Another driver (a retry, the reconciler) applied this
-                    // answer already.
-                    tx.commit().await?;
-                    return self.answer_of_refund(refund.id).await;
-                }
-                let cause = reply.request_id.as_deref();
-                match self.apply_refund(&mut tx, payment_id, refund.id, &reply.object, cause, source).await? {
-                    Applied::Row(updated) => {
-                        payments::finish_operation(&mut tx, op.id, "succeeded", None).await?;
-                        tx.commit().await?;
-                        tracing::info!(payment_id, refund_id = refund.id, amount = refund.amount, status = %updated.status, "refund created");
-                        Ok(updated)
-                    }
-                    Applied::Held(m) => {
-                        payments::finish_operation(&mut tx, op.id, "failed", Some(&m)).await?;
-                        tx.commit().await?;
-                        Err(super::operations::mismatch(payment_id).detail("refundID", refund.id.to_string()))
-                    }
-                }
+            Ok(reply) => self.finish_refund(op, &refund, &reply.object, reply.request_id.as_deref(), source).await,
+            Err(e) if e.is_replayed_failure() => {
+                payments::note_attempt(&self.db, op.id, &e.to_string()).await?;
+                tracing::warn!(payment_id, operation = op.id, error = %e, "stripe replays a saved failure for this key: looking the refund up");
+                Box::pin(self.settle_by_lookup(op, source)).await?.refund()
             }
             Err(e) if stays_pending(&e) => {
                 payments::note_attempt(&self.db, op.id, &e.to_string()).await?;
@@ -107,14 +90,60 @@ impl App {
             }
             Err(e) => {
                 let message = e.api().and_then(|a| a.message.clone()).unwrap_or_else(|| e.to_string());
-                let mut tx = self.db.begin().await?;
-                payments::update_refund(&mut tx, refund.id, "failed", None, Some(&message), source).await?;
-                payments::finish_operation(&mut tx, op.id, "failed", Some(&message)).await?;
-                tx.commit().await?;
+                self.fail_refund(op, refund.id, &message, source).await?;
                 let err = stripe_failure(e);
                 Err(err.detail("paymentID", payment_id.to_string()).detail("refundID", refund.id.to_string()))
             }
         }
+    }
+
+    /// Applies the Stripe Refund that `op` made and closes `op`.
+    pub(crate) async fn finish_refund(
+        &self,
+        op: &OperationRow,
+        refund: &RefundRow,
+        re: &Refund,
+        request_id: Option<&str>,
+        source: Source,
+    ) -> Result<RefundRow, AppError> {
+        let payment_id = refund.payment_id;
+        let mut tx = self.db.begin().await?;
+        payments::lock(&mut tx, payment_id).await?.ok_or_else(|| not_found(payment_id))?;
+        if payments::operation_state(&mut tx, op.id).await? != "pending" {
+            // Another driver (a retry, the reconciler) applied this answer
+            // already.
+            tx.commit().await?;
+            return self.answer_of_refund(refund.id).await;
+        }
+        match self.apply_refund(&mut tx, payment_id, refund.id, re, request_id, source).await? {
+            Applied::Row(updated) => {
+                payments::finish_operation(&mut tx, op.id, "succeeded", None).await?;
+                tx.commit().await?;
+                tracing::info!(payment_id, refund_id = refund.id, amount = refund.amount, status = %updated.status, "refund created");
+                Ok(updated)
+            }
+            Applied::Held(m) => {
+                payments::finish_operation(&mut tx, op.id, "failed", Some(&m)).await?;
+                tx.commit().await?;
+                Err(super::operations::mismatch(payment_id).detail("refundID", refund.id.to_string()))
+            }
+        }
+    }
+
+    /// Closes a refund's operation and the refund as failed: Stripe refused
+    /// it, or did nothing.
+    pub(crate) async fn fail_refund(
+        &self,
+        op: &OperationRow,
+        refund_id: i64,
+        message: &str,
+        source: Source,
+    ) -> Result<(), AppError> {
+        let mut tx = self.db.begin().await?;
+        payments::update_refund(&mut tx, refund_id, "failed", None, Some(message), source).await?;
+        payments::finish_operation(&mut tx, op.id, "failed", Some(message)).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// What a refund whose operation someone else finished answers: the

@@ -138,6 +138,18 @@ pub struct OperationRow {
     pub state: String,
     /// Why it failed, or what its last attempt met.
     pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl OperationRow {
+    /// The operation's own reference, sent to Stripe in the metadata of the
+    /// object it creates (`ap_operation`), by which it is found again when
+    /// its idempotency key can no longer tell what happened. None for
+    /// operations recorded before keys were random (their requests must be
+    /// sent exactly as they were).
+    pub fn reference(&self) -> Option<&str> {
+        (!self.idempotency_key.starts_with("ap-op-")).then_some(self.idempotency_key.as_str())
+    }
 }
 
 pub struct NewPayment<'a> {
@@ -195,7 +207,7 @@ pub async fn insert(db: &PgPool, p: NewPayment<'_>) -> Result<(PaymentRow, Opera
 /// Operations of customers, products and prices have no payment: their
 /// `payment_id` reads as 0.
 const OPERATION: &str =
-    "id, kind, coalesce(payment_id, 0) AS payment_id, refund_id, amount, idempotency_key, params, state, last_error";
+    "id, kind, coalesce(payment_id, 0) AS payment_id, refund_id, amount, idempotency_key, params, state, last_error, created_at";
 
 /// An operation to record.
 pub struct NewOperation<'a> {

@@ -104,10 +104,12 @@ impl StripeError {
         }
     }
 
-    /// A saved error that Stripe replays for this idempotency key: retrying
-    /// with the key can never finish the request.
+    /// A server error that Stripe saved for this idempotency key (it says
+    /// so with `Idempotent-Replayed: true`, or with `Stripe-Should-Retry:
+    /// false` on the first answer): retrying with the key can never finish
+    /// the request, and whether the work was done is unknown.
     pub fn is_replayed_failure(&self) -> bool {
-        matches!(self, StripeError::Api(a) if a.replayed && a.status >= 500)
+        matches!(self, StripeError::Api(a) if a.status >= 500 && (a.replayed || a.should_retry == Some(false)))
     }
 
     /// The Stripe API error, if Stripe answered with one.

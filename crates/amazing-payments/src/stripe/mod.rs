@@ -167,6 +167,24 @@ impl Client {
         self.get(&format!("/v1/refunds/{id}"), &Form::new()).await
     }
 
+    /// `GET /v1/payment_intents?customer=`: a customer's PaymentIntents,
+    /// newest first, the latest charge expanded. Lists, unlike search, show
+    /// an object as soon as it exists.
+    pub async fn list_payment_intents(&self, customer: &str) -> Result<Reply<types::List<types::PaymentIntent>>, StripeError> {
+        let query = Form::new().set("customer", customer).set("limit", 100).list("expand", ["data.latest_charge"]);
+        self.get("/v1/payment_intents", &query).await
+    }
+
+    /// `GET /v1/refunds?payment_intent=`: a PaymentIntent's refunds.
+    pub async fn list_refunds(&self, payment_intent: &str) -> Result<Reply<types::List<types::Refund>>, StripeError> {
+        self.get("/v1/refunds", &Form::new().set("payment_intent", payment_intent).set("limit", 100)).await
+    }
+
+    /// `GET /v1/customers?email=`: the customers with this e-mail address.
+    pub async fn list_customers(&self, email: &str) -> Result<Reply<types::List<types::Customer>>, StripeError> {
+        self.get("/v1/customers", &Form::new().set("email", email).set("limit", 100)).await
+    }
+
     /// `POST /v1/products`.
     pub async fn create_product(&self, form: &Form, key: &str) -> Result<Reply<types::Product>, StripeError> {
         self.post("/v1/products", form, key).await

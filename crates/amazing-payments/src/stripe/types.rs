@@ -19,6 +19,15 @@ pub struct Customer {
     pub deleted: Option<bool>,
 }
 
+/// A page of a Stripe list (`object: "list"`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct List<T> {
+    #[serde(default = "Vec::new")]
+    pub data: Vec<T>,
+    #[serde(default)]
+    pub has_more: bool,
+}
+
 /// An amount of money in one currency, in minor units.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(default)]
