@@ -13,3 +13,10 @@ CREATE INDEX refund_waiting_idx ON payment.refund (coalesce(reconciled_at, updat
 -- only the holder's answer is saved or released, so a request that outlived
 -- its lease cannot overwrite the answer of the retry that took over.
 ALTER TABLE auth.idempotency_key ADD COLUMN holder uuid;
+
+-- Keys purged before purging ended their binding: the operations they asked
+-- for, settled, are bound to nothing any more (a key past its TTL is a new
+-- key). Pending ones keep theirs: their caller may still retry with it.
+UPDATE payment.operation o SET request_scope = NULL, request_key = NULL
+WHERE o.request_key IS NOT NULL AND o.state <> 'pending'
+  AND NOT EXISTS (SELECT 1 FROM auth.idempotency_key k WHERE k.scope = o.request_scope AND k.key = o.request_key);

@@ -58,8 +58,30 @@ async fn settled(app: &TestApp, id: &str, done: impl Fn(&Value) -> bool) -> Valu
     now
 }
 
+/// Whether `done` holds within five seconds.
+async fn eventually(done: impl Fn() -> bool) -> bool {
+    for _ in 0..100 {
+        if done() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
 fn manual_payment(customer: &str, amount: i64) -> Value {
     json!({"customerID": customer, "amount": amount, "currency": "usd", "payment_method": "pm_card_visa", "capture_method": "manual"})
+}
+
+/// A payment of `amount` made over REST, captured at once or authorized
+/// only; its id.
+async fn payment_id(app: &TestApp, customer: &str, amount: i64, captured: bool) -> String {
+    let mut body = manual_payment(customer, amount);
+    if captured {
+        body["capture_method"] = json!("automatic");
+    }
+    let paid = app.call(Via::Rest, "CreatePayment", body).await.unwrap();
+    paid["paymentID"].as_str().unwrap().to_string()
 }
 
 fn intents(app: &TestApp) -> Vec<Value> {
@@ -76,7 +98,10 @@ async fn a_payment_whose_first_attempt_reached_stripe_is_not_recorded_failed_whe
     let customer = app.new_customer().await;
     // The first attempt is done by Stripe, slowly, and its answer is lost;
     // meanwhile the network goes, so the retries cannot even connect.
-    fault(&app, json!({"method": "POST", "path": "/v1/payment_intents", "latency_ms": 400, "drop": "after", "times": 1}));
+    fault(
+        &app,
+        json!({"method": "POST", "path": "/v1/payment_intents", "latency_ms": 400, "drop": "after", "times": 1}),
+    );
     let body = manual_payment(&customer, 4200);
     let (first, _) = tokio::join!(
         app.call_keyed(Via::Rest, "CreatePayment", body.clone(), Some("order-77")),
@@ -84,8 +109,7 @@ async fn a_payment_whose_first_attempt_reached_stripe_is_not_recorded_failed_whe
     );
     let failure = first.0.unwrap_err();
     assert_eq!((failure.code, failure.reason.as_str()), (Code::Unavailable, "STRIPE_UNAVAILABLE"));
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(intents(&app).len(), 1, "Stripe made the PaymentIntent");
+    assert!(eventually(|| intents(&app).len() == 1).await, "Stripe made the PaymentIntent");
     let status: String = sqlx::query_scalar("SELECT status FROM payment.payment").fetch_one(&app.db).await.unwrap();
     assert_eq!(status, "pending", "the outcome is unknown, not failed");
 
@@ -112,8 +136,7 @@ async fn a_refund_whose_first_attempt_reached_stripe_is_finished_once_not_record
         refuse_after(&proxy, Duration::from_millis(150))
     );
     assert_eq!(first.0.unwrap_err().code, Code::Unavailable);
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(refunds(&app).len(), 1, "Stripe refunded");
+    assert!(eventually(|| refunds(&app).len() == 1).await, "Stripe refunded");
 
     proxy.accept_again().await;
     let refund = app.call_keyed(Via::Grpc, "RefundPayment", ask, Some("refund-1")).await.0.unwrap();
@@ -153,12 +176,13 @@ async fn a_capture_retried_after_stripe_could_not_be_reached_is_performed_not_an
 async fn a_refund_retried_after_stripe_could_not_be_reached_refunds_instead_of_answering_a_failed_refund() {
     let (app, proxy) = behind_proxy().await;
     let customer = app.new_customer().await;
-    let mut body = manual_payment(&customer, 3000);
-    body["capture_method"] = json!("automatic");
-    let id = app.call(Via::Rest, "CreatePayment", body).await.unwrap()["paymentID"].as_str().unwrap().to_string();
+    let id = payment_id(&app, &customer, 3000, true).await;
     proxy.refuse();
     let ask = json!({"paymentID": id, "amount": 500});
-    assert_eq!(app.call_keyed(Via::Rest, "RefundPayment", ask.clone(), Some("r-9")).await.0.unwrap_err().code, Code::Unavailable);
+    assert_eq!(
+        app.call_keyed(Via::Rest, "RefundPayment", ask.clone(), Some("r-9")).await.0.unwrap_err().code,
+        Code::Unavailable
+    );
     proxy.accept_again().await;
     let refund = app.call_keyed(Via::Rest, "RefundPayment", ask, Some("r-9")).await.0.unwrap();
     assert_eq!(refund["status"], "succeeded");
@@ -169,16 +193,19 @@ async fn a_refund_retried_after_stripe_could_not_be_reached_refunds_instead_of_a
 async fn an_operation_stripe_refused_after_a_503_answers_the_refusal_to_the_retry_never_a_200() {
     let (app, proxy) = behind_proxy().await;
     let customer = app.new_customer().await;
-    let id = app.call(Via::Rest, "CreatePayment", manual_payment(&customer, 3000)).await.unwrap()["paymentID"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = payment_id(&app, &customer, 3000, false).await;
     proxy.refuse();
     let ask = json!({"paymentID": id});
-    assert_eq!(app.call_keyed(Via::Rest, "CapturePayment", ask.clone(), Some("c-2")).await.0.unwrap_err().code, Code::Unavailable);
+    assert_eq!(
+        app.call_keyed(Via::Rest, "CapturePayment", ask.clone(), Some("c-2")).await.0.unwrap_err().code,
+        Code::Unavailable
+    );
     proxy.accept_again().await;
     // Meanwhile Stripe will refuse the capture; the reconciler meets that.
-    fault(&app, json!({"method": "POST", "path": "/v1/payment_intents/", "status": 400, "code": "payment_intent_unexpected_state"}));
+    fault(
+        &app,
+        json!({"method": "POST", "path": "/v1/payment_intents/", "status": 400, "code": "payment_intent_unexpected_state"}),
+    );
     let s = amazing_payments::workers::reconciler::Settings { min_age: Duration::ZERO, ..Default::default() };
     amazing_payments::workers::reconciler::until_idle(&app.app, &s).await.unwrap();
     let f = app.call_keyed(Via::Rest, "CapturePayment", ask, Some("c-2")).await.0.unwrap_err();
@@ -196,16 +223,18 @@ async fn a_payment_that_failed_and_then_succeeded_at_stripe_ends_succeeded_here(
     let id = f.details["paymentID"].as_str().unwrap().to_string();
     let pi = intents(&app)[0]["id"].as_str().unwrap().to_string();
     // The customer tries another card in Stripe.js: the same PaymentIntent.
-    let confirmed = app.stripe_post(&format!("/v1/payment_intents/{pi}/confirm"), &[("payment_method", "pm_card_visa")]).await;
+    let confirmed =
+        app.stripe_post(&format!("/v1/payment_intents/{pi}/confirm"), &[("payment_method", "pm_card_visa")]).await;
     assert_eq!(confirmed["status"], "requires_capture", "{confirmed}");
     let now = settled(&app, &id, |p| p["status"] == "authorized").await;
     assert_eq!(now["status"], "authorized", "the webhook brings the payment to Stripe's state: {now}");
     assert_eq!(int(&now, "amount_capturable"), 2500);
-    let events: Vec<String> = sqlx::query_scalar("SELECT type FROM notify.outbox ORDER BY id")
-        .fetch_all(&app.db)
-        .await
-        .unwrap();
-    assert!(events.contains(&"payment.failed".to_string()) && events.contains(&"payment.authorized".to_string()), "{events:?}");
+    let events: Vec<String> =
+        sqlx::query_scalar("SELECT type FROM notify.outbox ORDER BY id").fetch_all(&app.db).await.unwrap();
+    assert!(
+        events.contains(&"payment.failed".to_string()) && events.contains(&"payment.authorized".to_string()),
+        "{events:?}"
+    );
 }
 
 #[tokio::test]
@@ -241,7 +270,10 @@ async fn an_idempotency_key_past_its_ttl_no_longer_resolves_to_its_old_payment()
     let b = app.call(Via::Rest, "CreatePayment", manual_payment(&customer, 2000)).await.unwrap();
     let (a, b) = (a["paymentID"].as_str().unwrap(), b["paymentID"].as_str().unwrap());
     app.call_keyed(Via::Rest, "CapturePayment", json!({"paymentID": a}), Some("k")).await.0.unwrap();
-    sqlx::query("UPDATE auth.idempotency_key SET expires_at = now() - interval '1 second'").execute(&app.db).await.unwrap();
+    sqlx::query("UPDATE auth.idempotency_key SET expires_at = now() - interval '1 second'")
+        .execute(&app.db)
+        .await
+        .unwrap();
     let captured = app.call_keyed(Via::Grpc, "CapturePayment", json!({"paymentID": b}), Some("k")).await.0.unwrap();
     assert_eq!(captured["paymentID"], b, "the key now means this request");
     assert_eq!(int(&captured, "amount_captured"), 2000);
@@ -256,7 +288,10 @@ async fn a_key_once_used_for_another_rpc_is_a_new_key_after_its_ttl_and_never_a_
         .0
         .unwrap();
     // Purged by the reconciler this time, rather than found expired.
-    sqlx::query("UPDATE auth.idempotency_key SET expires_at = now() - interval '1 second'").execute(&app.db).await.unwrap();
+    sqlx::query("UPDATE auth.idempotency_key SET expires_at = now() - interval '1 second'")
+        .execute(&app.db)
+        .await
+        .unwrap();
     assert_eq!(amazing_payments::store::idempotency::purge(&app.db, 100).await.unwrap(), 1);
     for via in [Via::Rest, Via::Grpc] {
         let (paid, _) = app.call_keyed(via, "CreatePayment", manual_payment(&customer, 1000), Some("k2")).await;
@@ -276,8 +311,10 @@ async fn two_deployments_on_one_stripe_account_never_share_an_idempotency_key() 
     assert_ne!(a["stripe_customer_key"], b["stripe_customer_key"], "each has its own Stripe customer");
     let stripe_b = first.stripe_object(b["stripe_customer_key"].as_str().unwrap());
     assert_eq!(stripe_b["email"], "b@example.com");
-    let pa = first.call(Via::Rest, "CreatePayment", manual_payment(a["customerID"].as_str().unwrap(), 1100)).await.unwrap();
-    let pb = second.call(Via::Rest, "CreatePayment", manual_payment(b["customerID"].as_str().unwrap(), 2200)).await.unwrap();
+    let pa =
+        first.call(Via::Rest, "CreatePayment", manual_payment(a["customerID"].as_str().unwrap(), 1100)).await.unwrap();
+    let pb =
+        second.call(Via::Rest, "CreatePayment", manual_payment(b["customerID"].as_str().unwrap(), 2200)).await.unwrap();
     assert_ne!(pa["stripe_payment_intent_id"], pb["stripe_payment_intent_id"]);
     assert_eq!(int(&pb, "amount_capturable"), 2200);
 }
@@ -286,23 +323,25 @@ async fn two_deployments_on_one_stripe_account_never_share_an_idempotency_key() 
 async fn one_refunds_news_applied_many_times_at_once_counts_once() {
     let app = TestApp::spawn().await;
     let customer = app.new_customer().await;
-    let mut body = manual_payment(&customer, 1000);
-    body["capture_method"] = json!("automatic");
-    let id = app.call(Via::Rest, "CreatePayment", body).await.unwrap()["paymentID"].as_str().unwrap().to_string();
+    let id = payment_id(&app, &customer, 1000, true).await;
     let mut stripe_refunds = Vec::new();
     for _ in 0..3 {
         let r = app.call(Via::Rest, "RefundPayment", json!({"paymentID": id, "amount": 300})).await.unwrap();
         stripe_refunds.push(r);
     }
-    let first: String =
-        sqlx::query_scalar("SELECT stripe_refund_id FROM payment.refund ORDER BY id LIMIT 1").fetch_one(&app.db).await.unwrap();
+    let first: String = sqlx::query_scalar("SELECT stripe_refund_id FROM payment.refund ORDER BY id LIMIT 1")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
     let failed = app.stripe_post(&format!("/_sim/refunds/{first}/fail"), &[]).await;
     assert_eq!(failed["status"], "failed");
     let object = app.stripe_object(&first);
     let event = EventRow {
         id: "evt_test_refund_failed".into(),
         kind: "refund.failed".into(),
-        payload: sqlx::types::Json(json!({"id": "evt_test_refund_failed", "type": "refund.failed", "data": {"object": object}})),
+        payload: sqlx::types::Json(
+            json!({"id": "evt_test_refund_failed", "type": "refund.failed", "data": {"object": object}}),
+        ),
         state: "received".into(),
         attempts: 0,
         last_error: None,
@@ -321,9 +360,7 @@ async fn one_refunds_news_applied_many_times_at_once_counts_once() {
 async fn a_refund_whose_news_comes_before_its_api_call_finished_is_matched_by_our_id() {
     let app = TestApp::spawn().await;
     let customer = app.new_customer().await;
-    let mut body = manual_payment(&customer, 1000);
-    body["capture_method"] = json!("automatic");
-    let id = app.call(Via::Rest, "CreatePayment", body).await.unwrap()["paymentID"].as_str().unwrap().to_string();
+    let id = payment_id(&app, &customer, 1000, true).await;
     // The refund is made but its answer is lost: our row has no Stripe id.
     fault(&app, json!({"method": "POST", "path": "/v1/refunds", "drop": "after"}));
     let f = app.call(Via::Rest, "RefundPayment", json!({"paymentID": id, "amount": 400})).await.unwrap_err();
@@ -332,7 +369,9 @@ async fn a_refund_whose_news_comes_before_its_api_call_finished_is_matched_by_ou
     let event = EventRow {
         id: "evt_test_refund_created".into(),
         kind: "refund.created".into(),
-        payload: sqlx::types::Json(json!({"id": "evt_test_refund_created", "type": "refund.created", "data": {"object": object}})),
+        payload: sqlx::types::Json(
+            json!({"id": "evt_test_refund_created", "type": "refund.created", "data": {"object": object}}),
+        ),
         state: "received".into(),
         attempts: 0,
         last_error: None,
@@ -341,7 +380,11 @@ async fn a_refund_whose_news_comes_before_its_api_call_finished_is_matched_by_ou
     app.app.apply_event(&event).await.unwrap();
     let rows: Vec<(String, Option<String>)> =
         sqlx::query_as("SELECT status, stripe_refund_id FROM payment.refund").fetch_all(&app.db).await.unwrap();
-    assert_eq!(rows, [("succeeded".to_string(), object["id"].as_str().map(str::to_string))], "ours, bound, not a second refund");
+    assert_eq!(
+        rows,
+        [("succeeded".to_string(), object["id"].as_str().map(str::to_string))],
+        "ours, bound, not a second refund"
+    );
     let now = app.call(Via::Rest, "GetPayment", json!({"paymentID": id})).await.unwrap();
     assert_eq!(int(&now, "amount_refunded"), 400);
 }
@@ -448,9 +491,7 @@ async fn a_saved_500_before_any_work_fails_the_payment_and_its_request_is_never_
 async fn a_refund_whose_500_was_saved_after_the_work_is_found_and_counted_once() {
     let app = TestApp::spawn().await;
     let customer = app.new_customer().await;
-    let mut body = manual_payment(&customer, 1000);
-    body["capture_method"] = json!("automatic");
-    let id = app.call(Via::Rest, "CreatePayment", body).await.unwrap()["paymentID"].as_str().unwrap().to_string();
+    let id = payment_id(&app, &customer, 1000, true).await;
     fault(&app, json!({"method": "POST", "path": "/v1/refunds", "saved": "after_work", "times": 1}));
     let refund = app.call_keyed(Via::Grpc, "RefundPayment", json!({"paymentID": id, "amount": 700}), Some("r")).await.0;
     assert_eq!(refund.unwrap()["status"], "succeeded");
@@ -463,10 +504,7 @@ async fn a_refund_whose_500_was_saved_after_the_work_is_found_and_counted_once()
 async fn a_capture_whose_500_was_saved_before_the_work_fails_and_the_payment_stays_authorized() {
     let app = TestApp::spawn().await;
     let customer = app.new_customer().await;
-    let id = app.call(Via::Rest, "CreatePayment", manual_payment(&customer, 1000)).await.unwrap()["paymentID"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = payment_id(&app, &customer, 1000, false).await;
     fault(&app, json!({"method": "POST", "path": "/v1/payment_intents/", "saved": "before_work", "times": 1}));
     let f = app.call_keyed(Via::Rest, "CapturePayment", json!({"paymentID": id}), Some("c")).await.0.unwrap_err();
     assert_eq!(f.reason, "STRIPE_FAILED");
@@ -493,12 +531,12 @@ async fn a_customer_whose_500_was_saved_after_the_work_is_found_by_our_metadata(
 async fn an_operation_in_doubt_past_stripes_key_retention_is_settled_by_lookup_not_sent_again() {
     let app = TestApp::spawn().await;
     let customer = app.new_customer().await;
-    let id = app.call(Via::Rest, "CreatePayment", manual_payment(&customer, 1000)).await.unwrap()["paymentID"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = payment_id(&app, &customer, 1000, false).await;
     fault(&app, json!({"method": "POST", "path": "/v1/payment_intents/", "drop": "after", "times": 3}));
-    assert_eq!(app.call(Via::Rest, "CapturePayment", json!({"paymentID": id})).await.unwrap_err().code, Code::Unavailable);
+    assert_eq!(
+        app.call(Via::Rest, "CapturePayment", json!({"paymentID": id})).await.unwrap_err().code,
+        Code::Unavailable
+    );
     sqlx::query("UPDATE payment.operation SET created_at = now() - interval '25 hours' WHERE state = 'pending'")
         .execute(&app.db)
         .await
@@ -510,4 +548,123 @@ async fn an_operation_in_doubt_past_stripes_key_retention_is_settled_by_lookup_n
     assert_eq!(posts_to(&app, "/v1/payment_intents/"), sent, "read back, not sent again");
     let now = app.call(Via::Rest, "GetPayment", json!({"paymentID": id})).await.unwrap();
     assert_eq!((now["status"].as_str(), int(&now, "amount_captured")), (Some("succeeded"), 1000));
+}
+
+#[tokio::test]
+async fn a_payment_without_a_key_that_never_reached_stripe_fails_and_is_never_sent_later() {
+    let (app, proxy) = behind_proxy().await;
+    let customer = app.new_customer().await;
+    proxy.refuse();
+    let f = app.call(Via::Rest, "CreatePayment", manual_payment(&customer, 1200)).await.unwrap_err();
+    assert_eq!(f.code, Code::Unavailable);
+    proxy.accept_again().await;
+    let s = amazing_payments::workers::reconciler::Settings { min_age: Duration::ZERO, ..Default::default() };
+    amazing_payments::workers::reconciler::until_idle(&app.app, &s).await.unwrap();
+    assert_eq!(
+        intents(&app).len(),
+        0,
+        "the caller had no key to resume it with: it must not be charged behind its back"
+    );
+    let (status, code): (String, Option<String>) =
+        sqlx::query_as("SELECT status, failure_code FROM payment.payment").fetch_one(&app.db).await.unwrap();
+    assert_eq!((status.as_str(), code.as_deref()), ("failed", Some("provider_unreachable")));
+}
+
+#[tokio::test]
+async fn a_key_whose_operation_is_still_pending_outlives_its_ttl_so_the_retry_finds_that_operation() {
+    let app = TestApp::spawn().await;
+    let customer = app.new_customer().await;
+    let id = payment_id(&app, &customer, 1000, false).await;
+    fault(&app, json!({"method": "POST", "path": "/v1/payment_intents/", "drop": "before", "times": 3}));
+    let ask = json!({"paymentID": id, "amount": 400});
+    assert_eq!(
+        app.call_keyed(Via::Rest, "CapturePayment", ask.clone(), Some("late")).await.0.unwrap_err().code,
+        Code::Unavailable
+    );
+    sqlx::query("UPDATE auth.idempotency_key SET expires_at = now() - interval '1 second'")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(amazing_payments::store::idempotency::purge(&app.db, 100).await.unwrap(), 0, "kept while pending");
+    let captured = app.call_keyed(Via::Rest, "CapturePayment", ask, Some("late")).await.0.unwrap();
+    assert_eq!(int(&captured, "amount_captured"), 400);
+    let ops: i64 = sqlx::query_scalar("SELECT count(*) FROM payment.operation WHERE kind = 'capture'")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(ops, 1, "the retry resumed the first capture, not a second one");
+}
+
+#[tokio::test]
+async fn a_capture_settled_by_lookup_on_a_payment_canceled_meanwhile_is_refused_not_answered_200() {
+    let app = TestApp::spawn().await;
+    let customer = app.new_customer().await;
+    let payment = app.call(Via::Rest, "CreatePayment", manual_payment(&customer, 1000)).await.unwrap();
+    let (id, pi) = (payment["paymentID"].as_str().unwrap(), payment["stripe_payment_intent_id"].as_str().unwrap());
+    app.stripe_post(&format!("/_sim/payment_intents/{pi}/expire"), &[]).await;
+    fault(&app, json!({"method": "POST", "path": "/v1/payment_intents/", "saved": "before_work", "times": 1}));
+    let f = app.call_keyed(Via::Rest, "CapturePayment", json!({"paymentID": id}), Some("cap")).await.0.unwrap_err();
+    assert_eq!((f.code, f.reason.as_str()), (Code::FailedPrecondition, "STRIPE_REFUSED"), "{f:?}");
+    let now = app.call(Via::Rest, "GetPayment", json!({"paymentID": id})).await.unwrap();
+    assert_eq!(now["status"], "canceled", "the payment follows Stripe");
+}
+
+#[tokio::test]
+async fn a_declined_payment_found_by_lookup_is_answered_as_a_decline() {
+    let app = TestApp::spawn().await;
+    let customer = app.new_customer().await;
+    let mut body = manual_payment(&customer, 1000);
+    body["payment_method"] = json!("pm_card_chargeDeclined");
+    fault(&app, json!({"method": "POST", "path": "/v1/payment_intents", "saved": "after_work", "times": 1}));
+    let f = app.call_keyed(Via::Grpc, "CreatePayment", body, Some("d")).await.0.unwrap_err();
+    assert_eq!((f.code, f.reason.as_str()), (Code::FailedPrecondition, "CARD_DECLINED"), "{f:?}");
+}
+
+#[tokio::test]
+async fn a_payment_intent_of_ours_found_after_its_operation_was_closed_is_bound_by_its_webhook() {
+    let app = TestApp::spawn().await;
+    let customer = app.new_customer().await;
+    fault(&app, json!({"method": "POST", "path": "/v1/payment_intents", "saved": "before_work", "times": 1}));
+    let f = app.call(Via::Rest, "CreatePayment", manual_payment(&customer, 1300)).await.unwrap_err();
+    assert_eq!(f.reason, "STRIPE_FAILED");
+    // Say the lookup had missed it: the PaymentIntent exists after all.
+    let (id, reference): (i64, String) =
+        sqlx::query_as("SELECT payment_id, idempotency_key FROM payment.operation WHERE kind = 'create_payment'")
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    let stripe_customer = app.stripe_customers()[0]["id"].as_str().unwrap().to_string();
+    let (id_text, amount) = (id.to_string(), "1300".to_string());
+    let pi = app
+        .stripe_post(
+            "/v1/payment_intents",
+            &[
+                ("amount", &amount),
+                ("currency", "usd"),
+                ("customer", &stripe_customer),
+                ("payment_method", "pm_card_visa"),
+                ("confirm", "true"),
+                ("capture_method", "manual"),
+                ("metadata[paymentID]", &id_text),
+                ("metadata[ap_operation]", &reference),
+            ],
+        )
+        .await;
+    let event = EventRow {
+        id: "evt_test_found_late".into(),
+        kind: "payment_intent.amount_capturable_updated".into(),
+        payload: sqlx::types::Json(
+            json!({"id": "evt_test_found_late", "type": "payment_intent.amount_capturable_updated", "data": {"object": pi}}),
+        ),
+        state: "received".into(),
+        attempts: 0,
+        last_error: None,
+        received_at: chrono::Utc::now(),
+    };
+    app.app.apply_event(&event).await.unwrap();
+    let now = app.call(Via::Rest, "GetPayment", json!({"paymentID": id_text})).await.unwrap();
+    assert_eq!(
+        (now["status"].as_str(), now["stripe_payment_intent_id"].as_str()),
+        (Some("authorized"), pi["id"].as_str())
+    );
 }

@@ -520,7 +520,9 @@ fn draw_rule(rng: &mut impl Rng, timeout_ms: u64) -> Value {
         0 => json!({"method": "POST", "path": path, "drop": "after", "rate": rate}),
         1 => json!({"method": "POST", "path": path, "drop": "before", "rate": rate}),
         2 => json!({"method": "POST", "path": path, "status": 500, "rate": rate}),
-        3 => json!({"method": "POST", "path": path, "status": 429, "code": "rate_limit", "retry_after": 1, "rate": rate}),
+        3 => {
+            json!({"method": "POST", "path": path, "status": 429, "code": "rate_limit", "retry_after": 1, "rate": rate})
+        }
         // Later than STRIPE_TIMEOUT: the service gives up, Stripe goes on.
         4 => json!({"method": "POST", "path": path, "latency_ms": timeout_ms + 300, "rate": rate}),
         5 => json!({"method": "POST", "path": path, "saved": "before_work", "rate": rate / 2.0}),
@@ -566,19 +568,43 @@ async fn nemesis_client(
             continue;
         }
         if rng.random_bool(0.2) {
-            let (status, c) = call(&http, &format!("{url}/v1/payment/{pid}/cancel"), &key, &format!("{id}-cancel"), &json!({}), &seen).await;
+            let (status, c) = call(
+                &http,
+                &format!("{url}/v1/payment/{pid}/cancel"),
+                &key,
+                &format!("{id}-cancel"),
+                &json!({}),
+                &seen,
+            )
+            .await;
             record("cancel", &pid, status, &c);
             continue;
         }
         let captured = amount - rng.random_range(0..=40) * 10;
-        let (status, c) = call(&http, &format!("{url}/v1/payment/{pid}/capture"), &key, &format!("{id}-cap"), &json!({"amount": captured}), &seen).await;
+        let (status, c) = call(
+            &http,
+            &format!("{url}/v1/payment/{pid}/capture"),
+            &key,
+            &format!("{id}-cap"),
+            &json!({"amount": captured}),
+            &seen,
+        )
+        .await;
         record("capture", &pid, status, &c);
         if status != 200 {
             continue;
         }
         for n in 0..rng.random_range(0..=2) {
             let part = rng.random_range(1..=captured / 40) * 10;
-            let (status, r) = call(&http, &format!("{url}/v1/payment/{pid}/refund"), &key, &format!("{id}-ref{n}"), &json!({"amount": part}), &seen).await;
+            let (status, r) = call(
+                &http,
+                &format!("{url}/v1/payment/{pid}/refund"),
+                &key,
+                &format!("{id}-ref{n}"),
+                &json!({"amount": part}),
+                &seen,
+            )
+            .await;
             record("refund", &pid, status, &r);
         }
     }
@@ -704,13 +730,21 @@ async fn nemesis_a_seeded_schedule_of_partial_failures_leaves_our_books_equal_to
             "create" => {
                 let pi = intent_of(&a.payment);
                 check("a created payment is at Stripe", pi.is_some(), a.payment.clone());
-                check("its amount", pi.unwrap()["amount"] == a.body["amount"].as_str().unwrap().parse::<i64>().unwrap(), a.payment.clone());
+                check(
+                    "its amount",
+                    pi.unwrap()["amount"] == a.body["amount"].as_str().unwrap().parse::<i64>().unwrap(),
+                    a.payment.clone(),
+                );
                 *per_key_payment.entry(a.payment.clone()).or_default() += 1;
             }
             "capture" => {
                 let pi = intent_of(&a.payment).unwrap();
                 let said: i64 = a.body["amount_captured"].as_str().unwrap_or("0").parse().unwrap();
-                check("a 200 capture is captured at Stripe", pi["amount_received"].as_i64() == Some(said), format!("{pi} vs {}", a.body));
+                check(
+                    "a 200 capture is captured at Stripe",
+                    pi["amount_received"].as_i64() == Some(said),
+                    format!("{pi} vs {}", a.body),
+                );
             }
             "cancel" => {
                 let pi = intent_of(&a.payment).unwrap();
@@ -723,7 +757,11 @@ async fn nemesis_a_seeded_schedule_of_partial_failures_leaves_our_books_equal_to
                 let said: i64 = a.body["amount"].as_str().unwrap().parse().unwrap();
                 check("with its amount", re.unwrap()["amount"].as_i64() == Some(said), a.body.to_string());
                 if a.body["status"] == "succeeded" {
-                    check("a refund said succeeded did not stay pending", re.unwrap()["status"] != "pending", a.body.to_string());
+                    check(
+                        "a refund said succeeded did not stay pending",
+                        re.unwrap()["status"] != "pending",
+                        a.body.to_string(),
+                    );
                 }
             }
             _ => {}

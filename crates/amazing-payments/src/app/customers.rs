@@ -152,8 +152,13 @@ impl App {
         let charge_date = text("charge_date").map(ChargeDate::parse).transpose()?;
         let mut tx = self.db.begin().await?;
         if ops::operation_state(&mut tx, op.id).await? == "pending" {
-            let new =
-                NewCustomer { id, name: &name, email: &email, stripe_customer_key: stripe_customer, charge_date: charge_date.as_ref() };
+            let new = NewCustomer {
+                id,
+                name: &name,
+                email: &email,
+                stripe_customer_key: stripe_customer,
+                charge_date: charge_date.as_ref(),
+            };
             customers::insert(&mut tx, new).await?;
             ops::finish_operation(&mut tx, op.id, "succeeded", None).await?;
         }
@@ -164,7 +169,7 @@ impl App {
     /// Closes `op` as failed when Stripe refused it or it never left; keeps it
     /// pending when the outcome is unknown. The error for the caller.
     pub(crate) async fn unfinished_op(&self, op: &OperationRow, e: crate::stripe::StripeError) -> AppError {
-        let (error, finished) = unfinished(e);
+        let (error, finished) = unfinished(e, op);
         let closed = if finished {
             ops::close_operation(&self.db, op.id, "failed", Some(&error.message)).await
         } else {

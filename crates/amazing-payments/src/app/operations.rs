@@ -111,14 +111,55 @@ pub(crate) const OPERATION_METADATA: &str = "ap_operation";
 /// Stripe's 24 hours, to stay clear of the edge.
 pub(crate) const STRIPE_KEY_RETENTION: chrono::TimeDelta = chrono::TimeDelta::hours(23);
 
+/// Where an operation of this age stands: its request may still be sent,
+/// it must be settled by reading Stripe back, or neither, for a while: a
+/// call sent just before the lookup would start could otherwise still be
+/// running (with its retries) while the lookup concludes that nothing was
+/// done.
+pub(crate) enum Age {
+    Send,
+    Wait,
+    LookUp,
+}
+
+impl Age {
+    pub(crate) fn of(op: &OperationRow, longest_call: std::time::Duration) -> Self {
+        let age = chrono::Utc::now() - op.created_at;
+        let quiet = chrono::TimeDelta::from_std(longest_call).unwrap_or(chrono::TimeDelta::hours(1))
+            + chrono::TimeDelta::minutes(1);
+        if age > STRIPE_KEY_RETENTION {
+            Age::LookUp
+        } else if age > STRIPE_KEY_RETENTION - quiet {
+            Age::Wait
+        } else {
+            Age::Send
+        }
+    }
+}
+
 /// Whether a failed Stripe call leaves its operation pending. Its outcome
 /// is unknown (the request may have reached Stripe, whatever later attempts
-/// said), or it was never sent at all (nothing happened, and sending the
-/// same request with the same key again is safe). Either way the operation
-/// is resumed by the caller's retry or by the reconciler; only Stripe's own
-/// refusal closes it as failed.
-pub(crate) fn stays_pending(e: &StripeError) -> bool {
-    matches!(e, StripeError::Network { .. }) || e.outcome_unknown()
+/// said): it is finished by the caller's retry or by the reconciler. A call
+/// that was certainly never sent stays pending too when a client key is
+/// bound to the operation (the caller retries with that key and resumes
+/// it); without a key the caller's retry would be a new request, so the
+/// operation fails, and nothing was done. Otherwise only Stripe's own
+/// refusal closes an operation as failed.
+pub(crate) fn stays_pending(e: &StripeError, op: &OperationRow) -> bool {
+    e.outcome_unknown() || (matches!(e, StripeError::Network { .. }) && op.request_key.is_some())
+}
+
+/// What a failed call that ends its operation tells the record: Stripe's
+/// error, or that Stripe could not be reached.
+pub(crate) fn failure_of(e: &StripeError) -> crate::stripe::ApiError {
+    match e {
+        StripeError::Network { message, .. } => crate::stripe::ApiError {
+            code: Some("provider_unreachable".into()),
+            message: Some(message.clone()),
+            ..Default::default()
+        },
+        other => other.api().cloned().unwrap_or_default(),
+    }
 }
 
 pub(crate) fn still_pending(kind: &str, id: i64) -> AppError {
@@ -126,7 +167,7 @@ pub(crate) fn still_pending(kind: &str, id: i64) -> AppError {
         "STRIPE_UNAVAILABLE",
         format!(
             "the payment provider did not answer; the {kind} is recorded and will be completed: \
-             retry with the same idempotency key to learn its outcome"
+             retry with the same idempotency key, or read the payment, to learn its outcome"
         ),
     )
     .detail("paymentID", id.to_string())
@@ -156,13 +197,13 @@ pub(crate) fn create_form(row: &PaymentRow, stripe_customer: &str, op: &Operatio
 
 /// The error for a Stripe call that failed, and whether that ends the
 /// operation (Stripe refused it) rather than leaving it pending.
-pub(crate) fn unfinished(e: StripeError) -> (AppError, bool) {
-    if stays_pending(&e) {
+pub(crate) fn unfinished(e: StripeError, op: &OperationRow) -> (AppError, bool) {
+    if stays_pending(&e, op) {
         return (
             AppError::unavailable(
                 "STRIPE_UNAVAILABLE",
                 "the payment provider did not answer; the request is recorded and will be completed: \
-                 retry with the same idempotency key to learn its outcome",
+                 retry with the same idempotency key, or read it, to learn its outcome",
             ),
             false,
         );
@@ -171,7 +212,7 @@ pub(crate) fn unfinished(e: StripeError) -> (AppError, bool) {
 }
 
 /// The answer a settled payment gives to the request that created it.
-fn settled_payment(row: PaymentRow) -> Result<PaymentRow, AppError> {
+pub(crate) fn settled_payment(row: PaymentRow) -> Result<PaymentRow, AppError> {
     if row.integrity_error.is_some() {
         return Err(mismatch(row.id));
     }
@@ -218,10 +259,18 @@ impl App {
 
     /// [`App::drive`], recording the changes as coming from `source`.
     pub(crate) async fn drive_from(&self, op: &OperationRow, source: Source) -> Result<Driven, AppError> {
-        match op.kind.as_str() {
-            "create_customer" if chrono::Utc::now() - op.created_at > STRIPE_KEY_RETENTION => {
-                return self.settle_by_lookup(op, source).await;
+        match Age::of(op, self.stripe.settings().worst_case()) {
+            Age::Send => {}
+            Age::LookUp if op.kind != "update_customer" => return self.settle_by_lookup(op, source).await,
+            Age::LookUp => {}
+            Age::Wait => {
+                return Err(AppError::unavailable(
+                    "STRIPE_UNAVAILABLE",
+                    "the request is recorded and about to be settled by reading the payment provider back; retry shortly",
+                ));
             }
+        }
+        match op.kind.as_str() {
             "create_customer" | "update_customer" => {
                 return self.drive_customer(op).await.map(|c| Driven::Customer(Box::new(c)));
             }
@@ -229,9 +278,6 @@ impl App {
                 return self.drive_catalog(op).await;
             }
             _ => {}
-        }
-        if chrono::Utc::now() - op.created_at > STRIPE_KEY_RETENTION {
-            return self.settle_by_lookup(op, source).await;
         }
         let row = payments::get(&self.db, op.payment_id).await?.ok_or_else(|| not_found(op.payment_id))?;
         let pi = row.stripe_payment_intent_id.clone().unwrap_or_default();
@@ -305,12 +351,18 @@ impl App {
 
     /// What the request of a failed operation was answered: Stripe's
     /// refusal, a decline, or a held payment.
-    async fn refusal_of(&self, op: &OperationRow) -> Result<AppError, AppError> {
+    pub(crate) async fn refusal_of(&self, op: &OperationRow) -> Result<AppError, AppError> {
         let refused = AppError::new(
             Kind::FailedPrecondition,
             "STRIPE_REFUSED",
-            format!("the payment provider refused the request: {}", op.last_error.as_deref().unwrap_or("no reason given")),
+            format!(
+                "the payment provider refused the request: {}",
+                op.last_error.as_deref().unwrap_or("no reason given")
+            ),
         );
+        if op.last_error.as_deref() == Some(super::settle::NOTHING_DONE) {
+            return Ok(super::settle::failed(op));
+        }
         if op.payment_id == 0 {
             return Ok(refused);
         }
@@ -353,14 +405,13 @@ impl App {
                 tracing::warn!(payment_id = id, operation = op.id, error = %e, "stripe replays a saved failure for this key: looking the object up");
                 Box::pin(self.settle_by_lookup(op, source)).await?.payment()
             }
-            Err(e) if stays_pending(&e) => {
+            Err(e) if stays_pending(&e, op) => {
                 payments::note_attempt(&self.db, op.id, &e.to_string()).await?;
                 tracing::warn!(payment_id = id, operation = op.id, error = %e, "stripe outcome unknown: left for a retry or the reconciler");
                 Err(still_pending(&op.kind.replace('_', " "), id))
             }
             Err(e) => {
-                let api = e.api().cloned().unwrap_or_default();
-                self.fail_operation(op, &api, op.kind == "create_payment", source).await?;
+                self.fail_operation(op, &failure_of(&e), op.kind == "create_payment", source).await?;
                 Err(stripe_failure(e).detail("paymentID", id.to_string()))
             }
         }

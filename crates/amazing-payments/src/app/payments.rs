@@ -193,9 +193,18 @@ impl App {
         source: Source,
         note: &str,
     ) -> Result<PaymentRow, AppError> {
+        // The database's clock when the read began: a change recorded after
+        // it came from news at least as fresh as this read, which must not
+        // undo it (a GET's read overtaken by a webhook's, say).
+        let started: chrono::DateTime<chrono::Utc> =
+            sqlx::query_scalar("SELECT clock_timestamp()").fetch_one(&self.db).await?;
         let reply = self.stripe.retrieve_payment_intent(pi).await.map_err(stripe_failure)?;
         let mut tx = self.db.begin().await?;
         let before = payments::lock(&mut tx, id).await?.ok_or_else(|| not_found(id))?;
+        if before.updated_at > started {
+            tx.commit().await?;
+            return Ok(before);
+        }
         let mut next = before.clone();
         match sync::apply_intent(&mut next, &reply.object, None) {
             Ok(true) => {
@@ -222,7 +231,11 @@ impl App {
                 return Err(super::operations::mismatch(id));
             }
             Err(sync::SyncError::Refused(r)) => {
-                tracing::warn!(payment_id = id, reason = r.reason, "Stripe's PaymentIntent is older than our record: kept ours");
+                tracing::warn!(
+                    payment_id = id,
+                    reason = r.reason,
+                    "Stripe's PaymentIntent is older than our record: kept ours"
+                );
                 next = before;
             }
         }

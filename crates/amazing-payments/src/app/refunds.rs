@@ -84,12 +84,12 @@ impl App {
                 tracing::warn!(payment_id, operation = op.id, error = %e, "stripe replays a saved failure for this key: looking the refund up");
                 Box::pin(self.settle_by_lookup(op, source)).await?.refund()
             }
-            Err(e) if stays_pending(&e) => {
+            Err(e) if stays_pending(&e, op) => {
                 payments::note_attempt(&self.db, op.id, &e.to_string()).await?;
                 Err(still_pending("refund", payment_id).detail("refundID", refund.id.to_string()))
             }
             Err(e) => {
-                let message = e.api().and_then(|a| a.message.clone()).unwrap_or_else(|| e.to_string());
+                let message = super::operations::failure_of(&e).message.unwrap_or_else(|| e.to_string());
                 self.fail_refund(op, refund.id, &message, source).await?;
                 let err = stripe_failure(e);
                 Err(err.detail("paymentID", payment_id.to_string()).detail("refundID", refund.id.to_string()))
@@ -109,11 +109,18 @@ impl App {
         let payment_id = refund.payment_id;
         let mut tx = self.db.begin().await?;
         payments::lock(&mut tx, payment_id).await?.ok_or_else(|| not_found(payment_id))?;
-        if payments::operation_state(&mut tx, op.id).await? != "pending" {
-            // Another driver (a retry, the reconciler) applied this answer
-            // already.
-            tx.commit().await?;
-            return self.answer_of_refund(refund.id).await;
+        match payments::operation_state(&mut tx, op.id).await?.as_str() {
+            "pending" => {}
+            // Another driver (a retry, the reconciler) settled it already:
+            // its answer, a refusal included.
+            "failed" => {
+                tx.commit().await?;
+                return Err(self.refusal_of(op).await?);
+            }
+            _ => {
+                tx.commit().await?;
+                return self.answer_of_refund(refund.id).await;
+            }
         }
         match self.apply_refund(&mut tx, payment_id, refund.id, re, request_id, source).await? {
             Applied::Row(updated) => {
@@ -131,7 +138,9 @@ impl App {
     }
 
     /// Closes a refund's operation and the refund as failed: Stripe refused
-    /// it, or did nothing.
+    /// it, or did nothing. Under the payment's lock, and only while the
+    /// operation is still pending and the refund still unsettled: another
+    /// driver may have applied Stripe's refund meanwhile.
     pub(crate) async fn fail_refund(
         &self,
         op: &OperationRow,
@@ -140,8 +149,20 @@ impl App {
         source: Source,
     ) -> Result<(), AppError> {
         let mut tx = self.db.begin().await?;
-        payments::update_refund(&mut tx, refund_id, "failed", None, Some(message), source).await?;
-        payments::finish_operation(&mut tx, op.id, "failed", Some(message)).await?;
+        payments::lock(&mut tx, op.payment_id).await?.ok_or_else(|| not_found(op.payment_id))?;
+        if payments::operation_state(&mut tx, op.id).await? != "pending" {
+            tx.commit().await?;
+            return Ok(());
+        }
+        let current = payments::lock_refund(&mut tx, refund_id).await?.ok_or_else(|| refund_not_found(refund_id))?;
+        if matches!(current.status.as_str(), "pending" | "requires_action") && current.stripe_refund_id.is_none() {
+            payments::update_refund(&mut tx, refund_id, "failed", None, Some(message), source).await?;
+            payments::finish_operation(&mut tx, op.id, "failed", Some(message)).await?;
+        } else {
+            // Stripe's refund reached us another way (a webhook matched it
+            // by our id): the operation did its work.
+            payments::finish_operation(&mut tx, op.id, "succeeded", None).await?;
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -176,6 +197,9 @@ impl App {
         let before = payments::lock(tx, payment_id).await?.ok_or_else(|| not_found(payment_id))?;
         let current = payments::lock_refund(tx, refund_id).await?.ok_or_else(|| refund_not_found(refund_id))?;
         if let Err(m) = sync::check_refund(&before, &current, re) {
+            if before.integrity_error.is_some() {
+                return Ok(Applied::Held(m));
+            }
             let mut held = before.clone();
             held.integrity_error = Some(m.clone());
             let note = format!("integrity check failed: Stripe's refund {} differs from refund {}", re.id, current.id);
@@ -193,7 +217,8 @@ impl App {
         let counted = |s: &str| i64::from(s == "succeeded");
         let delta = current.amount * (counted(status) - counted(&current.status));
         if delta != 0 {
-            let next = before.ledger().set_refunded(before.amount_refunded + delta).map_err(|r| refused(payment_id, r))?;
+            let next =
+                before.ledger().set_refunded(before.amount_refunded + delta).map_err(|r| refused(payment_id, r))?;
             let mut after = before.clone();
             after.set_ledger(next);
             let note = format!("refund {} {status}", current.id);
@@ -237,7 +262,8 @@ impl App {
                 }
             }
         };
-        let applied = self.apply_refund(&mut tx, payment.id, refund_id, &re, reply.request_id.as_deref(), source).await?;
+        let applied =
+            self.apply_refund(&mut tx, payment.id, refund_id, &re, reply.request_id.as_deref(), source).await?;
         tx.commit().await?;
         match applied {
             Applied::Row(_) => Ok(()),

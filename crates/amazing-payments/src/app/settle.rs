@@ -16,7 +16,7 @@
 
 use super::{
     App, AppError, Kind,
-    operations::{Driven, OPERATION_METADATA, not_found},
+    operations::{Driven, OPERATION_METADATA, not_found, settled_payment},
     stripe_failure,
 };
 use crate::{
@@ -39,19 +39,37 @@ fn ours(metadata: &HashMap<String, String>, op: &OperationRow, id_key: &str, id:
     }
 }
 
+/// Why an operation failed that Stripe, read back, did nothing for: kept on
+/// the operation, so that a later retry with the client's key gets the same
+/// answer.
+pub(crate) const NOTHING_DONE: &str =
+    "the payment provider failed the request and did nothing; send it again with a new idempotency key";
+
 /// The error of an operation that Stripe did nothing for.
 fn nothing_done() -> ApiError {
     ApiError {
         kind: "api_error".into(),
         code: Some("stripe_failed".into()),
-        message: Some("the payment provider failed the request and did nothing; send it again with a new idempotency key".into()),
+        message: Some(NOTHING_DONE.into()),
         ..Default::default()
     }
 }
 
-fn failed(op: &OperationRow) -> AppError {
-    let e = nothing_done();
-    let mut err = AppError::new(Kind::FailedPrecondition, "STRIPE_FAILED", e.message.unwrap_or_default());
+/// The earliest creation time (unix seconds) of what `op` may have made:
+/// a margin for clocks.
+fn since(op: &OperationRow) -> i64 {
+    op.created_at.timestamp() - 600
+}
+
+/// A lookup that could not read everything it had to: nothing is
+/// concluded, and the operation stays pending.
+fn incomplete(op: &OperationRow) -> AppError {
+    tracing::warn!(operation = op.id, "lookup found more than one page: left pending");
+    AppError::unavailable("STRIPE_UNAVAILABLE", "the payment provider could not be read back in full; retry later")
+}
+
+pub(crate) fn failed(op: &OperationRow) -> AppError {
+    let mut err = AppError::new(Kind::FailedPrecondition, "STRIPE_FAILED", NOTHING_DONE);
     if op.payment_id != 0 {
         err = err.detail("paymentID", op.payment_id.to_string());
     }
@@ -80,14 +98,18 @@ impl App {
         let row = payments::get(&self.db, op.payment_id).await?.ok_or_else(|| not_found(op.payment_id))?;
         let customer = customers::get(&self.db, CustomerId::parse(row.customer_id)?).await?;
         let stripe_customer = customer.and_then(|c| c.stripe_customer_key).unwrap_or_default();
-        let page = self.stripe.list_payment_intents(&stripe_customer).await.map_err(stripe_failure)?;
+        let page = self.stripe.list_payment_intents(&stripe_customer, since(op)).await.map_err(stripe_failure)?;
+        let more = page.object.has_more;
         let found = page.object.data.into_iter().find(|pi| ours(&pi.metadata, op, "paymentID", row.id));
         match found {
             Some(pi) => {
                 let reply = Ok(Reply { object: pi, request_id: page.request_id });
                 let row = self.finish_intent_operation(op, reply, Some(&stripe_customer), source).await?;
-                Ok(Driven::Payment(Box::new(row)))
+                // Answered as the request itself would have been: a decline
+                // is a 402, never a 2xx.
+                Ok(Driven::Payment(Box::new(settled_payment(row)?)))
             }
+            None if more => Err(incomplete(op)),
             None => {
                 self.fail_operation(op, &nothing_done(), true, source).await?;
                 Err(failed(op))
@@ -101,14 +123,29 @@ impl App {
         let pi = row.stripe_payment_intent_id.clone().unwrap_or_default();
         let reply = self.stripe.retrieve_payment_intent(&pi).await.map_err(stripe_failure)?;
         let done = match op.kind.as_str() {
-            // Captured, or gone (canceled, expired): either way no longer
-            // waiting for this capture.
-            "capture" => reply.object.status != "requires_capture",
-            _ => reply.object.status == "canceled" || reply.object.status == "succeeded",
+            "capture" => reply.object.status == "succeeded",
+            _ => reply.object.status == "canceled",
         };
         if done {
             let row = self.finish_intent_operation(op, Ok(reply), None, source).await?;
             return Ok(Driven::Payment(Box::new(row)));
+        }
+        let still_possible = match op.kind.as_str() {
+            "capture" => reply.object.status == "requires_capture",
+            _ => reply.object.status != "succeeded",
+        };
+        if !still_possible {
+            // It can no longer happen (captured already, or canceled): the
+            // operation is refused, and the payment follows Stripe's state.
+            let refusal = ApiError {
+                kind: "invalid_request_error".into(),
+                code: Some("payment_intent_unexpected_state".into()),
+                message: Some(format!("the PaymentIntent is {}", reply.object.status)),
+                ..Default::default()
+            };
+            self.fail_operation(op, &refusal, false, source).await?;
+            self.refresh_from(row.id, &pi, source, "read back from Stripe").await?;
+            return Err(self.refusal_of(op).await?);
         }
         self.fail_operation(op, &nothing_done(), false, source).await?;
         Err(failed(op))
@@ -117,15 +154,18 @@ impl App {
     async fn settle_refund(&self, op: &OperationRow, source: Source) -> Result<Driven, AppError> {
         let row = payments::get(&self.db, op.payment_id).await?.ok_or_else(|| not_found(op.payment_id))?;
         let refund_id = op.refund_id.unwrap_or_default();
-        let refund =
-            payments::get_refund(&self.db, refund_id).await?.ok_or_else(|| super::refunds::refund_not_found(refund_id))?;
+        let refund = payments::get_refund(&self.db, refund_id)
+            .await?
+            .ok_or_else(|| super::refunds::refund_not_found(refund_id))?;
         let pi = row.stripe_payment_intent_id.clone().unwrap_or_default();
-        let page = self.stripe.list_refunds(&pi).await.map_err(stripe_failure)?;
+        let page = self.stripe.list_refunds(&pi, since(op)).await.map_err(stripe_failure)?;
+        let more = page.object.has_more;
         match page.object.data.into_iter().find(|re| ours(&re.metadata, op, "refundID", refund.id)) {
             Some(re) => {
                 let done = self.finish_refund(op, &refund, &re, page.request_id.as_deref(), source).await?;
                 Ok(Driven::Refund(done))
             }
+            None if more => Err(incomplete(op)),
             None => {
                 let message = nothing_done().message.unwrap_or_default();
                 self.fail_refund(op, refund.id, &message, source).await?;
@@ -138,9 +178,11 @@ impl App {
         let p = &op.params.0;
         let id = p["customer_id"].as_i64().unwrap_or(0);
         let email = p["email"].as_str().unwrap_or_default();
-        let page = self.stripe.list_customers(email).await.map_err(stripe_failure)?;
+        let page = self.stripe.list_customers(email, since(op)).await.map_err(stripe_failure)?;
+        let more = page.object.has_more;
         match page.object.data.into_iter().find(|c| ours(&c.metadata, op, "customerID", id)) {
             Some(c) => Ok(Driven::Customer(Box::new(self.finish_customer_create(op, &c.id).await?))),
+            None if more => Err(incomplete(op)),
             None => {
                 payments::close_operation(&self.db, op.id, "failed", nothing_done().message.as_deref()).await?;
                 Err(failed(op))

@@ -65,6 +65,9 @@ pub fn apply_intent(
     let l = row.ledger();
     let next = match pi.status.as_str() {
         "requires_payment_method" if pi.last_payment_error.is_some() || l.status == Status::Pending => l.fail(),
+        // Made but never confirmed (a request that failed half-way):
+        // nothing was charged, and nobody here will confirm it.
+        "requires_confirmation" if l.status == Status::Pending => l.fail(),
         "requires_payment_method" | "requires_confirmation" => Ok(l),
         "requires_action" => l.wait(Status::RequiresAction),
         "processing" => l.wait(Status::Processing),

@@ -87,6 +87,50 @@ impl App {
         Ok(())
     }
 
+    /// A PaymentIntent that names a payment by our id but is bound to none:
+    /// ours while its create operation is still running (wait), ours after
+    /// that operation was closed without it (a lookup that missed it: bind
+    /// it now, and the payment follows Stripe), or another deployment's
+    /// (acknowledged). Ours is told by the create operation's reference in
+    /// its metadata, or, for operations older than references, by its
+    /// customer.
+    async fn unbound_intent(
+        &self,
+        id: &str,
+        intent: &crate::stripe::types::PaymentIntent,
+    ) -> Result<Option<payments::PaymentRow>, AppError> {
+        let not_ours = || {
+            tracing::info!(intent = %intent.id, "PaymentIntent of another deployment or payment: acknowledged");
+            Ok(None)
+        };
+        let Ok(id) = id.parse::<i64>() else { return not_ours() };
+        let (Some(row), Some(op)) =
+            (payments::get(&self.db, id).await?, payments::create_operation_of(&self.db, id).await?)
+        else {
+            return not_ours();
+        };
+        let ours = match op.reference() {
+            Some(r) => intent.metadata.get(super::operations::OPERATION_METADATA).is_some_and(|v| v == r),
+            None => {
+                let customer = customers::get(&self.db, crate::domain::customer::CustomerId::parse(row.customer_id)?)
+                    .await?
+                    .and_then(|c| c.stripe_customer_key);
+                customer.is_some() && intent.customer.as_ref().map(|c| c.id().to_string()) == customer
+            }
+        };
+        if !ours || row.stripe_payment_intent_id.is_some() {
+            return not_ours();
+        }
+        if op.state == "pending" {
+            return Err(AppError::unavailable(
+                "PAYMENT_NOT_READY",
+                format!("payment {id} is not bound to {} yet", intent.id),
+            ));
+        }
+        tracing::warn!(payment_id = id, "a PaymentIntent of ours found after its operation was closed: bound");
+        Ok(Some(row))
+    }
+
     /// A PaymentIntent with no payment here: one of ours whose row is not
     /// bound yet (retry later), or one made outside (adopted if its customer
     /// is ours), or nothing of ours.
@@ -94,7 +138,7 @@ impl App {
         let reply = self.stripe.retrieve_payment_intent(pi).await.map_err(super::stripe_failure)?;
         let intent = reply.object;
         if let Some(id) = intent.metadata.get("paymentID") {
-            return Err(AppError::unavailable("PAYMENT_NOT_READY", format!("payment {id} is not bound to {pi} yet")));
+            return self.unbound_intent(id, &intent).await;
         }
         let Some(customer) = intent.customer.as_ref().map(|c| c.id().to_string()) else {
             tracing::info!(intent = pi, "PaymentIntent of no customer of ours: acknowledged");

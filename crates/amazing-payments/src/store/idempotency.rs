@@ -36,12 +36,7 @@ pub async fn claim(
     let lease_s = lease.as_secs_f64();
     // A key past its TTL is gone, whether or not the purge has run: the
     // request that claims it now is a new one.
-    sqlx::query(&format!("{UNBIND_EXPIRED} SELECT 1"))
-        .bind(scope)
-        .bind(key)
-        .bind(1_i64)
-        .execute(db)
-        .await?;
+    sqlx::query(&format!("{UNBIND_EXPIRED} SELECT 1")).bind(scope).bind(key).bind(1_i64).execute(db).await?;
     let token = Uuid::new_v4();
     let inserted = sqlx::query(
         "INSERT INTO auth.idempotency_key (scope, key, rpc, fingerprint, state, locked_until, expires_at, holder)
@@ -124,11 +119,16 @@ pub async fn release(db: &PgPool, scope: i64, key: &str, holder: Uuid) -> Result
 /// Deletes expired keys (those of scope $1 and key $2, or all when both are
 /// NULL; at most $3) and, in the same statement, ends their binding to the
 /// operations they asked for: once a key has expired, it resolves to nothing.
+/// A key whose operation is still pending lives on until it is settled: the
+/// caller was told to retry with it, and its retry must find that operation,
+/// not start another.
 const UNBIND_EXPIRED: &str = "
     WITH gone AS (
-        DELETE FROM auth.idempotency_key WHERE ctid IN (
-            SELECT ctid FROM auth.idempotency_key
+        DELETE FROM auth.idempotency_key k WHERE ctid IN (
+            SELECT ctid FROM auth.idempotency_key i
             WHERE expires_at < now() AND ($1::bigint IS NULL OR (scope = $1 AND key = $2))
+              AND NOT EXISTS (SELECT 1 FROM payment.operation o
+                              WHERE o.request_scope = i.scope AND o.request_key = i.key AND o.state = 'pending')
             LIMIT $3)
         RETURNING scope, key),
     unbound AS (

@@ -139,6 +139,8 @@ pub struct OperationRow {
     /// Why it failed, or what its last attempt met.
     pub last_error: Option<String>,
     pub created_at: DateTime<Utc>,
+    /// The client idempotency key bound to it, while one is.
+    pub request_key: Option<String>,
 }
 
 impl OperationRow {
@@ -206,8 +208,7 @@ pub async fn insert(db: &PgPool, p: NewPayment<'_>) -> Result<(PaymentRow, Opera
 
 /// Operations of customers, products and prices have no payment: their
 /// `payment_id` reads as 0.
-const OPERATION: &str =
-    "id, kind, coalesce(payment_id, 0) AS payment_id, refund_id, amount, idempotency_key, params, state, last_error, created_at";
+const OPERATION: &str = "id, kind, coalesce(payment_id, 0) AS payment_id, refund_id, amount, idempotency_key, params, state, last_error, created_at, request_key";
 
 /// An operation to record.
 pub struct NewOperation<'a> {
@@ -261,6 +262,16 @@ pub async fn operation_by_request_key(db: &PgPool, scope: i64, key: &str) -> Res
         .bind(key)
         .fetch_optional(db)
         .await
+}
+
+/// The operation that created a payment in Stripe.
+pub async fn create_operation_of(db: &PgPool, payment_id: i64) -> Result<Option<OperationRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {OPERATION} FROM payment.operation WHERE payment_id = $1 AND kind = 'create_payment'"
+    ))
+    .bind(payment_id)
+    .fetch_optional(db)
+    .await
 }
 
 /// Up to `limit` pending operations due for another try and older than
@@ -484,7 +495,7 @@ pub async fn list(
 /// The sum of the payment's refunds that are not settled yet.
 pub async fn refunds_in_flight(conn: &mut PgConnection, payment_id: i64) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar(
-        "SELECT coalesce(sum(amount), 0)::bigint FROM payment.refund WHERE payment_id = $1 AND status = 'pending'",
+        "SELECT coalesce(sum(amount), 0)::bigint FROM payment.refund WHERE payment_id = $1 AND status IN ('pending', 'requires_action')",
     )
     .bind(payment_id)
     .fetch_one(conn)

@@ -167,22 +167,38 @@ impl Client {
         self.get(&format!("/v1/refunds/{id}"), &Form::new()).await
     }
 
-    /// `GET /v1/payment_intents?customer=`: a customer's PaymentIntents,
-    /// newest first, the latest charge expanded. Lists, unlike search, show
-    /// an object as soon as it exists.
-    pub async fn list_payment_intents(&self, customer: &str) -> Result<Reply<types::List<types::PaymentIntent>>, StripeError> {
-        let query = Form::new().set("customer", customer).set("limit", 100).list("expand", ["data.latest_charge"]);
+    /// `GET /v1/payment_intents?customer=&created[gte]=`: a customer's
+    /// PaymentIntents made since `since` (unix seconds), newest first, at
+    /// most 100 (`has_more` says if there are more). Lists, unlike search,
+    /// show an object as soon as it exists.
+    pub async fn list_payment_intents(
+        &self,
+        customer: &str,
+        since: i64,
+    ) -> Result<Reply<types::List<types::PaymentIntent>>, StripeError> {
+        let query = Form::new().set("customer", customer).set("created[gte]", since).set("limit", 100);
         self.get("/v1/payment_intents", &query).await
     }
 
-    /// `GET /v1/refunds?payment_intent=`: a PaymentIntent's refunds.
-    pub async fn list_refunds(&self, payment_intent: &str) -> Result<Reply<types::List<types::Refund>>, StripeError> {
-        self.get("/v1/refunds", &Form::new().set("payment_intent", payment_intent).set("limit", 100)).await
+    /// `GET /v1/refunds?payment_intent=&created[gte]=`: a PaymentIntent's refunds.
+    pub async fn list_refunds(
+        &self,
+        payment_intent: &str,
+        since: i64,
+    ) -> Result<Reply<types::List<types::Refund>>, StripeError> {
+        let query = Form::new().set("payment_intent", payment_intent).set("created[gte]", since).set("limit", 100);
+        self.get("/v1/refunds", &query).await
     }
 
-    /// `GET /v1/customers?email=`: the customers with this e-mail address.
-    pub async fn list_customers(&self, email: &str) -> Result<Reply<types::List<types::Customer>>, StripeError> {
-        self.get("/v1/customers", &Form::new().set("email", email).set("limit", 100)).await
+    /// `GET /v1/customers?email=&created[gte]=`: the customers with this
+    /// e-mail address.
+    pub async fn list_customers(
+        &self,
+        email: &str,
+        since: i64,
+    ) -> Result<Reply<types::List<types::Customer>>, StripeError> {
+        let query = Form::new().set("email", email).set("created[gte]", since).set("limit", 100);
+        self.get("/v1/customers", &query).await
     }
 
     /// `POST /v1/products`.
@@ -233,7 +249,10 @@ impl Client {
             let (result, hints) = self.attempt(&method, path, form, idempotency_key).await;
             match result {
                 Err(e)
-                    if e.is_retryable() && hints.should_retry != Some(false) && attempt < self.settings.max_retries =>
+                    if e.is_retryable()
+                        && !e.is_replayed_failure()
+                        && hints.should_retry != Some(false)
+                        && attempt < self.settings.max_retries =>
                 {
                     reached |= e.may_have_reached_stripe();
                     attempt += 1;
