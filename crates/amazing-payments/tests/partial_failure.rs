@@ -668,3 +668,23 @@ async fn a_payment_intent_of_ours_found_after_its_operation_was_closed_is_bound_
         (Some("authorized"), pi["id"].as_str())
     );
 }
+
+#[tokio::test]
+async fn a_lookup_reads_every_page_of_the_customers_payment_intents() {
+    let app = TestApp::spawn().await;
+    let customer = app.new_customer().await;
+    fault(&app, json!({"method": "POST", "path": "/v1/payment_intents", "drop": "after", "times": 3}));
+    let f = app.call_keyed(Via::Rest, "CreatePayment", manual_payment(&customer, 4321), Some("first")).await.0;
+    assert_eq!(f.unwrap_err().code, Code::Unavailable);
+    for _ in 0..120 {
+        payment_id(&app, &customer, 1000, false).await;
+    }
+    sqlx::query("UPDATE payment.operation SET created_at = now() - interval '25 hours' WHERE state = 'pending'")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let paid = app.call_keyed(Via::Rest, "CreatePayment", manual_payment(&customer, 4321), Some("first")).await.0;
+    let paid = paid.expect("found on the second page of 100");
+    assert_eq!((paid["status"].as_str(), int(&paid, "amount_capturable")), (Some("authorized"), 4321));
+    assert_eq!(intents(&app).len(), 121, "nothing made twice");
+}

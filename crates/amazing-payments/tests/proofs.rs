@@ -305,7 +305,12 @@ async fn call(
                     last = format!("{status} {v}");
                 }
             }
-            Err(e) => last = e.to_string(),
+            Err(e) => {
+                // No answer at all (the instance died, the connection broke):
+                // recorded as 0.
+                seen.lock().unwrap().push(0);
+                last = e.to_string();
+            }
         }
         assert!(start.elapsed() < Duration::from_secs(60), "{url} {idem}: no final answer in a minute; last: {last}");
         tokio::time::sleep(wait).await;
@@ -395,9 +400,13 @@ async fn payment_flows(
                 let captured = amount - 100;
                 let (status, c) = call(&http, &format!("{url}/v1/payment/{pid}/capture"), &key, &format!("{id}-cap"), &json!({"amount": captured}), &seen).await;
                 assert_eq!(status, 200, "{c}");
+                // What the client is told is what happened (and the books,
+                // compared with Stripe's at the end, say the same).
+                assert_eq!((c["status"].as_str(), c["amount_captured"].as_str()), (Some("succeeded"), Some(captured.to_string().as_str())), "{c}");
                 for (n, part) in [(1, 300), (2, 200)] {
                     let (status, r) = call(&http, &format!("{url}/v1/payment/{pid}/refund"), &key, &format!("{id}-ref{n}"), &json!({"amount": part}), &seen).await;
                     assert_eq!(status, 200, "{r}");
+                    assert_eq!((r["status"].as_str(), r["amount"].as_str()), (Some("succeeded"), Some(part.to_string().as_str())), "{r}");
                 }
                 done.fetch_add(1, Ordering::SeqCst);
                 i += 1;
@@ -494,10 +503,18 @@ async fn crashes_20_sigkills_during_a_stream_of_payments_lose_nothing_and_do_not
     let flows = stream.await.unwrap();
     assert!(kills >= 20 && flows > 0, "{kills} kills, {flows} flows");
 
+    // The kills landed mid-request: clients lost answers and retried.
+    let lost = seen.lock().unwrap().iter().filter(|s| **s == 0).count();
+    assert!(lost > 0, "no request was cut by a kill");
     world.reconcile();
     world.assert_books_match().await;
     let local: i64 = sqlx::query_scalar("SELECT count(*) FROM payment.payment").fetch_one(&world.db).await.unwrap();
-    assert!(local as usize >= flows, "every finished flow has its payment");
+    assert_eq!(local as usize, flows, "every flow has exactly its one payment");
+    let resumed: i64 = sqlx::query_scalar("SELECT count(*) FROM payment.operation WHERE attempts > 1")
+        .fetch_one(&world.db)
+        .await
+        .unwrap();
+    println!("crashes: {kills} kills, {flows} flows, {lost} answers lost, {resumed} operations tried more than once");
     let (applied, parked) = world.webhook_counts().await;
     assert!(applied > 0 && parked == 0, "webhooks flowed: {applied} applied, {parked} parked");
     drop(service);
@@ -540,7 +557,6 @@ async fn nemesis_client(
     http: reqwest::Client,
     urls: Vec<String>,
     key: String,
-    customer: String,
     seed: u64,
     stop: Arc<AtomicBool>,
     seen: Arc<std::sync::Mutex<Vec<u16>>>,
@@ -548,6 +564,20 @@ async fn nemesis_client(
 ) {
     use rand::SeedableRng;
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    // Each client's own customer, made under the faults too (a final
+    // refusal such as STRIPE_FAILED is retried with a new key, as told).
+    let mut customer = String::new();
+    for attempt in 0.. {
+        let url = &urls[attempt % urls.len()];
+        let idem = format!("n{seed}-customer-{attempt}");
+        let (status, c) = call(&http, &format!("{url}/v1/customer"), &key, &idem, &new_customer_body(), &seen).await;
+        answers.lock().unwrap().push(Answer { kind: "customer", payment: String::new(), status, body: c.clone() });
+        if status == 200 {
+            customer = c["customerID"].as_str().unwrap().to_string();
+            break;
+        }
+        assert!(attempt < 20, "no customer after 20 keys: {c}");
+    }
     let mut i = 0;
     while !stop.load(Ordering::SeqCst) {
         let url = urls[rng.random_range(0..urls.len())].clone();
@@ -652,16 +682,12 @@ async fn nemesis_a_seeded_schedule_of_partial_failures_leaves_our_books_equal_to
     let urls: Vec<String> = instances.iter().map(|i| format!("http://127.0.0.1:{}", i.1)).collect();
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let answers = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let (_, customer) =
-        call(&world.http, &format!("{}/v1/customer", urls[0]), &key, "customer", &new_customer_body(), &seen).await;
-    let customer = customer["customerID"].as_str().unwrap().to_string();
-
     let stop = Arc::new(AtomicBool::new(false));
     let clients: Vec<_> = (0..6)
         .map(|w| {
-            let args = (world.http.clone(), urls.clone(), key.clone(), customer.clone(), seed.wrapping_add(w));
+            let args = (world.http.clone(), urls.clone(), key.clone(), seed.wrapping_add(w));
             let (stop, seen, answers) = (stop.clone(), seen.clone(), answers.clone());
-            tokio::spawn(nemesis_client(args.0, args.1, args.2, args.3, args.4, stop, seen, answers))
+            tokio::spawn(nemesis_client(args.0, args.1, args.2, args.3, stop, seen, answers))
         })
         .collect();
     let (mut kills, mut cuts, mut swaps) = (0, 0, 0);
@@ -768,6 +794,16 @@ async fn nemesis_a_seeded_schedule_of_partial_failures_leaves_our_books_equal_to
         }
     }
     check("one payment per order key", per_key_payment.values().all(|n| *n == 1), format!("{per_key_payment:?}"));
+    let stripe_customers = world.stripe_all("/v1/customers").await;
+    for a in answers.iter().filter(|a| a.kind == "customer" && a.status == 200) {
+        let cus = a.body["stripe_customer_key"].as_str().unwrap_or_default();
+        let at_stripe = stripe_customers.iter().filter(|c| c["metadata"]["customerID"] == a.body["customerID"]).count();
+        check(
+            "a 200 customer is at Stripe, once",
+            at_stripe == 1 && stripe_customers.iter().any(|c| c["id"] == cus),
+            a.body.to_string(),
+        );
+    }
     for pi in &intents {
         let received = pi["amount_received"].as_i64().unwrap_or(0);
         let refunded: i64 = stripe_refunds

@@ -9,14 +9,16 @@
 
 use super::{App, AppError, RequestKey, operations::unfinished, page::Page};
 use crate::{
-    domain::customer::{ChargeDate, CustomerId, CustomerName, Email},
+    domain::{
+        customer::{ChargeDate, CustomerId, CustomerName, Email},
+        operation::{Operation, State},
+    },
     store::{
         customers::{self, Changes, CustomerRow, NewCustomer},
         payments::{self as ops, NewOperation, OperationRow},
     },
     stripe::Form,
 };
-use serde_json::{Value, json};
 
 /// A new customer, checked.
 #[derive(Debug)]
@@ -65,93 +67,86 @@ impl App {
             return done.customer();
         }
         let id = customers::reserve_id(&self.db).await?;
-        let params = json!({
-            "customer_id": id.get(),
-            "name": cmd.name.as_str(),
-            "email": cmd.email.as_str(),
-            "charge_date": cmd.charge_date.as_ref().map(ChargeDate::as_str),
-        });
-        let op = self.record(key, "create_customer", params).await?;
+        let op = Operation::CreateCustomer {
+            customer_id: id.get(),
+            name: cmd.name.as_str().to_string(),
+            email: cmd.email.as_str().to_string(),
+            charge_date: cmd.charge_date.as_ref().map(|d| d.as_str().to_string()),
+        };
+        let op = self.record(key, op).await?;
         let row = self.drive(&op).await?.customer()?;
         tracing::info!(customer_id = row.id, email = %cmd.email.masked(), "customer created");
         Ok(row)
     }
 
     /// Records an operation that has no payment.
-    pub(crate) async fn record(
-        &self,
-        key: Option<&RequestKey>,
-        kind: &str,
-        params: Value,
-    ) -> Result<OperationRow, AppError> {
-        let new = NewOperation {
-            kind,
-            payment_id: 0,
-            refund_id: None,
-            amount: None,
-            params,
-            request: key.map(|k| (k.scope, k.key.as_str())),
-        };
+    pub(crate) async fn record(&self, key: Option<&RequestKey>, op: Operation) -> Result<OperationRow, AppError> {
+        let new = NewOperation { op, request: key.map(|k| (k.scope, k.key.as_str())) };
         Ok(ops::record_operation(&self.db, new).await?)
     }
 
     /// Sends a customer operation to Stripe and writes the result.
     pub(crate) async fn drive_customer(&self, op: &OperationRow) -> Result<CustomerRow, AppError> {
-        let p = &op.params.0;
-        let text = |k: &str| p.get(k).and_then(Value::as_str);
-        let id = CustomerId::parse(p["customer_id"].as_i64().unwrap_or(0))?;
-        let name = text("name").map(CustomerName::parse).transpose()?;
-        let email = text("email").map(Email::parse).transpose()?;
-        let charge_date = text("charge_date").map(ChargeDate::parse).transpose()?;
-        let form = Form::new()
-            .set_opt("name", name.as_ref().map(CustomerName::as_str))
-            .set_opt("email", email.as_ref().map(Email::as_str));
-        if op.kind == "create_customer" {
-            let id_text = id.to_string();
-            let mut metadata = vec![("customerID", id_text.as_str())];
-            metadata.extend(op.reference().map(|r| (super::operations::OPERATION_METADATA, r)));
-            let form = form.map("metadata", metadata);
-            let created = self.stripe.create_customer(&form, &op.idempotency_key).await;
-            let stripe_customer = match created {
-                Ok(reply) => reply.object,
-                Err(e) if e.is_replayed_failure() => {
-                    return Box::pin(self.settle_by_lookup(op, ops::Source::Api)).await?.customer();
+        match &op.op {
+            Operation::CreateCustomer { customer_id, name, email, .. } => {
+                let (name, email) = (CustomerName::parse(name)?, Email::parse(email)?);
+                let id_text = customer_id.to_string();
+                let mut metadata = vec![("customerID", id_text.as_str())];
+                metadata.extend(op.reference().map(|r| (super::operations::OPERATION_METADATA, r)));
+                let form =
+                    Form::new().set("name", name.as_str()).set("email", email.as_str()).map("metadata", metadata);
+                match self.stripe.create_customer(&form, &op.idempotency_key).await {
+                    Ok(reply) => self.finish_customer_create(op, &reply.object.id).await,
+                    Err(e) if e.is_replayed_failure() => {
+                        Box::pin(self.settle_by_lookup(op, ops::Source::Api)).await?.customer()
+                    }
+                    Err(e) => Err(self.unfinished_op(op, e).await),
                 }
-                Err(e) => return Err(self.unfinished_op(op, e).await),
-            };
-            return self.finish_customer_create(op, &stripe_customer.id).await;
-        } else {
-            let stripe_id = text("stripe_customer_key");
-            if let (Some(stripe_id), false) = (stripe_id, form.is_empty())
-                && let Err(e) = self.stripe.update_customer(stripe_id, &form, &op.idempotency_key).await
-            {
-                return Err(self.unfinished_op(op, e).await);
             }
-            let mut tx = self.db.begin().await?;
-            let changes = Changes { name: name.as_ref(), email: email.as_ref(), charge_date: charge_date.as_ref() };
-            customers::update(&mut tx, id, changes).await?;
-            ops::finish_operation(&mut tx, op.id, "succeeded", None).await?;
-            tx.commit().await?;
+            Operation::UpdateCustomer { customer_id, name, email, charge_date, stripe_customer_key } => {
+                let id = CustomerId::parse(*customer_id)?;
+                let name = name.as_deref().map(CustomerName::parse).transpose()?;
+                let email = email.as_deref().map(Email::parse).transpose()?;
+                let charge_date = charge_date.as_deref().map(ChargeDate::parse).transpose()?;
+                let form = Form::new()
+                    .set_opt("name", name.as_ref().map(CustomerName::as_str))
+                    .set_opt("email", email.as_ref().map(Email::as_str));
+                if let (Some(stripe_id), false) = (stripe_customer_key, form.is_empty())
+                    && let Err(e) = self.stripe.update_customer(stripe_id, &form, &op.idempotency_key).await
+                {
+                    return Err(self.unfinished_op(op, e).await);
+                }
+                let mut tx = self.db.begin().await?;
+                if ops::lock_operation_state(&mut tx, op.id).await? == State::Pending {
+                    let changes =
+                        Changes { name: name.as_ref(), email: email.as_ref(), charge_date: charge_date.as_ref() };
+                    customers::update(&mut tx, id, changes).await?;
+                    ops::finish_operation(&mut tx, op.id, State::Succeeded, None).await?;
+                }
+                tx.commit().await?;
+                self.get_customer(id).await
+            }
+            other => {
+                Err(AppError::internal(anyhow::anyhow!("operation {} ({}) is not a customer's", op.id, other.kind())))
+            }
         }
-        self.get_customer(id).await
     }
 
-    /// Records the customer that `op` created in Stripe, and closes `op`.
+    /// Records the customer that `op` created in Stripe, and closes `op`
+    /// (once, whoever gets there first: the operation is locked).
     pub(crate) async fn finish_customer_create(
         &self,
         op: &OperationRow,
         stripe_customer: &str,
     ) -> Result<CustomerRow, AppError> {
-        let p = &op.params.0;
-        let text = |k: &str| p.get(k).and_then(Value::as_str);
-        let id = CustomerId::parse(p["customer_id"].as_i64().unwrap_or(0))?;
-        let (Some(name), Some(email)) = (text("name"), text("email")) else {
-            return Err(AppError::internal(anyhow::anyhow!("operation {} lacks name or email", op.id)));
+        let Operation::CreateCustomer { customer_id, name, email, charge_date } = &op.op else {
+            return Err(AppError::internal(anyhow::anyhow!("operation {} does not create a customer", op.id)));
         };
+        let id = CustomerId::parse(*customer_id)?;
         let (name, email) = (CustomerName::parse(name)?, Email::parse(email)?);
-        let charge_date = text("charge_date").map(ChargeDate::parse).transpose()?;
+        let charge_date = charge_date.as_deref().map(ChargeDate::parse).transpose()?;
         let mut tx = self.db.begin().await?;
-        if ops::operation_state(&mut tx, op.id).await? == "pending" {
+        if ops::lock_operation_state(&mut tx, op.id).await? == State::Pending {
             let new = NewCustomer {
                 id,
                 name: &name,
@@ -160,7 +155,7 @@ impl App {
                 charge_date: charge_date.as_ref(),
             };
             customers::insert(&mut tx, new).await?;
-            ops::finish_operation(&mut tx, op.id, "succeeded", None).await?;
+            ops::finish_operation(&mut tx, op.id, State::Succeeded, None).await?;
         }
         tx.commit().await?;
         self.get_customer(id).await
@@ -171,7 +166,7 @@ impl App {
     pub(crate) async fn unfinished_op(&self, op: &OperationRow, e: crate::stripe::StripeError) -> AppError {
         let (error, finished) = unfinished(e, op);
         let closed = if finished {
-            ops::close_operation(&self.db, op.id, "failed", Some(&error.message)).await
+            ops::close_operation(&self.db, op.id, State::Failed, Some(&error.message)).await
         } else {
             ops::note_attempt(&self.db, op.id, &error.message).await
         };
@@ -200,14 +195,14 @@ impl App {
             return Err(AppError::invalid("STRIPE_CUSTOMER_KEY_IMMUTABLE", "stripe_customer_key cannot be changed")
                 .detail("field", "stripe_customer_key"));
         }
-        let params = json!({
-            "customer_id": cmd.id.get(),
-            "name": cmd.name.as_ref().map(CustomerName::as_str),
-            "email": cmd.email.as_ref().map(Email::as_str),
-            "charge_date": cmd.charge_date.as_ref().map(ChargeDate::as_str),
-            "stripe_customer_key": current.stripe_customer_key,
-        });
-        let op = self.record(key, "update_customer", params).await?;
+        let op = Operation::UpdateCustomer {
+            customer_id: cmd.id.get(),
+            name: cmd.name.as_ref().map(|n| n.as_str().to_string()),
+            email: cmd.email.as_ref().map(|e| e.as_str().to_string()),
+            charge_date: cmd.charge_date.as_ref().map(|d| d.as_str().to_string()),
+            stripe_customer_key: current.stripe_customer_key,
+        };
+        let op = self.record(key, op).await?;
         self.drive(&op).await?.customer()
     }
 

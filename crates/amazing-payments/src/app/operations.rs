@@ -8,7 +8,10 @@
 
 use super::{App, AppError, Kind, RequestKey, stripe_failure, sync};
 use crate::{
-    domain::payment::{Ledger, Refused},
+    domain::{
+        operation::{Operation, State},
+        payment::{Ledger, Refused},
+    },
     store::{
         customers::{self, CustomerRow},
         payments::{self, Cause, NewOperation, OperationRow, PaymentRow, RefundRow, Source},
@@ -238,7 +241,18 @@ pub(crate) fn settled_payment(row: PaymentRow) -> Result<PaymentRow, AppError> {
 
 /// The answer of an operation someone else already applied.
 fn settled(op: &OperationRow, row: PaymentRow) -> Result<PaymentRow, AppError> {
-    if op.kind == "create_payment" { settled_payment(row) } else { Ok(row) }
+    match op.op {
+        Operation::CreatePayment { .. } => settled_payment(row),
+        _ => Ok(row),
+    }
+}
+
+/// The payment an operation changes: an operation on a payment always has
+/// one (the journal is read strictly).
+pub(crate) fn payment_of(op: &OperationRow) -> Result<i64, AppError> {
+    op.op.payment_id().ok_or_else(|| {
+        AppError::internal(anyhow::anyhow!("operation {} ({}) is not about a payment", op.id, op.op.kind()))
+    })
 }
 
 pub(crate) fn mismatch(id: i64) -> AppError {
@@ -261,8 +275,9 @@ impl App {
     pub(crate) async fn drive_from(&self, op: &OperationRow, source: Source) -> Result<Driven, AppError> {
         match Age::of(op, self.stripe.settings().worst_case()) {
             Age::Send => {}
-            Age::LookUp if op.kind != "update_customer" => return self.settle_by_lookup(op, source).await,
-            Age::LookUp => {}
+            // Sent again, an update converges: nothing to look up.
+            Age::LookUp if matches!(op.op, Operation::UpdateCustomer { .. }) => {}
+            Age::LookUp => return self.settle_by_lookup(op, source).await,
             Age::Wait => {
                 return Err(AppError::unavailable(
                     "STRIPE_UNAVAILABLE",
@@ -270,40 +285,39 @@ impl App {
                 ));
             }
         }
-        match op.kind.as_str() {
-            "create_customer" | "update_customer" => {
+        let key = op.idempotency_key.as_str();
+        let payment_id = match &op.op {
+            Operation::CreateCustomer { .. } | Operation::UpdateCustomer { .. } => {
                 return self.drive_customer(op).await.map(|c| Driven::Customer(Box::new(c)));
             }
-            "create_product" | "create_price" | "deactivate_product" | "deactivate_price" => {
-                return self.drive_catalog(op).await;
-            }
-            _ => {}
-        }
-        let row = payments::get(&self.db, op.payment_id).await?.ok_or_else(|| not_found(op.payment_id))?;
+            Operation::CreateProduct { .. }
+            | Operation::CreatePrice { .. }
+            | Operation::DeactivateProduct { .. }
+            | Operation::DeactivatePrice { .. } => return self.drive_catalog(op).await,
+            Operation::CreatePayment { payment_id }
+            | Operation::Capture { payment_id, .. }
+            | Operation::Cancel { payment_id, .. }
+            | Operation::Refund { payment_id, .. } => *payment_id,
+        };
+        let row = payments::get(&self.db, payment_id).await?.ok_or_else(|| not_found(payment_id))?;
         let pi = row.stripe_payment_intent_id.clone().unwrap_or_default();
-        let key = op.idempotency_key.as_str();
-        match op.kind.as_str() {
-            "create_payment" => {
+        let result = match &op.op {
+            Operation::CreatePayment { .. } => {
                 let customer =
                     customers::get(&self.db, crate::domain::customer::CustomerId::parse(row.customer_id)?).await?;
                 let stripe_customer = customer.and_then(|c| c.stripe_customer_key).unwrap_or_default();
                 let result = self.stripe.create_payment_intent(&create_form(&row, &stripe_customer, op), key).await;
-                self.finish_intent_operation(op, result, Some(&stripe_customer), source)
+                return self
+                    .finish_intent_operation(op, result, Some(&stripe_customer), source)
                     .await
-                    .map(|p| Driven::Payment(Box::new(p)))
+                    .map(|p| Driven::Payment(Box::new(p)));
             }
-            "capture" => {
-                let result = self.stripe.capture_payment_intent(&pi, op.amount, key).await;
-                self.finish_intent_operation(op, result, None, source).await.map(|p| Driven::Payment(Box::new(p)))
-            }
-            "cancel" => {
-                let reason = op.params.0.get("reason").and_then(|r| r.as_str());
-                let result = self.stripe.cancel_payment_intent(&pi, reason, key).await;
-                self.finish_intent_operation(op, result, None, source).await.map(|p| Driven::Payment(Box::new(p)))
-            }
-            "refund" => self.drive_refund(op, &row, source).await.map(Driven::Refund),
-            other => Err(AppError::internal(anyhow::anyhow!("unknown operation kind {other}"))),
-        }
+            Operation::Capture { amount, .. } => self.stripe.capture_payment_intent(&pi, Some(*amount), key).await,
+            Operation::Cancel { reason, .. } => self.stripe.cancel_payment_intent(&pi, reason.as_deref(), key).await,
+            Operation::Refund { .. } => return self.drive_refund(op, &row, source).await.map(Driven::Refund),
+            _ => unreachable!("operations on customers and the catalog returned above"),
+        };
+        self.finish_intent_operation(op, result, None, source).await.map(|p| Driven::Payment(Box::new(p)))
     }
 
     /// The operation a client's idempotency key already asked for, if any:
@@ -314,38 +328,38 @@ impl App {
         let Some(op) = payments::operation_by_request_key(&self.db, key.scope, &key.key).await? else {
             return Ok(None);
         };
-        if op.state == "pending" {
-            return self.drive(&op).await.map(Some);
-        }
-        if op.state == "failed" {
+        match op.state {
+            State::Pending => return self.drive(&op).await.map(Some),
             // Never a 2xx: the request was refused, and its retry says so.
-            return Err(self.refusal_of(&op).await?);
+            State::Failed => return Err(self.refusal_of(&op).await?),
+            State::Succeeded => {}
         }
-        let p = &op.params.0;
-        let id = |k: &str| p[k].as_i64().unwrap_or(0);
-        match op.kind.as_str() {
-            "create_customer" | "update_customer" => {
-                let c = self.get_customer(crate::domain::customer::CustomerId::parse(id("customer_id"))?).await?;
-                return Ok(Some(Driven::Customer(Box::new(c))));
+        Ok(Some(match &op.op {
+            Operation::CreateCustomer { customer_id, .. } | Operation::UpdateCustomer { customer_id, .. } => {
+                let c = self.get_customer(crate::domain::customer::CustomerId::parse(*customer_id)?).await?;
+                Driven::Customer(Box::new(c))
             }
-            "create_product" | "deactivate_product" => {
-                return Ok(Some(Driven::product(self.get_product(id("product_id")).await?)));
+            Operation::CreateProduct { product_id, .. } | Operation::DeactivateProduct { product_id, .. } => {
+                Driven::product(self.get_product(*product_id).await?)
             }
-            "create_price" | "deactivate_price" => {
-                let price = products::get_price(&self.db, id("price_id"))
+            Operation::CreatePrice { price_id, .. } | Operation::DeactivatePrice { price_id, .. } => {
+                let price = products::get_price(&self.db, *price_id)
                     .await?
-                    .ok_or_else(|| super::products::price_not_found(id("price_id")))?;
-                return Ok(Some(Driven::Price(price)));
+                    .ok_or_else(|| super::products::price_not_found(*price_id))?;
+                Driven::Price(price)
             }
-            _ => {}
-        }
-        let row = payments::get(&self.db, op.payment_id).await?.ok_or_else(|| not_found(op.payment_id))?;
-        Ok(Some(match (op.kind.as_str(), op.refund_id) {
-            ("create_payment", _) => Driven::Payment(Box::new(settled_payment(row)?)),
-            (_, Some(refund)) => {
-                Driven::Refund(payments::get_refund(&self.db, refund).await?.ok_or_else(|| not_found(op.payment_id))?)
+            Operation::CreatePayment { payment_id } => {
+                let row = payments::get(&self.db, *payment_id).await?.ok_or_else(|| not_found(*payment_id))?;
+                Driven::Payment(Box::new(settled_payment(row)?))
             }
-            _ => Driven::Payment(Box::new(row)),
+            Operation::Refund { refund_id, .. } => Driven::Refund(
+                payments::get_refund(&self.db, *refund_id)
+                    .await?
+                    .ok_or_else(|| super::refunds::refund_not_found(*refund_id))?,
+            ),
+            Operation::Capture { payment_id, .. } | Operation::Cancel { payment_id, .. } => Driven::Payment(Box::new(
+                payments::get(&self.db, *payment_id).await?.ok_or_else(|| not_found(*payment_id))?,
+            )),
         }))
     }
 
@@ -363,17 +377,17 @@ impl App {
         if op.last_error.as_deref() == Some(super::settle::NOTHING_DONE) {
             return Ok(super::settle::failed(op));
         }
-        if op.payment_id == 0 {
+        let Some(payment_id) = op.op.payment_id() else {
             return Ok(refused);
-        }
-        let row = payments::get(&self.db, op.payment_id).await?.ok_or_else(|| not_found(op.payment_id))?;
+        };
+        let row = payments::get(&self.db, payment_id).await?.ok_or_else(|| not_found(payment_id))?;
         if row.integrity_error.is_some() {
             return Ok(mismatch(row.id));
         }
         let refused = refused.detail("paymentID", row.id.to_string());
-        Ok(match (op.kind.as_str(), op.refund_id) {
-            ("create_payment", _) => settled_payment(row).err().unwrap_or(refused),
-            (_, Some(refund)) => refused.detail("refundID", refund.to_string()),
+        Ok(match &op.op {
+            Operation::CreatePayment { .. } => settled_payment(row).err().unwrap_or(refused),
+            Operation::Refund { refund_id, .. } => refused.detail("refundID", refund_id.to_string()),
             _ => refused,
         })
     }
@@ -387,7 +401,8 @@ impl App {
         stripe_customer: Option<&str>,
         source: Source,
     ) -> Result<PaymentRow, AppError> {
-        let id = op.payment_id;
+        let id = payment_of(op)?;
+        let creates = matches!(op.op, Operation::CreatePayment { .. });
         match result {
             Ok(reply) => {
                 self.apply_intent(op, &reply.object, reply.request_id.as_deref(), stripe_customer, source).await
@@ -408,10 +423,10 @@ impl App {
             Err(e) if stays_pending(&e, op) => {
                 payments::note_attempt(&self.db, op.id, &e.to_string()).await?;
                 tracing::warn!(payment_id = id, operation = op.id, error = %e, "stripe outcome unknown: left for a retry or the reconciler");
-                Err(still_pending(&op.kind.replace('_', " "), id))
+                Err(still_pending(&op.op.kind().replace('_', " "), id))
             }
             Err(e) => {
-                self.fail_operation(op, &failure_of(&e), op.kind == "create_payment", source).await?;
+                self.fail_operation(op, &failure_of(&e), creates, source).await?;
                 Err(stripe_failure(e).detail("paymentID", id.to_string()))
             }
         }
@@ -426,9 +441,10 @@ impl App {
         stripe_customer: Option<&str>,
         source: Source,
     ) -> Result<PaymentRow, AppError> {
+        let payment_id = payment_of(op)?;
         let mut tx = self.db.begin().await?;
-        let before = payments::lock(&mut tx, op.payment_id).await?.ok_or_else(|| not_found(op.payment_id))?;
-        if payments::operation_state(&mut tx, op.id).await? != "pending" {
+        let before = payments::lock(&mut tx, payment_id).await?.ok_or_else(|| not_found(payment_id))?;
+        if payments::operation_state(&mut tx, op.id).await? != State::Pending {
             // Another driver (a retry, the reconciler) applied this answer already.
             tx.commit().await?;
             return settled(op, before);
@@ -444,19 +460,15 @@ impl App {
                     &Cause { stripe_request_id: request_id, ..Default::default() },
                 )
                 .await?;
-                payments::finish_operation(&mut tx, op.id, "succeeded", None).await?;
+                payments::finish_operation(&mut tx, op.id, State::Succeeded, None).await?;
                 tx.commit().await?;
                 Ok(row)
             }
             Err(sync::SyncError::Refused(r)) => {
                 // Our record is already further on (a webhook was faster):
                 // keep it; the operation did complete.
-                tracing::warn!(
-                    payment_id = op.payment_id,
-                    reason = r.reason,
-                    "stripe answer older than our record: kept ours"
-                );
-                payments::finish_operation(&mut tx, op.id, "succeeded", None).await?;
+                tracing::warn!(payment_id, reason = r.reason, "stripe answer older than our record: kept ours");
+                payments::finish_operation(&mut tx, op.id, State::Succeeded, None).await?;
                 tx.commit().await?;
                 Ok(before)
             }
@@ -469,15 +481,15 @@ impl App {
                     ..Default::default()
                 };
                 payments::save(&mut tx, &before, &row, source, &cause).await?;
-                payments::finish_operation(&mut tx, op.id, "failed", Some(&m)).await?;
+                payments::finish_operation(&mut tx, op.id, State::Failed, Some(&m)).await?;
                 tx.commit().await?;
-                tracing::error!(payment_id = op.payment_id, mismatch = %m, "stripe's answer does not match the request");
+                tracing::error!(payment_id, mismatch = %m, "stripe's answer does not match the request");
                 Err(AppError::new(
                     Kind::Internal,
                     "STRIPE_MISMATCH",
                     "the payment provider's answer did not match the request; the payment is held for review",
                 )
-                .detail("paymentID", op.payment_id.to_string()))
+                .detail("paymentID", payment_id.to_string()))
             }
         }
     }
@@ -490,9 +502,10 @@ impl App {
         payment_fails: bool,
         source: Source,
     ) -> Result<PaymentRow, AppError> {
+        let payment_id = payment_of(op)?;
         let mut tx = self.db.begin().await?;
-        let before = payments::lock(&mut tx, op.payment_id).await?.ok_or_else(|| not_found(op.payment_id))?;
-        if payments::operation_state(&mut tx, op.id).await? != "pending" {
+        let before = payments::lock(&mut tx, payment_id).await?.ok_or_else(|| not_found(payment_id))?;
+        if payments::operation_state(&mut tx, op.id).await? != State::Pending {
             // Another driver (a retry, the reconciler) applied this answer already.
             tx.commit().await?;
             return settled(op, before);
@@ -506,7 +519,7 @@ impl App {
         }
         let cause = Cause { stripe_request_id: e.request_id.as_deref(), ..Default::default() };
         payments::save(&mut tx, &before, &row, source, &cause).await?;
-        payments::finish_operation(&mut tx, op.id, "failed", e.message.as_deref()).await?;
+        payments::finish_operation(&mut tx, op.id, State::Failed, e.message.as_deref()).await?;
         tx.commit().await?;
         Ok(row)
     }
@@ -517,14 +530,12 @@ impl App {
     pub(crate) async fn begin_operation(
         &self,
         id: i64,
-        kind: &str,
-        params: serde_json::Value,
         request: Option<&RequestKey>,
-        plan: impl FnOnce(&Ledger) -> Result<Option<i64>, Refused>,
+        plan: impl FnOnce(&Ledger) -> Result<Operation, Refused>,
     ) -> Result<(PaymentRow, OperationRow), AppError> {
         let mut tx = self.db.begin().await?;
         let row = payments::lock(&mut tx, id).await?.ok_or_else(|| not_found(id))?;
-        let amount = plan(&row.ledger()).map_err(|r| refused(id, r))?;
+        let asked = plan(&row.ledger()).map_err(|r| refused(id, r))?;
         if row.stripe_payment_intent_id.is_none() {
             return Err(refused(
                 id,
@@ -534,7 +545,7 @@ impl App {
         let op = match payments::pending_operation(&mut tx, id).await? {
             // The same request again, while the first one's outcome is
             // unknown: resume it, with the same idempotency key.
-            Some(op) if op.kind == kind && op.amount == amount => op,
+            Some(op) if op.op == asked => op,
             Some(_) => {
                 return Err(AppError::new(
                     Kind::Aborted,
@@ -544,14 +555,7 @@ impl App {
                 .detail("paymentID", id.to_string()));
             }
             None => {
-                let new = NewOperation {
-                    kind,
-                    payment_id: id,
-                    refund_id: None,
-                    amount,
-                    params,
-                    request: request.map(|r| (r.scope, r.key.as_str())),
-                };
+                let new = NewOperation { op: asked, request: request.map(|r| (r.scope, r.key.as_str())) };
                 payments::insert_operation(&mut tx, new).await?
             }
         };

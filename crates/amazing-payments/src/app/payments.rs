@@ -15,6 +15,7 @@ use crate::{
     domain::{
         customer::{CustomerId, Email},
         money::{Currency, Money},
+        operation::Operation,
         payment::{CaptureMethod, Status},
         request::{Metadata, PaymentMethodId},
     },
@@ -149,7 +150,9 @@ impl App {
             Money::part(a, Currency::parse(&current.currency)?)?;
         }
         let (_, op) = self
-            .begin_operation(id, "capture", serde_json::json!({}), key, |l| l.plan_capture(amount).map(Some))
+            .begin_operation(id, key, |l| {
+                l.plan_capture(amount).map(|amount| Operation::Capture { payment_id: id, amount })
+            })
             .await?;
         self.drive(&op).await?.payment()
     }
@@ -164,8 +167,10 @@ impl App {
         if let Some(done) = self.resume(key).await? {
             return done.payment();
         }
-        let params = serde_json::json!({ "reason": reason });
-        let (_, op) = self.begin_operation(id, "cancel", params, key, |l| l.plan_cancel().map(|_| None)).await?;
+        let reason = reason.map(str::to_string);
+        let (_, op) = self
+            .begin_operation(id, key, |l| l.plan_cancel().map(|_| Operation::Cancel { payment_id: id, reason }))
+            .await?;
         self.drive(&op).await?.payment()
     }
 

@@ -7,14 +7,17 @@
 
 use super::{App, AppError, Kind, RequestKey, page::Page};
 use crate::{
-    domain::{money::Money, request},
+    domain::{
+        money::Money,
+        operation::{Operation, State},
+        request,
+    },
     store::{
         payments::{self as ops, OperationRow},
         products::{self, NewPrice, PriceRow, ProductRow},
     },
     stripe::Form,
 };
-use serde_json::{Value, json};
 
 /// A new product and its first price, checked.
 #[derive(Debug)]
@@ -51,11 +54,15 @@ impl App {
         }
         let id = products::reserve_id(&self.db, "product").await?;
         let price_id = products::reserve_id(&self.db, "price").await?;
-        let params = json!({
-            "product_id": id, "price_id": price_id, "name": cmd.name, "description": cmd.description,
-            "unit_amount": cmd.price.amount(), "currency": cmd.price.currency().code(),
-        });
-        let op = self.record(key, "create_product", params).await?;
+        let op = Operation::CreateProduct {
+            product_id: id,
+            price_id,
+            name: cmd.name.to_string(),
+            description: cmd.description.clone(),
+            unit_amount: cmd.price.amount(),
+            currency: cmd.price.currency().code().to_string(),
+        };
+        let op = self.record(key, op).await?;
         self.drive(&op).await?.product_with_prices()
     }
 
@@ -75,11 +82,17 @@ impl App {
                 .detail("productID", product_id.to_string()));
         }
         let price_id = products::reserve_id(&self.db, "price").await?;
-        let params = json!({
-            "product_id": product_id, "price_id": price_id, "stripe_product_id": product.stripe_product_id,
-            "unit_amount": price.amount(), "currency": price.currency().code(),
-        });
-        let op = self.record(key, "create_price", params).await?;
+        let op = Operation::CreatePrice {
+            product_id,
+            price_id,
+            stripe_product_id: product.stripe_product_id.ok_or_else(|| {
+                AppError::new(Kind::FailedPrecondition, "PRODUCT_NOT_IN_STRIPE", "the product has no Stripe product")
+                    .detail("productID", product_id.to_string())
+            })?,
+            unit_amount: price.amount(),
+            currency: price.currency().code().to_string(),
+        };
+        let op = self.record(key, op).await?;
         self.drive(&op).await?.price()
     }
 
@@ -93,7 +106,7 @@ impl App {
         }
         let product = products::get_product(&self.db, id).await?.ok_or_else(|| product_not_found(id))?;
         let op = self
-            .record(key, "deactivate_product", json!({"product_id": id, "stripe_id": product.stripe_product_id}))
+            .record(key, Operation::DeactivateProduct { product_id: id, stripe_id: product.stripe_product_id })
             .await?;
         self.drive(&op).await?.product_with_prices()
     }
@@ -104,7 +117,7 @@ impl App {
         }
         let price = products::get_price(&self.db, id).await?.ok_or_else(|| price_not_found(id))?;
         let op =
-            self.record(key, "deactivate_price", json!({"price_id": id, "stripe_id": price.stripe_price_id})).await?;
+            self.record(key, Operation::DeactivatePrice { price_id: id, stripe_id: price.stripe_price_id }).await?;
         self.drive(&op).await?.price()
     }
 
@@ -113,94 +126,88 @@ impl App {
     /// operation.
     pub(crate) async fn drive_catalog(&self, op: &OperationRow) -> Result<super::operations::Driven, AppError> {
         use super::operations::Driven;
-        let p = &op.params.0;
-        let int = |k: &str| p[k].as_i64().unwrap_or(0);
-        let text = |k: &str| p.get(k).and_then(Value::as_str).map(str::to_string);
         let key = &op.idempotency_key;
-        match op.kind.as_str() {
-            "create_product" | "create_price" => {
-                let (product_id, price_id) = (int("product_id"), int("price_id"));
-                let stripe_product = if op.kind == "create_product" {
-                    let id_text = product_id.to_string();
-                    let form = Form::new()
-                        .set("name", text("name").unwrap_or_default())
-                        .set_opt("description", text("description"))
-                        .map("metadata", [("productID", id_text.as_str())]);
-                    match self.stripe.create_product(&form, &format!("{key}-product")).await {
-                        Ok(r) => r.object.id,
-                        Err(e) => return Err(self.unfinished_op(op, e).await),
+        match &op.op {
+            Operation::CreateProduct { product_id, price_id, unit_amount, currency, .. }
+            | Operation::CreatePrice { product_id, price_id, unit_amount, currency, .. } => {
+                let stripe_product = match &op.op {
+                    Operation::CreateProduct { name, description, .. } => {
+                        let id_text = product_id.to_string();
+                        let form = Form::new()
+                            .set("name", name)
+                            .set_opt("description", description.as_deref())
+                            .map("metadata", [("productID", id_text.as_str())]);
+                        match self.stripe.create_product(&form, &format!("{key}-product")).await {
+                            Ok(r) => r.object.id,
+                            Err(e) => return Err(self.unfinished_op(op, e).await),
+                        }
                     }
-                } else {
-                    text("stripe_product_id").unwrap_or_default()
+                    Operation::CreatePrice { stripe_product_id, .. } => stripe_product_id.clone(),
+                    _ => unreachable!("matched above"),
                 };
                 let price_text = price_id.to_string();
-                let currency = text("currency").unwrap_or_default();
                 let form = Form::new()
                     .set("product", &stripe_product)
-                    .set("unit_amount", int("unit_amount"))
-                    .set("currency", &currency)
+                    .set("unit_amount", unit_amount)
+                    .set("currency", currency)
                     .map("metadata", [("priceID", price_text.as_str())]);
                 let stripe_price = match self.stripe.create_price(&form, &format!("{key}-price")).await {
                     Ok(r) => r.object.id,
                     Err(e) => return Err(self.unfinished_op(op, e).await),
                 };
                 let mut tx = self.db.begin().await?;
-                if op.kind == "create_product" {
-                    products::insert_product(
-                        &mut tx,
-                        product_id,
-                        &text("name").unwrap_or_default(),
-                        text("description").as_deref(),
-                        &stripe_product,
-                    )
-                    .await?;
+                if ops::lock_operation_state(&mut tx, op.id).await? == State::Pending {
+                    if let Operation::CreateProduct { name, description, .. } = &op.op {
+                        products::insert_product(&mut tx, *product_id, name, description.as_deref(), &stripe_product)
+                            .await?;
+                    }
+                    let price =
+                        NewPrice { id: *price_id, unit_amount: *unit_amount, currency, stripe_price_id: &stripe_price };
+                    products::insert_price(&mut tx, *product_id, price).await?;
+                    ops::finish_operation(&mut tx, op.id, State::Succeeded, None).await?;
                 }
-                let price = NewPrice {
-                    id: price_id,
-                    unit_amount: int("unit_amount"),
-                    currency: &currency,
-                    stripe_price_id: &stripe_price,
-                };
-                products::insert_price(&mut tx, product_id, price).await?;
-                ops::finish_operation(&mut tx, op.id, "succeeded", None).await?;
                 tx.commit().await?;
-                if op.kind == "create_product" {
-                    self.get_product(product_id).await.map(Driven::product)
+                if matches!(op.op, Operation::CreateProduct { .. }) {
+                    self.get_product(*product_id).await.map(Driven::product)
                 } else {
-                    products::get_price(&self.db, price_id)
+                    products::get_price(&self.db, *price_id)
                         .await?
                         .map(Driven::Price)
-                        .ok_or_else(|| price_not_found(price_id))
+                        .ok_or_else(|| price_not_found(*price_id))
                 }
             }
-            "deactivate_product" | "deactivate_price" => {
-                let form = Form::new().set("active", "false");
-                if let Some(stripe_id) = text("stripe_id") {
-                    let sent = if op.kind == "deactivate_product" {
-                        self.stripe.update_product(&stripe_id, &form, key).await.map(|_| ())
-                    } else {
-                        self.stripe.update_price(&stripe_id, &form, key).await.map(|_| ())
-                    };
-                    if let Err(e) = sent {
+            Operation::DeactivateProduct { product_id, stripe_id } => {
+                if let Some(stripe_id) = stripe_id {
+                    let form = Form::new().set("active", "false");
+                    if let Err(e) = self.stripe.update_product(stripe_id, &form, key).await {
                         return Err(self.unfinished_op(op, e).await);
                     }
                 }
                 let mut tx = self.db.begin().await?;
-                if op.kind == "deactivate_product" {
-                    products::deactivate_product(&mut tx, int("product_id")).await?;
-                } else {
-                    products::deactivate_price(&mut tx, int("price_id")).await?;
-                }
-                ops::finish_operation(&mut tx, op.id, "succeeded", None).await?;
+                products::deactivate_product(&mut tx, *product_id).await?;
+                ops::finish_operation(&mut tx, op.id, State::Succeeded, None).await?;
                 tx.commit().await?;
-                if op.kind == "deactivate_product" {
-                    self.get_product(int("product_id")).await.map(Driven::product)
-                } else {
-                    let id = int("price_id");
-                    products::get_price(&self.db, id).await?.map(Driven::Price).ok_or_else(|| price_not_found(id))
-                }
+                self.get_product(*product_id).await.map(Driven::product)
             }
-            other => Err(AppError::internal(anyhow::anyhow!("not a catalog operation: {other}"))),
+            Operation::DeactivatePrice { price_id, stripe_id } => {
+                if let Some(stripe_id) = stripe_id {
+                    let form = Form::new().set("active", "false");
+                    if let Err(e) = self.stripe.update_price(stripe_id, &form, key).await {
+                        return Err(self.unfinished_op(op, e).await);
+                    }
+                }
+                let mut tx = self.db.begin().await?;
+                products::deactivate_price(&mut tx, *price_id).await?;
+                ops::finish_operation(&mut tx, op.id, State::Succeeded, None).await?;
+                tx.commit().await?;
+                products::get_price(&self.db, *price_id)
+                    .await?
+                    .map(Driven::Price)
+                    .ok_or_else(|| price_not_found(*price_id))
+            }
+            other => {
+                Err(AppError::internal(anyhow::anyhow!("operation {} ({}) is not a catalog one", op.id, other.kind())))
+            }
         }
     }
 

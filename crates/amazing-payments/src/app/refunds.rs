@@ -8,7 +8,10 @@ use super::{
     stripe_failure, sync,
 };
 use crate::{
-    domain::money::{Currency, Money},
+    domain::{
+        money::{Currency, Money},
+        operation::{Operation, State},
+    },
     store::payments::{self, Cause, NewOperation, OperationRow, PaymentRow, RefundRow, Source},
     stripe::{Form, types::Refund},
 };
@@ -46,11 +49,7 @@ impl App {
         let amount = row.ledger().plan_refund(amount, in_flight).map_err(|r| refused(payment_id, r))?;
         let refund = payments::insert_refund(&mut tx, payment_id, amount, reason, Source::Api).await?;
         let new = NewOperation {
-            kind: "refund",
-            payment_id,
-            refund_id: Some(refund.id),
-            amount: Some(amount),
-            params: serde_json::json!({}),
+            op: Operation::Refund { payment_id, refund_id: refund.id, amount },
             request: key.map(|k| (k.scope, k.key.as_str())),
         };
         let op = payments::insert_operation(&mut tx, new).await?;
@@ -66,9 +65,11 @@ impl App {
         source: Source,
     ) -> Result<RefundRow, AppError> {
         let payment_id = payment.id;
-        let refund = payments::get_refund(&self.db, op.refund_id.unwrap_or_default())
-            .await?
-            .ok_or_else(|| refund_not_found(op.refund_id.unwrap_or_default()))?;
+        let refund_id = op
+            .op
+            .refund_id()
+            .ok_or_else(|| AppError::internal(anyhow::anyhow!("operation {} is not a refund", op.id)))?;
+        let refund = payments::get_refund(&self.db, refund_id).await?.ok_or_else(|| refund_not_found(refund_id))?;
         let pi = payment.stripe_payment_intent_id.as_deref().unwrap_or_default();
         let mut ids = vec![("refundID", refund.id.to_string()), ("paymentID", payment_id.to_string())];
         ids.extend(op.reference().map(|r| (super::operations::OPERATION_METADATA, r.to_string())));
@@ -109,28 +110,28 @@ impl App {
         let payment_id = refund.payment_id;
         let mut tx = self.db.begin().await?;
         payments::lock(&mut tx, payment_id).await?.ok_or_else(|| not_found(payment_id))?;
-        match payments::operation_state(&mut tx, op.id).await?.as_str() {
-            "pending" => {}
+        match payments::operation_state(&mut tx, op.id).await? {
+            State::Pending => {}
             // Another driver (a retry, the reconciler) settled it already:
             // its answer, a refusal included.
-            "failed" => {
+            State::Failed => {
                 tx.commit().await?;
                 return Err(self.refusal_of(op).await?);
             }
-            _ => {
+            State::Succeeded => {
                 tx.commit().await?;
                 return self.answer_of_refund(refund.id).await;
             }
         }
         match self.apply_refund(&mut tx, payment_id, refund.id, re, request_id, source).await? {
             Applied::Row(updated) => {
-                payments::finish_operation(&mut tx, op.id, "succeeded", None).await?;
+                payments::finish_operation(&mut tx, op.id, State::Succeeded, None).await?;
                 tx.commit().await?;
                 tracing::info!(payment_id, refund_id = refund.id, amount = refund.amount, status = %updated.status, "refund created");
                 Ok(updated)
             }
             Applied::Held(m) => {
-                payments::finish_operation(&mut tx, op.id, "failed", Some(&m)).await?;
+                payments::finish_operation(&mut tx, op.id, State::Failed, Some(&m)).await?;
                 tx.commit().await?;
                 Err(super::operations::mismatch(payment_id).detail("refundID", refund.id.to_string()))
             }
@@ -149,19 +150,20 @@ impl App {
         source: Source,
     ) -> Result<(), AppError> {
         let mut tx = self.db.begin().await?;
-        payments::lock(&mut tx, op.payment_id).await?.ok_or_else(|| not_found(op.payment_id))?;
-        if payments::operation_state(&mut tx, op.id).await? != "pending" {
+        let payment_id = super::operations::payment_of(op)?;
+        payments::lock(&mut tx, payment_id).await?.ok_or_else(|| not_found(payment_id))?;
+        if payments::operation_state(&mut tx, op.id).await? != State::Pending {
             tx.commit().await?;
             return Ok(());
         }
         let current = payments::lock_refund(&mut tx, refund_id).await?.ok_or_else(|| refund_not_found(refund_id))?;
         if matches!(current.status.as_str(), "pending" | "requires_action") && current.stripe_refund_id.is_none() {
             payments::update_refund(&mut tx, refund_id, "failed", None, Some(message), source).await?;
-            payments::finish_operation(&mut tx, op.id, "failed", Some(message)).await?;
+            payments::finish_operation(&mut tx, op.id, State::Failed, Some(message)).await?;
         } else {
             // Stripe's refund reached us another way (a webhook matched it
             // by our id): the operation did its work.
-            payments::finish_operation(&mut tx, op.id, "succeeded", None).await?;
+            payments::finish_operation(&mut tx, op.id, State::Succeeded, None).await?;
         }
         tx.commit().await?;
         Ok(())

@@ -16,11 +16,14 @@
 
 use super::{
     App, AppError, Kind,
-    operations::{Driven, OPERATION_METADATA, not_found, settled_payment},
+    operations::{Driven, OPERATION_METADATA, not_found, payment_of, settled_payment},
     stripe_failure,
 };
 use crate::{
-    domain::customer::CustomerId,
+    domain::{
+        customer::CustomerId,
+        operation::{Operation, State},
+    },
     store::{
         customers,
         payments::{self, OperationRow, Source},
@@ -61,17 +64,20 @@ fn since(op: &OperationRow) -> i64 {
     op.created_at.timestamp() - 600
 }
 
+/// Pages of 100 read at most by one lookup.
+const MAX_PAGES: usize = 50;
+
 /// A lookup that could not read everything it had to: nothing is
 /// concluded, and the operation stays pending.
 fn incomplete(op: &OperationRow) -> AppError {
-    tracing::warn!(operation = op.id, "lookup found more than one page: left pending");
+    tracing::warn!(operation = op.id, pages = MAX_PAGES, "lookup did not reach the end of the list: left pending");
     AppError::unavailable("STRIPE_UNAVAILABLE", "the payment provider could not be read back in full; retry later")
 }
 
 pub(crate) fn failed(op: &OperationRow) -> AppError {
     let mut err = AppError::new(Kind::FailedPrecondition, "STRIPE_FAILED", NOTHING_DONE);
-    if op.payment_id != 0 {
-        err = err.detail("paymentID", op.payment_id.to_string());
+    if let Some(id) = op.op.payment_id() {
+        err = err.detail("paymentID", id.to_string());
     }
     err
 }
@@ -79,31 +85,43 @@ pub(crate) fn failed(op: &OperationRow) -> AppError {
 impl App {
     /// Settles `op` by looking its object up at Stripe (see the module doc).
     pub(crate) async fn settle_by_lookup(&self, op: &OperationRow, source: Source) -> Result<Driven, AppError> {
-        tracing::warn!(operation = op.id, kind = %op.kind, "settling an operation by reading Stripe back");
-        match op.kind.as_str() {
-            "create_payment" => self.settle_create_payment(op, source).await,
-            "capture" | "cancel" => self.settle_intent_change(op, source).await,
-            "refund" => self.settle_refund(op, source).await,
-            "create_customer" => self.settle_create_customer(op).await,
+        tracing::warn!(operation = op.id, kind = op.op.kind(), "settling an operation by reading Stripe back");
+        match &op.op {
+            Operation::CreatePayment { .. } => self.settle_create_payment(op, source).await,
+            Operation::Capture { .. } | Operation::Cancel { .. } => self.settle_intent_change(op, source).await,
+            Operation::Refund { .. } => self.settle_refund(op, source).await,
+            Operation::CreateCustomer { .. } => self.settle_create_customer(op).await,
             // Updates change nothing twice: sent again, they converge.
-            "update_customer" => self.drive_customer(op).await.map(|c| Driven::Customer(Box::new(c))),
+            Operation::UpdateCustomer { .. } => self.drive_customer(op).await.map(|c| Driven::Customer(Box::new(c))),
             other => Err(AppError::unavailable(
                 "STRIPE_UNAVAILABLE",
-                format!("a {other} operation cannot be settled by reading Stripe back; it stays recorded"),
+                format!("a {} operation cannot be settled by reading Stripe back; it stays recorded", other.kind()),
             )),
         }
     }
 
     async fn settle_create_payment(&self, op: &OperationRow, source: Source) -> Result<Driven, AppError> {
-        let row = payments::get(&self.db, op.payment_id).await?.ok_or_else(|| not_found(op.payment_id))?;
+        let payment_id = payment_of(op)?;
+        let row = payments::get(&self.db, payment_id).await?.ok_or_else(|| not_found(payment_id))?;
         let customer = customers::get(&self.db, CustomerId::parse(row.customer_id)?).await?;
         let stripe_customer = customer.and_then(|c| c.stripe_customer_key).unwrap_or_default();
-        let page = self.stripe.list_payment_intents(&stripe_customer, since(op)).await.map_err(stripe_failure)?;
-        let more = page.object.has_more;
-        let found = page.object.data.into_iter().find(|pi| ours(&pi.metadata, op, "paymentID", row.id));
+        let (mut found, mut more, mut after, mut request_id) = (None, true, None::<String>, None);
+        for _ in 0..MAX_PAGES {
+            let page = self
+                .stripe
+                .list_payment_intents(&stripe_customer, since(op), after.as_deref())
+                .await
+                .map_err(stripe_failure)?;
+            (more, after, request_id) =
+                (page.object.has_more, page.object.data.last().map(|p| p.id.clone()), page.request_id);
+            found = page.object.data.into_iter().find(|pi| ours(&pi.metadata, op, "paymentID", row.id));
+            if found.is_some() || !more {
+                break;
+            }
+        }
         match found {
             Some(pi) => {
-                let reply = Ok(Reply { object: pi, request_id: page.request_id });
+                let reply = Ok(Reply { object: pi, request_id });
                 let row = self.finish_intent_operation(op, reply, Some(&stripe_customer), source).await?;
                 // Answered as the request itself would have been: a decline
                 // is a 402, never a 2xx.
@@ -119,21 +137,18 @@ impl App {
 
     /// A capture or cancel: the PaymentIntent says whether it happened.
     async fn settle_intent_change(&self, op: &OperationRow, source: Source) -> Result<Driven, AppError> {
-        let row = payments::get(&self.db, op.payment_id).await?.ok_or_else(|| not_found(op.payment_id))?;
+        let payment_id = payment_of(op)?;
+        let row = payments::get(&self.db, payment_id).await?.ok_or_else(|| not_found(payment_id))?;
         let pi = row.stripe_payment_intent_id.clone().unwrap_or_default();
         let reply = self.stripe.retrieve_payment_intent(&pi).await.map_err(stripe_failure)?;
-        let done = match op.kind.as_str() {
-            "capture" => reply.object.status == "succeeded",
-            _ => reply.object.status == "canceled",
-        };
+        let capture = matches!(op.op, Operation::Capture { .. });
+        let done = if capture { reply.object.status == "succeeded" } else { reply.object.status == "canceled" };
         if done {
             let row = self.finish_intent_operation(op, Ok(reply), None, source).await?;
             return Ok(Driven::Payment(Box::new(row)));
         }
-        let still_possible = match op.kind.as_str() {
-            "capture" => reply.object.status == "requires_capture",
-            _ => reply.object.status != "succeeded",
-        };
+        let still_possible =
+            if capture { reply.object.status == "requires_capture" } else { reply.object.status != "succeeded" };
         if !still_possible {
             // It can no longer happen (captured already, or canceled): the
             // operation is refused, and the payment follows Stripe's state.
@@ -152,17 +167,29 @@ impl App {
     }
 
     async fn settle_refund(&self, op: &OperationRow, source: Source) -> Result<Driven, AppError> {
-        let row = payments::get(&self.db, op.payment_id).await?.ok_or_else(|| not_found(op.payment_id))?;
-        let refund_id = op.refund_id.unwrap_or_default();
+        let payment_id = payment_of(op)?;
+        let row = payments::get(&self.db, payment_id).await?.ok_or_else(|| not_found(payment_id))?;
+        let refund_id = op
+            .op
+            .refund_id()
+            .ok_or_else(|| AppError::internal(anyhow::anyhow!("operation {} is not a refund", op.id)))?;
         let refund = payments::get_refund(&self.db, refund_id)
             .await?
             .ok_or_else(|| super::refunds::refund_not_found(refund_id))?;
         let pi = row.stripe_payment_intent_id.clone().unwrap_or_default();
-        let page = self.stripe.list_refunds(&pi, since(op)).await.map_err(stripe_failure)?;
-        let more = page.object.has_more;
-        match page.object.data.into_iter().find(|re| ours(&re.metadata, op, "refundID", refund.id)) {
+        let (mut found, mut more, mut after, mut request_id) = (None, true, None::<String>, None);
+        for _ in 0..MAX_PAGES {
+            let page = self.stripe.list_refunds(&pi, since(op), after.as_deref()).await.map_err(stripe_failure)?;
+            (more, after, request_id) =
+                (page.object.has_more, page.object.data.last().map(|r| r.id.clone()), page.request_id);
+            found = page.object.data.into_iter().find(|re| ours(&re.metadata, op, "refundID", refund.id));
+            if found.is_some() || !more {
+                break;
+            }
+        }
+        match found {
             Some(re) => {
-                let done = self.finish_refund(op, &refund, &re, page.request_id.as_deref(), source).await?;
+                let done = self.finish_refund(op, &refund, &re, request_id.as_deref(), source).await?;
                 Ok(Driven::Refund(done))
             }
             None if more => Err(incomplete(op)),
@@ -175,16 +202,24 @@ impl App {
     }
 
     async fn settle_create_customer(&self, op: &OperationRow) -> Result<Driven, AppError> {
-        let p = &op.params.0;
-        let id = p["customer_id"].as_i64().unwrap_or(0);
-        let email = p["email"].as_str().unwrap_or_default();
-        let page = self.stripe.list_customers(email, since(op)).await.map_err(stripe_failure)?;
-        let more = page.object.has_more;
-        match page.object.data.into_iter().find(|c| ours(&c.metadata, op, "customerID", id)) {
+        let Operation::CreateCustomer { customer_id: id, email, .. } = &op.op else {
+            return Err(AppError::internal(anyhow::anyhow!("operation {} does not create a customer", op.id)));
+        };
+        let id = *id;
+        let (mut found, mut more, mut after) = (None, true, None::<String>);
+        for _ in 0..MAX_PAGES {
+            let page = self.stripe.list_customers(email, since(op), after.as_deref()).await.map_err(stripe_failure)?;
+            (more, after) = (page.object.has_more, page.object.data.last().map(|c| c.id.clone()));
+            found = page.object.data.into_iter().find(|c| ours(&c.metadata, op, "customerID", id));
+            if found.is_some() || !more {
+                break;
+            }
+        }
+        match found {
             Some(c) => Ok(Driven::Customer(Box::new(self.finish_customer_create(op, &c.id).await?))),
             None if more => Err(incomplete(op)),
             None => {
-                payments::close_operation(&self.db, op.id, "failed", nothing_done().message.as_deref()).await?;
+                payments::close_operation(&self.db, op.id, State::Failed, Some(NOTHING_DONE)).await?;
                 Err(failed(op))
             }
         }

@@ -121,7 +121,7 @@ impl App {
         if !ours || row.stripe_payment_intent_id.is_some() {
             return not_ours();
         }
-        if op.state == "pending" {
+        if op.state == crate::domain::operation::State::Pending {
             return Err(AppError::unavailable(
                 "PAYMENT_NOT_READY",
                 format!("payment {id} is not bound to {} yet", intent.id),

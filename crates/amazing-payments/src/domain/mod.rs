@@ -4,6 +4,7 @@
 pub mod customer;
 pub mod event;
 pub mod money;
+pub mod operation;
 pub mod payment;
 pub mod request;
 

@@ -3,10 +3,13 @@
 //! history row, in the caller's transaction.
 
 use super::outbox;
-use crate::domain::payment::{Ledger, Status};
+use crate::domain::{
+    operation::{CorruptOperation, Operation, State},
+    payment::{Ledger, Status},
+};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::{FromRow, PgConnection, PgPool, types::Json};
+use sqlx::{FromRow, PgConnection, PgPool, postgres::PgRow, types::Json};
 use std::collections::HashMap;
 
 #[derive(Debug, Clone, FromRow)]
@@ -124,18 +127,14 @@ pub struct Cause<'a> {
     pub note: Option<&'a str>,
 }
 
-/// An operation recorded before Stripe is called.
-#[derive(Debug, Clone, FromRow)]
+/// An operation recorded before Stripe is called, read strictly (see
+/// [`Operation`]).
+#[derive(Debug, Clone)]
 pub struct OperationRow {
     pub id: i64,
-    pub kind: String,
-    pub payment_id: i64,
-    pub refund_id: Option<i64>,
-    pub amount: Option<i64>,
+    pub op: Operation,
     pub idempotency_key: String,
-    /// What the request needs besides the rows (e.g. a cancellation reason).
-    pub params: Json<Value>,
-    pub state: String,
+    pub state: State,
     /// Why it failed, or what its last attempt met.
     pub last_error: Option<String>,
     pub created_at: DateTime<Utc>,
@@ -151,6 +150,42 @@ impl OperationRow {
     /// sent exactly as they were).
     pub fn reference(&self) -> Option<&str> {
         (!self.idempotency_key.starts_with("ap-op-")).then_some(self.idempotency_key.as_str())
+    }
+}
+
+/// A journal row as stored.
+#[derive(FromRow)]
+struct StoredOperation {
+    id: i64,
+    kind: String,
+    payment_id: Option<i64>,
+    refund_id: Option<i64>,
+    amount: Option<i64>,
+    idempotency_key: String,
+    params: Json<Value>,
+    state: String,
+    last_error: Option<String>,
+    created_at: DateTime<Utc>,
+    request_key: Option<String>,
+}
+
+impl<'r> FromRow<'r, PgRow> for OperationRow {
+    fn from_row(row: &'r PgRow) -> Result<Self, sqlx::Error> {
+        let s = StoredOperation::from_row(row)?;
+        let op = Operation::from_row(s.id, &s.kind, s.payment_id, s.refund_id, s.amount, &s.params.0)
+            .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+        let state = State::parse(&s.state).ok_or_else(|| {
+            sqlx::Error::Decode(Box::new(CorruptOperation { id: s.id, reason: format!("unknown state {}", s.state) }))
+        })?;
+        Ok(Self {
+            id: s.id,
+            op,
+            idempotency_key: s.idempotency_key,
+            state,
+            last_error: s.last_error,
+            created_at: s.created_at,
+            request_key: s.request_key,
+        })
     }
 }
 
@@ -193,31 +228,18 @@ pub async fn insert(db: &PgPool, p: NewPayment<'_>) -> Result<(PaymentRow, Opera
     .fetch_one(&mut *tx)
     .await?;
     add_history(&mut tx, None, &row, Source::Api, &Cause::default()).await?;
-    let new_op = NewOperation {
-        kind: "create_payment",
-        payment_id: row.id,
-        refund_id: None,
-        amount: Some(row.amount),
-        params: serde_json::json!({}),
-        request: p.request,
-    };
+    let new_op = NewOperation { op: Operation::CreatePayment { payment_id: row.id }, request: p.request };
     let op = insert_operation(&mut tx, new_op).await?;
     tx.commit().await?;
     Ok((row, op))
 }
 
-/// Operations of customers, products and prices have no payment: their
-/// `payment_id` reads as 0.
-const OPERATION: &str = "id, kind, coalesce(payment_id, 0) AS payment_id, refund_id, amount, idempotency_key, params, state, last_error, created_at, request_key";
+const OPERATION: &str =
+    "id, kind, payment_id, refund_id, amount, idempotency_key, params, state, last_error, created_at, request_key";
 
 /// An operation to record.
 pub struct NewOperation<'a> {
-    pub kind: &'a str,
-    /// 0 for operations of customers, products and prices.
-    pub payment_id: i64,
-    pub refund_id: Option<i64>,
-    pub amount: Option<i64>,
-    pub params: Value,
+    pub op: Operation,
     /// The client's idempotency key (scope, key) that asked for it.
     pub request: Option<(i64, &'a str)>,
 }
@@ -225,20 +247,19 @@ pub struct NewOperation<'a> {
 /// Records an operation. Its Stripe idempotency key is a random UUID, so no
 /// two deployments (or databases, or restored backups) on one Stripe account
 /// ever send the same key for different requests.
-pub async fn insert_operation(conn: &mut PgConnection, op: NewOperation<'_>) -> Result<OperationRow, sqlx::Error> {
+pub async fn insert_operation(conn: &mut PgConnection, new: NewOperation<'_>) -> Result<OperationRow, sqlx::Error> {
     sqlx::query_as(&format!(
-        "WITH next AS (SELECT nextval(pg_get_serial_sequence('payment.operation', 'id')) AS id)
-         INSERT INTO payment.operation (id, kind, payment_id, refund_id, amount, idempotency_key, params, request_scope, request_key)
-         SELECT next.id, $1, nullif($2, 0), $3, $4, 'ap-' || gen_random_uuid(), $5, $6, $7 FROM next
+        "INSERT INTO payment.operation (kind, payment_id, refund_id, amount, idempotency_key, params, request_scope, request_key)
+         VALUES ($1, $2, $3, $4, 'ap-' || gen_random_uuid(), $5, $6, $7)
          RETURNING {OPERATION}"
     ))
-    .bind(op.kind)
-    .bind(op.payment_id)
-    .bind(op.refund_id)
-    .bind(op.amount)
-    .bind(Json(op.params))
-    .bind(op.request.map(|r| r.0))
-    .bind(op.request.map(|r| r.1))
+    .bind(new.op.kind())
+    .bind(new.op.payment_id())
+    .bind(new.op.refund_id())
+    .bind(new.op.amount())
+    .bind(Json(new.op.params()))
+    .bind(new.request.map(|r| r.0))
+    .bind(new.request.map(|r| r.1))
     .fetch_one(conn)
     .await
 }
@@ -250,7 +271,7 @@ pub async fn record_operation(db: &PgPool, op: NewOperation<'_>) -> Result<Opera
 }
 
 /// Closes an operation on its own.
-pub async fn close_operation(db: &PgPool, id: i64, state: &str, error: Option<&str>) -> Result<(), sqlx::Error> {
+pub async fn close_operation(db: &PgPool, id: i64, state: State, error: Option<&str>) -> Result<(), sqlx::Error> {
     let mut conn = db.acquire().await?;
     finish_operation(&mut conn, id, state, error).await
 }
@@ -348,7 +369,7 @@ pub async fn pending_operation(conn: &mut PgConnection, payment_id: i64) -> Resu
 pub async fn finish_operation(
     conn: &mut PgConnection,
     id: i64,
-    state: &str,
+    state: State,
     error: Option<&str>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
@@ -356,7 +377,7 @@ pub async fn finish_operation(
          WHERE id = $1 AND state = 'pending'",
     )
     .bind(id)
-    .bind(state)
+    .bind(state.as_str())
     .bind(error)
     .execute(conn)
     .await?;
@@ -365,8 +386,22 @@ pub async fn finish_operation(
 
 /// An operation's state, read in the caller's transaction (after it has
 /// locked the payment, so that two appliers of one answer see each other).
-pub async fn operation_state(conn: &mut PgConnection, id: i64) -> Result<String, sqlx::Error> {
-    sqlx::query_scalar("SELECT state FROM payment.operation WHERE id = $1").bind(id).fetch_one(conn).await
+pub async fn operation_state(conn: &mut PgConnection, id: i64) -> Result<State, sqlx::Error> {
+    let state: String =
+        sqlx::query_scalar("SELECT state FROM payment.operation WHERE id = $1").bind(id).fetch_one(conn).await?;
+    State::parse(&state)
+        .ok_or_else(|| sqlx::Error::Decode(Box::new(CorruptOperation { id, reason: format!("unknown state {state}") })))
+}
+
+/// An operation's state, read and locked for the rest of the caller's
+/// transaction (for operations with no payment row to lock).
+pub async fn lock_operation_state(conn: &mut PgConnection, id: i64) -> Result<State, sqlx::Error> {
+    let state: String = sqlx::query_scalar("SELECT state FROM payment.operation WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .fetch_one(conn)
+        .await?;
+    State::parse(&state)
+        .ok_or_else(|| sqlx::Error::Decode(Box::new(CorruptOperation { id, reason: format!("unknown state {state}") })))
 }
 
 /// Notes a failed attempt of an operation that stays pending.

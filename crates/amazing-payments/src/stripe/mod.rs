@@ -175,8 +175,13 @@ impl Client {
         &self,
         customer: &str,
         since: i64,
+        after: Option<&str>,
     ) -> Result<Reply<types::List<types::PaymentIntent>>, StripeError> {
-        let query = Form::new().set("customer", customer).set("created[gte]", since).set("limit", 100);
+        let query = Form::new()
+            .set("customer", customer)
+            .set("created[gte]", since)
+            .set("limit", 100)
+            .set_opt("starting_after", after);
         self.get("/v1/payment_intents", &query).await
     }
 
@@ -185,8 +190,13 @@ impl Client {
         &self,
         payment_intent: &str,
         since: i64,
+        after: Option<&str>,
     ) -> Result<Reply<types::List<types::Refund>>, StripeError> {
-        let query = Form::new().set("payment_intent", payment_intent).set("created[gte]", since).set("limit", 100);
+        let query = Form::new()
+            .set("payment_intent", payment_intent)
+            .set("created[gte]", since)
+            .set("limit", 100)
+            .set_opt("starting_after", after);
         self.get("/v1/refunds", &query).await
     }
 
@@ -196,8 +206,13 @@ impl Client {
         &self,
         email: &str,
         since: i64,
+        after: Option<&str>,
     ) -> Result<Reply<types::List<types::Customer>>, StripeError> {
-        let query = Form::new().set("email", email).set("created[gte]", since).set("limit", 100);
+        let query = Form::new()
+            .set("email", email)
+            .set("created[gte]", since)
+            .set("limit", 100)
+            .set_opt("starting_after", after);
         self.get("/v1/customers", &query).await
     }
 

@@ -88,7 +88,7 @@ pub async fn pass(app: &App, s: &Settings) -> anyhow::Result<Pass> {
             }
             Err(e) => tracing::warn!(
                 operation = op.id,
-                payment_id = op.payment_id,
+                payment_id = op.op.payment_id(),
                 reason = e.reason,
                 "operation still unfinished"
             ),
