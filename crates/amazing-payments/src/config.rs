@@ -615,6 +615,22 @@ mod tests {
     }
 
     #[test]
+    fn a_mail_claim_outlives_the_smtp_conversations_it_guards() {
+        let mut a = notify_args();
+        a.smtp_timeout = "120".into();
+        let visibility = a.config().unwrap().notifier.visibility;
+        assert!(visibility >= Duration::from_secs(240), "{visibility:?}");
+        assert!(notify_args().config().unwrap().notifier.visibility >= Duration::from_secs(60));
+    }
+
+    #[test]
+    fn the_longest_stripe_call_counts_every_attempt_and_backoff() {
+        let s = stripe_args(Some("sk_test_123")).settings().unwrap();
+        // 3 attempts of 30 s and 2 backoffs of at most 8 s.
+        assert_eq!(s.worst_case(), Duration::from_secs(106));
+    }
+
+    #[test]
     fn a_bad_port_names_its_variable() {
         let db = DbArgs {
             database_url: None,

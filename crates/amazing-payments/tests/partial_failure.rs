@@ -688,3 +688,74 @@ async fn a_lookup_reads_every_page_of_the_customers_payment_intents() {
     assert_eq!((paid["status"].as_str(), int(&paid, "amount_capturable")), (Some("authorized"), 4321));
     assert_eq!(intents(&app).len(), 121, "nothing made twice");
 }
+
+/// An app whose simulator keeps every refund pending until the test
+/// settles it.
+async fn with_pending_refunds() -> TestApp {
+    let config = stripe_sim::Config {
+        refunds: serde_json::from_value(json!({"pending_rate": 1.0, "settle_after_ms": null})).unwrap(),
+        ..Default::default()
+    };
+    let sim = stripe_sim::Simulator::start(config).await.unwrap();
+    TestApp::spawn_with(Options { simulator: Some(sim), ..Default::default() }).await
+}
+
+#[tokio::test]
+async fn a_pending_refund_is_answered_pending_and_counted_once_the_reconciler_sees_it_succeed() {
+    let app = with_pending_refunds().await;
+    let customer = app.new_customer().await;
+    let id = payment_id(&app, &customer, 1000, true).await;
+    let refund = app.call(Via::Grpc, "RefundPayment", json!({"paymentID": id, "amount": 400})).await.unwrap();
+    assert_eq!(refund["status"], "pending", "told as it is");
+    let now = app.call(Via::Rest, "GetPayment", json!({"paymentID": id})).await.unwrap();
+    assert_eq!(int(&now, "amount_refunded"), 0, "not counted while pending");
+    let f = app.call(Via::Rest, "RefundPayment", json!({"paymentID": id, "amount": 700})).await.unwrap_err();
+    assert_eq!(f.reason, "REFUND_EXCEEDS_CAPTURED", "but it is not refundable twice meanwhile");
+    let stripe_id = refunds(&app)[0]["id"].as_str().unwrap().to_string();
+    app.stripe_post(&format!("/_sim/refunds/{stripe_id}/succeed"), &[]).await;
+    let s = amazing_payments::workers::reconciler::Settings { min_age: Duration::ZERO, ..Default::default() };
+    let pass = amazing_payments::workers::reconciler::pass(&app.app, &s).await.unwrap();
+    assert_eq!((pass.refunds, pass.corrected), (1, 1));
+    let now = app.call(Via::Rest, "GetPayment", json!({"paymentID": id})).await.unwrap();
+    assert_eq!((now["status"].as_str(), int(&now, "amount_refunded")), (Some("partially_refunded"), 400));
+}
+
+#[tokio::test]
+async fn a_pending_refund_that_fails_is_never_counted_and_frees_its_amount() {
+    let app = with_pending_refunds().await;
+    let customer = app.new_customer().await;
+    let id = payment_id(&app, &customer, 1000, true).await;
+    app.call(Via::Rest, "RefundPayment", json!({"paymentID": id, "amount": 1000})).await.unwrap();
+    let stripe_id = refunds(&app)[0]["id"].as_str().unwrap().to_string();
+    app.stripe_post(&format!("/_sim/refunds/{stripe_id}/fail"), &[]).await;
+    let s = amazing_payments::workers::reconciler::Settings { min_age: Duration::ZERO, ..Default::default() };
+    amazing_payments::workers::reconciler::pass(&app.app, &s).await.unwrap();
+    let listed = app.call(Via::Rest, "ListRefunds", json!({"paymentID": id})).await.unwrap();
+    assert_eq!(listed["refunds"][0]["status"], "failed");
+    let now = app.call(Via::Rest, "GetPayment", json!({"paymentID": id})).await.unwrap();
+    assert_eq!((now["status"].as_str(), int(&now, "amount_refunded")), (Some("succeeded"), 0));
+    let again = app.call(Via::Rest, "RefundPayment", json!({"paymentID": id, "amount": 1000})).await;
+    assert!(again.is_ok(), "the failed refund's amount may be refunded again: {again:?}");
+}
+
+#[tokio::test]
+async fn the_reconciler_takes_an_operation_for_longer_than_driving_it_can_take() {
+    let app = TestApp::spawn().await;
+    let customer = app.new_customer().await;
+    fault(&app, json!({"method": "POST", "path": "/v1/payment_intents", "drop": "after", "times": 3}));
+    app.call(Via::Rest, "CreatePayment", manual_payment(&customer, 1000)).await.unwrap_err();
+    let claim = Duration::from_secs(120);
+    let taken =
+        amazing_payments::store::payments::take_due_operations(&app.db, 10, Duration::ZERO, claim).await.unwrap();
+    assert_eq!(taken.len(), 1);
+    let until: f64 = sqlx::query_scalar(
+        "SELECT extract(epoch FROM next_attempt_at - now())::float8 FROM payment.operation WHERE state = 'pending'",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert!(until > 110.0, "taken for {until} s only");
+    let again =
+        amazing_payments::store::payments::take_due_operations(&app.db, 10, Duration::ZERO, claim).await.unwrap();
+    assert!(again.is_empty(), "no other reconciler takes it meanwhile");
+}
