@@ -367,7 +367,6 @@ impl NotifyArgs {
                 // A mail's claim outlives the SMTP conversation, waiting
                 // for a pooled connection included.
                 visibility: (smtp_timeout * 2 + Duration::from_secs(30)).max(Duration::from_secs(60)),
-                ..Default::default()
             },
             relay: crate::notify::relay::Settings {
                 batch,

@@ -36,11 +36,9 @@ async fn behind_proxy() -> (TestApp, Proxy) {
 
 /// Closes the proxy's port `after` from now: the attempt in flight carries
 /// on, and every retry after it cannot connect.
-fn refuse_after(proxy: &Proxy, after: Duration) -> impl std::future::Future<Output = ()> + '_ {
-    async move {
-        tokio::time::sleep(after).await;
-        proxy.refuse();
-    }
+async fn refuse_after(proxy: &Proxy, after: Duration) {
+    tokio::time::sleep(after).await;
+    proxy.refuse();
 }
 
 /// Applies the webhooks that arrive until the payment satisfies `done` (at
