@@ -737,11 +737,11 @@ async fn nemesis_a_seeded_schedule_of_partial_failures_leaves_our_books_equal_to
     world.reconcile();
 
     let answers = answers.lock().unwrap().clone();
-    let mut tally: BTreeMap<(&str, u16), usize> = BTreeMap::new();
+    let mut tally: BTreeMap<(&str, u16, &str), usize> = BTreeMap::new();
     for a in &answers {
-        *tally.entry((a.kind, a.status)).or_default() += 1;
+        *tally.entry((a.kind, a.status, a.body["reason"].as_str().unwrap_or(""))).or_default() += 1;
     }
-    println!("nemesis seed {seed}: answers (kind, status) -> count: {tally:?}");
+    println!("nemesis seed {seed}: answers (kind, status, reason) -> count: {tally:?}");
     let check = |what: &str, ok: bool, detail: String| {
         assert!(ok, "seed {seed}: {what}: {detail}");
     };
