@@ -757,3 +757,23 @@ async fn the_reconciler_takes_an_operation_for_longer_than_driving_it_can_take()
         amazing_payments::store::payments::take_due_operations(&app.db, 10, Duration::ZERO, claim).await.unwrap();
     assert!(again.is_empty(), "no other reconciler takes it meanwhile");
 }
+
+#[tokio::test]
+async fn a_refund_answer_that_does_not_match_holds_the_payment_and_is_never_counted() {
+    let app = TestApp::spawn().await;
+    let customer = app.new_customer().await;
+    let id = payment_id(&app, &customer, 1000, true).await;
+    fault(&app, json!({"method": "POST", "path": "/v1/refunds", "tamper": {"amount": 999}, "times": 1}));
+    let f = app.call(Via::Rest, "RefundPayment", json!({"paymentID": id, "amount": 300})).await.unwrap_err();
+    assert_eq!((f.code, f.reason.as_str()), (Code::Internal, "STRIPE_MISMATCH"));
+    let held: (Option<String>, i64, i64) = sqlx::query_as(
+        "SELECT integrity_error, amount_refunded,
+                (SELECT count(*) FROM payment.history h WHERE h.payment_id = p.id AND h.note LIKE 'integrity check failed%')
+         FROM payment.payment p",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert!(held.0.unwrap().contains("amount 999 instead of 300"));
+    assert_eq!((held.1, held.2), (0, 1), "not counted; the hold is in the history");
+}
