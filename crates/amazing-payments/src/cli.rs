@@ -165,7 +165,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let app = App {
                 db: store::pool(&db.config()?),
                 stripe: stripe::Client::new(stripe.settings()?)?,
-                auth: crate::app::AuthSettings { required: true, pepper: crate::secret::Secret::new("") },
+                auth: crate::app::AuthSettings::new(true, crate::secret::Secret::new(""), Default::default()),
                 idempotency_ttl: std::time::Duration::from_secs(24 * 3600),
                 idempotency_lease: std::time::Duration::from_secs(90),
                 webhooks: Default::default(),

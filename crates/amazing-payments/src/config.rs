@@ -176,6 +176,10 @@ pub struct AuthArgs {
     /// service that send none. Logs a warning at every start.
     #[arg(long, env = "AUTH_DISABLED", default_value = "false")]
     pub auth_disabled: String,
+    /// Seconds a verified API key is trusted without reading its row again:
+    /// the longest a revocation takes to take effect. 0: every request.
+    #[arg(long, env = "API_KEY_CACHE_TTL", default_value = "5")]
+    pub api_key_cache_ttl: String,
 }
 
 /// The pepper used when API_KEY_PEPPER is not set: fine for development,
@@ -191,7 +195,15 @@ impl AuthArgs {
             }
             Some(p) => p.to_string(),
         };
-        Ok(AuthSettings { required: !flag("AUTH_DISABLED", &self.auth_disabled)?, pepper: Secret::new(pepper) })
+        let ttl: f64 = number("API_KEY_CACHE_TTL", &self.api_key_cache_ttl)?;
+        if !(0.0..=300.0).contains(&ttl) {
+            return Err(err("API_KEY_CACHE_TTL", "must be between 0 and 300 seconds"));
+        }
+        Ok(AuthSettings::new(
+            !flag("AUTH_DISABLED", &self.auth_disabled)?,
+            Secret::new(pepper),
+            Duration::from_secs_f64(ttl),
+        ))
     }
 
     pub fn pepper_is_default(&self) -> bool {
@@ -554,7 +566,11 @@ mod tests {
             db_pass: "postgres".into(),
             db_max_connections: "5".into(),
         };
-        let auth = AuthArgs { api_key_pepper: Some("a-long-enough-pepper".into()), auth_disabled: "no".into() };
+        let auth = AuthArgs {
+            api_key_pepper: Some("a-long-enough-pepper".into()),
+            auth_disabled: "no".into(),
+            api_key_cache_ttl: "5".into(),
+        };
         let serve = ServeArgs {
             json_port: ":8080".into(),
             rpc_port: ":8081".into(),

@@ -95,10 +95,11 @@ async fn keys_are_scoped_to_the_api_key_that_sent_them() {
     let app = TestApp::spawn().await;
     let customer = app.new_customer().await;
     app.call_keyed(Via::Rest, "CreatePayment", payment(&customer), Some("shared")).await.0.unwrap();
-    let auth = amazing_payments::app::AuthSettings {
-        required: true,
-        pepper: amazing_payments::secret::Secret::new(common::PEPPER),
-    };
+    let auth = amazing_payments::app::AuthSettings::new(
+        true,
+        amazing_payments::secret::Secret::new(common::PEPPER),
+        Duration::ZERO,
+    );
     let other = amazing_payments::app::apikeys::create(&app.db, &auth, "other").await.unwrap();
     let resp = app
         .http

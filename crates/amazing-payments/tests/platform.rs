@@ -282,3 +282,21 @@ async fn an_empty_query_value_means_not_given() {
     let (status, body) = app.get("/v1/payment?customerID=&status=&page_size=").await;
     assert_eq!(status, StatusCode::OK, "{body}");
 }
+
+#[tokio::test]
+async fn a_revoked_key_stops_working_within_the_key_cache_ttl() {
+    let app = common::TestApp::spawn_with(common::Options {
+        key_cache_ttl: std::time::Duration::from_millis(800),
+        ..Default::default()
+    })
+    .await;
+    let customer = app.new_customer().await;
+    let path = format!("/v1/customer/{customer}");
+    assert_eq!(app.get(&path).await.0, 200, "verified, and now cached");
+    let prefix = &app.key[..11];
+    assert!(amazing_payments::store::apikeys::revoke(&app.db, prefix).await.unwrap());
+    assert_eq!(app.get(&path).await.0, 200, "still trusted within the TTL");
+    tokio::time::sleep(std::time::Duration::from_millis(900)).await;
+    let (status, body) = app.get(&path).await;
+    assert_eq!((status.as_u16(), body["reason"].as_str()), (401, Some("API_KEY_REVOKED")), "{body}");
+}

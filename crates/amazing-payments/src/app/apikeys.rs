@@ -70,15 +70,62 @@ pub async fn authenticate(
     };
     let key = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")).unwrap_or(value).trim();
     let prefix = prefix_of(key).ok_or_else(|| unauthenticated("the API key is not valid"))?;
+    let hash = keyed_hash(&auth.pepper, key);
+    if let Some(id) = auth.cache.get(&hash) {
+        return Ok(Principal { api_key_id: Some(id) });
+    }
     let row = apikeys::by_prefix(db, prefix).await?.ok_or_else(|| unauthenticated("the API key is not valid"))?;
-    let matches: bool = keyed_hash(&auth.pepper, key).ct_eq(&row.hash).into();
+    let matches: bool = hash.ct_eq(&row.hash).into();
     if !matches {
         return Err(unauthenticated("the API key is not valid"));
     }
     if row.revoked_at.is_some() {
         return Err(AppError::unauthenticated("API_KEY_REVOKED", "the API key has been revoked"));
     }
+    auth.cache.put(hash, row.id);
     Ok(Principal { api_key_id: Some(row.id) })
+}
+
+/// Keys verified in the last `ttl`, by their keyed hash (never the key):
+/// a busy caller's key is read from the database once per `ttl`, not once
+/// per request. Only successes are kept, so a wrong key always costs a
+/// read. A revoked key stops working within `ttl` on every instance; a TTL
+/// of zero turns the cache off. At most `MAX_KEYS` are kept.
+#[derive(Debug, Clone, Default)]
+pub struct KeyCache {
+    ttl: std::time::Duration,
+    verified: std::sync::Arc<parking_lot::Mutex<std::collections::HashMap<Vec<u8>, (i64, std::time::Instant)>>>,
+}
+
+impl KeyCache {
+    const MAX_KEYS: usize = 10_000;
+
+    pub fn new(ttl: std::time::Duration) -> Self {
+        Self { ttl, verified: Default::default() }
+    }
+
+    fn get(&self, hash: &[u8]) -> Option<i64> {
+        if self.ttl.is_zero() {
+            return None;
+        }
+        let verified = self.verified.lock();
+        verified.get(hash).filter(|(_, at)| at.elapsed() < self.ttl).map(|(id, _)| *id)
+    }
+
+    fn put(&self, hash: Vec<u8>, id: i64) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let mut verified = self.verified.lock();
+        if verified.len() >= Self::MAX_KEYS {
+            let ttl = self.ttl;
+            verified.retain(|_, (_, at)| at.elapsed() < ttl);
+            if verified.len() >= Self::MAX_KEYS {
+                verified.clear();
+            }
+        }
+        verified.insert(hash, (id, std::time::Instant::now()));
+    }
 }
 
 impl super::App {

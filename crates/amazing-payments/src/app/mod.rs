@@ -31,6 +31,16 @@ pub struct AuthSettings {
     pub required: bool,
     /// The key of the keyed hash under which API keys are stored.
     pub pepper: Secret,
+    /// Keys verified lately, trusted for a short while without reading
+    /// their row again: a revocation takes effect within its TTL.
+    pub cache: apikeys::KeyCache,
+}
+
+impl AuthSettings {
+    /// Keys checked against the database at most every `cache_ttl`.
+    pub fn new(required: bool, pepper: Secret, cache_ttl: std::time::Duration) -> Self {
+        Self { required, pepper, cache: apikeys::KeyCache::new(cache_ttl) }
+    }
 }
 
 /// Everything a use case needs. Cheap to clone.

@@ -73,6 +73,9 @@ pub struct Options {
     pub register_webhook: bool,
     /// This simulator instead of a new one.
     pub simulator: Option<stripe_sim::Simulator>,
+    /// How long a verified API key is trusted (none by default, so that a
+    /// revocation shows at once).
+    pub key_cache_ttl: Duration,
 }
 
 impl Default for Options {
@@ -84,6 +87,7 @@ impl Default for Options {
             webhooks: Default::default(),
             register_webhook: false,
             simulator: None,
+            key_cache_ttl: Duration::ZERO,
         }
     }
 }
@@ -125,7 +129,7 @@ impl TestApp {
             let url = format!("http://{}/v1/webhooks/stripe", rest.local_addr().unwrap());
             webhooks.secrets = vec![Secret::new(register_webhook(&sim.url(), STRIPE_KEY, &url).await)];
         }
-        let auth = AuthSettings { required: options.auth_required, pepper: Secret::new(PEPPER) };
+        let auth = AuthSettings::new(options.auth_required, Secret::new(PEPPER), options.key_cache_ttl);
         let app = App {
             idempotency_ttl: Duration::from_secs(24 * 3600),
             idempotency_lease: Duration::from_secs(30),
