@@ -623,8 +623,8 @@ async fn a_payment_intent_of_ours_found_after_its_operation_was_closed_is_bound_
     let app = TestApp::spawn().await;
     let customer = app.new_customer().await;
     fault(&app, json!({"method": "POST", "path": "/v1/payment_intents", "saved": "before_work", "times": 1}));
-    let f = app.call(Via::Rest, "CreatePayment", manual_payment(&customer, 1300)).await.unwrap_err();
-    assert_eq!(f.reason, "STRIPE_FAILED");
+    let f = app.call_keyed(Via::Rest, "CreatePayment", manual_payment(&customer, 1300), Some("late-pi")).await;
+    assert_eq!(f.0.unwrap_err().reason, "STRIPE_FAILED");
     // Say the lookup had missed it: the PaymentIntent exists after all.
     let (id, reference): (i64, String) =
         sqlx::query_as("SELECT payment_id, idempotency_key FROM payment.operation WHERE kind = 'create_payment'")
@@ -665,6 +665,10 @@ async fn a_payment_intent_of_ours_found_after_its_operation_was_closed_is_bound_
         (now["status"].as_str(), now["stripe_payment_intent_id"].as_str()),
         (Some("authorized"), pi["id"].as_str())
     );
+    let (retried, replayed) =
+        app.call_keyed(Via::Rest, "CreatePayment", manual_payment(&customer, 1300), Some("late-pi")).await;
+    assert!(!replayed, "the refusal saved for the key was dropped");
+    assert_eq!(retried.expect("the retry learns what really happened")["status"], "authorized");
 }
 
 #[tokio::test]
@@ -776,4 +780,123 @@ async fn a_refund_answer_that_does_not_match_holds_the_payment_and_is_never_coun
     .unwrap();
     assert!(held.0.unwrap().contains("amount 999 instead of 300"));
     assert_eq!((held.1, held.2), (0, 1), "not counted; the hold is in the history");
+}
+
+#[tokio::test]
+async fn a_keyless_payment_whose_first_attempt_may_have_reached_stripe_stays_pending_when_a_later_one_cannot_connect() {
+    let (app, proxy) = behind_proxy().await;
+    let customer = app.new_customer().await;
+    fault(&app, json!({"method": "POST", "path": "/v1/payment_intents", "drop": "after", "times": 3}));
+    let f = app.call(Via::Rest, "CreatePayment", manual_payment(&customer, 2200)).await.unwrap_err();
+    assert_eq!(f.code, Code::Unavailable);
+    proxy.refuse();
+    let s = amazing_payments::workers::reconciler::Settings { min_age: Duration::ZERO, ..Default::default() };
+    amazing_payments::workers::reconciler::pass(&app.app, &s).await.unwrap();
+    let status: String = sqlx::query_scalar("SELECT status FROM payment.payment").fetch_one(&app.db).await.unwrap();
+    assert_eq!(status, "pending", "Stripe made it: a refused connection now proves nothing");
+    proxy.accept_again().await;
+    sqlx::query("UPDATE payment.operation SET next_attempt_at = now()").execute(&app.db).await.unwrap();
+    amazing_payments::workers::reconciler::until_idle(&app.app, &s).await.unwrap();
+    let status: String = sqlx::query_scalar("SELECT status FROM payment.payment").fetch_one(&app.db).await.unwrap();
+    assert_eq!(status, "authorized");
+    assert_eq!(intents(&app).len(), 1);
+}
+
+#[tokio::test]
+async fn an_operation_row_that_cannot_be_read_is_set_aside_and_the_others_are_reconciled() {
+    let app = TestApp::spawn().await;
+    let customer = app.new_customer().await;
+    let id = payment_id(&app, &customer, 1000, false).await;
+    fault(&app, json!({"method": "POST", "path": "/v1/payment_intents", "drop": "after", "times": 3}));
+    app.call(Via::Rest, "CreatePayment", manual_payment(&customer, 700)).await.unwrap_err();
+    // A capture row without its amount: written by hand, or by a bug.
+    let corrupt: i64 = sqlx::query_scalar(
+        "INSERT INTO payment.operation (kind, payment_id, idempotency_key, params) VALUES ('capture', $1, 'ap-corrupt', '{}') RETURNING id",
+    )
+    .bind(id.parse::<i64>().unwrap())
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    let s = amazing_payments::workers::reconciler::Settings { min_age: Duration::ZERO, ..Default::default() };
+    let pass = amazing_payments::workers::reconciler::pass(&app.app, &s).await.expect("the pass goes on");
+    assert_eq!(pass.finished, 1, "the readable one was finished");
+    let (error, later): (Option<String>, bool) = sqlx::query_as(
+        "SELECT last_error, next_attempt_at > now() + interval '23 hours' FROM payment.operation WHERE id = $1",
+    )
+    .bind(corrupt)
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert!(error.unwrap().contains("amount"), "set aside with its reason");
+    assert!(later);
+}
+
+#[tokio::test]
+async fn a_product_in_doubt_past_stripes_key_retention_is_found_not_made_again() {
+    let app = TestApp::spawn().await;
+    fault(&app, json!({"method": "POST", "path": "/v1/prices", "drop": "after", "times": 3}));
+    let body = json!({"name": "Tea", "unit_amount": 450, "currency": "eur"});
+    assert_eq!(app.call(Via::Rest, "CreateProduct", body).await.unwrap_err().code, Code::Unavailable);
+    sqlx::query("UPDATE payment.operation SET created_at = now() - interval '25 hours' WHERE state = 'pending'")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let sent = posts_to(&app, "/v1/p");
+    let s = amazing_payments::workers::reconciler::Settings { min_age: Duration::ZERO, ..Default::default() };
+    let pass = amazing_payments::workers::reconciler::pass(&app.app, &s).await.unwrap();
+    assert_eq!((pass.operations, pass.finished), (1, 1));
+    assert_eq!(posts_to(&app, "/v1/p"), sent, "nothing sent again");
+    let products: i64 = app.count("payment.product").await;
+    assert_eq!(products, 1, "recorded from what Stripe has");
+}
+
+#[tokio::test]
+async fn a_key_that_expired_moments_after_its_operation_settled_still_finds_that_operation() {
+    let app = TestApp::spawn().await;
+    let customer = app.new_customer().await;
+    let first = app.call_keyed(Via::Rest, "CreatePayment", manual_payment(&customer, 900), Some("k9")).await.0.unwrap();
+    // A ten-minute key, expired a second ago; its operation settled just now.
+    sqlx::query("UPDATE auth.idempotency_key SET created_at = now() - interval '10 minutes', expires_at = now() - interval '1 second', state = 'retryable'")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(amazing_payments::store::idempotency::purge(&app.db, 100).await.unwrap(), 0);
+    let again = app.call_keyed(Via::Rest, "CreatePayment", manual_payment(&customer, 900), Some("k9")).await.0.unwrap();
+    assert_eq!(again["paymentID"], first["paymentID"], "the same payment, not a second");
+    assert_eq!(intents(&app).len(), 1);
+}
+
+#[tokio::test]
+async fn a_stale_read_of_a_refund_never_moves_it_back_nor_tells_its_failure_twice() {
+    let app = with_pending_refunds().await;
+    let customer = app.new_customer().await;
+    let id = payment_id(&app, &customer, 1000, true).await;
+    app.call(Via::Rest, "RefundPayment", json!({"paymentID": id, "amount": 300})).await.unwrap();
+    let refund = refunds(&app)[0].clone();
+    let stripe_id = refund["id"].as_str().unwrap().to_string();
+    app.stripe_post(&format!("/_sim/refunds/{stripe_id}/fail"), &[]).await;
+    let s = amazing_payments::workers::reconciler::Settings { min_age: Duration::ZERO, ..Default::default() };
+    amazing_payments::workers::reconciler::pass(&app.app, &s).await.unwrap();
+    // An older answer, applied late.
+    fault(&app, json!({"method": "GET", "path": "/v1/refunds/", "tamper": {"status": "pending"}, "times": 1}));
+    let event = EventRow {
+        id: "evt_test_stale".into(),
+        kind: "refund.updated".into(),
+        payload: sqlx::types::Json(
+            json!({"id": "evt_test_stale", "type": "refund.updated", "data": {"object": refund}}),
+        ),
+        state: "received".into(),
+        attempts: 0,
+        last_error: None,
+        received_at: chrono::Utc::now(),
+    };
+    app.app.apply_event(&event).await.unwrap();
+    amazing_payments::workers::reconciler::pass(&app.app, &s).await.unwrap();
+    let status: String = sqlx::query_scalar("SELECT status FROM payment.refund").fetch_one(&app.db).await.unwrap();
+    assert_eq!(status, "failed");
+    let told: i64 = sqlx::query_scalar("SELECT count(*) FROM notify.outbox WHERE type = 'refund.failed'")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(told, 1);
 }

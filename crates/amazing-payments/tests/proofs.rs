@@ -742,6 +742,12 @@ async fn nemesis_a_seeded_schedule_of_partial_failures_leaves_our_books_equal_to
         *tally.entry((a.kind, a.status, a.body["reason"].as_str().unwrap_or(""))).or_default() += 1;
     }
     println!("nemesis seed {seed}: answers (kind, status, reason) -> count: {tally:?}");
+    let mut told = std::collections::BTreeSet::new();
+    for a in answers.iter().filter(|a| a.status != 200) {
+        if told.insert((a.kind, a.body["reason"].as_str().unwrap_or(""))) {
+            println!("nemesis seed {seed}: e.g. {} {}: {}", a.kind, a.status, a.body);
+        }
+    }
     let check = |what: &str, ok: bool, detail: String| {
         assert!(ok, "seed {seed}: {what}: {detail}");
     };

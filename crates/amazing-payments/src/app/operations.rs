@@ -143,13 +143,16 @@ impl Age {
 /// Whether a failed Stripe call leaves its operation pending. Its outcome
 /// is unknown (the request may have reached Stripe, whatever later attempts
 /// said): it is finished by the caller's retry or by the reconciler. A call
-/// that was certainly never sent stays pending too when a client key is
-/// bound to the operation (the caller retries with that key and resumes
-/// it); without a key the caller's retry would be a new request, so the
-/// operation fails, and nothing was done. Otherwise only Stripe's own
-/// refusal closes an operation as failed.
+/// that was certainly never sent closes its operation as failed only on the
+/// operation's very first attempt, by the request that recorded it, when no
+/// client key is bound to it: that caller's retry will be a new request, so
+/// nothing may happen behind its back. Any later attempt proves nothing about
+/// the earlier ones (which may have reached Stripe), and a keyed caller
+/// resumes with its key; either way the operation stays pending. Otherwise
+/// only Stripe's own refusal closes an operation as failed.
 pub(crate) fn stays_pending(e: &StripeError, op: &OperationRow) -> bool {
-    e.outcome_unknown() || (matches!(e, StripeError::Network { .. }) && op.request_key.is_some())
+    let first_and_keyless = op.fresh && op.request_key.is_none();
+    e.outcome_unknown() || (matches!(e, StripeError::Network { .. }) && !first_and_keyless)
 }
 
 /// What a failed call that ends its operation tells the record: Stripe's
@@ -275,8 +278,14 @@ impl App {
     pub(crate) async fn drive_from(&self, op: &OperationRow, source: Source) -> Result<Driven, AppError> {
         match Age::of(op, self.stripe.settings().worst_case()) {
             Age::Send => {}
-            // Sent again, an update converges: nothing to look up.
-            Age::LookUp if matches!(op.op, Operation::UpdateCustomer { .. }) => {}
+            // Sent again, these converge: nothing to look up.
+            Age::LookUp
+                if matches!(
+                    op.op,
+                    Operation::UpdateCustomer { .. }
+                        | Operation::DeactivateProduct { .. }
+                        | Operation::DeactivatePrice { .. }
+                ) => {}
             Age::LookUp => return self.settle_by_lookup(op, source).await,
             Age::Wait => {
                 return Err(AppError::unavailable(
@@ -366,6 +375,8 @@ impl App {
     /// What the request of a failed operation was answered: Stripe's
     /// refusal, a decline, or a held payment.
     pub(crate) async fn refusal_of(&self, op: &OperationRow) -> Result<AppError, AppError> {
+        // As recorded now: another driver may have closed it since `op` was read.
+        let op = &payments::get_operation(&self.db, op.id).await?.unwrap_or_else(|| op.clone());
         let refused = AppError::new(
             Kind::FailedPrecondition,
             "STRIPE_REFUSED",
@@ -375,7 +386,11 @@ impl App {
             ),
         );
         if op.last_error.as_deref() == Some(super::settle::NOTHING_DONE) {
-            return Ok(super::settle::failed(op));
+            let err = super::settle::failed(op);
+            return Ok(match op.op.refund_id() {
+                Some(id) => err.detail("refundID", id.to_string()),
+                None => err,
+            });
         }
         let Some(payment_id) = op.op.payment_id() else {
             return Ok(refused);

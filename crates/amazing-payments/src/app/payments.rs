@@ -198,18 +198,30 @@ impl App {
         source: Source,
         note: &str,
     ) -> Result<PaymentRow, AppError> {
-        // The database's clock when the read began: a change recorded after
-        // it came from news at least as fresh as this read, which must not
-        // undo it (a GET's read overtaken by a webhook's, say).
-        let started: chrono::DateTime<chrono::Utc> =
-            sqlx::query_scalar("SELECT clock_timestamp()").fetch_one(&self.db).await?;
-        let reply = self.stripe.retrieve_payment_intent(pi).await.map_err(stripe_failure)?;
-        let mut tx = self.db.begin().await?;
-        let before = payments::lock(&mut tx, id).await?.ok_or_else(|| not_found(id))?;
-        if before.updated_at > started {
+        // A change recorded after this read began may come from a fresher
+        // read, which this one must not undo (a GET's read overtaken by a
+        // webhook's), or from an older one that committed late: either way
+        // Stripe is read again, so what is applied is never older than what
+        // is recorded. The database's clock marks both.
+        let mut reads = 0;
+        let (reply, mut tx, before) = loop {
+            let started: chrono::DateTime<chrono::Utc> =
+                sqlx::query_scalar("SELECT clock_timestamp()").fetch_one(&self.db).await?;
+            let reply = self.stripe.retrieve_payment_intent(pi).await.map_err(stripe_failure)?;
+            let mut tx = self.db.begin().await?;
+            let before = payments::lock(&mut tx, id).await?.ok_or_else(|| not_found(id))?;
+            if before.updated_at <= started {
+                break (reply, tx, before);
+            }
             tx.commit().await?;
-            return Ok(before);
-        }
+            reads += 1;
+            if reads == 3 {
+                return Err(AppError::unavailable(
+                    "PAYMENT_BUSY",
+                    "the payment keeps changing while it is read back; try again shortly",
+                ));
+            }
+        };
         let mut next = before.clone();
         match sync::apply_intent(&mut next, &reply.object, None) {
             Ok(true) => {

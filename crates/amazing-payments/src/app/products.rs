@@ -43,6 +43,11 @@ pub(crate) fn price_not_found(id: i64) -> AppError {
     AppError::not_found("PRICE_NOT_FOUND", format!("price {id} does not exist")).detail("priceID", id.to_string())
 }
 
+fn not_in_stripe(product_id: i64) -> AppError {
+    AppError::new(Kind::FailedPrecondition, "PRODUCT_NOT_IN_STRIPE", "the product has no Stripe product")
+        .detail("productID", product_id.to_string())
+}
+
 impl App {
     pub async fn create_product(
         &self,
@@ -85,10 +90,7 @@ impl App {
         let op = Operation::CreatePrice {
             product_id,
             price_id,
-            stripe_product_id: product.stripe_product_id.ok_or_else(|| {
-                AppError::new(Kind::FailedPrecondition, "PRODUCT_NOT_IN_STRIPE", "the product has no Stripe product")
-                    .detail("productID", product_id.to_string())
-            })?,
+            stripe_product_id: Some(product.stripe_product_id.ok_or_else(|| not_in_stripe(product_id))?),
             unit_amount: price.amount(),
             currency: price.currency().code().to_string(),
         };
@@ -142,7 +144,12 @@ impl App {
                             Err(e) => return Err(self.unfinished_op(op, e).await),
                         }
                     }
-                    Operation::CreatePrice { stripe_product_id, .. } => stripe_product_id.clone(),
+                    Operation::CreatePrice { stripe_product_id: Some(id), .. } => id.clone(),
+                    Operation::CreatePrice { stripe_product_id: None, .. } => {
+                        let refused = not_in_stripe(*product_id);
+                        ops::close_operation(&self.db, op.id, State::Failed, Some(&refused.message)).await?;
+                        return Err(refused);
+                    }
                     _ => unreachable!("matched above"),
                 };
                 let price_text = price_id.to_string();
@@ -155,26 +162,7 @@ impl App {
                     Ok(r) => r.object.id,
                     Err(e) => return Err(self.unfinished_op(op, e).await),
                 };
-                let mut tx = self.db.begin().await?;
-                if ops::lock_operation_state(&mut tx, op.id).await? == State::Pending {
-                    if let Operation::CreateProduct { name, description, .. } = &op.op {
-                        products::insert_product(&mut tx, *product_id, name, description.as_deref(), &stripe_product)
-                            .await?;
-                    }
-                    let price =
-                        NewPrice { id: *price_id, unit_amount: *unit_amount, currency, stripe_price_id: &stripe_price };
-                    products::insert_price(&mut tx, *product_id, price).await?;
-                    ops::finish_operation(&mut tx, op.id, State::Succeeded, None).await?;
-                }
-                tx.commit().await?;
-                if matches!(op.op, Operation::CreateProduct { .. }) {
-                    self.get_product(*product_id).await.map(Driven::product)
-                } else {
-                    products::get_price(&self.db, *price_id)
-                        .await?
-                        .map(Driven::Price)
-                        .ok_or_else(|| price_not_found(*price_id))
-                }
+                self.finish_catalog_create(op, &stripe_product, &stripe_price).await
             }
             Operation::DeactivateProduct { product_id, stripe_id } => {
                 if let Some(stripe_id) = stripe_id {
@@ -208,6 +196,37 @@ impl App {
             other => {
                 Err(AppError::internal(anyhow::anyhow!("operation {} ({}) is not a catalog one", op.id, other.kind())))
             }
+        }
+    }
+
+    /// Records the product and price, or the price, that `op` created in
+    /// Stripe, and closes `op` (once: the operation is locked).
+    pub(crate) async fn finish_catalog_create(
+        &self,
+        op: &OperationRow,
+        stripe_product: &str,
+        stripe_price: &str,
+    ) -> Result<super::operations::Driven, AppError> {
+        use super::operations::Driven;
+        let (Operation::CreateProduct { product_id, price_id, unit_amount, currency, .. }
+        | Operation::CreatePrice { product_id, price_id, unit_amount, currency, .. }) = &op.op
+        else {
+            return Err(AppError::internal(anyhow::anyhow!("operation {} creates no price", op.id)));
+        };
+        let mut tx = self.db.begin().await?;
+        if ops::lock_operation_state(&mut tx, op.id).await? == State::Pending {
+            if let Operation::CreateProduct { name, description, .. } = &op.op {
+                products::insert_product(&mut tx, *product_id, name, description.as_deref(), stripe_product).await?;
+            }
+            let price = NewPrice { id: *price_id, unit_amount: *unit_amount, currency, stripe_price_id: stripe_price };
+            products::insert_price(&mut tx, *product_id, price).await?;
+            ops::finish_operation(&mut tx, op.id, State::Succeeded, None).await?;
+        }
+        tx.commit().await?;
+        if matches!(op.op, Operation::CreateProduct { .. }) {
+            self.get_product(*product_id).await.map(Driven::product)
+        } else {
+            products::get_price(&self.db, *price_id).await?.map(Driven::Price).ok_or_else(|| price_not_found(*price_id))
         }
     }
 

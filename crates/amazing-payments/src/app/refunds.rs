@@ -91,7 +91,9 @@ impl App {
             }
             Err(e) => {
                 let message = super::operations::failure_of(&e).message.unwrap_or_else(|| e.to_string());
-                self.fail_refund(op, refund.id, &message, source).await?;
+                if !self.fail_refund(op, refund.id, &message, source).await? {
+                    return self.answer_of_refund(refund.id).await;
+                }
                 let err = stripe_failure(e);
                 Err(err.detail("paymentID", payment_id.to_string()).detail("refundID", refund.id.to_string()))
             }
@@ -141,23 +143,26 @@ impl App {
     /// Closes a refund's operation and the refund as failed: Stripe refused
     /// it, or did nothing. Under the payment's lock, and only while the
     /// operation is still pending and the refund still unsettled: another
-    /// driver may have applied Stripe's refund meanwhile.
+    /// driver may have applied Stripe's refund meanwhile. Whether it failed
+    /// them (else the caller answers what the other driver recorded).
     pub(crate) async fn fail_refund(
         &self,
         op: &OperationRow,
         refund_id: i64,
         message: &str,
         source: Source,
-    ) -> Result<(), AppError> {
+    ) -> Result<bool, AppError> {
         let mut tx = self.db.begin().await?;
         let payment_id = super::operations::payment_of(op)?;
         payments::lock(&mut tx, payment_id).await?.ok_or_else(|| not_found(payment_id))?;
         if payments::operation_state(&mut tx, op.id).await? != State::Pending {
             tx.commit().await?;
-            return Ok(());
+            return Ok(false);
         }
         let current = payments::lock_refund(&mut tx, refund_id).await?.ok_or_else(|| refund_not_found(refund_id))?;
-        if matches!(current.status.as_str(), "pending" | "requires_action") && current.stripe_refund_id.is_none() {
+        let failed =
+            matches!(current.status.as_str(), "pending" | "requires_action") && current.stripe_refund_id.is_none();
+        if failed {
             payments::update_refund(&mut tx, refund_id, "failed", None, Some(message), source).await?;
             payments::finish_operation(&mut tx, op.id, State::Failed, Some(message)).await?;
         } else {
@@ -166,12 +171,12 @@ impl App {
             payments::finish_operation(&mut tx, op.id, State::Succeeded, None).await?;
         }
         tx.commit().await?;
-        Ok(())
+        Ok(failed)
     }
 
     /// What a refund whose operation someone else finished answers: the
     /// refund, or the hold of its payment.
-    async fn answer_of_refund(&self, id: i64) -> Result<RefundRow, AppError> {
+    pub(crate) async fn answer_of_refund(&self, id: i64) -> Result<RefundRow, AppError> {
         let refund = payments::get_refund(&self.db, id).await?.ok_or_else(|| refund_not_found(id))?;
         let payment = payments::get(&self.db, refund.payment_id).await?.ok_or_else(|| not_found(refund.payment_id))?;
         if payment.integrity_error.is_some() {
@@ -210,10 +215,19 @@ impl App {
             tracing::error!(payment_id, refund_id, mismatch = %m, "stripe's refund does not match ours: payment held");
             return Ok(Applied::Held(m));
         }
-        let status = sync::refund_status(re);
-        if status == current.status && current.stripe_refund_id.as_deref() == Some(re.id.as_str()) {
+        let bound = current.stripe_refund_id.as_deref() == Some(re.id.as_str());
+        let status = if sync::refund_may_move(&current, sync::refund_status(re)) {
+            sync::refund_status(re)
+        } else {
+            // A stale read (an older answer applied late): what is recorded
+            // is newer. Only the Stripe id is bound if it was not yet.
+            current.status.as_str()
+        };
+        if status == current.status && bound {
             return Ok(Applied::Row(current));
         }
+        let status = status.to_string();
+        let status = status.as_str();
         let updated =
             payments::update_refund(tx, refund_id, status, Some(&re.id), re.failure_reason.as_deref(), source).await?;
         let counted = |s: &str| i64::from(s == "succeeded");

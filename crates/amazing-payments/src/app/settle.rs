@@ -58,10 +58,12 @@ fn nothing_done() -> ApiError {
     }
 }
 
-/// The earliest creation time (unix seconds) of what `op` may have made:
-/// a margin for clocks.
-fn since(op: &OperationRow) -> i64 {
-    op.created_at.timestamp() - 600
+/// When (unix seconds, from and to) what `op` may have made was created: from
+/// its recording (less a margin for clocks) to a day later, when its key was
+/// forgotten and it was sent no more.
+fn since(op: &OperationRow) -> (i64, i64) {
+    let at = op.created_at.timestamp();
+    (at - 600, at + 25 * 3600)
 }
 
 /// Pages of 100 read at most by one lookup.
@@ -91,6 +93,7 @@ impl App {
             Operation::Capture { .. } | Operation::Cancel { .. } => self.settle_intent_change(op, source).await,
             Operation::Refund { .. } => self.settle_refund(op, source).await,
             Operation::CreateCustomer { .. } => self.settle_create_customer(op).await,
+            Operation::CreateProduct { .. } | Operation::CreatePrice { .. } => self.settle_create_price(op).await,
             // Updates change nothing twice: sent again, they converge.
             Operation::UpdateCustomer { .. } => self.drive_customer(op).await.map(|c| Driven::Customer(Box::new(c))),
             other => Err(AppError::unavailable(
@@ -121,7 +124,12 @@ impl App {
         }
         match found {
             Some(pi) => {
-                let reply = Ok(Reply { object: pi, request_id });
+                // Read whole (lists do not expand the charge, which carries
+                // the authorization's deadline).
+                let reply = match self.stripe.retrieve_payment_intent(&pi.id).await {
+                    Ok(full) => Ok(full),
+                    Err(_) => Ok(Reply { object: pi, request_id }),
+                };
                 let row = self.finish_intent_operation(op, reply, Some(&stripe_customer), source).await?;
                 // Answered as the request itself would have been: a decline
                 // is a 402, never a 2xx.
@@ -195,8 +203,61 @@ impl App {
             None if more => Err(incomplete(op)),
             None => {
                 let message = nothing_done().message.unwrap_or_default();
-                self.fail_refund(op, refund.id, &message, source).await?;
+                if !self.fail_refund(op, refund.id, &message, source).await? {
+                    return self.answer_of_refund(refund.id).await.map(Driven::Refund);
+                }
                 Err(failed(op).detail("refundID", refund.id.to_string()))
+            }
+        }
+    }
+
+    /// A product and its price, or a price: found by our ids in their
+    /// metadata (products and prices carry no operation reference: their
+    /// requests were fixed before references existed). Both found: recorded.
+    /// Otherwise nothing usable was made, and the operation fails.
+    async fn settle_create_price(&self, op: &OperationRow) -> Result<Driven, AppError> {
+        let (product_id, price_id, stripe_product) = match &op.op {
+            Operation::CreateProduct { product_id, price_id, .. } => (*product_id, *price_id, None),
+            Operation::CreatePrice { product_id, price_id, stripe_product_id, .. } => {
+                (*product_id, *price_id, stripe_product_id.clone())
+            }
+            _ => unreachable!("only products and prices come here"),
+        };
+        let stripe_product = match stripe_product {
+            Some(p) => Some(p),
+            None => {
+                let (mut found, mut after) = (None, None::<String>);
+                for _ in 0..MAX_PAGES {
+                    let page = self.stripe.list_products(since(op), after.as_deref()).await.map_err(stripe_failure)?;
+                    let more = page.object.has_more;
+                    after = page.object.data.last().map(|p| p.id.clone());
+                    found = page
+                        .object
+                        .data
+                        .into_iter()
+                        .find(|p| p.metadata.get("productID").is_some_and(|v| *v == product_id.to_string()));
+                    if found.is_some() || !more || after.is_none() {
+                        break;
+                    }
+                }
+                found.map(|p| p.id)
+            }
+        };
+        let price = match &stripe_product {
+            Some(product) => {
+                let page = self.stripe.list_prices(product, since(op), None).await.map_err(stripe_failure)?;
+                page.object
+                    .data
+                    .into_iter()
+                    .find(|p| p.metadata.get("priceID").is_some_and(|v| *v == price_id.to_string()))
+            }
+            None => None,
+        };
+        match (stripe_product, price) {
+            (Some(product), Some(price)) => self.finish_catalog_create(op, &product, &price.id).await,
+            _ => {
+                payments::close_operation(&self.db, op.id, State::Failed, Some(NOTHING_DONE)).await?;
+                Err(failed(op))
             }
         }
     }

@@ -134,6 +134,23 @@ pub fn refund_status(re: &Refund) -> &'static str {
     }
 }
 
+/// Whether a refund recorded as `ours` may move to `to`, as Stripe's refunds
+/// move: from pending (or waiting on the customer) to anything, from
+/// succeeded to failed or canceled (a refund can fail later), and never
+/// out of failed or canceled, so that a stale read applied late cannot move
+/// it back. One exception: a refund failed here without a Stripe id was
+/// failed because Stripe, read back, had nothing; if Stripe's refund turns up
+/// after all, Stripe is right.
+pub fn refund_may_move(ours: &RefundRow, to: &str) -> bool {
+    match (ours.status.as_str(), to) {
+        (from, to) if from == to => false,
+        ("pending" | "requires_action", _) => true,
+        ("succeeded", "failed" | "canceled") => true,
+        ("failed", _) => ours.stripe_refund_id.is_none(),
+        _ => false,
+    }
+}
+
 /// Checks a Stripe Refund against our refund and its payment: the same
 /// PaymentIntent, amount and currency, our refund id in its metadata when it
 /// carries one, and no other Stripe refund already bound to ours.

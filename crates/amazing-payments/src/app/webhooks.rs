@@ -118,8 +118,12 @@ impl App {
                 customer.is_some() && intent.customer.as_ref().map(|c| c.id().to_string()) == customer
             }
         };
-        if !ours || row.stripe_payment_intent_id.is_some() {
-            return not_ours();
+        match row.stripe_payment_intent_id.as_deref() {
+            // Bound meanwhile (our API call finished while we read Stripe).
+            Some(bound) if bound == intent.id => return Ok(Some(row)),
+            Some(_) => return not_ours(),
+            None if !ours => return not_ours(),
+            None => {}
         }
         if op.state == crate::domain::operation::State::Pending {
             return Err(AppError::unavailable(
@@ -127,7 +131,11 @@ impl App {
                 format!("payment {id} is not bound to {} yet", intent.id),
             ));
         }
+        // Its operation was closed without it (a lookup that missed it): the
+        // operation did its work after all, and its client key says so.
         tracing::warn!(payment_id = id, "a PaymentIntent of ours found after its operation was closed: bound");
+        let mut conn = self.db.acquire().await?;
+        payments::succeeded_after_all(&mut conn, op.id).await?;
         Ok(Some(row))
     }
 

@@ -55,8 +55,16 @@ pub enum Operation {
         unit_amount: i64,
         currency: String,
     },
-    /// Add a price to a product already in Stripe.
-    CreatePrice { product_id: i64, price_id: i64, unit_amount: i64, currency: String, stripe_product_id: String },
+    /// Add a price to a product already in Stripe (rows of an earlier
+    /// version may lack the product's Stripe id: such a price is refused).
+    CreatePrice {
+        product_id: i64,
+        price_id: i64,
+        unit_amount: i64,
+        currency: String,
+        #[serde(default)]
+        stripe_product_id: Option<String>,
+    },
     DeactivateProduct {
         product_id: i64,
         #[serde(default)]
@@ -210,7 +218,7 @@ mod tests {
                 price_id: 2,
                 unit_amount: 100,
                 currency: "eur".into(),
-                stripe_product_id: "prod_1".into(),
+                stripe_product_id: Some("prod_1".into()),
             },
         ];
         for op in ops {

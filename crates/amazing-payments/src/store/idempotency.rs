@@ -119,16 +119,17 @@ pub async fn release(db: &PgPool, scope: i64, key: &str, holder: Uuid) -> Result
 /// Deletes expired keys (those of scope $1 and key $2, or all when both are
 /// NULL; at most $3) and, in the same statement, ends their binding to the
 /// operations they asked for: once a key has expired, it resolves to nothing.
-/// A key whose operation is still pending lives on until it is settled: the
-/// caller was told to retry with it, and its retry must find that operation,
-/// not start another.
+/// A key whose operation is still pending lives on until it is settled, and
+/// then a whole TTL more: the caller was told to retry with it, and its retry
+/// must find that operation, not start another.
 const UNBIND_EXPIRED: &str = "
     WITH gone AS (
         DELETE FROM auth.idempotency_key k WHERE ctid IN (
             SELECT ctid FROM auth.idempotency_key i
             WHERE expires_at < now() AND ($1::bigint IS NULL OR (scope = $1 AND key = $2))
               AND NOT EXISTS (SELECT 1 FROM payment.operation o
-                              WHERE o.request_scope = i.scope AND o.request_key = i.key AND o.state = 'pending')
+                              WHERE o.request_scope = i.scope AND o.request_key = i.key
+                                AND (o.state = 'pending' OR o.finished_at > now() - (i.expires_at - i.created_at)))
             LIMIT $3)
         RETURNING scope, key),
     unbound AS (

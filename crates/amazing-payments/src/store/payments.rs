@@ -9,7 +9,7 @@ use crate::domain::{
 };
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::{FromRow, PgConnection, PgPool, postgres::PgRow, types::Json};
+use sqlx::{FromRow, PgConnection, PgPool, Row, postgres::PgRow, types::Json};
 use std::collections::HashMap;
 
 #[derive(Debug, Clone, FromRow)]
@@ -140,6 +140,9 @@ pub struct OperationRow {
     pub created_at: DateTime<Utc>,
     /// The client idempotency key bound to it, while one is.
     pub request_key: Option<String>,
+    /// Recorded by the request now driving it (not read back): its first
+    /// attempt is this request's own.
+    pub fresh: bool,
 }
 
 impl OperationRow {
@@ -185,6 +188,7 @@ impl<'r> FromRow<'r, PgRow> for OperationRow {
             last_error: s.last_error,
             created_at: s.created_at,
             request_key: s.request_key,
+            fresh: false,
         })
     }
 }
@@ -262,6 +266,26 @@ pub async fn insert_operation(conn: &mut PgConnection, new: NewOperation<'_>) ->
     .bind(new.request.map(|r| r.1))
     .fetch_one(conn)
     .await
+    .map(|op: OperationRow| OperationRow { fresh: true, ..op })
+}
+
+/// Closes a create operation as succeeded after all: its PaymentIntent,
+/// missed by a lookup, turned up and was bound to the payment. The answer
+/// saved for its client key (a refusal) is dropped, so that a retry with the
+/// key learns what really happened.
+pub async fn succeeded_after_all(conn: &mut PgConnection, id: i64) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "WITH op AS (
+             UPDATE payment.operation SET state = 'succeeded', last_error = NULL, finished_at = now()
+             WHERE id = $1 AND state = 'failed'
+             RETURNING request_scope, request_key)
+         UPDATE auth.idempotency_key k SET state = 'retryable', response = NULL, locked_until = NULL
+         FROM op WHERE k.scope = op.request_scope AND k.key = op.request_key",
+    )
+    .bind(id)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// Records an operation on its own (customers, products, prices).
@@ -274,6 +298,14 @@ pub async fn record_operation(db: &PgPool, op: NewOperation<'_>) -> Result<Opera
 pub async fn close_operation(db: &PgPool, id: i64, state: State, error: Option<&str>) -> Result<(), sqlx::Error> {
     let mut conn = db.acquire().await?;
     finish_operation(&mut conn, id, state, error).await
+}
+
+/// An operation by its id.
+pub async fn get_operation(db: &PgPool, id: i64) -> Result<Option<OperationRow>, sqlx::Error> {
+    sqlx::query_as(&format!("SELECT {OPERATION} FROM payment.operation WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(db)
+        .await
 }
 
 /// The operation a client's idempotency key asked for.
@@ -305,7 +337,7 @@ pub async fn take_due_operations(
     min_age: std::time::Duration,
     claim: std::time::Duration,
 ) -> Result<Vec<OperationRow>, sqlx::Error> {
-    sqlx::query_as(&format!(
+    let rows = sqlx::query(&format!(
         "UPDATE payment.operation
          SET next_attempt_at = now() + make_interval(secs => greatest($3, least(power(2, attempts), 300))::float8)
          WHERE id IN (
@@ -318,7 +350,27 @@ pub async fn take_due_operations(
     .bind(min_age.as_secs_f64())
     .bind(claim.as_secs_f64())
     .fetch_all(db)
-    .await
+    .await?;
+    let mut ops = Vec::with_capacity(rows.len());
+    for row in rows {
+        match OperationRow::from_row(&row) {
+            Ok(op) => ops.push(op),
+            // One row that cannot be read must not stop the others: it is
+            // set aside for a day, with the reason, for a person to look at.
+            Err(e) => {
+                let id: i64 = row.try_get("id")?;
+                tracing::error!(operation = id, error = %e, "operation cannot be read: set aside");
+                sqlx::query(
+                    "UPDATE payment.operation SET next_attempt_at = now() + interval '1 day', last_error = $2 WHERE id = $1",
+                )
+                .bind(id)
+                .bind(format!("cannot be read: {e}"))
+                .execute(db)
+                .await?;
+            }
+        }
+    }
+    Ok(ops)
 }
 
 /// Payments that wait on something outside (the customer, the card network,

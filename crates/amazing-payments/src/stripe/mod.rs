@@ -174,12 +174,13 @@ impl Client {
     pub async fn list_payment_intents(
         &self,
         customer: &str,
-        since: i64,
+        (since, until): (i64, i64),
         after: Option<&str>,
     ) -> Result<Reply<types::List<types::PaymentIntent>>, StripeError> {
         let query = Form::new()
             .set("customer", customer)
             .set("created[gte]", since)
+            .set("created[lte]", until)
             .set("limit", 100)
             .set_opt("starting_after", after);
         self.get("/v1/payment_intents", &query).await
@@ -189,12 +190,13 @@ impl Client {
     pub async fn list_refunds(
         &self,
         payment_intent: &str,
-        since: i64,
+        (since, until): (i64, i64),
         after: Option<&str>,
     ) -> Result<Reply<types::List<types::Refund>>, StripeError> {
         let query = Form::new()
             .set("payment_intent", payment_intent)
             .set("created[gte]", since)
+            .set("created[lte]", until)
             .set("limit", 100)
             .set_opt("starting_after", after);
         self.get("/v1/refunds", &query).await
@@ -205,15 +207,46 @@ impl Client {
     pub async fn list_customers(
         &self,
         email: &str,
-        since: i64,
+        (since, until): (i64, i64),
         after: Option<&str>,
     ) -> Result<Reply<types::List<types::Customer>>, StripeError> {
         let query = Form::new()
             .set("email", email)
             .set("created[gte]", since)
+            .set("created[lte]", until)
             .set("limit", 100)
             .set_opt("starting_after", after);
         self.get("/v1/customers", &query).await
+    }
+
+    /// `GET /v1/products?created[gte]=`: products made since `since`.
+    pub async fn list_products(
+        &self,
+        (since, until): (i64, i64),
+        after: Option<&str>,
+    ) -> Result<Reply<types::List<types::Product>>, StripeError> {
+        let query = Form::new()
+            .set("created[gte]", since)
+            .set("created[lte]", until)
+            .set("limit", 100)
+            .set_opt("starting_after", after);
+        self.get("/v1/products", &query).await
+    }
+
+    /// `GET /v1/prices?product=&created[gte]=`: a product's prices.
+    pub async fn list_prices(
+        &self,
+        product: &str,
+        (since, until): (i64, i64),
+        after: Option<&str>,
+    ) -> Result<Reply<types::List<types::Price>>, StripeError> {
+        let query = Form::new()
+            .set("product", product)
+            .set("created[gte]", since)
+            .set("created[lte]", until)
+            .set("limit", 100)
+            .set_opt("starting_after", after);
+        self.get("/v1/prices", &query).await
     }
 
     /// `POST /v1/products`.

@@ -195,6 +195,7 @@ pub struct Price {
     pub unit_amount: Option<i64>,
     pub currency: String,
     pub active: bool,
+    pub metadata: HashMap<String, String>,
 }
 
 macro_rules! has_id {
