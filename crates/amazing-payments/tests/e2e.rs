@@ -177,7 +177,7 @@ async fn bad_configuration_stops_serve_with_one_line_naming_the_variable() {
 
 #[tokio::test]
 async fn api_keys_are_made_listed_and_revoked_with_the_cli() {
-    let stack = Stack::start(&[]).await;
+    let stack = Stack::start(&[("API_KEY_CACHE_TTL", "1".into())]).await;
     let key = stack.new_key();
     let prefix = &key[..11];
     let http = reqwest::Client::new();
@@ -194,6 +194,8 @@ async fn api_keys_are_made_listed_and_revoked_with_the_cli() {
     assert!(ok);
     let (_, listed, _) = stack.cli(&["apikey", "list"]);
     assert!(listed.lines().find(|l| l.contains(prefix)).unwrap().contains("revoked"));
+    // Refused once the key cache's TTL (1 s here) has passed.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     assert_eq!(http.get(&url).bearer_auth(&key).send().await.unwrap().status(), StatusCode::UNAUTHORIZED);
     let (ok, _, stderr) = stack.cli(&["apikey", "revoke", prefix]);
     assert!(!ok && stderr.contains("no active API key"));
