@@ -169,6 +169,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 idempotency_ttl: std::time::Duration::from_secs(24 * 3600),
                 idempotency_lease: std::time::Duration::from_secs(90),
                 webhooks: Default::default(),
+                max_in_flight: 1,
             };
             if once {
                 let p = reconciler::until_idle(&app, &settings).await?;
@@ -346,6 +347,7 @@ async fn serve_until_signal(config: ServeConfig, reconcile: Option<reconciler::S
         idempotency_ttl: config.idempotency_ttl,
         idempotency_lease: config.idempotency_lease,
         webhooks: config.webhooks,
+        max_in_flight: config.max_in_flight,
     };
     println!("REST:     http://{rest_addr}/v1/...");
     println!("gRPC:     {grpc_addr} (reflection on)");

@@ -422,6 +422,10 @@ pub struct ServeArgs {
     /// Seconds a webhook's timestamp may be from now.
     #[arg(long, env = "STRIPE_WEBHOOK_TOLERANCE", default_value = "300")]
     pub stripe_webhook_tolerance: String,
+    /// Requests one instance serves at a time; one more is refused at once
+    /// with 503 and Retry-After.
+    #[arg(long, env = "MAX_IN_FLIGHT", default_value = "1024")]
+    pub max_in_flight: String,
     /// Run the reconciler inside serve.
     #[arg(long, env = "RECONCILER", default_value = "true")]
     pub reconciler: String,
@@ -442,6 +446,7 @@ pub struct ServeConfig {
     pub migrate: bool,
     pub idempotency_ttl: Duration,
     pub idempotency_lease: Duration,
+    pub max_in_flight: usize,
     pub webhooks: crate::app::WebhookSettings,
     pub reconciler: bool,
     pub relay: bool,
@@ -498,6 +503,13 @@ impl ServeConfig {
                     );
                 }
                 lease
+            },
+            max_in_flight: {
+                let n: usize = number("MAX_IN_FLIGHT", &serve.max_in_flight)?;
+                if !(1..=100_000).contains(&n) {
+                    return Err(err("MAX_IN_FLIGHT", "must be between 1 and 100000"));
+                }
+                n
             },
             webhooks: {
                 let secrets: Vec<Secret> = serve
@@ -577,6 +589,7 @@ mod tests {
             skip_migrations: "false".into(),
             idempotency_ttl: "24".into(),
             idempotency_lease: "300".into(),
+            max_in_flight: "1024".into(),
             stripe_webhook_secret: Some("whsec_abc".into()),
             stripe_webhook_tolerance: "300".into(),
             reconciler: "true".into(),

@@ -18,9 +18,12 @@ pub async fn run(
     grpc_listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let grpc_router =
-        grpc::routes(&app)?.into_axum_router().layer(axum::middleware::from_fn(http::middleware::observe_grpc));
-    let rest_router = http::router(grpc::service::PaymentApi::new(app.clone()));
+    let admission = http::admission::Admission::new(app.max_in_flight);
+    let rest_router = http::router(grpc::service::PaymentApi::new(app.clone()), admission.clone());
+    let grpc_router = grpc::routes(&app)?
+        .into_axum_router()
+        .layer(axum::middleware::from_fn(move |req, next| http::admission::admit_grpc(admission.clone(), req, next)))
+        .layer(axum::middleware::from_fn(http::middleware::observe_grpc));
 
     let (tx, rx) = watch::channel(false);
     let mut draining = rx.clone();

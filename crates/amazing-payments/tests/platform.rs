@@ -300,3 +300,53 @@ async fn a_revoked_key_stops_working_within_the_key_cache_ttl() {
     let (status, body) = app.get(&path).await;
     assert_eq!((status.as_u16(), body["reason"].as_str()), (401, Some("API_KEY_REVOKED")), "{body}");
 }
+
+#[tokio::test]
+async fn past_its_capacity_an_instance_refuses_at_once_with_retry_after_and_writes_nothing() {
+    use common::call::{BOTH, Via};
+    let app = common::TestApp::spawn_with(common::Options { max_in_flight: 2, ..Default::default() }).await;
+    let customer = app.new_customer().await;
+    app.sim.state().faults.add(
+        serde_json::from_value(serde_json::json!({"method": "POST", "path": "/v1/payment_intents", "latency_ms": 600}))
+            .unwrap(),
+    );
+    let body = serde_json::json!({"customerID": customer, "amount": 1000, "currency": "usd", "payment_method": "pm_card_visa"});
+    let calls = (0..8).map(|i| {
+        let via = BOTH[i % 2];
+        let (app, body) = (&app, body.clone());
+        async move { (via, app.call_keyed(via, "CreatePayment", body, Some(&format!("load-{i}"))).await.0) }
+    });
+    let (answers, health) = tokio::join!(futures::future::join_all(calls), async {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        reqwest::get(format!("{}/v1/healthcheck", app.rest)).await.unwrap().status()
+    });
+    assert_eq!(health, 200, "health is always admitted");
+    let taken = answers.iter().filter(|a| a.1.is_ok()).count();
+    let refused: Vec<_> = answers.iter().filter_map(|a| a.1.as_ref().err().map(|f| (a.0, f))).collect();
+    assert!(taken >= 2 && !refused.is_empty(), "{taken} taken, {} refused", refused.len());
+    for (via, f) in &refused {
+        assert_eq!((f.code, f.reason.as_str()), (tonic::Code::Unavailable, "OVERLOADED"), "{via:?}");
+        if *via == Via::Rest {
+            assert_eq!(f.http, Some(503));
+        }
+    }
+    let payments = app.count("payment.payment").await;
+    assert_eq!(payments as usize, taken, "a refused request wrote nothing");
+    assert_eq!(app.sim.state().data.lock().payment_intents.values().count(), taken, "and sent nothing to Stripe");
+    // Two slow requests fill the instance: a third is refused at once.
+    let rest = app.http.post(format!("{}/v1/payment", app.rest)).bearer_auth(&app.key).json(&body);
+    let (first, second, third) = tokio::join!(
+        app.call(Via::Rest, "CreatePayment", body.clone()),
+        app.call(Via::Grpc, "CreatePayment", body.clone()),
+        async {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            let started = std::time::Instant::now();
+            (rest.send().await.unwrap(), started.elapsed())
+        }
+    );
+    assert!(first.is_ok() && second.is_ok());
+    let (refused, took) = third;
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    assert!(took < std::time::Duration::from_millis(300), "refused at once, not queued: {took:?}");
+}

@@ -56,6 +56,9 @@ pub struct App {
     pub idempotency_lease: std::time::Duration,
     /// How Stripe's webhooks are checked.
     pub webhooks: WebhookSettings,
+    /// Requests one instance serves at a time; one more is refused at once
+    /// (503, `OVERLOADED`).
+    pub max_in_flight: usize,
 }
 
 /// The secrets of the Stripe webhook endpoint (several while one is

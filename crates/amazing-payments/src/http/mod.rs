@@ -1,6 +1,7 @@
 //! The REST/JSON transport: the generated gateway onto the gRPC service,
 //! the API docs, and our error format for unknown routes.
 
+pub mod admission;
 pub mod docs;
 pub mod error;
 pub mod gateway;
@@ -15,13 +16,15 @@ use axum::{
 use error::RestError;
 use tonic::Code;
 
-/// Every REST route, with request ids and access logs.
-pub fn router(api: PaymentApi) -> Router {
+/// Every REST route, with request ids and access logs, behind the
+/// instance's admission bound.
+pub fn router(api: PaymentApi, admission: admission::Admission) -> Router {
     let app = api.app().clone();
     gateway::router(api)
         .merge(webhook::router(app))
         .merge(docs::router())
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(move |req, next| admission::admit_rest(admission.clone(), req, next)))
         .layer(axum::middleware::from_fn(middleware::observe_rest))
 }
 

@@ -76,6 +76,8 @@ pub struct Options {
     /// How long a verified API key is trusted (none by default, so that a
     /// revocation shows at once).
     pub key_cache_ttl: Duration,
+    /// Requests served at a time.
+    pub max_in_flight: usize,
 }
 
 impl Default for Options {
@@ -88,6 +90,7 @@ impl Default for Options {
             register_webhook: false,
             simulator: None,
             key_cache_ttl: Duration::ZERO,
+            max_in_flight: 1024,
         }
     }
 }
@@ -137,6 +140,7 @@ impl TestApp {
             db: service_db,
             stripe: stripe::Client::new(stripe_settings(&stripe_base)).unwrap(),
             auth: auth.clone(),
+            max_in_flight: options.max_in_flight,
         };
         let key = apikeys::create(&db, &auth, "tests").await.unwrap().key.expose().to_string();
         let rest_url = format!("http://{}", rest.local_addr().unwrap());
