@@ -62,6 +62,12 @@ async fn the_built_binaries_serve_customers_over_both_transports_and_log_no_secr
         lines.iter().any(|l| l["fields"]["message"] == "customer created" && l["span"]["request_id"] == "e2e-create-1"),
         "the use case's own lines carry the request id"
     );
+    assert!(
+        lines.iter().any(|l| l["fields"]["message"] == "request"
+            && l["fields"]["route"] == "/payment.PaymentService/GetCustomer"
+            && l["span"]["transport"] == "grpc"),
+        "a gRPC access-log line names its rpc"
+    );
 }
 
 #[tokio::test]

@@ -28,11 +28,12 @@ pub async fn observe(transport: &'static str, mut req: Request, next: Next) -> R
     let id = request_id(&req);
     req.headers_mut().insert(HEADER, id.clone());
     let method = req.method().to_string();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| req.uri().path().to_string());
+    // A gRPC path names its rpc (`/payment.PaymentService/GetCustomer`): the
+    // route is the rpc, never the router's `{*rest}` pattern.
+    let route = match (transport, req.extensions().get::<MatchedPath>()) {
+        ("rest", Some(p)) => p.as_str().to_string(),
+        _ => req.uri().path().to_string(),
+    };
     let span = tracing::info_span!("request", request_id = id.to_str().unwrap_or("-"), transport);
     let start = Instant::now();
     let mut response = next.run(req).instrument(span.clone()).await;
