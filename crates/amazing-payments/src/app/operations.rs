@@ -222,6 +222,11 @@ pub(crate) fn settled_payment(row: PaymentRow) -> Result<PaymentRow, AppError> {
     if row.integrity_error.is_some() {
         return Err(mismatch(row.id));
     }
+    if row.status() == crate::domain::payment::Status::Failed && row.failure_code.as_deref() == Some("stripe_failed") {
+        // Settled by reading Stripe back: nothing was done.
+        return Err(AppError::new(Kind::FailedPrecondition, "STRIPE_FAILED", super::settle::NOTHING_DONE)
+            .detail("paymentID", row.id.to_string()));
+    }
     if row.status() == crate::domain::payment::Status::Failed {
         let e = crate::stripe::ApiError {
             kind: "card_error".into(),
