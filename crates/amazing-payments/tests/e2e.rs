@@ -279,3 +279,28 @@ async fn parked_webhook_events_are_listed_and_replayed_with_the_cli() {
     assert_eq!(state, "pending");
     assert!(cli(&["webhooks", "list", "--parked"]).lines().all(|l| !l.starts_with("evt_parked")));
 }
+
+#[tokio::test]
+async fn serve_starts_while_stripe_is_failing_and_says_so() {
+    let (db_url, _) = common::fresh_database().await;
+    let port = free_port();
+    let faults = r#"[{"path": "/v1/balance", "status": 503}]"#;
+    let _sim = spawn(&sim_bin(), &["--port", &port.to_string(), "--faults", faults], &[]);
+    wait_until_up(&format!("http://127.0.0.1:{port}/_sim/health")).await;
+    let (json_port, rpc_port) = (free_port(), free_port());
+    let service = spawn(
+        &service_bin(),
+        &["serve"],
+        &[
+            ("DATABASE_URL", db_url),
+            ("STRIPE_KEY", STRIPE_KEY.to_string()),
+            ("STRIPE_API_BASE", format!("http://127.0.0.1:{port}")),
+            ("STRIPE_MAX_RETRIES", "0".to_string()),
+            ("JSON_PORT", format!("127.0.0.1:{json_port}")),
+            ("RPC_PORT", format!("127.0.0.1:{rpc_port}")),
+            ("API_KEY_PEPPER", PEPPER.to_string()),
+        ],
+    );
+    wait_until_up(&format!("http://127.0.0.1:{json_port}/v1/healthcheck")).await;
+    assert!(service.logs().contains("STRIPE_KEY could not be checked now: serving anyway"));
+}
