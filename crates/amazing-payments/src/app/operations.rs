@@ -464,10 +464,19 @@ impl App {
         let payment_id = payment_of(op)?;
         let mut tx = self.db.begin().await?;
         let before = payments::lock(&mut tx, payment_id).await?.ok_or_else(|| not_found(payment_id))?;
-        if payments::operation_state(&mut tx, op.id).await? != State::Pending {
-            // Another driver (a retry, the reconciler) applied this answer already.
-            tx.commit().await?;
-            return settled(op, before);
+        match payments::operation_state(&mut tx, op.id).await? {
+            State::Pending => {}
+            // Another driver (a retry, the reconciler) settled it already:
+            // its answer, a refusal included (never a 2xx for a change that
+            // did not happen).
+            State::Failed => {
+                tx.commit().await?;
+                return Err(self.refusal_of(op).await?);
+            }
+            State::Succeeded => {
+                tx.commit().await?;
+                return settled(op, before);
+            }
         }
         let mut row = before.clone();
         match sync::apply_intent(&mut row, pi, stripe_customer) {
@@ -525,10 +534,19 @@ impl App {
         let payment_id = payment_of(op)?;
         let mut tx = self.db.begin().await?;
         let before = payments::lock(&mut tx, payment_id).await?.ok_or_else(|| not_found(payment_id))?;
-        if payments::operation_state(&mut tx, op.id).await? != State::Pending {
-            // Another driver (a retry, the reconciler) applied this answer already.
-            tx.commit().await?;
-            return settled(op, before);
+        match payments::operation_state(&mut tx, op.id).await? {
+            State::Pending => {}
+            // Another driver (a retry, the reconciler) settled it already:
+            // its answer, a refusal included (never a 2xx for a change that
+            // did not happen).
+            State::Failed => {
+                tx.commit().await?;
+                return Err(self.refusal_of(op).await?);
+            }
+            State::Succeeded => {
+                tx.commit().await?;
+                return settled(op, before);
+            }
         }
         let mut row = before.clone();
         if payment_fails && let Ok(next) = before.ledger().fail() {

@@ -92,7 +92,7 @@ impl App {
             Err(e) => {
                 let message = super::operations::failure_of(&e).message.unwrap_or_else(|| e.to_string());
                 if !self.fail_refund(op, refund.id, &message, source).await? {
-                    return self.answer_of_refund(refund.id).await;
+                    return self.answer_of_settled_refund(op, refund.id).await;
                 }
                 let err = stripe_failure(e);
                 Err(err.detail("paymentID", payment_id.to_string()).detail("refundID", refund.id.to_string()))
@@ -176,6 +176,20 @@ impl App {
 
     /// What a refund whose operation someone else finished answers: the
     /// refund, or the hold of its payment.
+    /// What a refund operation that someone else settled answers: its
+    /// refusal if it failed (never a 2xx for a refund that did not happen),
+    /// else the refund.
+    pub(crate) async fn answer_of_settled_refund(
+        &self,
+        op: &OperationRow,
+        refund_id: i64,
+    ) -> Result<RefundRow, AppError> {
+        match payments::get_operation(&self.db, op.id).await?.map(|o| o.state) {
+            Some(State::Failed) => Err(self.refusal_of(op).await?),
+            _ => self.answer_of_refund(refund_id).await,
+        }
+    }
+
     pub(crate) async fn answer_of_refund(&self, id: i64) -> Result<RefundRow, AppError> {
         let refund = payments::get_refund(&self.db, id).await?.ok_or_else(|| refund_not_found(id))?;
         let payment = payments::get(&self.db, refund.payment_id).await?.ok_or_else(|| not_found(refund.payment_id))?;

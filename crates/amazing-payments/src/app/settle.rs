@@ -204,7 +204,7 @@ impl App {
             None => {
                 let message = nothing_done().message.unwrap_or_default();
                 if !self.fail_refund(op, refund.id, &message, source).await? {
-                    return self.answer_of_refund(refund.id).await.map(Driven::Refund);
+                    return self.answer_of_settled_refund(op, refund.id).await.map(Driven::Refund);
                 }
                 Err(failed(op).detail("refundID", refund.id.to_string()))
             }
