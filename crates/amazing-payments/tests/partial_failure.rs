@@ -82,6 +82,19 @@ async fn payment_id(app: &TestApp, customer: &str, amount: i64, captured: bool) 
     paid["paymentID"].as_str().unwrap().to_string()
 }
 
+/// A Stripe event about `object`, as the webhook worker holds it.
+fn event(id: &str, kind: &str, object: Value) -> EventRow {
+    EventRow {
+        id: id.into(),
+        kind: kind.into(),
+        payload: sqlx::types::Json(json!({"id": id, "type": kind, "data": {"object": object}})),
+        state: "received".into(),
+        attempts: 0,
+        last_error: None,
+        received_at: chrono::Utc::now(),
+    }
+}
+
 fn intents(app: &TestApp) -> Vec<Value> {
     app.sim.state().data.lock().payment_intents.values().cloned().collect()
 }
@@ -334,17 +347,7 @@ async fn one_refunds_news_applied_many_times_at_once_counts_once() {
     let failed = app.stripe_post(&format!("/_sim/refunds/{first}/fail"), &[]).await;
     assert_eq!(failed["status"], "failed");
     let object = app.stripe_object(&first);
-    let event = EventRow {
-        id: "evt_test_refund_failed".into(),
-        kind: "refund.failed".into(),
-        payload: sqlx::types::Json(
-            json!({"id": "evt_test_refund_failed", "type": "refund.failed", "data": {"object": object}}),
-        ),
-        state: "received".into(),
-        attempts: 0,
-        last_error: None,
-        received_at: chrono::Utc::now(),
-    };
+    let event = event("evt_test_refund_failed", "refund.failed", object.clone());
     let results = futures::future::join_all((0..4).map(|_| app.app.apply_event(&event))).await;
     assert!(results.iter().all(Result::is_ok), "{results:?}");
     let now = app.call(Via::Rest, "GetPayment", json!({"paymentID": id})).await.unwrap();
@@ -364,17 +367,7 @@ async fn a_refund_whose_news_comes_before_its_api_call_finished_is_matched_by_ou
     let f = app.call(Via::Rest, "RefundPayment", json!({"paymentID": id, "amount": 400})).await.unwrap_err();
     assert_eq!(f.code, Code::Unavailable);
     let object = refunds(&app)[0].clone();
-    let event = EventRow {
-        id: "evt_test_refund_created".into(),
-        kind: "refund.created".into(),
-        payload: sqlx::types::Json(
-            json!({"id": "evt_test_refund_created", "type": "refund.created", "data": {"object": object}}),
-        ),
-        state: "received".into(),
-        attempts: 0,
-        last_error: None,
-        received_at: chrono::Utc::now(),
-    };
+    let event = event("evt_test_refund_created", "refund.created", object.clone());
     app.app.apply_event(&event).await.unwrap();
     let rows: Vec<(String, Option<String>)> =
         sqlx::query_as("SELECT status, stripe_refund_id FROM payment.refund").fetch_all(&app.db).await.unwrap();
@@ -648,17 +641,7 @@ async fn a_payment_intent_of_ours_found_after_its_operation_was_closed_is_bound_
             ],
         )
         .await;
-    let event = EventRow {
-        id: "evt_test_found_late".into(),
-        kind: "payment_intent.amount_capturable_updated".into(),
-        payload: sqlx::types::Json(
-            json!({"id": "evt_test_found_late", "type": "payment_intent.amount_capturable_updated", "data": {"object": pi}}),
-        ),
-        state: "received".into(),
-        attempts: 0,
-        last_error: None,
-        received_at: chrono::Utc::now(),
-    };
+    let event = event("evt_test_found_late", "payment_intent.amount_capturable_updated", pi.clone());
     app.app.apply_event(&event).await.unwrap();
     let now = app.call(Via::Rest, "GetPayment", json!({"paymentID": id_text})).await.unwrap();
     assert_eq!(
@@ -879,17 +862,7 @@ async fn a_stale_read_of_a_refund_never_moves_it_back_nor_tells_its_failure_twic
     amazing_payments::workers::reconciler::pass(&app.app, &s).await.unwrap();
     // An older answer, applied late.
     fault(&app, json!({"method": "GET", "path": "/v1/refunds/", "tamper": {"status": "pending"}, "times": 1}));
-    let event = EventRow {
-        id: "evt_test_stale".into(),
-        kind: "refund.updated".into(),
-        payload: sqlx::types::Json(
-            json!({"id": "evt_test_stale", "type": "refund.updated", "data": {"object": refund}}),
-        ),
-        state: "received".into(),
-        attempts: 0,
-        last_error: None,
-        received_at: chrono::Utc::now(),
-    };
+    let event = event("evt_test_stale", "refund.updated", refund.clone());
     app.app.apply_event(&event).await.unwrap();
     amazing_payments::workers::reconciler::pass(&app.app, &s).await.unwrap();
     let status: String = sqlx::query_scalar("SELECT status FROM payment.refund").fetch_one(&app.db).await.unwrap();
