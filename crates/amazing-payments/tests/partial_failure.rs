@@ -34,10 +34,13 @@ async fn behind_proxy() -> (TestApp, Proxy) {
     (app, proxy)
 }
 
-/// Closes the proxy's port `after` from now: the attempt in flight carries
-/// on, and every retry after it cannot connect.
-async fn refuse_after(proxy: &Proxy, after: Duration) {
-    tokio::time::sleep(after).await;
+/// Closes the proxy's port once the simulator has taken the request (its
+/// one fault rule has fired): the work goes on at Stripe, and every retry
+/// after it cannot connect.
+async fn refuse_once_stripe_has_it(app: &TestApp, proxy: &Proxy) {
+    while app.sim.state().faults.list().iter().any(|r| r.times != Some(0)) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     proxy.refuse();
 }
 
@@ -116,7 +119,7 @@ async fn a_payment_whose_first_attempt_reached_stripe_is_not_recorded_failed_whe
     let body = manual_payment(&customer, 4200);
     let (first, _) = tokio::join!(
         app.call_keyed(Via::Rest, "CreatePayment", body.clone(), Some("order-77")),
-        refuse_after(&proxy, Duration::from_millis(150))
+        refuse_once_stripe_has_it(&app, &proxy)
     );
     let failure = first.0.unwrap_err();
     assert_eq!((failure.code, failure.reason.as_str()), (Code::Unavailable, "STRIPE_UNAVAILABLE"));
@@ -144,7 +147,7 @@ async fn a_refund_whose_first_attempt_reached_stripe_is_finished_once_not_record
     let ask = json!({"paymentID": id, "amount": 2000});
     let (first, _) = tokio::join!(
         app.call_keyed(Via::Grpc, "RefundPayment", ask.clone(), Some("refund-1")),
-        refuse_after(&proxy, Duration::from_millis(150))
+        refuse_once_stripe_has_it(&app, &proxy)
     );
     assert_eq!(first.0.unwrap_err().code, Code::Unavailable);
     assert!(eventually(|| refunds(&app).len() == 1).await, "Stripe refunded");
@@ -872,4 +875,22 @@ async fn a_stale_read_of_a_refund_never_moves_it_back_nor_tells_its_failure_twic
         .await
         .unwrap();
     assert_eq!(told, 1);
+}
+
+#[tokio::test]
+async fn a_late_failed_attempt_does_not_rewrite_why_another_driver_closed_the_operation() {
+    let app = TestApp::spawn().await;
+    let customer = app.new_customer().await;
+    fault(&app, json!({"method": "POST", "path": "/v1/payment_intents", "saved": "before_work", "times": 1}));
+    let f = app.call_keyed(Via::Rest, "CreatePayment", manual_payment(&customer, 800), Some("late")).await.0;
+    assert_eq!(f.unwrap_err().reason, "STRIPE_FAILED");
+    let op: i64 = sqlx::query_scalar("SELECT id FROM payment.operation WHERE kind = 'create_payment'")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    // A second driver's attempt that failed with a 500, noted late.
+    amazing_payments::store::payments::note_attempt(&app.db, op, "stripe answered 500: api_error").await.unwrap();
+    sqlx::query("UPDATE auth.idempotency_key SET state = 'retryable', response = NULL").execute(&app.db).await.unwrap();
+    let f = app.call_keyed(Via::Rest, "CreatePayment", manual_payment(&customer, 800), Some("late")).await.0;
+    assert_eq!(f.unwrap_err().reason, "STRIPE_FAILED", "the retry is told what really happened");
 }

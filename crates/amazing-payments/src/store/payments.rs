@@ -458,11 +458,15 @@ pub async fn lock_operation_state(conn: &mut PgConnection, id: i64) -> Result<St
 
 /// Notes a failed attempt of an operation that stays pending.
 pub async fn note_attempt(db: &PgPool, id: i64, error: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE payment.operation SET attempts = attempts + 1, last_error = $2 WHERE id = $1")
-        .bind(id)
-        .bind(error)
-        .execute(db)
-        .await?;
+    // Only while pending: a driver that lost the race must not overwrite why
+    // another one closed the operation (its retry is answered from that).
+    sqlx::query(
+        "UPDATE payment.operation SET attempts = attempts + 1, last_error = $2 WHERE id = $1 AND state = 'pending'",
+    )
+    .bind(id)
+    .bind(error)
+    .execute(db)
+    .await?;
     Ok(())
 }
 
