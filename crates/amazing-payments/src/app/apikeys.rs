@@ -94,8 +94,11 @@ pub async fn authenticate(
 #[derive(Debug, Clone, Default)]
 pub struct KeyCache {
     ttl: std::time::Duration,
-    verified: std::sync::Arc<parking_lot::Mutex<std::collections::HashMap<Vec<u8>, (i64, std::time::Instant)>>>,
+    verified: std::sync::Arc<parking_lot::Mutex<Verified>>,
 }
+
+/// Keyed hash of a key -> (its id, when it was verified).
+type Verified = std::collections::HashMap<Vec<u8>, (i64, std::time::Instant)>;
 
 impl KeyCache {
     const MAX_KEYS: usize = 10_000;
