@@ -263,6 +263,12 @@ pub(crate) fn payment_of(op: &OperationRow) -> Result<i64, AppError> {
     })
 }
 
+/// An operation's payment, locked: still to be settled, or settled already.
+enum Locked {
+    Pending(sqlx::Transaction<'static, sqlx::Postgres>, Box<PaymentRow>),
+    Settled(Result<PaymentRow, AppError>),
+}
+
 pub(crate) fn mismatch(id: i64) -> AppError {
     AppError::new(
         Kind::Internal,
@@ -452,6 +458,25 @@ impl App {
         }
     }
 
+    /// Locks `op`'s payment; while `op` is pending, the transaction and the
+    /// payment as it stands. Once another driver (a retry, the reconciler)
+    /// settled it: that settlement's answer, a refusal included (never a
+    /// 2xx for a change that did not happen).
+    async fn lock_pending(&self, op: &OperationRow) -> Result<Locked, AppError> {
+        let payment_id = payment_of(op)?;
+        let mut tx = self.db.begin().await?;
+        let before = payments::lock(&mut tx, payment_id).await?.ok_or_else(|| not_found(payment_id))?;
+        let state = payments::operation_state(&mut tx, op.id).await?;
+        if state == State::Pending {
+            return Ok(Locked::Pending(tx, Box::new(before)));
+        }
+        tx.commit().await?;
+        Ok(Locked::Settled(match state {
+            State::Failed => Err(self.refusal_of(op).await?),
+            _ => settled(op, before),
+        }))
+    }
+
     /// Applies a PaymentIntent Stripe returned for `op`, and closes `op`.
     async fn apply_intent(
         &self,
@@ -461,23 +486,11 @@ impl App {
         stripe_customer: Option<&str>,
         source: Source,
     ) -> Result<PaymentRow, AppError> {
-        let payment_id = payment_of(op)?;
-        let mut tx = self.db.begin().await?;
-        let before = payments::lock(&mut tx, payment_id).await?.ok_or_else(|| not_found(payment_id))?;
-        match payments::operation_state(&mut tx, op.id).await? {
-            State::Pending => {}
-            // Another driver (a retry, the reconciler) settled it already:
-            // its answer, a refusal included (never a 2xx for a change that
-            // did not happen).
-            State::Failed => {
-                tx.commit().await?;
-                return Err(self.refusal_of(op).await?);
-            }
-            State::Succeeded => {
-                tx.commit().await?;
-                return settled(op, before);
-            }
-        }
+        let (mut tx, before) = match self.lock_pending(op).await? {
+            Locked::Pending(tx, before) => (tx, *before),
+            Locked::Settled(answer) => return answer,
+        };
+        let payment_id = before.id;
         let mut row = before.clone();
         match sync::apply_intent(&mut row, pi, stripe_customer) {
             Ok(_) => {
@@ -531,23 +544,10 @@ impl App {
         payment_fails: bool,
         source: Source,
     ) -> Result<PaymentRow, AppError> {
-        let payment_id = payment_of(op)?;
-        let mut tx = self.db.begin().await?;
-        let before = payments::lock(&mut tx, payment_id).await?.ok_or_else(|| not_found(payment_id))?;
-        match payments::operation_state(&mut tx, op.id).await? {
-            State::Pending => {}
-            // Another driver (a retry, the reconciler) settled it already:
-            // its answer, a refusal included (never a 2xx for a change that
-            // did not happen).
-            State::Failed => {
-                tx.commit().await?;
-                return Err(self.refusal_of(op).await?);
-            }
-            State::Succeeded => {
-                tx.commit().await?;
-                return settled(op, before);
-            }
-        }
+        let (mut tx, before) = match self.lock_pending(op).await? {
+            Locked::Pending(tx, before) => (tx, *before),
+            Locked::Settled(answer) => return answer,
+        };
         let mut row = before.clone();
         if payment_fails && let Ok(next) = before.ledger().fail() {
             row.set_ledger(next);
