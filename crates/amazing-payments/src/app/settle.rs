@@ -226,10 +226,10 @@ impl App {
         let stripe_product = match stripe_product {
             Some(p) => Some(p),
             None => {
-                let (mut found, mut after) = (None, None::<String>);
+                let (mut found, mut after, mut more) = (None, None::<String>, true);
                 for _ in 0..MAX_PAGES {
                     let page = self.stripe.list_products(since(op), after.as_deref()).await.map_err(stripe_failure)?;
-                    let more = page.object.has_more;
+                    more = page.object.has_more;
                     after = page.object.data.last().map(|p| p.id.clone());
                     found = page
                         .object
@@ -239,6 +239,10 @@ impl App {
                     if found.is_some() || !more || after.is_none() {
                         break;
                     }
+                }
+                if found.is_none() && more && after.is_some() {
+                    // The list was not read to its end: nothing is concluded.
+                    return Err(incomplete(op));
                 }
                 found.map(|p| p.id)
             }
