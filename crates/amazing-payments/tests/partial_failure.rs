@@ -894,3 +894,71 @@ async fn a_late_failed_attempt_does_not_rewrite_why_another_driver_closed_the_op
     let f = app.call_keyed(Via::Rest, "CreatePayment", manual_payment(&customer, 800), Some("late")).await.0;
     assert_eq!(f.unwrap_err().reason, "STRIPE_FAILED", "the retry is told what really happened");
 }
+
+/// Waits until the request under way has recorded its operation (at most
+/// five seconds), then takes it as a reconciler would: that reconciler's
+/// send may now be in flight.
+async fn take_as_a_reconciler_once_recorded(app: &TestApp) {
+    for _ in 0..1000 {
+        let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM payment.operation WHERE state = 'pending'")
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+        if recorded > 0 {
+            let claim = Duration::from_secs(120);
+            let taken = amazing_payments::store::payments::take_due_operations(&app.db, 10, Duration::ZERO, claim)
+                .await
+                .unwrap();
+            assert_eq!(taken.len(), 1);
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("the request never recorded its operation");
+}
+
+#[tokio::test]
+async fn a_keyless_payment_the_reconciler_took_while_stripe_was_unreachable_is_left_pending_not_failed() {
+    let (app, proxy) = behind_proxy().await;
+    let customer = app.new_customer().await;
+    proxy.refuse();
+    let request = app.call(Via::Rest, "CreatePayment", manual_payment(&customer, 1300));
+    let (answer, ()) = tokio::join!(request, take_as_a_reconciler_once_recorded(&app));
+    let f = answer.unwrap_err();
+    assert_eq!((f.code, f.reason.as_str()), (Code::Unavailable, "STRIPE_UNAVAILABLE"));
+    assert!(
+        f.message.contains("will be completed"),
+        "the caller must learn the payment may still happen: {}",
+        f.message
+    );
+    let status: String = sqlx::query_scalar("SELECT status FROM payment.payment").fetch_one(&app.db).await.unwrap();
+    assert_eq!(status, "pending", "the reconciler's send may charge: the payment must not be told failed");
+    proxy.accept_again().await;
+    sqlx::query("UPDATE payment.operation SET next_attempt_at = now()").execute(&app.db).await.unwrap();
+    let s = amazing_payments::workers::reconciler::Settings { min_age: Duration::ZERO, ..Default::default() };
+    amazing_payments::workers::reconciler::until_idle(&app.app, &s).await.unwrap();
+    let status: String = sqlx::query_scalar("SELECT status FROM payment.payment").fetch_one(&app.db).await.unwrap();
+    assert_eq!((status.as_str(), intents(&app).len()), ("authorized", 1));
+}
+
+#[tokio::test]
+async fn a_keyless_customer_the_reconciler_took_while_stripe_was_unreachable_is_left_pending_not_failed() {
+    let (app, proxy) = behind_proxy().await;
+    proxy.refuse();
+    let request = app.call(Via::Rest, "CreateCustomer", json!({"name": "Grace", "email": "grace@example.com"}));
+    let (answer, ()) = tokio::join!(request, take_as_a_reconciler_once_recorded(&app));
+    let f = answer.unwrap_err();
+    assert_eq!(f.code, Code::Unavailable);
+    assert!(f.message.contains("will be completed"), "{}", f.message);
+    let state: String = sqlx::query_scalar("SELECT state FROM payment.operation").fetch_one(&app.db).await.unwrap();
+    assert_eq!(state, "pending");
+    proxy.accept_again().await;
+    sqlx::query("UPDATE payment.operation SET next_attempt_at = now()").execute(&app.db).await.unwrap();
+    let s = amazing_payments::workers::reconciler::Settings { min_age: Duration::ZERO, ..Default::default() };
+    amazing_payments::workers::reconciler::until_idle(&app.app, &s).await.unwrap();
+    let made: i64 = sqlx::query_scalar("SELECT count(*) FROM customer.customer WHERE stripe_customer_key IS NOT NULL")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(made, 1, "the customer the reconciler made at Stripe is recorded");
+}

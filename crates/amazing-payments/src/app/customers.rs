@@ -7,7 +7,11 @@
 //! customer; an unknown outcome leaves the operation for a retry with the
 //! same client key, or for the reconciler.
 
-use super::{App, AppError, RequestKey, operations::unfinished, page::Page};
+use super::{
+    App, AppError, RequestKey,
+    operations::{left_pending, unfinished},
+    page::Page,
+};
 use crate::{
     domain::{
         customer::{ChargeDate, CustomerId, CustomerName, Email},
@@ -163,17 +167,23 @@ impl App {
 
     /// Closes `op` as failed when Stripe refused it or it never left; keeps it
     /// pending when the outcome is unknown. The error for the caller.
+    /// A call that never left closes nothing once a reconciler took the
+    /// operation: that one's send may be in flight.
     pub(crate) async fn unfinished_op(&self, op: &OperationRow, e: crate::stripe::StripeError) -> AppError {
+        let never_sent = e.never_sent();
         let (error, finished) = unfinished(e, op);
-        let closed = if finished {
-            ops::close_operation(&self.db, op.id, State::Failed, Some(&error.message)).await
-        } else {
-            ops::note_attempt(&self.db, op.id, &error.message).await
+        let closed = match (finished, never_sent) {
+            (true, true) => match ops::close_untaken(&self.db, op.id, &error.message).await {
+                Ok(true) => Ok(error),
+                Ok(false) => ops::note_attempt(&self.db, op.id, &error.message).await.map(|()| left_pending()),
+                Err(db) => Err(db),
+            },
+            (true, false) => {
+                ops::close_operation(&self.db, op.id, State::Failed, Some(&error.message)).await.map(|()| error)
+            }
+            (false, _) => ops::note_attempt(&self.db, op.id, &error.message).await.map(|()| error),
         };
-        match closed {
-            Ok(()) => error,
-            Err(db) => db.into(),
-        }
+        closed.unwrap_or_else(AppError::from)
     }
 
     pub async fn get_customer(&self, id: CustomerId) -> Result<CustomerRow, AppError> {

@@ -205,16 +205,18 @@ pub(crate) fn create_form(row: &PaymentRow, stripe_customer: &str, op: &Operatio
 /// operation (Stripe refused it) rather than leaving it pending.
 pub(crate) fn unfinished(e: StripeError, op: &OperationRow) -> (AppError, bool) {
     if stays_pending(&e, op) {
-        return (
-            AppError::unavailable(
-                "STRIPE_UNAVAILABLE",
-                "the payment provider did not answer; the request is recorded and will be completed: \
-                 retry with the same idempotency key, or read it, to learn its outcome",
-            ),
-            false,
-        );
+        return (left_pending(), false);
     }
     (stripe_failure(e), true)
+}
+
+/// The error for an operation (not a payment's) left pending.
+pub(crate) fn left_pending() -> AppError {
+    AppError::unavailable(
+        "STRIPE_UNAVAILABLE",
+        "the payment provider did not answer; the request is recorded and will be completed: \
+         retry with the same idempotency key, or read it, to learn its outcome",
+    )
 }
 
 /// The answer a settled payment gives to the request that created it.
@@ -452,7 +454,7 @@ impl App {
                 Err(still_pending(&op.op.kind().replace('_', " "), id))
             }
             Err(e) => {
-                self.fail_operation(op, &failure_of(&e), creates, source).await?;
+                self.close_failed(op, &failure_of(&e), creates, source, e.never_sent()).await?;
                 Err(stripe_failure(e).detail("paymentID", id.to_string()))
             }
         }
@@ -544,10 +546,36 @@ impl App {
         payment_fails: bool,
         source: Source,
     ) -> Result<PaymentRow, AppError> {
+        self.close_failed(op, e, payment_fails, source, false).await
+    }
+
+    /// [`Self::fail_operation`]; for a call that was `never_sent`, only while
+    /// no reconciler has taken the operation (its own send may be in flight
+    /// and may charge): else the operation stays pending and the caller is
+    /// told so.
+    async fn close_failed(
+        &self,
+        op: &OperationRow,
+        e: &crate::stripe::ApiError,
+        payment_fails: bool,
+        source: Source,
+        never_sent: bool,
+    ) -> Result<PaymentRow, AppError> {
         let (mut tx, before) = match self.lock_pending(op).await? {
             Locked::Pending(tx, before) => (tx, *before),
             Locked::Settled(answer) => return answer,
         };
+        if never_sent && !payments::lock_untaken(&mut tx, op.id).await? {
+            tx.rollback().await?;
+            let message = e.message.as_deref().unwrap_or("stripe could not be reached");
+            payments::note_attempt(&self.db, op.id, message).await?;
+            tracing::warn!(
+                payment_id = before.id,
+                operation = op.id,
+                "stripe unreachable while the reconciler drives the operation: left pending"
+            );
+            return Err(still_pending(&op.op.kind().replace('_', " "), before.id));
+        }
         let mut row = before.clone();
         if payment_fails && let Ok(next) = before.ledger().fail() {
             row.set_ledger(next);

@@ -91,7 +91,7 @@ impl App {
             }
             Err(e) => {
                 let message = super::operations::failure_of(&e).message.unwrap_or_else(|| e.to_string());
-                if !self.fail_refund(op, refund.id, &message, source).await? {
+                if !self.fail_refund(op, refund.id, &message, source, e.never_sent()).await? {
                     return self.answer_of_settled_refund(op, refund.id).await;
                 }
                 let err = stripe_failure(e);
@@ -144,13 +144,16 @@ impl App {
     /// it, or did nothing. Under the payment's lock, and only while the
     /// operation is still pending and the refund still unsettled: another
     /// driver may have applied Stripe's refund meanwhile. Whether it failed
-    /// them (else the caller answers what the other driver recorded).
+    /// them (else the caller answers what the other driver recorded). A
+    /// call that was `never_sent` fails nothing once a reconciler took the
+    /// operation: the refund stays pending, and the caller is told so.
     pub(crate) async fn fail_refund(
         &self,
         op: &OperationRow,
         refund_id: i64,
         message: &str,
         source: Source,
+        never_sent: bool,
     ) -> Result<bool, AppError> {
         let mut tx = self.db.begin().await?;
         let payment_id = super::operations::payment_of(op)?;
@@ -158,6 +161,13 @@ impl App {
         if payments::operation_state(&mut tx, op.id).await? != State::Pending {
             tx.commit().await?;
             return Ok(false);
+        }
+        // A call that never left proves nothing once a reconciler took the
+        // operation: its send may be in flight.
+        if never_sent && !payments::lock_untaken(&mut tx, op.id).await? {
+            tx.rollback().await?;
+            payments::note_attempt(&self.db, op.id, message).await?;
+            return Err(still_pending("refund", payment_id).detail("refundID", refund_id.to_string()));
         }
         let current = payments::lock_refund(&mut tx, refund_id).await?.ok_or_else(|| refund_not_found(refund_id))?;
         let failed =

@@ -203,7 +203,7 @@ impl App {
             None if more => Err(incomplete(op)),
             None => {
                 let message = nothing_done().message.unwrap_or_default();
-                if !self.fail_refund(op, refund.id, &message, source).await? {
+                if !self.fail_refund(op, refund.id, &message, source, false).await? {
                     return self.answer_of_settled_refund(op, refund.id).await.map(Driven::Refund);
                 }
                 Err(failed(op).detail("refundID", refund.id.to_string()))

@@ -445,6 +445,35 @@ pub async fn operation_state(conn: &mut PgConnection, id: i64) -> Result<State, 
         .ok_or_else(|| sqlx::Error::Decode(Box::new(CorruptOperation { id, reason: format!("unknown state {state}") })))
 }
 
+/// Locks an operation and tells whether it may still be closed as never
+/// sent: it is pending and no reconciler ever took it. A reconciler that
+/// takes an operation moves its `next_attempt_at` past `created_at` (an
+/// insert sets both to the same `now()`), and may be sending it to Stripe
+/// at this moment; the request that recorded it must then leave it pending
+/// rather than tell its caller that nothing was done.
+pub async fn lock_untaken(conn: &mut PgConnection, id: i64) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT state = 'pending' AND next_attempt_at = created_at FROM payment.operation WHERE id = $1 FOR UPDATE",
+    )
+    .bind(id)
+    .fetch_one(conn)
+    .await
+}
+
+/// Closes as failed an operation whose call never left, if it may still be
+/// (see [`lock_untaken`]). Whether it did.
+pub async fn close_untaken(db: &PgPool, id: i64, error: &str) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE payment.operation SET state = 'failed', last_error = $2, attempts = attempts + 1, finished_at = now()
+         WHERE id = $1 AND state = 'pending' AND next_attempt_at = created_at",
+    )
+    .bind(id)
+    .bind(error)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 /// An operation's state, read and locked for the rest of the caller's
 /// transaction (for operations with no payment row to lock).
 pub async fn lock_operation_state(conn: &mut PgConnection, id: i64) -> Result<State, sqlx::Error> {

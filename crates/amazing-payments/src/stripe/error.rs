@@ -104,6 +104,11 @@ impl StripeError {
         }
     }
 
+    /// Certainly never sent: no attempt of this call reached Stripe.
+    pub fn never_sent(&self) -> bool {
+        matches!(self, StripeError::Network { sent: false, .. })
+    }
+
     /// A server error that Stripe saved for this idempotency key (it says
     /// so with `Idempotent-Replayed: true`, or with `Stripe-Should-Retry:
     /// false` on the first answer): retrying with the key can never finish
