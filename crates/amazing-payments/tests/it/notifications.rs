@@ -3,10 +3,9 @@
 //! moto), the notifier mailing through aiosmtpd into a Maildir, the
 //! dead-letter queue and its redrive, and the relay killed mid-batch.
 
-mod common;
 
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
-use common::{
+use crate::common::{
     TestApp,
     call::int,
     outside::{Moto, Smtp, pytools},

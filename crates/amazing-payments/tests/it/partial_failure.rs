@@ -4,10 +4,9 @@
 //! one refund's news applied several times at once. Each test names what a
 //! caller or Stripe would see if the service got it wrong.
 
-mod common;
 
 use amazing_payments::store::webhooks::EventRow;
-use common::{
+use crate::common::{
     Options, TestApp,
     call::{Via, int},
     proxy::Proxy,
@@ -427,7 +426,7 @@ async fn a_payment_intent_that_does_not_match_found_by_the_reconciler_holds_the_
 #[tokio::test]
 async fn a_request_that_outlived_its_lease_cannot_overwrite_the_answer_of_the_retry_that_took_over() {
     use amazing_payments::store::idempotency::{self, Claim};
-    let (_, db) = common::migrated_database().await;
+    let (_, db) = crate::common::migrated_database().await;
     let (lease, ttl) = (Duration::from_millis(100), Duration::from_secs(3600));
     let Claim::Run(first) = idempotency::claim(&db, 1, "k", "CapturePayment", "f", lease, ttl).await.unwrap() else {
         panic!("the first request runs")

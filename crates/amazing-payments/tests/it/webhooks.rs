@@ -1,10 +1,9 @@
 //! Stripe's webhooks: verified, stored once, applied in any order by reading
 //! the object back, over deliveries from the simulator.
 
-mod common;
 
 use amazing_payments::{app::WebhookSettings, secret::Secret, workers::webhooks};
-use common::{
+use crate::common::{
     Options, TestApp,
     call::{Via, int},
 };

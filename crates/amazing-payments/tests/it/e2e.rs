@@ -1,15 +1,14 @@
 //! End to end: the built binaries (`amazing-payments`, `stripe-sim`) as a
 //! user runs them, over both transports.
 
-mod common;
 
 use amazing_payments::proto::{GetCustomerRequest, ListCustomersRequest, payment_service_client::PaymentServiceClient};
-use common::with_key;
+use crate::common::with_key;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::{process::Command, time::Duration};
 
-use common::procs::{PEPPER, STRIPE_KEY, Stack, free_port, get_json, service_bin, sim_bin, spawn, wait_until_up};
+use crate::common::procs::{PEPPER, STRIPE_KEY, Stack, free_port, get_json, service_bin, sim_bin, spawn, wait_until_up};
 
 #[tokio::test]
 async fn the_built_binaries_serve_customers_over_both_transports_and_log_no_secrets() {
@@ -72,7 +71,7 @@ async fn the_built_binaries_serve_customers_over_both_transports_and_log_no_secr
 
 #[tokio::test]
 async fn a_database_made_by_the_old_service_is_adopted_with_its_customers_kept() {
-    let (db_url, options) = common::fresh_database().await;
+    let (db_url, options) = crate::common::fresh_database().await;
     let pool = sqlx::PgPool::connect_with(options).await.unwrap();
     for statement in [
         "CREATE TABLE _yoyo_migration (migration_hash varchar(64) PRIMARY KEY, migration_id varchar(255), applied_at_utc timestamp)",
@@ -170,7 +169,7 @@ async fn bad_configuration_stops_serve_with_one_line_naming_the_variable() {
     let stderr = serve_fails(&[("STRIPE_KEY", "pk_test_publishable")]);
     assert!(error_line(&stderr).starts_with("error: STRIPE_KEY: is not a Stripe secret key"), "{stderr}");
 
-    let (db_url, _) = common::fresh_database().await;
+    let (db_url, _) = crate::common::fresh_database().await;
     let port = free_port();
     let _sim = spawn(&sim_bin(), &["--port", &port.to_string(), "--api-key", "sk_test_the_only_good_key"], &[]);
     wait_until_up(&format!("http://127.0.0.1:{port}/_sim/health")).await;
@@ -258,7 +257,7 @@ async fn the_readme_payment_walkthrough_runs_as_written() {
 
 #[tokio::test]
 async fn parked_webhook_events_are_listed_and_replayed_with_the_cli() {
-    let (db_url, options) = common::fresh_database().await;
+    let (db_url, options) = crate::common::fresh_database().await;
     let out = Command::new(service_bin()).arg("migrate").env("DATABASE_URL", &db_url).output().unwrap();
     assert!(out.status.success());
     let pool = sqlx::PgPool::connect_with(options).await.unwrap();
@@ -282,7 +281,7 @@ async fn parked_webhook_events_are_listed_and_replayed_with_the_cli() {
 
 #[tokio::test]
 async fn serve_starts_while_stripe_is_failing_and_says_so() {
-    let (db_url, _) = common::fresh_database().await;
+    let (db_url, _) = crate::common::fresh_database().await;
     let port = free_port();
     let faults = r#"[{"path": "/v1/balance", "status": 503}]"#;
     let _sim = spawn(&sim_bin(), &["--port", &port.to_string(), "--faults", faults], &[]);

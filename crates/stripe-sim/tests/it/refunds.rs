@@ -2,9 +2,8 @@
 //! by themselves (a background task) or when a test says so; and what a
 //! pending refund does to the charge's refundable amount.
 
-mod common;
 
-use common::{Sim, eventually};
+use crate::common::{Sim, eventually};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use stripe_sim::{Config, refund_settlement::Options};

@@ -1,7 +1,6 @@
 //! The Stripe client against the simulator: what goes on the wire, retries
 //! with the same idempotency key, and typed errors.
 
-mod common;
 
 use amazing_payments::stripe::{Client, Form, StripeError};
 use serde_json::json;
@@ -13,7 +12,7 @@ async fn sim() -> Simulator {
 }
 
 fn client(sim: &Simulator) -> Client {
-    Client::new(common::stripe_settings(&sim.url())).unwrap()
+    Client::new(crate::common::stripe_settings(&sim.url())).unwrap()
 }
 
 fn fault(sim: &Simulator, rule: serde_json::Value) {
@@ -77,7 +76,7 @@ async fn a_refusal_is_not_retried_and_carries_stripes_fields() {
 #[tokio::test]
 async fn an_unreachable_stripe_is_a_network_error_that_never_left() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let c = Client::new(common::stripe_settings(&format!("http://{closed}"))).unwrap();
+    let c = Client::new(crate::common::stripe_settings(&format!("http://{closed}"))).unwrap();
     match c.retrieve_balance().await.unwrap_err() {
         StripeError::Network { sent, .. } => assert!(!sent),
         other => panic!("expected a network error, got {other}"),
@@ -88,7 +87,7 @@ async fn an_unreachable_stripe_is_a_network_error_that_never_left() {
 async fn a_timeout_is_a_network_error_that_may_have_reached_stripe() {
     let sim = sim().await;
     fault(&sim, json!({"path": "/v1/balance", "latency_ms": 1500}));
-    let mut settings = common::stripe_settings(&sim.url());
+    let mut settings = crate::common::stripe_settings(&sim.url());
     settings.timeout = Duration::from_millis(200);
     settings.max_retries = 1;
     match Client::new(settings).unwrap().retrieve_balance().await.unwrap_err() {

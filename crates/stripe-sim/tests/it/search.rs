@@ -3,9 +3,8 @@
 //! a checker can walk to the end (`starting_after`, `limit` up to 100,
 //! `customer`, `payment_intent` and `created` filters).
 
-mod common;
 
-use common::{Sim, ids};
+use crate::common::{Sim, ids};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::collections::HashSet;

@@ -1,10 +1,9 @@
 //! Customers over both transports: create, get, update, list; refusals with
 //! nothing written; Stripe refusing and unreachable.
 
-mod common;
 
 use amazing_payments::proto::{CreateCustomerRequest, GetCustomerRequest, ListCustomersRequest, UpdateCustomerRequest};
-use common::{TestApp, reason};
+use crate::common::{TestApp, reason};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tonic::Code;
@@ -225,7 +224,7 @@ async fn stripe_unreachable_is_503_unavailable_and_nothing_is_written() {
         l.local_addr().unwrap()
     };
     let app =
-        TestApp::spawn_with(common::Options { stripe_base: Some(format!("http://{closed}")), ..Default::default() })
+        TestApp::spawn_with(crate::common::Options { stripe_base: Some(format!("http://{closed}")), ..Default::default() })
             .await;
     let (status, body) = app.post("/v1/customer", json!({"name": "Ada", "email": "ada@example.com"})).await;
     assert_eq!(

@@ -10,9 +10,8 @@
 //! After each, once reconciled, our books must equal Stripe's (the
 //! simulator's) object for object, with nothing done twice.
 
-mod common;
 
-use common::procs::{PEPPER, Proc, STRIPE_KEY, free_port, service_bin, sim_bin, spawn, wait_until_up};
+use crate::common::procs::{PEPPER, Proc, STRIPE_KEY, free_port, service_bin, sim_bin, spawn, wait_until_up};
 use rand::Rng;
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -47,7 +46,7 @@ impl World {
 
     /// With more simulator arguments (e.g. `--refunds`).
     async fn start_with(faults: Value, sim_args: &[&str]) -> Self {
-        let (db_url, options) = common::fresh_database().await;
+        let (db_url, options) = crate::common::fresh_database().await;
         let port = free_port();
         // Webhooks flow during every proof, 30% of them twice, in any order.
         let webhooks = r#"{"duplicate_rate": 0.3, "max_delay_ms": 200}"#;
@@ -66,7 +65,7 @@ impl World {
 
     /// Registers a service's webhook endpoint with the simulator; its secret.
     async fn webhook_secret(&self, json_port: u16) -> String {
-        common::register_webhook(&self.sim_url, STRIPE_KEY, &format!("http://127.0.0.1:{json_port}/v1/webhooks/stripe"))
+        crate::common::register_webhook(&self.sim_url, STRIPE_KEY, &format!("http://127.0.0.1:{json_port}/v1/webhooks/stripe"))
             .await
     }
 
@@ -667,7 +666,7 @@ async fn nemesis_a_seeded_schedule_of_partial_failures_leaves_our_books_equal_to
     let refunds = r#"{"pending_rate": 0.4, "settle_after_ms": 400, "fail_rate": 0.25}"#;
     let world = World::start_with(json!([]), &["--refunds", refunds]).await;
     let upstream: std::net::SocketAddr = world.sim_url.trim_start_matches("http://").parse().unwrap();
-    let network = common::proxy::Proxy::start(upstream).await;
+    let network = crate::common::proxy::Proxy::start(upstream).await;
     let key = world.api_key();
     let timeout_ms = 2000;
     let extra = [

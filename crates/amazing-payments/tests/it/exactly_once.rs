@@ -1,13 +1,12 @@
 //! Exactly once: client idempotency keys over both transports, retries after
 //! lost answers, and the reconciler finishing what a request could not.
 
-mod common;
 
 use amazing_payments::{
     store::payments::{self, NewPayment},
     workers::reconciler::{self, Settings},
 };
-use common::{
+use crate::common::{
     TestApp,
     call::{BOTH, Via, int},
 };
@@ -97,7 +96,7 @@ async fn keys_are_scoped_to_the_api_key_that_sent_them() {
     app.call_keyed(Via::Rest, "CreatePayment", payment(&customer), Some("shared")).await.0.unwrap();
     let auth = amazing_payments::app::AuthSettings::new(
         true,
-        amazing_payments::secret::Secret::new(common::PEPPER),
+        amazing_payments::secret::Secret::new(crate::common::PEPPER),
         Duration::ZERO,
     );
     let other = amazing_payments::app::apikeys::create(&app.db, &auth, "other").await.unwrap();

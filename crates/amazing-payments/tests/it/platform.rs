@@ -1,14 +1,13 @@
 //! What every route shares: API keys, health, error formats, request ids, the
 //! generated REST routes and OpenAPI document, gRPC health and reflection.
 
-mod common;
 
 use amazing_payments::{
     http::gateway::{ROUTES, RPCS},
     proto::{CreateCustomerRequest, GetCustomerRequest, HealthCheckRequest, ListCustomersRequest},
     store,
 };
-use common::{Options, TestApp, proxy::Proxy, reason, with_key};
+use crate::common::{Options, TestApp, proxy::Proxy, reason, with_key};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -73,7 +72,7 @@ async fn health_needs_no_key_and_answers_is_healthy() {
 
 #[tokio::test]
 async fn health_is_unavailable_while_the_database_is_down_and_recovers_by_itself() {
-    let (_, options) = common::fresh_database().await;
+    let (_, options) = crate::common::fresh_database().await;
     let upstream = format!("{}:{}", options.get_host(), options.get_port());
     let upstream = tokio::net::lookup_host(upstream).await.unwrap().next().unwrap();
     let proxy = Proxy::start(upstream).await;
@@ -285,7 +284,7 @@ async fn an_empty_query_value_means_not_given() {
 
 #[tokio::test]
 async fn a_revoked_key_stops_working_within_the_key_cache_ttl() {
-    let app = common::TestApp::spawn_with(common::Options {
+    let app = crate::common::TestApp::spawn_with(crate::common::Options {
         key_cache_ttl: std::time::Duration::from_millis(800),
         ..Default::default()
     })
@@ -303,8 +302,8 @@ async fn a_revoked_key_stops_working_within_the_key_cache_ttl() {
 
 #[tokio::test]
 async fn past_its_capacity_an_instance_refuses_at_once_with_retry_after_and_writes_nothing() {
-    use common::call::{BOTH, Via};
-    let app = common::TestApp::spawn_with(common::Options { max_in_flight: 2, ..Default::default() }).await;
+    use crate::common::call::{BOTH, Via};
+    let app = crate::common::TestApp::spawn_with(crate::common::Options { max_in_flight: 2, ..Default::default() }).await;
     let customer = app.new_customer().await;
     app.sim.state().faults.add(
         serde_json::from_value(serde_json::json!({"method": "POST", "path": "/v1/payment_intents", "latency_ms": 600}))

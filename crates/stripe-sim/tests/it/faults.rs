@@ -3,9 +3,8 @@
 //! done), `Stripe-Should-Retry` on error answers, rate limits and lock
 //! timeouts, and faults on reads and on customer creation.
 
-mod common;
 
-use common::{Answer, Sim, ids, rule};
+use crate::common::{Answer, Sim, ids, rule};
 use reqwest::StatusCode;
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -234,7 +233,7 @@ async fn fault_rules_match_reads_by_method_and_path() {
 
     for drop in ["before", "after"] {
         sim.faults(json!([{"method": "GET", "path": "/v1/payment_intents/", "drop": drop, "times": 1}])).await;
-        let lost = sim.send(sim.http.get(sim.url(&path)).bearer_auth(common::KEY)).await;
+        let lost = sim.send(sim.http.get(sim.url(&path)).bearer_auth(crate::common::KEY)).await;
         assert!(lost.is_none(), "drop {drop}: no complete answer");
     }
 

@@ -2,16 +2,15 @@
 //! part), cancel, refunds, declines, 3-D Secure, refusals before Stripe is
 //! called, currencies, and Stripe's answer checked against the request.
 
-mod common;
 
-use common::{
+use crate::common::{
     TestApp,
     call::{BOTH, Via, int},
 };
 use serde_json::{Value, json};
 use tonic::Code;
 
-async fn pay(app: &TestApp, via: Via, customer: &str, extra: Value) -> Result<Value, common::call::Failure> {
+async fn pay(app: &TestApp, via: Via, customer: &str, extra: Value) -> Result<Value, crate::common::call::Failure> {
     let mut body = json!({"customerID": customer, "amount": 5000, "currency": "usd", "payment_method": "pm_card_visa"});
     body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
     app.call(via, "CreatePayment", body).await

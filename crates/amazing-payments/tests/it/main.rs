@@ -1,0 +1,15 @@
+//! The integration tests, linked as one binary (one link instead of one per
+//! file: the build's largest cost). Each module is a file of tests; `common`
+//! is their harness.
+
+mod common;
+mod customers;
+mod e2e;
+mod exactly_once;
+mod notifications;
+mod partial_failure;
+mod payments;
+mod platform;
+mod proofs;
+mod stripe_client;
+mod webhooks;

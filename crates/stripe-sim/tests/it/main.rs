@@ -1,0 +1,10 @@
+//! The simulator's tests, linked as one binary (one link instead of one per
+//! file). Each module is a file of tests; `common` is their harness.
+
+mod common;
+mod api;
+mod faults;
+mod payments;
+mod refunds;
+mod search;
+mod webhooks;
