@@ -33,6 +33,7 @@ pub mod server;
 pub mod store;
 pub mod stripe;
 pub mod telemetry;
+pub mod timing;
 pub mod workers;
 
 /// The generated API types (package `payment`), their proto3 JSON mapping,

@@ -1,7 +1,9 @@
 //! Per-request operations, for both transports: a request id (`x-request-id`,
 //! taken from the caller when it is sane, made otherwise) that is returned,
 //! forwarded to the use cases and present in every log line of the request
-//! (through its span), and one access-log line with route, status and latency.
+//! (through its span), one access-log line with route, status and latency,
+//! and a `Server-Timing` header with the request's total, database and
+//! Stripe time ([`crate::timing`]).
 
 use axum::{
     extract::{MatchedPath, Request},
@@ -36,8 +38,11 @@ pub async fn observe(transport: &'static str, mut req: Request, next: Next) -> R
     };
     let span = tracing::info_span!("request", request_id = id.to_str().unwrap_or("-"), transport);
     let start = Instant::now();
-    let mut response = next.run(req).instrument(span.clone()).await;
+    let (mut response, timing) = crate::timing::measure(next.run(req).instrument(span.clone())).await;
     response.headers_mut().insert(HEADER, id);
+    if let Ok(v) = HeaderValue::from_str(&timing) {
+        response.headers_mut().insert("server-timing", v);
+    }
     let latency_ms = start.elapsed().as_secs_f64() * 1000.0;
     let status = response.status().as_u16();
     let grpc_status = response.headers().get("grpc-status").and_then(|v| v.to_str().ok()).unwrap_or("");

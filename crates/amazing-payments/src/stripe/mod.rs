@@ -282,6 +282,8 @@ impl Client {
         self.request(Method::POST, path, form, Some(idempotency_key)).await
     }
 
+    /// One call, its retries and their waits included: all of it counts as
+    /// the request's Stripe time (`Server-Timing`).
     async fn request<T: DeserializeOwned>(
         &self,
         method: Method,
@@ -289,6 +291,7 @@ impl Client {
         form: &Form,
         idempotency_key: Option<&str>,
     ) -> Result<Reply<T>, StripeError> {
+        let _timed = crate::timing::StripeCall::start();
         let mut attempt = 0;
         // Whether any attempt so far may have reached Stripe. A later attempt
         // that could not connect proves nothing about the earlier ones.

@@ -1,14 +1,15 @@
 //! End to end: the built binaries (`amazing-payments`, `stripe-sim`) as a
 //! user runs them, over both transports.
 
-
-use amazing_payments::proto::{GetCustomerRequest, ListCustomersRequest, payment_service_client::PaymentServiceClient};
 use crate::common::with_key;
+use amazing_payments::proto::{GetCustomerRequest, ListCustomersRequest, payment_service_client::PaymentServiceClient};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::{process::Command, time::Duration};
 
-use crate::common::procs::{PEPPER, STRIPE_KEY, Stack, free_port, get_json, service_bin, sim_bin, spawn, wait_until_up};
+use crate::common::procs::{
+    PEPPER, STRIPE_KEY, Stack, free_port, get_json, post_json, service_bin, sim_bin, spawn, wait_until_up,
+};
 
 #[tokio::test]
 async fn the_built_binaries_serve_customers_over_both_transports_and_log_no_secrets() {
@@ -89,7 +90,6 @@ async fn a_database_made_by_the_old_service_is_adopted_with_its_customers_kept()
 
     let stack = Stack::start_on(db_url, &[]).await;
     let key = stack.new_key();
-    let http = reqwest::Client::new();
     let old = get_json(&format!("{}/v1/customer/1", stack.rest), &key).await;
     assert_eq!(old["name"], "Old Ada");
     assert_eq!(old["email"], "ada@old.example");
@@ -97,16 +97,9 @@ async fn a_database_made_by_the_old_service_is_adopted_with_its_customers_kept()
     assert_eq!(old["stripe_charge_date"], "15");
     let anon = get_json(&format!("{}/v1/customer/2", stack.rest), &key).await;
     assert!(anon.get("name").is_none());
-    let new: Value = http
-        .post(format!("{}/v1/customer", stack.rest))
-        .bearer_auth(&key)
-        .json(&json!({"name": "New", "email": "new@example.com"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let new =
+        post_json(&format!("{}/v1/customer", stack.rest), &key, &json!({"name": "New", "email": "new@example.com"}))
+            .await;
     assert_eq!(new["customerID"], "3", "ids continue after the old rows");
     let yoyo: i64 = sqlx::query_scalar("SELECT count(*) FROM _yoyo_migration").fetch_one(&pool).await.unwrap();
     assert_eq!(yoyo, 1, "the old bookkeeping is left alone");
@@ -302,4 +295,46 @@ async fn serve_starts_while_stripe_is_failing_and_says_so() {
     );
     wait_until_up(&format!("http://127.0.0.1:{json_port}/v1/healthcheck")).await;
     assert!(service.logs().contains("STRIPE_KEY could not be checked now: serving anyway"));
+}
+
+/// The `Server-Timing` entries of a header value, in milliseconds.
+fn server_timing(value: &str) -> std::collections::HashMap<String, f64> {
+    value
+        .split(',')
+        .filter_map(|entry| {
+            let (name, dur) = entry.trim().split_once(";dur=")?;
+            Some((name.to_string(), dur.parse().ok()?))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn every_answer_tells_the_caller_how_much_of_its_time_was_stripes_and_the_databases() {
+    let stack = Stack::start(&[]).await;
+    let key = stack.new_key();
+    let http = reqwest::Client::new();
+    let slow_stripe = json!([{"method": "POST", "path": "/v1/payment_intents", "latency_ms": 250}]);
+    http.post(format!("{}/_sim/faults", stack.sim_url)).json(&slow_stripe).send().await.unwrap();
+    let ada = json!({"name": "Ada Lovelace", "email": "ada.lovelace@example.com"});
+    let created = post_json(&format!("{}/v1/customer", stack.rest), &key, &ada).await;
+    let resp = http
+        .post(format!("{}/v1/payment", stack.rest))
+        .bearer_auth(&key)
+        .json(&json!({"customerID": created["customerID"], "amount": 1000, "currency": "usd", "payment_method": "pm_card_visa"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let t = server_timing(resp.headers()["server-timing"].to_str().unwrap());
+    assert!(t["stripe"] >= 250.0, "Stripe answered after 250 ms: {t:?}");
+    assert!(t["db"] > 0.0 && t["db"] < t["total"], "{t:?}");
+    assert!(t["total"] >= t["stripe"] + t["db"], "the parts fit in the whole: {t:?}");
+
+    let id: i64 = created["customerID"].as_str().unwrap().parse().unwrap();
+    let mut grpc = PaymentServiceClient::connect(stack.grpc.clone()).await.unwrap();
+    let read =
+        grpc.get_customer(with_key(GetCustomerRequest { customer_id: id, ..Default::default() }, &key)).await.unwrap();
+    let t = server_timing(read.metadata().get("server-timing").unwrap().to_str().unwrap());
+    assert_eq!(t["stripe"], 0.0, "a read does not call Stripe: {t:?}");
+    assert!(t["db"] > 0.0 && t["total"] >= t["db"], "{t:?}");
 }

@@ -27,6 +27,11 @@ pub async fn get_json(url: &str, key: &str) -> Value {
     reqwest::Client::new().get(url).bearer_auth(key).send().await.unwrap().json().await.unwrap()
 }
 
+/// A JSON POST with the API key; the answer's body.
+pub async fn post_json(url: &str, key: &str, body: &Value) -> Value {
+    reqwest::Client::new().post(url).bearer_auth(key).json(body).send().await.unwrap().json().await.unwrap()
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
