@@ -85,7 +85,8 @@ impl App {
 
     /// Records an operation that has no payment.
     pub(crate) async fn record(&self, key: Option<&RequestKey>, op: Operation) -> Result<OperationRow, AppError> {
-        let new = NewOperation { op, request: key.map(|k| (k.scope, k.key.as_str())) };
+        let (request, claim) = key.map(RequestKey::binding).unwrap_or_default();
+        let new = NewOperation { op, request, claim };
         Ok(ops::record_operation(&self.db, new).await?)
     }
 

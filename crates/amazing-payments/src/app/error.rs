@@ -109,6 +109,11 @@ impl From<sqlx::Error> for AppError {
             }
             // Two requests with one client key, each past the other's
             // lease, recording their operation at the same moment: one wins.
+            sqlx::Error::Database(d) if d.constraint() == Some(crate::store::idempotency::CLAIMED) => AppError::new(
+                Kind::Aborted,
+                super::KEY_SEEN,
+                "this idempotency key was claimed by another request meanwhile",
+            ),
             sqlx::Error::Database(d) if d.constraint() == Some("operation_request_key") => AppError::new(
                 Kind::Aborted,
                 "IDEMPOTENCY_KEY_IN_USE",

@@ -5,6 +5,7 @@
 //! Rule: no database connection or transaction is held across a call to
 //! Stripe. Each store function takes the pool and returns its connection.
 
+pub mod answer;
 pub mod apikeys;
 pub mod customers;
 pub mod error;
@@ -80,7 +81,25 @@ impl Default for WebhookSettings {
 pub struct RequestKey {
     pub scope: i64,
     pub key: String,
+    /// The claim of the key, still to be made with the request's operation;
+    /// `None` once the key is held. Such a key was never seen (else the
+    /// claim fails the recording, [`KEY_SEEN`], and the request runs again
+    /// holding it), so no operation is bound to it yet.
+    pub claim: Option<crate::store::idempotency::NewClaim>,
 }
+
+impl RequestKey {
+    /// The key as an operation records it, and its claim if still to make.
+    pub(crate) fn binding(&self) -> (Option<(i64, &str)>, Option<&crate::store::idempotency::NewClaim>) {
+        (Some((self.scope, self.key.as_str())), self.claim.as_ref())
+    }
+}
+
+/// The reason of the error that ends a request whose key turned out to be
+/// known when its claim was made with its operation: nothing was written,
+/// and the door claims the key the long way and runs the request again.
+/// Never shown to a caller.
+pub const KEY_SEEN: &str = "IDEMPOTENCY_KEY_SEEN";
 
 /// Who is calling: the API key, or nobody when checks are off.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -268,7 +268,7 @@ pub(crate) fn payment_of(op: &OperationRow) -> Result<i64, AppError> {
 /// An operation's payment, locked: still to be settled, or settled already.
 enum Locked {
     Pending(sqlx::Transaction<'static, sqlx::Postgres>, Box<PaymentRow>),
-    Settled(Result<PaymentRow, AppError>),
+    Settled(Box<Result<PaymentRow, AppError>>),
 }
 
 pub(crate) fn mismatch(id: i64) -> AppError {
@@ -346,7 +346,8 @@ impl App {
     /// driven again while its outcome is unknown, else answered from what
     /// was recorded.
     pub(crate) async fn resume(&self, key: Option<&RequestKey>) -> Result<Option<Driven>, AppError> {
-        let Some(key) = key else { return Ok(None) };
+        // A key still to be claimed was never seen: nothing is bound to it.
+        let Some(key) = key.filter(|k| k.claim.is_none()) else { return Ok(None) };
         let Some(op) = payments::operation_by_request_key(&self.db, key.scope, &key.key).await? else {
             return Ok(None);
         };
@@ -433,12 +434,16 @@ impl App {
         let creates = matches!(op.op, Operation::CreatePayment { .. });
         match result {
             Ok(reply) => {
-                self.apply_intent(op, &reply.object, reply.request_id.as_deref(), stripe_customer, source).await
+                let answers = true;
+                self.apply_intent(op, &reply.object, reply.request_id.as_deref(), stripe_customer, source, answers)
+                    .await
             }
             Err(StripeError::Api(e)) if e.kind == "card_error" => {
                 let embedded = e.payment_intent.clone().and_then(|v| serde_json::from_value::<PaymentIntent>(v).ok());
                 let row = match embedded {
-                    Some(pi) => self.apply_intent(op, &pi, e.request_id.as_deref(), stripe_customer, source).await?,
+                    Some(pi) => {
+                        self.apply_intent(op, &pi, e.request_id.as_deref(), stripe_customer, source, false).await?
+                    }
                     None => self.fail_operation(op, &e, true, source).await?,
                 };
                 Err(declined(&row, &e))
@@ -473,13 +478,15 @@ impl App {
             return Ok(Locked::Pending(tx, Box::new(before)));
         }
         tx.commit().await?;
-        Ok(Locked::Settled(match state {
+        Ok(Locked::Settled(Box::new(match state {
             State::Failed => Err(self.refusal_of(op).await?),
             _ => settled(op, before),
-        }))
+        })))
     }
 
     /// Applies a PaymentIntent Stripe returned for `op`, and closes `op`.
+    /// When the payment it records `answers` the request that asked for
+    /// `op`, that request's answer is saved with it ([`super::answer`]).
     async fn apply_intent(
         &self,
         op: &OperationRow,
@@ -487,10 +494,11 @@ impl App {
         request_id: Option<&str>,
         stripe_customer: Option<&str>,
         source: Source,
+        answers: bool,
     ) -> Result<PaymentRow, AppError> {
         let (mut tx, before) = match self.lock_pending(op).await? {
             Locked::Pending(tx, before) => (tx, *before),
-            Locked::Settled(answer) => return answer,
+            Locked::Settled(answer) => return *answer,
         };
         let payment_id = before.id;
         let mut row = before.clone();
@@ -505,6 +513,11 @@ impl App {
                 )
                 .await?;
                 payments::finish_operation(&mut tx, op.id, State::Succeeded, None).await?;
+                // A failed payment is answered as a refusal on some paths
+                // (read back after a saved failure): saved after, as answered.
+                if answers && row.status() != crate::domain::payment::Status::Failed {
+                    super::answer::save_with(&mut tx, op, || Driven::Payment(Box::new(row.clone()))).await?;
+                }
                 tx.commit().await?;
                 Ok(row)
             }
@@ -563,7 +576,7 @@ impl App {
     ) -> Result<PaymentRow, AppError> {
         let (mut tx, before) = match self.lock_pending(op).await? {
             Locked::Pending(tx, before) => (tx, *before),
-            Locked::Settled(answer) => return answer,
+            Locked::Settled(answer) => return *answer,
         };
         if never_sent && !payments::lock_untaken(&mut tx, op.id).await? {
             tx.rollback().await?;
@@ -611,7 +624,12 @@ impl App {
         let op = match payments::pending_operation(&mut tx, id).await? {
             // The same request again, while the first one's outcome is
             // unknown: resume it, with the same idempotency key.
-            Some(op) if op.op == asked => op,
+            Some(op) if op.op == asked => {
+                if let Some((k, claim)) = request.and_then(|k| k.claim.as_ref().map(|c| (k, c))) {
+                    crate::store::idempotency::claim_in(&mut tx, k.scope, &k.key, claim).await?;
+                }
+                op
+            }
             Some(_) => {
                 return Err(AppError::new(
                     Kind::Aborted,
@@ -621,7 +639,8 @@ impl App {
                 .detail("paymentID", id.to_string()));
             }
             None => {
-                let new = NewOperation { op: asked, request: request.map(|r| (r.scope, r.key.as_str())) };
+                let (request, claim) = request.map(RequestKey::binding).unwrap_or_default();
+                let new = NewOperation { op: asked, request, claim };
                 payments::insert_operation(&mut tx, new).await?
             }
         };

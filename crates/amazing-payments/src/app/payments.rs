@@ -92,7 +92,8 @@ impl App {
         let (_, op) = payments::insert(
             &self.db,
             NewPayment {
-                request: key.map(|k| (k.scope, k.key.as_str())),
+                request: key.and_then(|k| k.binding().0),
+                claim: key.and_then(|k| k.binding().1),
                 customer_id: customer.id,
                 amount: money.amount(),
                 currency: money.currency().code(),

@@ -48,10 +48,8 @@ impl App {
         let in_flight = payments::refunds_in_flight(&mut tx, payment_id).await?;
         let amount = row.ledger().plan_refund(amount, in_flight).map_err(|r| refused(payment_id, r))?;
         let refund = payments::insert_refund(&mut tx, payment_id, amount, reason, Source::Api).await?;
-        let new = NewOperation {
-            op: Operation::Refund { payment_id, refund_id: refund.id, amount },
-            request: key.map(|k| (k.scope, k.key.as_str())),
-        };
+        let (request, claim) = key.map(super::RequestKey::binding).unwrap_or_default();
+        let new = NewOperation { op: Operation::Refund { payment_id, refund_id: refund.id, amount }, request, claim };
         let op = payments::insert_operation(&mut tx, new).await?;
         tx.commit().await?;
         self.drive(&op).await?.refund()

@@ -12,8 +12,10 @@
 //! using the same Stripe idempotency key.
 
 use crate::{
-    app::{App, AppError, Kind, Principal, RequestKey, error::ERROR_DOMAIN},
-    store::idempotency::{self, Claim},
+    app::{
+        App, AppError, KEY_SEEN, Kind, Principal, RequestKey, answer::Answer, error::ERROR_DOMAIN, operations::Driven,
+    },
+    store::idempotency::{self, Claim, NewClaim},
 };
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::{Map, Value, json};
@@ -21,6 +23,7 @@ use sha2::{Digest, Sha256};
 use std::{collections::HashMap, future::Future};
 use tonic::{Code, Request, Response, Status, metadata::MetadataMap};
 use tonic_types::{ErrorDetails, StatusExt};
+use uuid::Uuid;
 
 /// The metadata of replayed answers.
 pub const REPLAYED: &str = "idempotent-replayed";
@@ -91,18 +94,23 @@ fn replay<Resp: DeserializeOwned>(saved: Value) -> Result<Response<Resp>, Status
     Ok(response)
 }
 
-/// Runs `run` once per idempotency key (or every time, without one).
+/// Runs `run` once per idempotency key (or every time, without one). For
+/// an rpc whose answer is `render` of the use case's result as it is, the
+/// answer is saved with the outcome of the request's operation, in the same
+/// transaction ([`crate::app::answer`]); else ([`after`]) once the use
+/// case returns.
 pub async fn once<Req, Resp, F, Fut>(
     app: &App,
     principal: &Principal,
     rpc: &'static str,
     request: Request<Req>,
+    render: fn(&Driven) -> Option<Resp>,
     run: F,
 ) -> Result<Response<Resp>, Status>
 where
-    Req: Serialize,
-    Resp: Serialize + DeserializeOwned,
-    F: FnOnce(Req, Option<RequestKey>) -> Fut,
+    Req: Serialize + Clone,
+    Resp: Serialize + DeserializeOwned + 'static,
+    F: Fn(Req, Option<RequestKey>) -> Fut,
     Fut: Future<Output = Result<Resp, AppError>>,
 {
     let key = key_of(request.metadata())?;
@@ -111,12 +119,28 @@ where
         return run(message, None).await.map(Response::new).map_err(Status::from);
     };
     let scope = principal.api_key_id.unwrap_or(0);
+    let claim = NewClaim {
+        rpc,
+        fingerprint: fingerprint(rpc, &message),
+        lease: app.idempotency_lease,
+        ttl: app.idempotency_ttl,
+        holder: Uuid::new_v4(),
+    };
+    // The common case, a key never seen: claimed by the statement that
+    // records the request's operation, so the claim costs no round trip.
+    let first = RequestKey { scope, key: key.clone(), claim: Some(claim.clone()) };
+    match run_keyed(app, first.clone(), &claim, render, run(message.clone(), Some(first))).await {
+        Err(e) if e.reason == KEY_SEEN => {}
+        done => return done.map(Response::new).map_err(Status::from),
+    }
+    // A key seen before: claimed on its own, which decides between a
+    // replay, a refusal and running the request again holding it.
     let holder = match idempotency::claim(
         &app.db,
         scope,
         &key,
         rpc,
-        &fingerprint(rpc, &message),
+        &claim.fingerprint,
         app.idempotency_lease,
         app.idempotency_ttl,
     )
@@ -141,24 +165,70 @@ where
             .into());
         }
     };
-    let mut guard = Unfinished { db: Some(app.db.clone()), scope, key: key.clone(), holder };
-    let result = run(message, Some(RequestKey { scope, key: key.clone() })).await;
+    let claim = NewClaim { holder, ..claim };
+    let held = RequestKey { scope, key: key.clone(), claim: None };
+    run_keyed(app, held.clone(), &claim, render, run(message, Some(held)))
+        .await
+        .map(Response::new)
+        .map_err(Status::from)
+}
+
+/// The `render` of an rpc whose answer is saved after its use case returns.
+pub fn after<Resp>(_: &Driven) -> Option<Resp> {
+    None
+}
+
+/// The answer saved for a successful request.
+fn saved_ok(resp: &impl Serialize) -> Value {
+    json!({"ok": serde_json::to_value(resp).unwrap_or(Value::Null)})
+}
+
+/// Runs a keyed request's use case (`work`) and saves its answer, unless it
+/// was saved with its operation's outcome; frees the key for a retry when
+/// the outcome is unknown.
+async fn run_keyed<Resp: Serialize + 'static>(
+    app: &App,
+    key: RequestKey,
+    claim: &NewClaim,
+    render: fn(&Driven) -> Option<Resp>,
+    work: impl Future<Output = Result<Resp, AppError>>,
+) -> Result<Resp, AppError> {
+    let answer = Answer::new(
+        key.scope,
+        key.key.clone(),
+        claim.holder,
+        Box::new(move |d: &Driven| render(d).map(|r| saved_ok(&r))),
+    );
+    let mut guard =
+        Unfinished { db: Some(app.db.clone()), scope: key.scope, key: key.key.clone(), holder: claim.holder };
+    let result = answer.clone().scope(work).await;
     guard.db = None;
-    let saved = match &result {
-        Ok(resp) => Some(json!({"ok": serde_json::to_value(resp).unwrap_or(Value::Null)})),
-        Err(e) if is_final(e) => Some(json!({"error": {
-            "code": e.kind.code() as i32, "reason": e.reason, "message": e.message, "details": e.details,
-        }})),
-        Err(_) => None,
+    let stored = match &result {
+        Ok(_) if answer.saved() => Ok(true),
+        Ok(resp) => idempotency::complete(&app.db, key.scope, &key.key, claim, &saved_ok(resp)).await,
+        // Nothing was written: the request runs again holding the key.
+        Err(e) if e.reason == KEY_SEEN => Ok(true),
+        Err(e) if is_final(e) => {
+            let saved = json!({"error": {
+                "code": e.kind.code() as i32, "reason": e.reason, "message": e.message, "details": e.details,
+            }});
+            idempotency::complete(&app.db, key.scope, &key.key, claim, &saved).await
+        }
+        Err(_) => idempotency::release(&app.db, key.scope, &key.key, claim.holder).await.map(|()| true),
     };
-    let stored = match saved {
-        Some(v) => idempotency::complete(&app.db, scope, &key, holder, &v).await,
-        None => idempotency::release(&app.db, scope, &key, holder).await,
-    };
-    if let Err(e) = stored {
-        tracing::error!(error = %e, "could not save the idempotent response");
+    match stored {
+        // A request whose claim was still to be made, refused before it
+        // recorded anything, under a key another request holds or answered:
+        // its refusal may come from that request's work (a retried capture
+        // finding the payment captured). It is not the key's answer: the
+        // request runs again holding the key, which finds that work.
+        Ok(false) if key.claim.is_some() && result.is_err() => {
+            return Err(AppError::new(Kind::Aborted, KEY_SEEN, "this idempotency key was used before"));
+        }
+        Ok(_) => {}
+        Err(e) => tracing::error!(error = %e, "could not save the idempotent response"),
     }
-    result.map(Response::new).map_err(Status::from)
+    result
 }
 
 /// Frees a claimed key when its request is dropped unfinished (the client

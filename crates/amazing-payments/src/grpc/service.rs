@@ -8,7 +8,7 @@ use super::{
     idempotency,
 };
 use crate::{
-    app::{App, AppError, Principal, payments::ListPayments, products::CreateProduct},
+    app::{App, AppError, Principal, operations::Driven, payments::ListPayments, products::CreateProduct},
     domain::customer::CustomerId,
     proto::{self, payment_service_server::PaymentService},
 };
@@ -52,7 +52,7 @@ impl PaymentService for PaymentApi {
     ) -> Result<Response<proto::Customer>, Status> {
         let who = self.principal(&request).await?;
         let app = &self.app;
-        idempotency::once(app, &who, "CreateCustomer", request, |r, key| async move {
+        idempotency::once(app, &who, "CreateCustomer", request, idempotency::after, |r, key| async move {
             Ok(app.create_customer(parse(r)?, key.as_ref()).await?.into())
         })
         .await
@@ -81,7 +81,7 @@ impl PaymentService for PaymentApi {
     ) -> Result<Response<proto::Customer>, Status> {
         let who = self.principal(&request).await?;
         let app = &self.app;
-        idempotency::once(app, &who, "UpdateCustomer", request, |r, key| async move {
+        idempotency::once(app, &who, "UpdateCustomer", request, idempotency::after, |r, key| async move {
             Ok(app.update_customer(parse(r)?, key.as_ref()).await?.into())
         })
         .await
@@ -105,7 +105,7 @@ impl PaymentService for PaymentApi {
     ) -> Result<Response<proto::Product>, Status> {
         let who = self.principal(&request).await?;
         let app = &self.app;
-        idempotency::once(app, &who, "CreateProduct", request, |r, key| async move {
+        idempotency::once(app, &who, "CreateProduct", request, idempotency::after, |r, key| async move {
             let cmd = CreateProduct::parse(&r.name, &r.description, convert::price_money(r.unit_amount, &r.currency)?)?;
             let (product, prices) = app.create_product(cmd, key.as_ref()).await?;
             Ok(convert::product(product, prices))
@@ -138,7 +138,7 @@ impl PaymentService for PaymentApi {
     async fn add_price(&self, request: Request<proto::AddPriceRequest>) -> Result<Response<proto::Price>, Status> {
         let who = self.principal(&request).await?;
         let app = &self.app;
-        idempotency::once(app, &who, "AddPrice", request, |r, key| async move {
+        idempotency::once(app, &who, "AddPrice", request, idempotency::after, |r, key| async move {
             let product = id("productID", r.product_id)?;
             Ok(convert::price(
                 app.add_price(product, convert::price_money(r.unit_amount, &r.currency)?, key.as_ref()).await?,
@@ -153,7 +153,7 @@ impl PaymentService for PaymentApi {
     ) -> Result<Response<proto::Product>, Status> {
         let who = self.principal(&request).await?;
         let app = &self.app;
-        idempotency::once(app, &who, "DeactivateProduct", request, |r, key| async move {
+        idempotency::once(app, &who, "DeactivateProduct", request, idempotency::after, |r, key| async move {
             let (product, prices) = app.deactivate_product(id("productID", r.product_id)?, key.as_ref()).await?;
             Ok(convert::product(product, prices))
         })
@@ -166,7 +166,7 @@ impl PaymentService for PaymentApi {
     ) -> Result<Response<proto::Price>, Status> {
         let who = self.principal(&request).await?;
         let app = &self.app;
-        idempotency::once(app, &who, "DeactivatePrice", request, |r, key| async move {
+        idempotency::once(app, &who, "DeactivatePrice", request, idempotency::after, |r, key| async move {
             Ok(convert::price(app.deactivate_price(id("priceID", r.price_id)?, key.as_ref()).await?))
         })
         .await
@@ -178,7 +178,7 @@ impl PaymentService for PaymentApi {
     ) -> Result<Response<proto::Payment>, Status> {
         let who = self.principal(&request).await?;
         let app = &self.app;
-        idempotency::once(app, &who, "CreatePayment", request, |r, key| async move {
+        idempotency::once(app, &who, "CreatePayment", request, payment_answer, |r, key| async move {
             let payment = app.create_payment(parse(r)?, key.as_ref()).await?;
             Ok(convert::payment(payment, Vec::new()))
         })
@@ -218,7 +218,7 @@ impl PaymentService for PaymentApi {
     ) -> Result<Response<proto::Payment>, Status> {
         let who = self.principal(&request).await?;
         let app = &self.app;
-        idempotency::once(app, &who, "CapturePayment", request, |r, key| async move {
+        idempotency::once(app, &who, "CapturePayment", request, payment_answer, |r, key| async move {
             let payment = app
                 .capture_payment(id("paymentID", r.payment_id)?, convert::capture_amount(r.amount)?, key.as_ref())
                 .await?;
@@ -233,7 +233,7 @@ impl PaymentService for PaymentApi {
     ) -> Result<Response<proto::Payment>, Status> {
         let who = self.principal(&request).await?;
         let app = &self.app;
-        idempotency::once(app, &who, "CancelPayment", request, |r, key| async move {
+        idempotency::once(app, &who, "CancelPayment", request, payment_answer, |r, key| async move {
             let reason = convert::cancellation_reason(&r.reason)?;
             let payment = app.cancel_payment(id("paymentID", r.payment_id)?, reason, key.as_ref()).await?;
             Ok(convert::payment(payment, Vec::new()))
@@ -247,7 +247,7 @@ impl PaymentService for PaymentApi {
     ) -> Result<Response<proto::Refund>, Status> {
         let who = self.principal(&request).await?;
         let app = &self.app;
-        idempotency::once(app, &who, "RefundPayment", request, |r, key| async move {
+        idempotency::once(app, &who, "RefundPayment", request, idempotency::after, |r, key| async move {
             let payment = id("paymentID", r.payment_id)?;
             let refund = app
                 .refund_payment(
@@ -278,5 +278,14 @@ impl PaymentService for PaymentApi {
         Ok(Response::new(proto::ListRefundsResponse {
             refunds: refunds.into_iter().map(|r| convert::refund(r, &currency)).collect(),
         }))
+    }
+}
+
+/// The answer of an rpc that answers the payment its operation left: the
+/// payment, without history.
+fn payment_answer(result: &Driven) -> Option<proto::Payment> {
+    match result {
+        Driven::Payment(p) => Some(convert::payment((**p).clone(), Vec::new())),
+        _ => None,
     }
 }

@@ -3,7 +3,7 @@
 //! who runs a request, and a lease lets a retry take over from a crashed one.
 
 use serde_json::Value;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -21,6 +21,41 @@ pub enum Claim {
     Mismatch,
     /// Another request with this key is running.
     InUse,
+}
+
+/// A claim a request makes in the transaction that records its operation,
+/// rather than in one of its own: the common case (a key never seen) then
+/// costs no statement and no commit. If the key exists, the recording
+/// statement fails on [`CLAIMED`] and nothing is written; the request then
+/// claims the key the long way ([`claim`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewClaim {
+    pub rpc: &'static str,
+    pub fingerprint: String,
+    pub lease: Duration,
+    pub ttl: Duration,
+    pub holder: Uuid,
+}
+
+/// The constraint a claim of a key already in the table violates.
+pub const CLAIMED: &str = "idempotency_key_pkey";
+
+/// Makes `claim` in the caller's transaction (see [`NewClaim`]).
+pub async fn claim_in(conn: &mut PgConnection, scope: i64, key: &str, claim: &NewClaim) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO auth.idempotency_key (scope, key, rpc, fingerprint, state, locked_until, expires_at, holder)
+         VALUES ($1, $2, $3, $4, 'running', now() + make_interval(secs => $5), now() + make_interval(secs => $6), $7)",
+    )
+    .bind(scope)
+    .bind(key)
+    .bind(claim.rpc)
+    .bind(&claim.fingerprint)
+    .bind(claim.lease.as_secs_f64())
+    .bind(claim.ttl.as_secs_f64())
+    .bind(claim.holder)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// Claims `key` for a request with `fingerprint`.
@@ -86,9 +121,45 @@ pub async fn claim(
 }
 
 /// Saves the response of a completed request, if `holder` still holds the
-/// key (else a retry took over, and its answer is the one kept).
-pub async fn complete(db: &PgPool, scope: i64, key: &str, holder: Uuid, response: &Value) -> Result<(), sqlx::Error> {
-    sqlx::query(
+/// key (else a retry took over, and its answer is the one kept). A request
+/// whose claim was to come with its operation (a [`NewClaim`]) and that
+/// ended before recording one (a refusal of its input) saves its answer
+/// under a new key row here, if the key is still unknown. Whether it saved.
+pub async fn complete(
+    db: &PgPool,
+    scope: i64,
+    key: &str,
+    claim: &NewClaim,
+    response: &Value,
+) -> Result<bool, sqlx::Error> {
+    let saved = sqlx::query(
+        "INSERT INTO auth.idempotency_key AS k (scope, key, rpc, fingerprint, state, response, expires_at, holder)
+         VALUES ($1, $2, $3, $4, 'done', $5, now() + make_interval(secs => $6), $7)
+         ON CONFLICT (scope, key) DO UPDATE SET state = 'done', response = EXCLUDED.response, locked_until = NULL
+         WHERE k.holder = EXCLUDED.holder AND k.state = 'running'",
+    )
+    .bind(scope)
+    .bind(key)
+    .bind(claim.rpc)
+    .bind(&claim.fingerprint)
+    .bind(response)
+    .bind(claim.ttl.as_secs_f64())
+    .bind(claim.holder)
+    .execute(db)
+    .await?;
+    Ok(saved.rows_affected() == 1)
+}
+
+/// Saves the response of a request in the transaction that settles its
+/// operation, if `holder` still holds the key. Whether it did.
+pub async fn complete_in(
+    conn: &mut PgConnection,
+    scope: i64,
+    key: &str,
+    holder: Uuid,
+    response: &Value,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
         "UPDATE auth.idempotency_key SET state = 'done', response = $3, locked_until = NULL
          WHERE scope = $1 AND key = $2 AND holder = $4 AND state = 'running'",
     )
@@ -96,9 +167,9 @@ pub async fn complete(db: &PgPool, scope: i64, key: &str, holder: Uuid, response
     .bind(key)
     .bind(response)
     .bind(holder)
-    .execute(db)
+    .execute(conn)
     .await?;
-    Ok(())
+    Ok(done.rows_affected() == 1)
 }
 
 /// Frees the key for the same request to try again (the outcome was

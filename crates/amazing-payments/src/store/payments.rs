@@ -2,7 +2,7 @@
 //! `payment.operation`. A change of a payment is saved together with its
 //! history row, in the caller's transaction.
 
-use super::outbox;
+use super::{idempotency::NewClaim, outbox};
 use crate::domain::{
     operation::{CorruptOperation, Operation, State},
     payment::{Ledger, Status},
@@ -196,6 +196,8 @@ impl<'r> FromRow<'r, PgRow> for OperationRow {
 pub struct NewPayment<'a> {
     /// The client's idempotency key (scope, key) that asked for it.
     pub request: Option<(i64, &'a str)>,
+    /// The claim of that key, when it is made with the payment.
+    pub claim: Option<&'a NewClaim>,
     pub customer_id: i64,
     pub amount: i64,
     pub currency: &'a str,
@@ -232,7 +234,8 @@ pub async fn insert(db: &PgPool, p: NewPayment<'_>) -> Result<(PaymentRow, Opera
     .fetch_one(&mut *tx)
     .await?;
     add_history(&mut tx, None, &row, Source::Api, &Cause::default()).await?;
-    let new_op = NewOperation { op: Operation::CreatePayment { payment_id: row.id }, request: p.request };
+    let new_op =
+        NewOperation { op: Operation::CreatePayment { payment_id: row.id }, request: p.request, claim: p.claim };
     let op = insert_operation(&mut tx, new_op).await?;
     tx.commit().await?;
     Ok((row, op))
@@ -246,27 +249,48 @@ pub struct NewOperation<'a> {
     pub op: Operation,
     /// The client's idempotency key (scope, key) that asked for it.
     pub request: Option<(i64, &'a str)>,
+    /// The claim of that key, when it is made with the operation.
+    pub claim: Option<&'a NewClaim>,
 }
 
 /// Records an operation. Its Stripe idempotency key is a random UUID, so no
 /// two deployments (or databases, or restored backups) on one Stripe account
-/// ever send the same key for different requests.
+/// ever send the same key for different requests. With a claim, the same
+/// statement claims the client's key; it fails on [`super::idempotency::CLAIMED`]
+/// if the key exists.
 pub async fn insert_operation(conn: &mut PgConnection, new: NewOperation<'_>) -> Result<OperationRow, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "INSERT INTO payment.operation (kind, payment_id, refund_id, amount, idempotency_key, params, request_scope, request_key)
-         VALUES ($1, $2, $3, $4, 'ap-' || gen_random_uuid(), $5, $6, $7)
-         RETURNING {OPERATION}"
-    ))
-    .bind(new.op.kind())
-    .bind(new.op.payment_id())
-    .bind(new.op.refund_id())
-    .bind(new.op.amount())
-    .bind(Json(new.op.params()))
-    .bind(new.request.map(|r| r.0))
-    .bind(new.request.map(|r| r.1))
-    .fetch_one(conn)
-    .await
-    .map(|op: OperationRow| OperationRow { fresh: true, ..op })
+    let columns = "INSERT INTO payment.operation (kind, payment_id, refund_id, amount, idempotency_key, params, request_scope, request_key)";
+    let claimed = new.claim.zip(new.request);
+    let sql = if claimed.is_some() {
+        format!(
+            "WITH claim AS (
+                 INSERT INTO auth.idempotency_key (scope, key, rpc, fingerprint, state, locked_until, expires_at, holder)
+                 VALUES ($6, $7, $8, $9, 'running', now() + make_interval(secs => $10), now() + make_interval(secs => $11), $12)
+                 RETURNING scope)
+             {columns} SELECT $1, $2, $3, $4, 'ap-' || gen_random_uuid(), $5, claim.scope, $7 FROM claim
+             RETURNING {OPERATION}"
+        )
+    } else {
+        format!("{columns} VALUES ($1, $2, $3, $4, 'ap-' || gen_random_uuid(), $5, $6, $7) RETURNING {OPERATION}")
+    };
+    let query = sqlx::query_as(&sql)
+        .bind(new.op.kind())
+        .bind(new.op.payment_id())
+        .bind(new.op.refund_id())
+        .bind(new.op.amount())
+        .bind(Json(new.op.params()))
+        .bind(new.request.map(|r| r.0))
+        .bind(new.request.map(|r| r.1));
+    let query = match claimed {
+        Some((claim, _)) => query
+            .bind(claim.rpc)
+            .bind(&claim.fingerprint)
+            .bind(claim.lease.as_secs_f64())
+            .bind(claim.ttl.as_secs_f64())
+            .bind(claim.holder),
+        None => query,
+    };
+    query.fetch_one(conn).await.map(|op: OperationRow| OperationRow { fresh: true, ..op })
 }
 
 /// Closes a create operation as succeeded after all: its PaymentIntent,

@@ -1,9 +1,8 @@
 //! Customers over both transports: create, get, update, list; refusals with
 //! nothing written; Stripe refusing and unreachable.
 
-
-use amazing_payments::proto::{CreateCustomerRequest, GetCustomerRequest, ListCustomersRequest, UpdateCustomerRequest};
 use crate::common::{TestApp, reason};
+use amazing_payments::proto::{CreateCustomerRequest, GetCustomerRequest, ListCustomersRequest, UpdateCustomerRequest};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tonic::Code;
@@ -223,9 +222,11 @@ async fn stripe_unreachable_is_503_unavailable_and_nothing_is_written() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    let app =
-        TestApp::spawn_with(crate::common::Options { stripe_base: Some(format!("http://{closed}")), ..Default::default() })
-            .await;
+    let app = TestApp::spawn_with(crate::common::Options {
+        stripe_base: Some(format!("http://{closed}")),
+        ..Default::default()
+    })
+    .await;
     let (status, body) = app.post("/v1/customer", json!({"name": "Ada", "email": "ada@example.com"})).await;
     assert_eq!(
         (status, body["reason"].as_str(), body["code"].as_i64()),

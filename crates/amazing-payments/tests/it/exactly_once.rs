@@ -1,14 +1,13 @@
 //! Exactly once: client idempotency keys over both transports, retries after
 //! lost answers, and the reconciler finishing what a request could not.
 
-
-use amazing_payments::{
-    store::payments::{self, NewPayment},
-    workers::reconciler::{self, Settings},
-};
 use crate::common::{
     TestApp,
     call::{BOTH, Via, int},
+};
+use amazing_payments::{
+    store::payments::{self, NewPayment},
+    workers::reconciler::{self, Settings},
 };
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -206,6 +205,7 @@ async fn the_reconciler_finishes_an_operation_recorded_just_before_a_crash() {
         &app.db,
         NewPayment {
             request: None,
+            claim: None,
             customer_id: customer.parse().unwrap(),
             amount: 700,
             currency: "usd",
@@ -314,4 +314,44 @@ async fn a_product_whose_answers_were_lost_is_made_once_in_stripe() {
     assert_eq!(p["prices"].as_array().unwrap().len(), 1);
     let data = app.sim.state().data.lock();
     assert_eq!((data.products.values().count(), data.prices.values().count()), (1, 1));
+}
+
+#[tokio::test]
+async fn a_keyed_payment_claims_its_key_with_its_record_and_saves_its_answer_with_its_outcome() {
+    let app = TestApp::spawn().await;
+    let customer = app.new_customer().await;
+    let (paid, _) = app.call_keyed(Via::Rest, "CreatePayment", payment(&customer), Some("two-commits")).await;
+    let id: i64 = paid.unwrap()["paymentID"].as_str().unwrap().parse().unwrap();
+    // now() is its transaction's start, and xmin the last transaction that
+    // wrote a row: the key was claimed by the transaction that recorded the
+    // payment, and answered by the one that applied Stripe's answer.
+    let (same_start, same_writer, state): (bool, bool, String) = sqlx::query_as(
+        "SELECT k.created_at = p.created_at, k.xmin::text = p.xmin::text, k.state
+         FROM auth.idempotency_key k, payment.payment p WHERE k.key = 'two-commits' AND p.id = $1",
+    )
+    .bind(id)
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert!(same_start, "the claim is made with the payment's record");
+    assert!(same_writer, "the answer is saved with the payment's outcome");
+    assert_eq!(state, "done");
+    let (again, replayed) = app.call_keyed(Via::Rest, "CreatePayment", payment(&customer), Some("two-commits")).await;
+    assert!(replayed);
+    assert_eq!(again.unwrap()["paymentID"].as_str(), Some(id.to_string().as_str()));
+}
+
+#[tokio::test]
+async fn a_capture_retried_after_the_reconciler_finished_it_answers_the_capture_not_already_captured() {
+    let app = TestApp::spawn().await;
+    let customer = app.new_customer().await;
+    let created = app.call(Via::Grpc, "CreatePayment", payment(&customer)).await.unwrap();
+    let id = created["paymentID"].as_str().unwrap().to_string();
+    fault(&app, json!({"method": "POST", "path": "/v1/payment_intents/", "drop": "after", "times": 3}));
+    let (first, _) = app.call_keyed(Via::Grpc, "CapturePayment", json!({"paymentID": id}), Some("cap-1")).await;
+    assert_eq!(first.unwrap_err().code, Code::Unavailable);
+    reconciler::until_idle(&app.app, &now()).await.unwrap();
+    let (retry, _) = app.call_keyed(Via::Grpc, "CapturePayment", json!({"paymentID": id}), Some("cap-1")).await;
+    let retry = retry.expect("the retry learns its capture happened");
+    assert_eq!((retry["status"].as_str(), int(&retry, "amount_captured")), (Some("succeeded"), 2500));
 }

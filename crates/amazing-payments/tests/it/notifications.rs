@@ -3,14 +3,13 @@
 //! moto), the notifier mailing through aiosmtpd into a Maildir, the
 //! dead-letter queue and its redrive, and the relay killed mid-batch.
 
-
-use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use crate::common::{
     TestApp,
     call::int,
     outside::{Moto, Smtp, pytools},
     procs::{Proc, Stack, service_bin, spawn},
 };
+use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use serde_json::{Value, json};
 use std::{
     collections::{HashMap, HashSet},

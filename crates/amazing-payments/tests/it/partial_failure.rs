@@ -4,13 +4,12 @@
 //! one refund's news applied several times at once. Each test names what a
 //! caller or Stripe would see if the service got it wrong.
 
-
-use amazing_payments::store::webhooks::EventRow;
 use crate::common::{
     Options, TestApp,
     call::{Via, int},
     proxy::Proxy,
 };
+use amazing_payments::store::webhooks::EventRow;
 use serde_json::{Value, json};
 use std::{net::SocketAddr, time::Duration};
 use tonic::Code;
@@ -436,8 +435,10 @@ async fn a_request_that_outlived_its_lease_cannot_overwrite_the_answer_of_the_re
     let Claim::Run(retry) = idempotency::claim(&db, 1, "k", "CapturePayment", "f", lease, ttl).await.unwrap() else {
         panic!("the retry takes over a lapsed lease")
     };
-    idempotency::complete(&db, 1, "k", retry, &json!({"ok": "the retry's"})).await.unwrap();
-    idempotency::complete(&db, 1, "k", first, &json!({"ok": "the first's"})).await.unwrap();
+    let as_claim =
+        |holder| idempotency::NewClaim { rpc: "CapturePayment", fingerprint: "f".into(), lease, ttl, holder };
+    idempotency::complete(&db, 1, "k", &as_claim(retry), &json!({"ok": "the retry's"})).await.unwrap();
+    idempotency::complete(&db, 1, "k", &as_claim(first), &json!({"ok": "the first's"})).await.unwrap();
     idempotency::release(&db, 1, "k", first).await.unwrap();
     match idempotency::claim(&db, 1, "k", "CapturePayment", "f", lease, ttl).await.unwrap() {
         Claim::Replay(saved) => assert_eq!(saved, json!({"ok": "the retry's"})),

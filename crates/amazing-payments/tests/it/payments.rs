@@ -2,7 +2,6 @@
 //! part), cancel, refunds, declines, 3-D Secure, refusals before Stripe is
 //! called, currencies, and Stripe's answer checked against the request.
 
-
 use crate::common::{
     TestApp,
     call::{BOTH, Via, int},

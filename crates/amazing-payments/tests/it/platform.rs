@@ -1,13 +1,12 @@
 //! What every route shares: API keys, health, error formats, request ids, the
 //! generated REST routes and OpenAPI document, gRPC health and reflection.
 
-
+use crate::common::{Options, TestApp, proxy::Proxy, reason, with_key};
 use amazing_payments::{
     http::gateway::{ROUTES, RPCS},
     proto::{CreateCustomerRequest, GetCustomerRequest, HealthCheckRequest, ListCustomersRequest},
     store,
 };
-use crate::common::{Options, TestApp, proxy::Proxy, reason, with_key};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -303,7 +302,8 @@ async fn a_revoked_key_stops_working_within_the_key_cache_ttl() {
 #[tokio::test]
 async fn past_its_capacity_an_instance_refuses_at_once_with_retry_after_and_writes_nothing() {
     use crate::common::call::{BOTH, Via};
-    let app = crate::common::TestApp::spawn_with(crate::common::Options { max_in_flight: 2, ..Default::default() }).await;
+    let app =
+        crate::common::TestApp::spawn_with(crate::common::Options { max_in_flight: 2, ..Default::default() }).await;
     let customer = app.new_customer().await;
     app.sim.state().faults.add(
         serde_json::from_value(serde_json::json!({"method": "POST", "path": "/v1/payment_intents", "latency_ms": 600}))

@@ -10,7 +10,6 @@
 //! After each, once reconciled, our books must equal Stripe's (the
 //! simulator's) object for object, with nothing done twice.
 
-
 use crate::common::procs::{PEPPER, Proc, STRIPE_KEY, free_port, service_bin, sim_bin, spawn, wait_until_up};
 use rand::Rng;
 use serde_json::{Value, json};
@@ -65,8 +64,12 @@ impl World {
 
     /// Registers a service's webhook endpoint with the simulator; its secret.
     async fn webhook_secret(&self, json_port: u16) -> String {
-        crate::common::register_webhook(&self.sim_url, STRIPE_KEY, &format!("http://127.0.0.1:{json_port}/v1/webhooks/stripe"))
-            .await
+        crate::common::register_webhook(
+            &self.sim_url,
+            STRIPE_KEY,
+            &format!("http://127.0.0.1:{json_port}/v1/webhooks/stripe"),
+        )
+        .await
     }
 
     /// Webhook events applied, and parked, across the instances.

@@ -1,7 +1,6 @@
 //! The Stripe client against the simulator: what goes on the wire, retries
 //! with the same idempotency key, and typed errors.
 
-
 use amazing_payments::stripe::{Client, Form, StripeError};
 use serde_json::json;
 use std::time::Duration;

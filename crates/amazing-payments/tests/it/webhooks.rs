@@ -1,12 +1,11 @@
 //! Stripe's webhooks: verified, stored once, applied in any order by reading
 //! the object back, over deliveries from the simulator.
 
-
-use amazing_payments::{app::WebhookSettings, secret::Secret, workers::webhooks};
 use crate::common::{
     Options, TestApp,
     call::{Via, int},
 };
+use amazing_payments::{app::WebhookSettings, secret::Secret, workers::webhooks};
 use hmac::{Hmac, Mac};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
