@@ -3,7 +3,6 @@
 //! done), `Stripe-Should-Retry` on error answers, rate limits and lock
 //! timeouts, and faults on reads and on customer creation.
 
-
 use crate::common::{Answer, Sim, ids, rule};
 use reqwest::StatusCode;
 use serde_json::json;

@@ -1,8 +1,8 @@
 //! The simulator's tests, linked as one binary (one link instead of one per
 //! file). Each module is a file of tests; `common` is their harness.
 
-mod common;
 mod api;
+mod common;
 mod faults;
 mod payments;
 mod refunds;

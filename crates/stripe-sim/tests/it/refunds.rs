@@ -2,7 +2,6 @@
 //! by themselves (a background task) or when a test says so; and what a
 //! pending refund does to the charge's refundable amount.
 
-
 use crate::common::{Sim, eventually};
 use reqwest::StatusCode;
 use serde_json::{Value, json};

@@ -3,7 +3,6 @@
 //! a checker can walk to the end (`starting_after`, `limit` up to 100,
 //! `customer`, `payment_intent` and `created` filters).
 
-
 use crate::common::{Sim, ids};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
