@@ -26,7 +26,8 @@ if [ -z "${STRIPE_KEY:-}" ]; then
   export SIM_PORT
   "$BIN/stripe-sim" --port "$SIM_PORT" >"$ROOT/target/stripe-sim.log" 2>&1 &
   pids+=($!)
-  export STRIPE_KEY=sk_test_local_simulator STRIPE_API_BASE="http://127.0.0.1:$SIM_PORT"
+  # The simulator speaks HTTP/2 on plain http, as Stripe does over TLS.
+  export STRIPE_KEY=sk_test_local_simulator STRIPE_API_BASE="http://127.0.0.1:$SIM_PORT" STRIPE_HTTP2="${STRIPE_HTTP2:-always}"
   for _ in $(seq 50); do port_open 127.0.0.1 "$SIM_PORT" && break; sleep 0.1; done
   log "Stripe simulator on $STRIPE_API_BASE (set STRIPE_KEY to use Stripe)"
 fi

@@ -170,6 +170,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 idempotency_lease: std::time::Duration::from_secs(90),
                 webhooks: Default::default(),
                 max_in_flight: 1,
+                overload_target: Default::default(),
             };
             if once {
                 let p = reconciler::until_idle(&app, &settings).await?;
@@ -348,6 +349,7 @@ async fn serve_until_signal(config: ServeConfig, reconcile: Option<reconciler::S
         idempotency_lease: config.idempotency_lease,
         webhooks: config.webhooks,
         max_in_flight: config.max_in_flight,
+        overload_target: config.overload_target,
     };
     println!("REST:     http://{rest_addr}/v1/...");
     println!("gRPC:     {grpc_addr} (reflection on)");

@@ -135,6 +135,13 @@ pub struct StripeArgs {
     /// Retries of a failed Stripe request (same idempotency key).
     #[arg(long, env = "STRIPE_MAX_RETRIES", default_value = "2")]
     pub stripe_max_retries: String,
+    /// HTTP/2 towards Stripe: auto (where offered, by TLS negotiation),
+    /// always (also on plain http, e.g. the simulator) or never.
+    #[arg(long, env = "STRIPE_HTTP2", default_value = "auto")]
+    pub stripe_http2: String,
+    /// Connections (HTTP/2) or connection pools (HTTP/1.1) to Stripe.
+    #[arg(long, env = "STRIPE_CONNECTIONS", default_value = "4")]
+    pub stripe_connections: String,
 }
 
 impl StripeArgs {
@@ -160,6 +167,12 @@ impl StripeArgs {
         s.max_retries = number("STRIPE_MAX_RETRIES", &self.stripe_max_retries)?;
         if s.max_retries > 10 {
             return Err(err("STRIPE_MAX_RETRIES", "must be at most 10"));
+        }
+        s.http2 = stripe::Http2::parse(&self.stripe_http2)
+            .ok_or_else(|| err("STRIPE_HTTP2", "must be auto, always or never"))?;
+        s.connections = number("STRIPE_CONNECTIONS", &self.stripe_connections)?;
+        if !(1..=64).contains(&s.connections) {
+            return Err(err("STRIPE_CONNECTIONS", "must be between 1 and 64"));
         }
         Ok(s)
     }
@@ -426,6 +439,11 @@ pub struct ServeArgs {
     /// with 503 and Retry-After.
     #[arg(long, env = "MAX_IN_FLIGHT", default_value = "1024")]
     pub max_in_flight: String,
+    /// Seconds of a request's own time (without Stripe's) above which
+    /// requests are taken to queue and fewer are admitted; 0 keeps
+    /// MAX_IN_FLIGHT fixed.
+    #[arg(long, env = "OVERLOAD_TARGET", default_value = "0.25")]
+    pub overload_target: String,
     /// Run the reconciler inside serve.
     #[arg(long, env = "RECONCILER", default_value = "true")]
     pub reconciler: String,
@@ -447,6 +465,7 @@ pub struct ServeConfig {
     pub idempotency_ttl: Duration,
     pub idempotency_lease: Duration,
     pub max_in_flight: usize,
+    pub overload_target: Duration,
     pub webhooks: crate::app::WebhookSettings,
     pub reconciler: bool,
     pub relay: bool,
@@ -511,6 +530,13 @@ impl ServeConfig {
                 }
                 n
             },
+            overload_target: {
+                let secs: f64 = number("OVERLOAD_TARGET", &serve.overload_target)?;
+                if !(0.0..=60.0).contains(&secs) {
+                    return Err(err("OVERLOAD_TARGET", "must be between 0 and 60 seconds"));
+                }
+                Duration::from_secs_f64(secs)
+            },
             webhooks: {
                 let secrets: Vec<Secret> = serve
                     .stripe_webhook_secret
@@ -557,6 +583,8 @@ mod tests {
             stripe_api_version: stripe::DEFAULT_API_VERSION.into(),
             stripe_timeout: "30".into(),
             stripe_max_retries: "2".into(),
+            stripe_http2: "auto".into(),
+            stripe_connections: "4".into(),
         }
     }
 
@@ -590,6 +618,7 @@ mod tests {
             idempotency_ttl: "24".into(),
             idempotency_lease: "300".into(),
             max_in_flight: "1024".into(),
+            overload_target: "0.25".into(),
             stripe_webhook_secret: Some("whsec_abc".into()),
             stripe_webhook_tolerance: "300".into(),
             reconciler: "true".into(),

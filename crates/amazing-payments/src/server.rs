@@ -18,7 +18,7 @@ pub async fn run(
     grpc_listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let admission = http::admission::Admission::new(app.max_in_flight);
+    let admission = http::admission::Admission::new(app.max_in_flight, app.overload_target);
     let rest_router = http::router(grpc::service::PaymentApi::new(app.clone()), admission.clone());
     let grpc_router = grpc::routes(&app)?
         .into_axum_router()

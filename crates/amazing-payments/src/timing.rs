@@ -75,6 +75,11 @@ pub fn add_db(d: Duration) {
     add(d, |s| &s.db_us);
 }
 
+/// The Stripe time of the request under way so far.
+pub fn stripe_so_far() -> Duration {
+    SPENT.try_with(|s| s.stripe()).unwrap_or_default()
+}
+
 /// Runs `f` as one request; its output, and the `Server-Timing` value.
 pub async fn measure<F: Future>(f: F) -> (F::Output, String) {
     let spent = Arc::new(Spent::default());

@@ -105,6 +105,9 @@ pub struct Sim {
 /// client sent.
 #[derive(Clone, Debug)]
 pub struct Received {
+    /// `HTTP/1.1` or `HTTP/2.0`: Stripe offers HTTP/2, and so does the
+    /// simulator (with prior knowledge on plain http).
+    pub http_version: String,
     pub method: String,
     pub path: String,
     pub idempotency_key: Option<String>,

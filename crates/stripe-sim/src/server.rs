@@ -231,7 +231,14 @@ fn fingerprint(method: &Method, path: &str, params: &Value) -> String {
     format!("{:x}", h.finalize())
 }
 
-async fn api(State(sim): State<Arc<Sim>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+async fn api(
+    State(sim): State<Arc<Sim>>,
+    http_version: axum::http::Version,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let request_id = ids::new_id("req");
     let version = headers.get("stripe-version").and_then(|v| v.to_str().ok()).unwrap_or(crate::API_VERSION).to_string();
     let idem_key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_string);
@@ -264,6 +271,7 @@ async fn api(State(sim): State<Arc<Sim>>, method: Method, uri: Uri, headers: Hea
         h.insert("idempotency-key", k);
     }
     sim.record(crate::Received {
+        http_version: format!("{http_version:?}"),
         method: method.to_string(),
         path: uri.to_string(),
         idempotency_key: idem_key,

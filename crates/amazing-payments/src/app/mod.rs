@@ -57,9 +57,12 @@ pub struct App {
     pub idempotency_lease: std::time::Duration,
     /// How Stripe's webhooks are checked.
     pub webhooks: WebhookSettings,
-    /// Requests one instance serves at a time; one more is refused at once
-    /// (503, `OVERLOADED`).
+    /// Requests one instance serves at a time at most; one more is refused
+    /// at once (503, `OVERLOADED`).
     pub max_in_flight: usize,
+    /// The own time per request (without Stripe's) above which requests
+    /// are taken to queue, and the bound shrinks; zero keeps it fixed.
+    pub overload_target: std::time::Duration,
 }
 
 /// The secrets of the Stripe webhook endpoint (several while one is

@@ -19,7 +19,13 @@ use crate::secret::Secret;
 use rand::Rng;
 use reqwest::Method;
 use serde::de::DeserializeOwned;
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 /// Stripe's API, unless configured otherwise.
 pub const DEFAULT_API_BASE: &str = "https://api.stripe.com";
@@ -39,6 +45,39 @@ pub struct Settings {
     /// The first backoff; doubles each retry, up to `max_backoff`.
     pub base_backoff: Duration,
     pub max_backoff: Duration,
+    /// Whether calls travel over HTTP/2.
+    pub http2: Http2,
+    /// Connections calls are spread over: with HTTP/2, each carries many
+    /// calls at once (as many as Stripe allows per connection); with
+    /// HTTP/1.1, each is a pool of connections, one per call in flight.
+    pub connections: usize,
+    /// The largest answer read from Stripe; a larger one is an error
+    /// rather than memory without bound.
+    pub max_response_bytes: usize,
+}
+
+/// Whether calls to Stripe travel over HTTP/2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Http2 {
+    /// Where the other end offers it: by TLS negotiation (ALPN) on https,
+    /// as Stripe does; HTTP/1.1 on plain http.
+    Auto,
+    /// Always, plain http included (HTTP/2 with prior knowledge: the
+    /// simulator, or a local proxy that speaks it).
+    Always,
+    /// Never: HTTP/1.1 only.
+    Never,
+}
+
+impl Http2 {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim() {
+            "auto" => Some(Self::Auto),
+            "always" => Some(Self::Always),
+            "never" => Some(Self::Never),
+            _ => None,
+        }
+    }
 }
 
 impl Settings {
@@ -51,6 +90,9 @@ impl Settings {
             max_retries: 2,
             base_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(8),
+            http2: Http2::Auto,
+            connections: 4,
+            max_response_bytes: 4 << 20,
         }
     }
 }
@@ -64,6 +106,10 @@ impl Settings {
     }
 }
 
+/// HTTP/1.1 connections kept idle for reuse, over all pools: about the calls
+/// in flight at full load, so a burst does not reconnect for each call.
+const IDLE_CONNECTIONS: usize = 1024;
+
 /// A successful answer: the object and the `Request-Id` Stripe gave it.
 #[derive(Debug, Clone)]
 pub struct Reply<T> {
@@ -74,18 +120,39 @@ pub struct Reply<T> {
 /// The Stripe client. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Client {
-    http: reqwest::Client,
+    /// One per connection (HTTP/2) or pool (HTTP/1.1), taken in turn.
+    http: Arc<[reqwest::Client]>,
+    next: Arc<AtomicUsize>,
     settings: Settings,
 }
 
 impl Client {
     pub fn new(settings: Settings) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
-            .timeout(settings.timeout)
-            .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
-            .user_agent(concat!("amazing-payments/", env!("CARGO_PKG_VERSION")))
-            .build()?;
-        Ok(Self { http, settings })
+        let http = (0..settings.connections.max(1))
+            .map(|_| {
+                let builder = reqwest::Client::builder()
+                    .timeout(settings.timeout)
+                    .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
+                    .user_agent(concat!("amazing-payments/", env!("CARGO_PKG_VERSION")))
+                    // Idle connections are kept for reuse, a bounded number
+                    // and not for ever (Stripe closes them after a while).
+                    .pool_idle_timeout(Duration::from_secs(60))
+                    .pool_max_idle_per_host(IDLE_CONNECTIONS / settings.connections.max(1))
+                    .http2_keep_alive_interval(Duration::from_secs(30))
+                    .http2_keep_alive_timeout(Duration::from_secs(10));
+                match settings.http2 {
+                    Http2::Auto => builder,
+                    Http2::Always => builder.http2_prior_knowledge(),
+                    Http2::Never => builder.http1_only(),
+                }
+                .build()
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { http: http.into(), next: Arc::new(AtomicUsize::new(0)), settings })
+    }
+
+    fn http(&self) -> &reqwest::Client {
+        &self.http[self.next.fetch_add(1, Ordering::Relaxed) % self.http.len()]
     }
 
     pub fn settings(&self) -> &Settings {
@@ -341,7 +408,7 @@ impl Client {
     ) -> (Result<Reply<T>, StripeError>, RetryHints) {
         let url = format!("{}{}", self.settings.api_base.trim_end_matches('/'), path);
         let mut req = self
-            .http
+            .http()
             .request(method.clone(), &url)
             .bearer_auth(self.settings.api_key.expose())
             .header("Stripe-Version", &self.settings.api_version);
@@ -372,10 +439,14 @@ impl Client {
             should_retry: header("stripe-should-retry").map(|v| v == "true"),
             retry_after: header("retry-after").and_then(|v| v.trim().parse::<u64>().ok()).map(Duration::from_secs),
         };
-        let bytes = match resp.bytes().await {
+        let bytes = match read_body(resp, self.settings.max_response_bytes).await {
             Ok(b) => b,
-            Err(e) => {
+            Err(Unread::Wire(e)) => {
                 return (Err(StripeError::Network { message: without_url(&e), sent: true }), hints);
+            }
+            Err(Unread::TooLarge) => {
+                let message = format!("the answer is larger than {} bytes", self.settings.max_response_bytes);
+                return (Err(StripeError::Decode { message, request_id }), hints);
             }
         };
         if status.is_success() {
@@ -403,6 +474,28 @@ impl Client {
         error.should_retry = hints.should_retry;
         (Err(StripeError::Api(error)), hints)
     }
+}
+
+/// Why an answer's body could not be read.
+enum Unread {
+    Wire(reqwest::Error),
+    TooLarge,
+}
+
+/// An answer's body, read up to `limit` bytes.
+async fn read_body(mut resp: reqwest::Response, limit: usize) -> Result<Vec<u8>, Unread> {
+    let expected = resp.content_length().unwrap_or(0) as usize;
+    if expected > limit {
+        return Err(Unread::TooLarge);
+    }
+    let mut body = Vec::with_capacity(expected);
+    while let Some(chunk) = resp.chunk().await.map_err(Unread::Wire)? {
+        if body.len() + chunk.len() > limit {
+            return Err(Unread::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 /// What Stripe's headers said about retrying.

@@ -103,3 +103,37 @@ async fn a_rejected_key_is_a_401_invalid_request_error() {
     let err = client(&sim).retrieve_balance().await.unwrap_err();
     assert_eq!(err.api().map(|e| (e.status, e.kind.as_str())), Some((401, "invalid_request_error")));
 }
+
+#[tokio::test]
+async fn calls_travel_over_http2_when_asked_and_share_the_configured_connections() {
+    let sim = sim().await;
+    let upstream: std::net::SocketAddr = sim.url().trim_start_matches("http://").parse().unwrap();
+    let proxy = crate::common::proxy::Proxy::start(upstream).await;
+    let mut settings = crate::common::stripe_settings(&format!("http://{}", proxy.addr));
+    settings.http2 = amazing_payments::stripe::Http2::Always;
+    settings.connections = 2;
+    let client = Client::new(settings).unwrap();
+    fault(&sim, json!({"method": "POST", "path": "/v1/customers", "latency_ms": 100}));
+    let calls = (0..40).map(|i| {
+        let client = client.clone();
+        async move { client.create_customer(&Form::new().set("name", format!("c{i}")), &format!("h2-{i}")).await }
+    });
+    for reply in futures::future::join_all(calls).await {
+        reply.unwrap();
+    }
+    let sent = sim.state().received();
+    assert_eq!(sent.len(), 40);
+    assert!(sent.iter().all(|r| r.http_version == "HTTP/2.0"), "{:?}", sent[0].http_version);
+    assert_eq!(proxy.connections(), 2, "40 calls at once over the 2 connections configured");
+}
+
+#[tokio::test]
+async fn an_answer_larger_than_the_limit_is_refused_not_read_into_memory() {
+    let sim = sim().await;
+    let mut settings = crate::common::stripe_settings(&sim.url());
+    settings.max_response_bytes = 200;
+    let client = Client::new(settings).unwrap();
+    let e = client.create_customer(&Form::new().set("name", "Ada"), "big-1").await.unwrap_err();
+    assert!(matches!(&e, StripeError::Decode { message, .. } if message.contains("larger than 200 bytes")), "{e:?}");
+    assert!(e.outcome_unknown(), "Stripe did the work: the outcome is unknown, not a refusal");
+}

@@ -141,6 +141,7 @@ impl TestApp {
             stripe: stripe::Client::new(stripe_settings(&stripe_base)).unwrap(),
             auth: auth.clone(),
             max_in_flight: options.max_in_flight,
+            overload_target: Duration::from_millis(250),
         };
         let key = apikeys::create(&db, &auth, "tests").await.unwrap().key.expose().to_string();
         let rest_url = format!("http://{}", rest.local_addr().unwrap());

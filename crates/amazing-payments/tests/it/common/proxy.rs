@@ -22,6 +22,7 @@ pub struct Proxy {
     up: Arc<AtomicBool>,
     cut: watch::Sender<u64>,
     task: std::sync::Mutex<Option<JoinHandle<()>>>,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Proxy {
@@ -29,7 +30,14 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (cut, _) = watch::channel(0);
-        let p = Self { addr, upstream, up: Arc::new(AtomicBool::new(true)), cut, task: Default::default() };
+        let p = Self {
+            addr,
+            upstream,
+            up: Arc::new(AtomicBool::new(true)),
+            cut,
+            task: Default::default(),
+            accepted: Default::default(),
+        };
         *p.task.lock().unwrap() = Some(p.serve(listener));
         p
     }
@@ -38,6 +46,7 @@ impl Proxy {
         let upstream = self.upstream;
         let up = self.up.clone();
         let cut = self.cut.clone();
+        let accepted = self.accepted.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((mut client, _)) = listener.accept().await else { return };
@@ -45,6 +54,7 @@ impl Proxy {
                     drop(client);
                     continue;
                 }
+                accepted.fetch_add(1, Ordering::SeqCst);
                 let mut cut_rx = cut.subscribe();
                 tokio::spawn(async move {
                     let Ok(mut server) = TcpStream::connect(upstream).await else { return };
@@ -55,6 +65,11 @@ impl Proxy {
                 });
             }
         })
+    }
+
+    /// The connections passed through so far.
+    pub fn connections(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
     }
 
     /// The database "stops": open connections are cut, new ones refused.
