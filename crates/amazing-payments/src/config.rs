@@ -442,7 +442,7 @@ pub struct ServeArgs {
     /// Seconds of a request's own time (without Stripe's) above which
     /// requests are taken to queue and fewer are admitted; 0 keeps
     /// MAX_IN_FLIGHT fixed.
-    #[arg(long, env = "OVERLOAD_TARGET", default_value = "0.25")]
+    #[arg(long, env = "OVERLOAD_TARGET", default_value = "0.15")]
     pub overload_target: String,
     /// Run the reconciler inside serve.
     #[arg(long, env = "RECONCILER", default_value = "true")]
@@ -618,7 +618,7 @@ mod tests {
             idempotency_ttl: "24".into(),
             idempotency_lease: "300".into(),
             max_in_flight: "1024".into(),
-            overload_target: "0.25".into(),
+            overload_target: "0.15".into(),
             stripe_webhook_secret: Some("whsec_abc".into()),
             stripe_webhook_tolerance: "300".into(),
             reconciler: "true".into(),

@@ -628,7 +628,10 @@ impl App {
                 if let Some((k, claim)) = request.and_then(|k| k.claim.as_ref().map(|c| (k, c))) {
                     crate::store::idempotency::claim_in(&mut tx, k.scope, &k.key, claim).await?;
                 }
-                op
+                // This request may send it while the one that recorded it
+                // still retries: that one must no longer fail it as never sent.
+                payments::mark_taken(&mut tx, op.id).await?;
+                OperationRow { fresh: false, ..op }
             }
             Some(_) => {
                 return Err(AppError::new(

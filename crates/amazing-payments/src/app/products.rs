@@ -160,6 +160,11 @@ impl App {
                     .map("metadata", [("priceID", price_text.as_str())]);
                 let stripe_price = match self.stripe.create_price(&form, &format!("{key}-price")).await {
                     Ok(r) => r.object.id,
+                    // The product this operation made is at Stripe: the
+                    // operation was sent, whatever this call did.
+                    Err(e) if matches!(op.op, Operation::CreateProduct { .. }) => {
+                        return Err(self.unfinished_op(op, e.after_an_earlier_call_reached_stripe()).await);
+                    }
                     Err(e) => return Err(self.unfinished_op(op, e).await),
                 };
                 self.finish_catalog_create(op, &stripe_product, &stripe_price).await

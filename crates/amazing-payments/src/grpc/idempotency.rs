@@ -201,7 +201,14 @@ async fn run_keyed<Resp: Serialize + 'static>(
     );
     let mut guard =
         Unfinished { db: Some(app.db.clone()), scope: key.scope, key: key.key.clone(), holder: claim.holder };
-    let result = answer.clone().scope(work).await;
+    let result = match answer.clone().scope(work).await {
+        // An operation is bound to the key, though the key had no row (a
+        // binding older than the key table's rows): the key was seen.
+        Err(e) if key.claim.is_some() && e.reason == "IDEMPOTENCY_KEY_IN_USE" => {
+            Err(AppError::new(Kind::Aborted, KEY_SEEN, "an operation is bound to this idempotency key"))
+        }
+        other => other,
+    };
     guard.db = None;
     let stored = match &result {
         Ok(_) if answer.saved() => Ok(true),
@@ -233,7 +240,9 @@ async fn run_keyed<Resp: Serialize + 'static>(
 
 /// Frees a claimed key when its request is dropped unfinished (the client
 /// went away and the server stopped the handler): the same request may run
-/// again at once, and resumes whatever was recorded.
+/// again at once, and resumes whatever was recorded. A request dropped while
+/// the statement that claims its key was in flight may see that claim
+/// commit after the first release: the release is repeated a little later.
 struct Unfinished {
     db: Option<sqlx::PgPool>,
     scope: i64,
@@ -247,7 +256,10 @@ impl Drop for Unfinished {
             let (scope, key, holder) = (self.scope, std::mem::take(&mut self.key), self.holder);
             if let Ok(handle) = tokio::runtime::Handle::try_current() {
                 handle.spawn(async move {
-                    let _ = idempotency::release(&db, scope, &key, holder).await;
+                    for wait in [0, 1, 5] {
+                        tokio::time::sleep(std::time::Duration::from_secs(wait)).await;
+                        let _ = idempotency::release(&db, scope, &key, holder).await;
+                    }
                 });
             }
         }

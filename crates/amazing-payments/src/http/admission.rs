@@ -12,7 +12,8 @@
 //! (its whole time minus its Stripe calls, [`crate::timing`]) tells whether
 //! requests queue here: above `target`, the bound shrinks by a quarter (at
 //! most once per `target`, so one queue is not counted many times); at or
-//! below it, the bound grows by one, up to `max_in_flight`. Slow Stripe
+//! below half of it, the bound grows by one, up to `max_in_flight` (in
+//! between it holds, so that it settles instead of swinging). Slow Stripe
 //! answers shrink nothing: waiting on Stripe costs the instance little, and
 //! sheds nothing it could serve. With `target` zero the bound is fixed.
 
@@ -103,7 +104,7 @@ impl Admission {
                     "requests queue: admitting fewer at a time"
                 );
             }
-        } else if self.limit() < inner.max {
+        } else if own <= inner.target / 2 && self.limit() < inner.max {
             let _ = inner.limit.fetch_update(Ordering::AcqRel, Ordering::Acquire, |l| Some((l + 1).min(inner.max)));
         }
     }
@@ -168,10 +169,12 @@ mod tests {
             a.observe(Duration::from_millis(5));
         }
         assert_eq!(a.limit(), FLOOR, "never below the floor");
+        a.observe(Duration::from_micros(800));
+        assert_eq!(a.limit(), FLOOR, "held just under the target");
         for _ in 0..10 {
             a.observe(Duration::ZERO);
         }
-        assert_eq!(a.limit(), FLOOR + 10, "one more per request served in time");
+        assert_eq!(a.limit(), FLOOR + 10, "one more per request served well in time");
     }
 
     #[test]

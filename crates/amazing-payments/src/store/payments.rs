@@ -470,11 +470,12 @@ pub async fn operation_state(conn: &mut PgConnection, id: i64) -> Result<State, 
 }
 
 /// Locks an operation and tells whether it may still be closed as never
-/// sent: it is pending and no reconciler ever took it. A reconciler that
-/// takes an operation moves its `next_attempt_at` past `created_at` (an
-/// insert sets both to the same `now()`), and may be sending it to Stripe
-/// at this moment; the request that recorded it must then leave it pending
-/// rather than tell its caller that nothing was done.
+/// sent: it is pending and no other driver ever took it. A reconciler that
+/// takes an operation, or a request that resumes it ([`mark_taken`]),
+/// moves its `next_attempt_at` past `created_at` (an insert sets both to the
+/// same `now()`), and may be sending it to Stripe at this moment; the
+/// request that recorded it must then leave it pending rather than tell its
+/// caller that nothing was done.
 pub async fn lock_untaken(conn: &mut PgConnection, id: i64) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT state = 'pending' AND next_attempt_at = created_at FROM payment.operation WHERE id = $1 FOR UPDATE",
@@ -482,6 +483,19 @@ pub async fn lock_untaken(conn: &mut PgConnection, id: i64) -> Result<bool, sqlx
     .bind(id)
     .fetch_one(conn)
     .await
+}
+
+/// Marks an operation as taken by a driver other than the request that
+/// recorded it (see [`lock_untaken`]), without delaying the reconciler.
+pub async fn mark_taken(conn: &mut PgConnection, id: i64) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE payment.operation SET next_attempt_at = greatest(next_attempt_at, now() + interval '1 microsecond')
+         WHERE id = $1",
+    )
+    .bind(id)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// Closes as failed an operation whose call never left, if it may still be

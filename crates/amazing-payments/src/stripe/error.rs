@@ -104,6 +104,18 @@ impl StripeError {
         }
     }
 
+    /// This error of a later call of an operation whose earlier call reached
+    /// Stripe: the operation is no longer "never sent".
+    pub fn after_an_earlier_call_reached_stripe(self) -> Self {
+        match self {
+            StripeError::Network { message, sent: false } => StripeError::Network {
+                message: format!("{message} (an earlier call of the operation reached Stripe)"),
+                sent: true,
+            },
+            other => other,
+        }
+    }
+
     /// Certainly never sent: no attempt of this call reached Stripe.
     pub fn never_sent(&self) -> bool {
         matches!(self, StripeError::Network { sent: false, .. })
@@ -143,5 +155,15 @@ mod tests {
         let shown = e.to_string();
         assert_eq!(shown, "stripe answered 400: invalid_request_error/email_invalid (request req_1)");
         assert!(!shown.contains("ada@example.com"));
+    }
+
+    #[test]
+    fn a_call_that_never_left_after_an_earlier_one_reached_stripe_leaves_the_outcome_unknown() {
+        let refused = StripeError::Network { message: "connection refused".into(), sent: false };
+        assert!(refused.never_sent() && !refused.outcome_unknown());
+        let later = refused.after_an_earlier_call_reached_stripe();
+        assert!(!later.never_sent() && later.outcome_unknown(), "{later}");
+        let declined = StripeError::Api(ApiError { status: 402, ..Default::default() });
+        assert!(!declined.after_an_earlier_call_reached_stripe().outcome_unknown(), "Stripe's refusals stay refusals");
     }
 }

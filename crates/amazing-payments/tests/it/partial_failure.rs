@@ -20,13 +20,17 @@ fn fault(app: &TestApp, rule: Value) {
 
 /// The service reaching the simulator through a proxy the test can close.
 async fn behind_proxy() -> (TestApp, Proxy) {
+    behind_proxy_with(Options::default()).await
+}
+
+async fn behind_proxy_with(options: Options) -> (TestApp, Proxy) {
     let sim = stripe_sim::Simulator::start(stripe_sim::Config::default()).await.unwrap();
     let upstream: SocketAddr = sim.url().trim_start_matches("http://").parse().unwrap();
     let proxy = Proxy::start(upstream).await;
     let app = TestApp::spawn_with(Options {
         stripe_base: Some(format!("http://{}", proxy.addr)),
         simulator: Some(sim),
-        ..Default::default()
+        ..options
     })
     .await;
     (app, proxy)
@@ -961,4 +965,44 @@ async fn a_keyless_customer_the_reconciler_took_while_stripe_was_unreachable_is_
         .await
         .unwrap();
     assert_eq!(made, 1, "the customer the reconciler made at Stripe is recorded");
+}
+
+#[tokio::test]
+async fn a_keyless_capture_another_request_resumed_while_stripe_was_unreachable_is_left_pending_not_failed() {
+    let slow = Options { stripe_backoff: Some(Duration::from_millis(400)), ..Default::default() };
+    let (app, proxy) = behind_proxy_with(slow).await;
+    let customer = app.new_customer().await;
+    let id = payment_id(&app, &customer, 1000, false).await;
+    proxy.refuse();
+    let first = app.call(Via::Rest, "CapturePayment", json!({"paymentID": id}));
+    let second = async {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        app.call(Via::Rest, "CapturePayment", json!({"paymentID": id})).await
+    };
+    let (first, second) = tokio::join!(first, second);
+    for f in [first.unwrap_err(), second.unwrap_err()] {
+        assert_eq!(f.code, Code::Unavailable);
+        assert!(f.message.contains("will be completed"), "the other request may have captured: {}", f.message);
+    }
+    let state: String = sqlx::query_scalar("SELECT state FROM payment.operation WHERE kind = 'capture'")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(state, "pending", "the second request's send may have captured: never failed behind it");
+}
+
+#[tokio::test]
+async fn a_key_bound_to_an_operation_but_without_its_row_resumes_that_operation() {
+    let app = TestApp::spawn().await;
+    let customer = app.new_customer().await;
+    fault(&app, json!({"method": "POST", "path": "/v1/payment_intents", "drop": "after", "times": 3}));
+    let body = manual_payment(&customer, 1400);
+    let (first, _) = app.call_keyed(Via::Rest, "CreatePayment", body.clone(), Some("legacy")).await;
+    assert_eq!(first.unwrap_err().code, Code::Unavailable);
+    // As bindings older than the key table's rows are.
+    sqlx::query("DELETE FROM auth.idempotency_key").execute(&app.db).await.unwrap();
+    let (retry, _) = app.call_keyed(Via::Rest, "CreatePayment", body, Some("legacy")).await;
+    let retry = retry.expect("the retry resumes the payment its key asked for");
+    assert_eq!(retry["status"], "authorized");
+    assert_eq!((app.count("payment.payment").await, intents(&app).len()), (1, 1));
 }

@@ -78,6 +78,8 @@ pub struct Options {
     pub key_cache_ttl: Duration,
     /// Requests served at a time.
     pub max_in_flight: usize,
+    /// The wait between Stripe attempts, when not the harness's 10 to 50 ms.
+    pub stripe_backoff: Option<Duration>,
 }
 
 impl Default for Options {
@@ -91,6 +93,7 @@ impl Default for Options {
             simulator: None,
             key_cache_ttl: Duration::ZERO,
             max_in_flight: 1024,
+            stripe_backoff: None,
         }
     }
 }
@@ -138,10 +141,17 @@ impl TestApp {
             idempotency_lease: Duration::from_secs(30),
             webhooks,
             db: service_db,
-            stripe: stripe::Client::new(stripe_settings(&stripe_base)).unwrap(),
+            stripe: stripe::Client::new({
+                let mut s = stripe_settings(&stripe_base);
+                if let Some(wait) = options.stripe_backoff {
+                    (s.base_backoff, s.max_backoff) = (wait, wait);
+                }
+                s
+            })
+            .unwrap(),
             auth: auth.clone(),
             max_in_flight: options.max_in_flight,
-            overload_target: Duration::from_millis(250),
+            overload_target: Duration::from_millis(150),
         };
         let key = apikeys::create(&db, &auth, "tests").await.unwrap().key.expose().to_string();
         let rest_url = format!("http://{}", rest.local_addr().unwrap());
