@@ -103,6 +103,9 @@ sleep 2
 LAG_2S=$(psql "$DB_URL" -Atc "SELECT count(*) FROM notify.outbox WHERE published_at IS NULL")
 echo "{\"outbox_unpublished_at_end\": ${LAG%%|*}, \"outbox_events\": ${LAG##*|}, \"unpublished_2s_later\": $LAG_2S}"
 
+log "payment creation at a tenth of the rated load: $((CLIENTS / 10)) clients (below this machine's capacity)"
+LIGHT=$(run create-payment $((CLIENTS / 10)))
+echo "$LIGHT"
 log "payment creation at half the rated load: $((CLIENTS / 2)) clients"
 HALF=$(run create-payment $((CLIENTS / 2)))
 echo "$HALF"
@@ -115,8 +118,14 @@ echo "$MIXED"
 
 curl -s -X DELETE "http://127.0.0.1:$SIM_PORT/_sim/faults" >/dev/null
 log "GET customer: $READERS clients, ${SECONDS_PER_RUN}s each over REST and gRPC"
-REST=$(run get-customer-rest "$READERS")
+CPU0=("$(cpu_s "$SERVICE")" "$(cpu_s $(pgrep -x postgres))")
+LOADGEN_CPU=$( { time run get-customer-rest "$READERS" >target/bench-rest.json; } 2>&1 )
+CPU1=("$(cpu_s "$SERVICE")" "$(cpu_s $(pgrep -x postgres))")
+REST=$(cat target/bench-rest.json)
 echo "$REST"
+READ_CPU=$(awk -v s0="${CPU0[0]}" -v s1="${CPU1[0]}" -v p0="${CPU0[1]}" -v p1="${CPU1[1]}" -v l="$LOADGEN_CPU" \
+  'BEGIN {split(l, u, " "); printf "{\"service\": %.1f, \"postgres\": %.1f, \"loadgen\": %.1f}", s1 - s0, p1 - p0, u[1] + u[2]}')
+echo "{\"cpu_seconds_during_rest_reads\": $READ_CPU}"
 GRPC=$("$LOADGEN" get-customer-grpc "http://127.0.0.1:$RPC" "$KEY" "$READERS" "$SECONDS_PER_RUN" "$CUSTOMERS")
 echo "$GRPC"
 
@@ -158,7 +167,7 @@ PGI=$(pgbench -n -M prepared -f target/bench-insert.sql -c "$READERS" -j 2 -T "$
 [ -n "$PGI" ] || { cat target/bench-pgbench.log; exit 1; }
 echo "{\"mode\": \"pgbench one-row INSERT\", \"tps\": $PGI}"
 
-python3 - "$CREATE" "$REST" "$GRPC" "$PGB" "$RSS_KB" "$CLIENTS" "$NOTIFY" "$LAG" "$LAG_2S" "$HALF" "$OVER" "$MIXED" "$PGI" "$CPU" <<'PY'
+python3 - "$CREATE" "$REST" "$GRPC" "$PGB" "$RSS_KB" "$CLIENTS" "$NOTIFY" "$LAG" "$LAG_2S" "$HALF" "$OVER" "$MIXED" "$PGI" "$CPU" "$LIGHT" "$READ_CPU" <<'PY'
 import json, sys
 create, rest, grpc = (json.loads(a) for a in sys.argv[1:4])
 pgb, rss_kb, clients = float(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
@@ -168,6 +177,8 @@ lag_2s = int(sys.argv[9])
 half, over, mixed = (json.loads(a) for a in sys.argv[10:13])
 pgi = float(sys.argv[13])
 cpu = json.loads(sys.argv[14])
+light = json.loads(sys.argv[15])
+read_cpu = json.loads(sys.argv[16])
 ideal = clients / 0.3
 print()
 print("| measure | value | target |")
@@ -177,12 +188,15 @@ print(f"| payment creation p50 / p99 | {create['p50_ms']:.0f} ms / {create['p99_
 print(f"| service peak RSS (VmHWM) | {rss_kb/1024:.0f} MiB | <= 64 MiB |")
 per = 1000.0 / max(create['ok'], 1)
 print(f"| CPU during the rated run, s (ms per payment): service, simulator, PostgreSQL, load generator | {cpu['service']:.1f} ({cpu['service']*per:.2f}), {cpu['simulator']:.1f} ({cpu['simulator']*per:.2f}), {cpu['postgres']:.1f} ({cpu['postgres']*per:.2f}), {cpu['loadgen']:.1f} ({cpu['loadgen']*per:.2f}) of {2*create['seconds']:.0f} core-seconds | |")
+print(f"| our overhead (total - Stripe) p50 / p99 at a tenth of the load ({light['clients']} clients) | {light['overhead_p50_ms']:.1f} ms / {light['overhead_p99_ms']:.1f} ms ({light['rate_per_s']:.0f} payments/s, p99 {light['p99_ms']:.0f} ms, {light['shed']} shed) | |")
 print(f"| our overhead (total - Stripe) p50 / p99 at half the load ({half['clients']} clients) | {half['overhead_p50_ms']:.1f} ms / {half['overhead_p99_ms']:.1f} ms ({half['rate_per_s']:.0f} payments/s) | p99 <= 25 ms |")
 print(f"| twice the load ({over['clients']} clients): accepted/s, p99; shed, shed p99 | {over['rate_per_s']:.0f}/s, {over['p99_ms']:.0f} ms; {over['shed']}, {over['shed_p99_ms']:.1f} ms ({over['errors']} errors) | accepted p99 <= 1 s |")
 print(f"| a shop's mix ({mixed['clients']} clients, {mixed['customers']} customers) | {mixed['rate_per_s']:.0f} calls/s, p50 {mixed['p50_ms']:.0f} ms, p99 {mixed['p99_ms']:.0f} ms, {mixed['errors']} errors; {json.dumps(mixed['by_kind'])} | |")
 print(f"| GET customer, REST ({rest['clients']} clients) | {rest['rate_per_s']:.0f}/s, p50 {rest['p50_ms']:.2f} ms, p99 {rest['p99_ms']:.2f} ms | |")
 print(f"| GET customer, gRPC ({grpc['clients']} clients) | {grpc['rate_per_s']:.0f}/s, p50 {grpc['p50_ms']:.2f} ms, p99 {grpc['p99_ms']:.2f} ms | |")
 print(f"| pgbench -S -M prepared / one-row INSERT | {pgb:.0f} tps / {pgi:.0f} tps | |")
+rper = 1e6 / max(rest['ok'], 1)
+print(f"| CPU during the REST reads, s (us per read): service, PostgreSQL, load generator | {read_cpu['service']:.1f} ({read_cpu['service']*rper:.0f}), {read_cpu['postgres']:.1f} ({read_cpu['postgres']*rper:.0f}), {read_cpu['loadgen']:.1f} ({read_cpu['loadgen']*rper:.0f}) | |")
 print(f"| REST / pgbench -S, gRPC / pgbench -S | {rest['rate_per_s']/pgb:.2f}, {grpc['rate_per_s']/pgb:.2f} | >= 0.50, >= 0.60 |")
 print(f"| payments/s / one-row INSERT tps | {create['rate_per_s']/pgi:.2f} | |")
 print(f"| outbox events unpublished when the load stops / 2 s later | {lag} of {events} / {lag_2s} | |")

@@ -22,7 +22,10 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Opens a pool. Connections are made lazily, so a service can start while
 /// the database is down and recover when it returns; `acquire_timeout` bounds
-/// how long a request waits for one.
+/// how long a request waits for one. A connection idle for more than
+/// [`CHECK_IF_IDLE`] (it may have been cut: a restart, a proxy's timeout) is
+/// pinged before use, and replaced if dead; one in steady use is not, which
+/// saves a round trip per statement under load.
 pub fn pool(db: &DbConfig) -> PgPool {
     let options = db
         .options
@@ -32,8 +35,20 @@ pub fn pool(db: &DbConfig) -> PgPool {
     PgPoolOptions::new()
         .max_connections(db.max_connections)
         .acquire_timeout(Duration::from_secs(3))
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for > CHECK_IF_IDLE {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
         .connect_lazy_with(options)
 }
+
+/// How long a pooled connection may sit idle and still be used unchecked.
+pub const CHECK_IF_IDLE: Duration = Duration::from_secs(1);
 
 /// Creates the database if it does not exist (the role must be allowed to),
 /// connecting to the `postgres` database to do so.
