@@ -10,8 +10,10 @@
 //! (the reconciler, webhooks, another request) run in other tasks and save
 //! nothing.
 
-use super::operations::Driven;
-use crate::store::{idempotency, payments::OperationRow};
+use crate::store::{
+    idempotency,
+    payments::{OperationRow, PaymentRow, RefundRow},
+};
 use serde_json::Value;
 use sqlx::PgConnection;
 use std::{
@@ -23,9 +25,16 @@ use std::{
 };
 use uuid::Uuid;
 
-/// From a use case's result to the answer saved for the key, when the door
-/// answers that result as it is.
-pub type Render = Box<dyn Fn(&Driven) -> Option<Value> + Send + Sync>;
+/// What an operation's outcome gives its request to answer with.
+#[derive(Debug)]
+pub enum Answered {
+    Payment(Box<PaymentRow>),
+    Refund { refund: RefundRow, currency: String },
+}
+
+/// From an outcome to the answer saved for the key, when the door answers
+/// that outcome as it is.
+pub type Render = Box<dyn Fn(&Answered) -> Option<Value> + Send + Sync>;
 
 /// What one keyed request will answer, and whether it is saved yet.
 pub struct Answer {
@@ -63,7 +72,7 @@ impl Answer {
 pub(crate) async fn save_with(
     conn: &mut PgConnection,
     op: &OperationRow,
-    result: impl FnOnce() -> Driven,
+    result: impl FnOnce() -> Answered,
 ) -> Result<(), sqlx::Error> {
     let Ok(answer) = ANSWER.try_with(Arc::clone) else { return Ok(()) };
     if op.request_key.as_deref() != Some(answer.key.as_str()) {

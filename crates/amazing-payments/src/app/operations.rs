@@ -516,7 +516,8 @@ impl App {
                 // A failed payment is answered as a refusal on some paths
                 // (read back after a saved failure): saved after, as answered.
                 if answers && row.status() != crate::domain::payment::Status::Failed {
-                    super::answer::save_with(&mut tx, op, || Driven::Payment(Box::new(row.clone()))).await?;
+                    super::answer::save_with(&mut tx, op, || super::answer::Answered::Payment(Box::new(row.clone())))
+                        .await?;
                 }
                 tx.commit().await?;
                 Ok(row)

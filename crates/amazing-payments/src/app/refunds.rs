@@ -28,17 +28,21 @@ pub(crate) fn refund_not_found(id: i64) -> AppError {
 }
 
 impl App {
-    /// Refunds `amount` of a captured payment (all that remains when `None`).
-    /// With a client idempotency key already used, resumes that refund.
+    /// Refunds `amount` of a captured payment (all that remains when `None`);
+    /// the refund and its currency. With a client idempotency key already
+    /// used, resumes that refund.
     pub async fn refund_payment(
         &self,
         payment_id: i64,
         amount: Option<i64>,
         reason: Option<&str>,
         key: Option<&RequestKey>,
-    ) -> Result<RefundRow, AppError> {
+    ) -> Result<(RefundRow, String), AppError> {
         if let Some(done) = self.resume(key).await? {
-            return done.refund();
+            let refund = done.refund()?;
+            let payment =
+                payments::get(&self.db, refund.payment_id).await?.ok_or_else(|| not_found(refund.payment_id))?;
+            return Ok((refund, payment.currency));
         }
         let mut tx = self.db.begin().await?;
         let row = payments::lock(&mut tx, payment_id).await?.ok_or_else(|| not_found(payment_id))?;
@@ -52,7 +56,7 @@ impl App {
         let new = NewOperation { op: Operation::Refund { payment_id, refund_id: refund.id, amount }, request, claim };
         let op = payments::insert_operation(&mut tx, new).await?;
         tx.commit().await?;
-        self.drive(&op).await?.refund()
+        Ok((self.drive(&op).await?.refund()?, row.currency))
     }
 
     /// Sends a refund operation to Stripe and applies the answer.
@@ -109,7 +113,7 @@ impl App {
     ) -> Result<RefundRow, AppError> {
         let payment_id = refund.payment_id;
         let mut tx = self.db.begin().await?;
-        payments::lock(&mut tx, payment_id).await?.ok_or_else(|| not_found(payment_id))?;
+        let payment = payments::lock(&mut tx, payment_id).await?.ok_or_else(|| not_found(payment_id))?;
         match payments::operation_state(&mut tx, op.id).await? {
             State::Pending => {}
             // Another driver (a retry, the reconciler) settled it already:
@@ -126,6 +130,9 @@ impl App {
         match self.apply_refund(&mut tx, payment_id, refund.id, re, request_id, source).await? {
             Applied::Row(updated) => {
                 payments::finish_operation(&mut tx, op.id, State::Succeeded, None).await?;
+                let currency = payment.currency;
+                let answered = || super::answer::Answered::Refund { refund: updated.clone(), currency };
+                super::answer::save_with(&mut tx, op, answered).await?;
                 tx.commit().await?;
                 tracing::info!(payment_id, refund_id = refund.id, amount = refund.amount, status = %updated.status, "refund created");
                 Ok(updated)

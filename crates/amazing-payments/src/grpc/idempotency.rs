@@ -13,7 +13,7 @@
 
 use crate::{
     app::{
-        App, AppError, KEY_SEEN, Kind, Principal, RequestKey, answer::Answer, error::ERROR_DOMAIN, operations::Driven,
+        App, AppError, KEY_SEEN, Kind, Principal, RequestKey, answer::Answer, answer::Answered, error::ERROR_DOMAIN,
     },
     store::idempotency::{self, Claim, NewClaim},
 };
@@ -104,7 +104,7 @@ pub async fn once<Req, Resp, F, Fut>(
     principal: &Principal,
     rpc: &'static str,
     request: Request<Req>,
-    render: fn(&Driven) -> Option<Resp>,
+    render: fn(&Answered) -> Option<Resp>,
     run: F,
 ) -> Result<Response<Resp>, Status>
 where
@@ -174,7 +174,7 @@ where
 }
 
 /// The `render` of an rpc whose answer is saved after its use case returns.
-pub fn after<Resp>(_: &Driven) -> Option<Resp> {
+pub fn after<Resp>(_: &Answered) -> Option<Resp> {
     None
 }
 
@@ -190,14 +190,14 @@ async fn run_keyed<Resp: Serialize + 'static>(
     app: &App,
     key: RequestKey,
     claim: &NewClaim,
-    render: fn(&Driven) -> Option<Resp>,
+    render: fn(&Answered) -> Option<Resp>,
     work: impl Future<Output = Result<Resp, AppError>>,
 ) -> Result<Resp, AppError> {
     let answer = Answer::new(
         key.scope,
         key.key.clone(),
         claim.holder,
-        Box::new(move |d: &Driven| render(d).map(|r| saved_ok(&r))),
+        Box::new(move |d: &Answered| render(d).map(|r| saved_ok(&r))),
     );
     let mut guard =
         Unfinished { db: Some(app.db.clone()), scope: key.scope, key: key.key.clone(), holder: claim.holder };

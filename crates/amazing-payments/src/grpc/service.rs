@@ -8,7 +8,7 @@ use super::{
     idempotency,
 };
 use crate::{
-    app::{App, AppError, Principal, operations::Driven, payments::ListPayments, products::CreateProduct},
+    app::{App, AppError, Principal, answer::Answered, payments::ListPayments, products::CreateProduct},
     domain::customer::CustomerId,
     proto::{self, payment_service_server::PaymentService},
 };
@@ -247,9 +247,9 @@ impl PaymentService for PaymentApi {
     ) -> Result<Response<proto::Refund>, Status> {
         let who = self.principal(&request).await?;
         let app = &self.app;
-        idempotency::once(app, &who, "RefundPayment", request, idempotency::after, |r, key| async move {
+        idempotency::once(app, &who, "RefundPayment", request, refund_answer, |r, key| async move {
             let payment = id("paymentID", r.payment_id)?;
-            let refund = app
+            let (refund, currency) = app
                 .refund_payment(
                     payment,
                     convert::capture_amount(r.amount)?,
@@ -257,7 +257,6 @@ impl PaymentService for PaymentApi {
                     key.as_ref(),
                 )
                 .await?;
-            let (refund, currency) = app.get_refund(refund.id).await?;
             Ok(convert::refund(refund, &currency))
         })
         .await
@@ -283,9 +282,17 @@ impl PaymentService for PaymentApi {
 
 /// The answer of an rpc that answers the payment its operation left: the
 /// payment, without history.
-fn payment_answer(result: &Driven) -> Option<proto::Payment> {
+fn payment_answer(result: &Answered) -> Option<proto::Payment> {
     match result {
-        Driven::Payment(p) => Some(convert::payment((**p).clone(), Vec::new())),
-        _ => None,
+        Answered::Payment(p) => Some(convert::payment((**p).clone(), Vec::new())),
+        Answered::Refund { .. } => None,
+    }
+}
+
+/// The answer of a refund: the refund its operation left.
+fn refund_answer(result: &Answered) -> Option<proto::Refund> {
+    match result {
+        Answered::Refund { refund, currency } => Some(convert::refund(refund.clone(), currency)),
+        Answered::Payment(_) => None,
     }
 }

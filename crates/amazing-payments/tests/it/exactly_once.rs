@@ -159,13 +159,18 @@ fn id_of(v: &Value) -> String {
     int(v, "paymentID").to_string()
 }
 
+/// A payment of 2500 EUR cents, captured at once; its answer.
+async fn captured(app: &TestApp, customer: &str) -> Value {
+    let mut body = payment(customer);
+    body["capture_method"] = json!("automatic");
+    app.call(Via::Rest, "CreatePayment", body).await.unwrap()
+}
+
 #[tokio::test]
 async fn a_refund_whose_answer_was_lost_is_finished_by_the_retry_once() {
     let app = TestApp::spawn().await;
     let customer = app.new_customer().await;
-    let mut body = payment(&customer);
-    body["capture_method"] = json!("automatic");
-    let p = app.call(Via::Rest, "CreatePayment", body).await.unwrap();
+    let p = captured(&app, &customer).await;
     fault(&app, json!({"method": "POST", "path": "/v1/refunds", "drop": "after", "times": 3}));
     let refund = json!({"paymentID": id_of(&p), "amount": 1000});
     let f = app.call_keyed(Via::Grpc, "RefundPayment", refund.clone(), Some("refund-1")).await.0.unwrap_err();
@@ -354,4 +359,28 @@ async fn a_capture_retried_after_the_reconciler_finished_it_answers_the_capture_
     let (retry, _) = app.call_keyed(Via::Grpc, "CapturePayment", json!({"paymentID": id}), Some("cap-1")).await;
     let retry = retry.expect("the retry learns its capture happened");
     assert_eq!((retry["status"].as_str(), int(&retry, "amount_captured")), (Some("succeeded"), 2500));
+}
+
+#[tokio::test]
+async fn a_keyed_refund_claims_its_key_with_its_record_and_saves_its_answer_with_its_outcome() {
+    let app = TestApp::spawn().await;
+    let customer = app.new_customer().await;
+    let paid = captured(&app, &customer).await;
+    let refund = json!({"paymentID": paid["paymentID"], "amount": 700});
+    let (first, _) = app.call_keyed(Via::Rest, "RefundPayment", refund.clone(), Some("refund-two-commits")).await;
+    let first = first.unwrap();
+    assert_eq!((first["status"].as_str(), int(&first, "amount")), (Some("succeeded"), 700));
+    let (same_start, same_writer): (bool, bool) = sqlx::query_as(
+        "SELECT k.created_at = r.created_at, k.xmin::text = r.xmin::text
+         FROM auth.idempotency_key k, payment.refund r WHERE k.key = 'refund-two-commits' AND r.id = $1",
+    )
+    .bind(first["refundID"].as_str().unwrap().parse::<i64>().unwrap())
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert!(same_start, "the claim is made with the refund's record");
+    assert!(same_writer, "the answer is saved with the refund's outcome");
+    let (again, replayed) = app.call_keyed(Via::Rest, "RefundPayment", refund, Some("refund-two-commits")).await;
+    assert!(replayed);
+    assert_eq!(again.unwrap(), first, "the replay is the first answer");
 }
