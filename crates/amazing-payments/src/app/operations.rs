@@ -10,7 +10,7 @@ use super::{App, AppError, Kind, RequestKey, stripe_failure, sync};
 use crate::{
     domain::{
         operation::{Operation, State},
-        payment::{Ledger, Refused},
+        payment::Refused,
     },
     store::{
         customers::{self, CustomerRow},
@@ -611,11 +611,11 @@ impl App {
         &self,
         id: i64,
         request: Option<&RequestKey>,
-        plan: impl FnOnce(&Ledger) -> Result<Operation, Refused>,
+        plan: impl FnOnce(&PaymentRow) -> Result<Operation, AppError>,
     ) -> Result<(PaymentRow, OperationRow), AppError> {
         let mut tx = self.db.begin().await?;
         let row = payments::lock(&mut tx, id).await?.ok_or_else(|| not_found(id))?;
-        let asked = plan(&row.ledger()).map_err(|r| refused(id, r))?;
+        let asked = plan(&row)?;
         if row.stripe_payment_intent_id.is_none() {
             return Err(refused(
                 id,

@@ -10,7 +10,12 @@
 //! 3. in one short transaction, apply Stripe's answer through the state
 //!    machine, with a history line, and close the operation.
 
-use super::{App, AppError, Kind, RequestKey, operations::not_found, page::Page, stripe_failure, sync};
+use super::{
+    App, AppError, Kind, RequestKey,
+    operations::{not_found, refused},
+    page::Page,
+    stripe_failure, sync,
+};
 use crate::{
     domain::{
         customer::{CustomerId, Email},
@@ -146,13 +151,13 @@ impl App {
         if let Some(done) = self.resume(key).await? {
             return done.payment();
         }
-        let current = payments::get(&self.db, id).await?.ok_or_else(|| not_found(id))?;
-        if let Some(a) = amount {
-            Money::part(a, Currency::parse(&current.currency)?)?;
-        }
         let (_, op) = self
-            .begin_operation(id, key, |l| {
-                l.plan_capture(amount).map(|amount| Operation::Capture { payment_id: id, amount })
+            .begin_operation(id, key, |row| {
+                if let Some(a) = amount {
+                    Money::part(a, Currency::parse(&row.currency)?)?;
+                }
+                let amount = row.ledger().plan_capture(amount).map_err(|r| refused(id, r))?;
+                Ok(Operation::Capture { payment_id: id, amount })
             })
             .await?;
         self.drive(&op).await?.payment()
@@ -170,7 +175,10 @@ impl App {
         }
         let reason = reason.map(str::to_string);
         let (_, op) = self
-            .begin_operation(id, key, |l| l.plan_cancel().map(|_| Operation::Cancel { payment_id: id, reason }))
+            .begin_operation(id, key, |row| {
+                row.ledger().plan_cancel().map_err(|r| refused(id, r))?;
+                Ok(Operation::Cancel { payment_id: id, reason })
+            })
             .await?;
         self.drive(&op).await?.payment()
     }
