@@ -137,3 +137,42 @@ impl IntoResponse for RestError {
         response
     }
 }
+
+/// The framework's own refusals (a body over its limit, a method a route
+/// does not take, an unreadable request), which it writes as plain text, in
+/// our JSON shape with the same status; the headers they carry (`Allow`,
+/// `Retry-After`) are kept. Answers already in JSON pass unchanged.
+pub async fn json_errors(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let response = next.run(req).await;
+    let status = response.status();
+    let json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || json {
+        return response;
+    }
+    let (code, reason, message) = match status {
+        StatusCode::NOT_FOUND => (Code::NotFound, "ROUTE_NOT_FOUND", "no such route"),
+        StatusCode::METHOD_NOT_ALLOWED => {
+            (Code::Unimplemented, "METHOD_NOT_ALLOWED", "this route does not take this method (see Allow)")
+        }
+        StatusCode::PAYLOAD_TOO_LARGE => (Code::ResourceExhausted, "BODY_TOO_LARGE", "the request body is too large"),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            (Code::InvalidArgument, "UNSUPPORTED_MEDIA_TYPE", "the request body must be JSON (application/json)")
+        }
+        StatusCode::REQUEST_TIMEOUT => {
+            (Code::DeadlineExceeded, "REQUEST_TIMEOUT", "the request took too long to arrive")
+        }
+        s if s.is_client_error() => (Code::InvalidArgument, "BAD_REQUEST", "the request cannot be read"),
+        _ => (Code::Internal, "INTERNAL", "internal error"),
+    };
+    let mut error = RestError::new(status, code, reason, message);
+    for name in [header::ALLOW, header::RETRY_AFTER] {
+        if let Some(v) = response.headers().get(&name) {
+            error.headers.insert(name, v.clone());
+        }
+    }
+    error.into_response()
+}

@@ -1,5 +1,6 @@
 //! The REST/JSON transport: the generated gateway onto the gRPC service,
-//! the API docs, and our error format for unknown routes.
+//! the API docs, and our error format for unknown routes and for the
+//! framework's own refusals.
 
 pub mod admission;
 pub mod docs;
@@ -24,6 +25,7 @@ pub fn router(api: PaymentApi, admission: admission::Admission) -> Router {
         .merge(webhook::router(app))
         .merge(docs::router())
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(error::json_errors))
         .layer(axum::middleware::from_fn(move |req, next| admission::admit_rest(admission.clone(), req, next)))
         .layer(axum::middleware::from_fn(middleware::observe_rest))
 }

@@ -349,3 +349,21 @@ async fn past_its_capacity_an_instance_refuses_at_once_with_retry_after_and_writ
     assert_eq!(refused.headers()["retry-after"], "1");
     assert!(took < std::time::Duration::from_millis(300), "refused at once, not queued: {took:?}");
 }
+
+#[tokio::test]
+async fn the_frameworks_own_refusals_answer_in_the_json_error_shape() {
+    let app = TestApp::spawn().await;
+    let huge = "x".repeat(5 << 20);
+    let too_large = app.http.post(format!("{}/v1/webhooks/stripe", app.rest)).body(huge).send().await.unwrap();
+    assert_eq!(too_large.status(), 413);
+    let body: serde_json::Value = too_large.json().await.expect("413 in JSON");
+    assert_eq!(
+        (body["reason"].as_str(), body["status"].as_str()),
+        (Some("BODY_TOO_LARGE"), Some("RESOURCE_EXHAUSTED"))
+    );
+    let wrong_method = app.http.delete(format!("{}/v1/healthcheck", app.rest)).send().await.unwrap();
+    assert_eq!(wrong_method.status(), 405);
+    assert!(wrong_method.headers().contains_key("allow"), "405 says which methods the route takes");
+    let body: serde_json::Value = wrong_method.json().await.expect("405 in JSON");
+    assert_eq!(body["reason"], "METHOD_NOT_ALLOWED");
+}
