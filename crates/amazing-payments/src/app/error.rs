@@ -103,8 +103,15 @@ impl From<Invalid> for AppError {
 impl From<sqlx::Error> for AppError {
     fn from(e: sqlx::Error) -> Self {
         match e {
-            // The pool could not reach the database in time: try again later.
+            // The pool could not reach the database in time, or the
+            // connection broke (a restart, a failover): try again later.
+            // Whatever the statement was, its outcome is not a refusal.
             sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+                crate::store::note_connection_error();
+                AppError::unavailable("DATABASE_UNAVAILABLE", "the database is unavailable; try again later")
+            }
+            sqlx::Error::Database(d) if d.code().as_deref().is_some_and(crate::store::is_connection_lost) => {
+                crate::store::note_connection_error();
                 AppError::unavailable("DATABASE_UNAVAILABLE", "the database is unavailable; try again later")
             }
             // Two requests with one client key, each past the other's

@@ -209,7 +209,6 @@ async fn run_keyed<Resp: Serialize + 'static>(
         }
         other => other,
     };
-    guard.db = None;
     let stored = match &result {
         Ok(_) if answer.saved() => Ok(true),
         Ok(resp) => idempotency::complete(&app.db, key.scope, &key.key, claim, &saved_ok(resp)).await,
@@ -223,6 +222,9 @@ async fn run_keyed<Resp: Serialize + 'static>(
         }
         Err(_) => idempotency::release(&app.db, key.scope, &key.key, claim.holder).await.map(|()| true),
     };
+    // Disarmed only now: a request dropped while its answer is saved still
+    // frees its key (a no-op once the answer is in).
+    guard.db = None;
     match stored {
         // A request whose claim was still to be made, refused before it
         // recorded anything, under a key another request holds or answered:

@@ -15,7 +15,13 @@ pub mod webhooks;
 use crate::config::DbConfig;
 use anyhow::Context;
 use sqlx::{ConnectOptions, PgPool, postgres::PgPoolOptions};
-use std::time::Duration;
+use std::{
+    sync::{
+        OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
 /// The migrations in `migrations/`, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -24,8 +30,10 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// the database is down and recover when it returns; `acquire_timeout` bounds
 /// how long a request waits for one. A connection idle for more than
 /// [`CHECK_IF_IDLE`] (it may have been cut: a restart, a proxy's timeout) is
-/// pinged before use, and replaced if dead; one in steady use is not, which
-/// saves a round trip per statement under load.
+/// pinged before use, and replaced if dead; so is every connection for
+/// [`CHECK_AFTER_ERROR`] after one was found broken (a restart breaks them
+/// all at once); one in steady use otherwise is not, which saves a round
+/// trip per statement under load.
 pub fn pool(db: &DbConfig) -> PgPool {
     let options = db
         .options
@@ -38,7 +46,7 @@ pub fn pool(db: &DbConfig) -> PgPool {
         .test_before_acquire(false)
         .before_acquire(|conn, meta| {
             Box::pin(async move {
-                if meta.idle_for > CHECK_IF_IDLE {
+                if meta.idle_for > CHECK_IF_IDLE || connection_error_within(CHECK_AFTER_ERROR) {
                     sqlx::Connection::ping(conn).await?;
                 }
                 Ok(true)
@@ -49,6 +57,35 @@ pub fn pool(db: &DbConfig) -> PgPool {
 
 /// How long a pooled connection may sit idle and still be used unchecked.
 pub const CHECK_IF_IDLE: Duration = Duration::from_secs(1);
+
+/// How long after a broken connection every connection is checked.
+pub const CHECK_AFTER_ERROR: Duration = Duration::from_secs(10);
+
+/// When a connection was last found broken (milliseconds since the first
+/// use of this clock; 0 for never).
+static LAST_CONNECTION_ERROR: AtomicU64 = AtomicU64::new(0);
+static CLOCK: OnceLock<Instant> = OnceLock::new();
+
+fn now_ms() -> u64 {
+    CLOCK.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+/// Notes that a database connection was found broken.
+pub fn note_connection_error() {
+    LAST_CONNECTION_ERROR.store(now_ms(), Ordering::Relaxed);
+}
+
+fn connection_error_within(window: Duration) -> bool {
+    let at = LAST_CONNECTION_ERROR.load(Ordering::Relaxed);
+    at != 0 && now_ms().saturating_sub(at) <= window.as_millis() as u64
+}
+
+/// Whether an SQLSTATE says the connection is gone rather than the
+/// statement refused: class 08 (connection exception) and 57P01 to 57P03
+/// (the server shut down or is starting).
+pub fn is_connection_lost(code: &str) -> bool {
+    code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03")
+}
 
 /// Creates the database if it does not exist (the role must be allowed to),
 /// connecting to the `postgres` database to do so.
