@@ -32,7 +32,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let encoded = compiler.encode_file_descriptor_set();
     fs::write(out.join("payment_descriptor.bin"), &encoded)?;
 
-    tonic_prost_build::configure().build_server(true).build_client(true).compile_fds(compiler.file_descriptor_set())?;
+    // Our codec: prost's, with undecodable messages the caller's mistake.
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .codec_path("crate::grpc::codec::Codec")
+        .compile_fds(compiler.file_descriptor_set())?;
 
     pbjson_build::Builder::new()
         .register_descriptors(&encoded)?

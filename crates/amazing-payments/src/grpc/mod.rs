@@ -2,6 +2,7 @@
 //! service (kept in step with the database by a background task) and server
 //! reflection, so generic clients such as grpcurl need no .proto files.
 
+pub mod codec;
 pub mod convert;
 pub mod idempotency;
 pub mod service;

@@ -367,3 +367,84 @@ async fn the_frameworks_own_refusals_answer_in_the_json_error_shape() {
     let body: serde_json::Value = wrong_method.json().await.expect("405 in JSON");
     assert_eq!(body["reason"], "METHOD_NOT_ALLOWED");
 }
+
+#[tokio::test]
+async fn after_the_database_ends_every_connection_a_request_is_told_to_retry_and_the_next_is_served() {
+    let app = TestApp::spawn().await;
+    let customer = app.new_customer().await;
+    // As a restart does: the server ends every connection of the service's
+    // pool, which were all in use a moment ago (none idle long enough to be
+    // checked before use).
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&app.db_url()).await.unwrap();
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    let (status, body) = app.get(&format!("/v1/customer/{customer}")).await;
+    assert!(status == 200 || (status == 503 && body["reason"] == "DATABASE_UNAVAILABLE"), "{status} {body}");
+    let (status, body) = app.get(&format!("/v1/customer/{customer}")).await;
+    assert_eq!(status, 200, "every connection is checked once one was found broken: {body}");
+}
+
+/// Bytes sent and received as they are, to put a malformed message on the wire.
+#[derive(Debug, Clone, Default)]
+struct RawBytes;
+
+impl tonic::codec::Codec for RawBytes {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawBytes;
+    type Decoder = RawBytes;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RawBytes
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawBytes
+    }
+}
+
+impl tonic::codec::Encoder for RawBytes {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Vec<u8>, buf: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(buf, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawBytes {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, buf: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+        let n = bytes::Buf::remaining(buf);
+        Ok(Some(bytes::Buf::copy_to_bytes(buf, n).to_vec()))
+    }
+}
+
+#[tokio::test]
+async fn a_grpc_message_that_cannot_be_decoded_is_invalid_argument_and_writes_nothing() {
+    let app = TestApp::spawn().await;
+    let channel = tonic::transport::Channel::from_shared(app.grpc_addr.clone()).unwrap().connect().await.unwrap();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/payment.PaymentService/CreateCustomer");
+    // Field 1 (name), a string of two bytes that are not UTF-8; then a
+    // field whose length runs past the end.
+    for message in [vec![0x0a, 0x02, 0xff, 0xfe], vec![0x12, 0x40, b'a']] {
+        let mut grpc = tonic::client::Grpc::new(channel.clone());
+        grpc.ready().await.unwrap();
+        let request = with_key(message, &app.key);
+        let status = grpc.unary(request, path.clone(), RawBytes).await.unwrap_err();
+        assert_eq!(
+            (status.code(), reason(&status).as_str()),
+            (Code::InvalidArgument, "MALFORMED_MESSAGE"),
+            "{status:?}"
+        );
+    }
+    assert_eq!(app.count("customer.customer").await, 0);
+}
