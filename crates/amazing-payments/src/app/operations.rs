@@ -626,8 +626,15 @@ impl App {
             // The same request again, while the first one's outcome is
             // unknown: resume it, with the same idempotency key.
             Some(op) if op.op == asked => {
-                if let Some((k, claim)) = request.and_then(|k| k.claim.as_ref().map(|c| (k, c))) {
-                    crate::store::idempotency::claim_in(&mut tx, k.scope, &k.key, claim).await?;
+                // The request's key points at the operation it resumes, so
+                // that its own retry finds it.
+                if let Some(k) = request {
+                    match &k.claim {
+                        Some(claim) => {
+                            crate::store::idempotency::claim_in(&mut tx, k.scope, &k.key, claim, op.id).await?
+                        }
+                        None => crate::store::idempotency::point_at(&mut tx, k.scope, &k.key, op.id).await?,
+                    }
                 }
                 // This request may send it while the one that recorded it
                 // still retries: that one must no longer fail it as never sent.

@@ -40,11 +40,18 @@ pub struct NewClaim {
 /// The constraint a claim of a key already in the table violates.
 pub const CLAIMED: &str = "idempotency_key_pkey";
 
-/// Makes `claim` in the caller's transaction (see [`NewClaim`]).
-pub async fn claim_in(conn: &mut PgConnection, scope: i64, key: &str, claim: &NewClaim) -> Result<(), sqlx::Error> {
+/// Makes `claim` in the caller's transaction (see [`NewClaim`]), for a
+/// request that resumes the operation `resumes` (recorded by another).
+pub async fn claim_in(
+    conn: &mut PgConnection,
+    scope: i64,
+    key: &str,
+    claim: &NewClaim,
+    resumes: i64,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO auth.idempotency_key (scope, key, rpc, fingerprint, state, locked_until, expires_at, holder)
-         VALUES ($1, $2, $3, $4, 'running', now() + make_interval(secs => $5), now() + make_interval(secs => $6), $7)",
+        "INSERT INTO auth.idempotency_key (scope, key, rpc, fingerprint, state, locked_until, expires_at, holder, operation_id)
+         VALUES ($1, $2, $3, $4, 'running', now() + make_interval(secs => $5), now() + make_interval(secs => $6), $7, $8)",
     )
     .bind(scope)
     .bind(key)
@@ -53,8 +60,21 @@ pub async fn claim_in(conn: &mut PgConnection, scope: i64, key: &str, claim: &Ne
     .bind(claim.lease.as_secs_f64())
     .bind(claim.ttl.as_secs_f64())
     .bind(claim.holder)
+    .bind(resumes)
     .execute(conn)
     .await?;
+    Ok(())
+}
+
+/// Points a held key at the operation its request resumes (recorded by
+/// another request), so that the key's retry finds that operation.
+pub async fn point_at(conn: &mut PgConnection, scope: i64, key: &str, operation: i64) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE auth.idempotency_key SET operation_id = $3 WHERE scope = $1 AND key = $2")
+        .bind(scope)
+        .bind(key)
+        .bind(operation)
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
@@ -190,8 +210,8 @@ pub async fn release(db: &PgPool, scope: i64, key: &str, holder: Uuid) -> Result
 /// Deletes expired keys (those of scope $1 and key $2, or all when both are
 /// NULL; at most $3) and, in the same statement, ends their binding to the
 /// operations they asked for: once a key has expired, it resolves to nothing.
-/// A key whose operation is still pending lives on until it is settled, and
-/// then a whole TTL more: the caller was told to retry with it, and its retry
+/// A key whose operation (bound to it, or resumed by its request) is still
+/// pending lives on until it is settled, and then a whole TTL more: the caller was told to retry with it, and its retry
 /// must find that operation, not start another.
 const UNBIND_EXPIRED: &str = "
     WITH gone AS (
@@ -199,7 +219,7 @@ const UNBIND_EXPIRED: &str = "
             SELECT ctid FROM auth.idempotency_key i
             WHERE expires_at < now() AND ($1::bigint IS NULL OR (scope = $1 AND key = $2))
               AND NOT EXISTS (SELECT 1 FROM payment.operation o
-                              WHERE o.request_scope = i.scope AND o.request_key = i.key
+                              WHERE ((o.request_scope = i.scope AND o.request_key = i.key) OR o.id = i.operation_id)
                                 AND (o.state = 'pending' OR o.finished_at > now() - (i.expires_at - i.created_at)))
             LIMIT $3)
         RETURNING scope, key),

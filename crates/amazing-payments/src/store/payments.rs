@@ -334,11 +334,17 @@ pub async fn get_operation(db: &PgPool, id: i64) -> Result<Option<OperationRow>,
 
 /// The operation a client's idempotency key asked for.
 pub async fn operation_by_request_key(db: &PgPool, scope: i64, key: &str) -> Result<Option<OperationRow>, sqlx::Error> {
-    sqlx::query_as(&format!("SELECT {OPERATION} FROM payment.operation WHERE request_scope = $1 AND request_key = $2"))
-        .bind(scope)
-        .bind(key)
-        .fetch_optional(db)
-        .await
+    // The operation the key asked for, or the one its request resumed.
+    sqlx::query_as(&format!(
+        "SELECT {OPERATION} FROM payment.operation
+         WHERE (request_scope = $1 AND request_key = $2)
+            OR id = (SELECT operation_id FROM auth.idempotency_key WHERE scope = $1 AND key = $2)
+         ORDER BY (request_scope = $1 AND request_key = $2) IS TRUE DESC LIMIT 1"
+    ))
+    .bind(scope)
+    .bind(key)
+    .fetch_optional(db)
+    .await
 }
 
 /// The operation that created a payment in Stripe.

@@ -159,6 +159,15 @@ fn id_of(v: &Value) -> String {
     int(v, "paymentID").to_string()
 }
 
+/// A service with one payment of 2500 EUR cents authorized; its id.
+async fn authorized_payment() -> (TestApp, String) {
+    let app = TestApp::spawn().await;
+    let customer = app.new_customer().await;
+    let created = app.call(Via::Grpc, "CreatePayment", payment(&customer)).await.unwrap();
+    let id = created["paymentID"].as_str().unwrap().to_string();
+    (app, id)
+}
+
 /// A payment of 2500 EUR cents, captured at once; its answer.
 async fn captured(app: &TestApp, customer: &str) -> Value {
     let mut body = payment(customer);
@@ -348,10 +357,7 @@ async fn a_keyed_payment_claims_its_key_with_its_record_and_saves_its_answer_wit
 
 #[tokio::test]
 async fn a_capture_retried_after_the_reconciler_finished_it_answers_the_capture_not_already_captured() {
-    let app = TestApp::spawn().await;
-    let customer = app.new_customer().await;
-    let created = app.call(Via::Grpc, "CreatePayment", payment(&customer)).await.unwrap();
-    let id = created["paymentID"].as_str().unwrap().to_string();
+    let (app, id) = authorized_payment().await;
     fault(&app, json!({"method": "POST", "path": "/v1/payment_intents/", "drop": "after", "times": 3}));
     let (first, _) = app.call_keyed(Via::Grpc, "CapturePayment", json!({"paymentID": id}), Some("cap-1")).await;
     assert_eq!(first.unwrap_err().code, Code::Unavailable);
@@ -383,4 +389,19 @@ async fn a_keyed_refund_claims_its_key_with_its_record_and_saves_its_answer_with
     let (again, replayed) = app.call_keyed(Via::Rest, "RefundPayment", refund, Some("refund-two-commits")).await;
     assert!(replayed);
     assert_eq!(again.unwrap(), first, "the replay is the first answer");
+}
+
+#[tokio::test]
+async fn a_capture_resumed_under_another_key_is_found_by_the_retry_with_that_key() {
+    let (app, id) = authorized_payment().await;
+    // Every attempt of both requests reaches Stripe and loses its answer.
+    fault(&app, json!({"method": "POST", "path": "/v1/payment_intents/", "drop": "after", "times": 6}));
+    for key in ["cap-a", "cap-b"] {
+        let (answer, _) = app.call_keyed(Via::Rest, "CapturePayment", json!({"paymentID": id}), Some(key)).await;
+        assert_eq!(answer.unwrap_err().code, Code::Unavailable, "{key}");
+    }
+    reconciler::until_idle(&app.app, &now()).await.unwrap();
+    let (retry, _) = app.call_keyed(Via::Rest, "CapturePayment", json!({"paymentID": id}), Some("cap-b")).await;
+    let retry = retry.expect("the capture cap-b resumed happened: its retry says so, never ALREADY_CAPTURED");
+    assert_eq!((retry["status"].as_str(), int(&retry, "amount_captured")), (Some("succeeded"), 2500));
 }
