@@ -22,6 +22,7 @@ pub async fn run(
     let rest_router = http::router(grpc::service::PaymentApi::new(app.clone()), admission.clone());
     let grpc_router = grpc::routes(&app)?
         .into_axum_router()
+        .layer(axum::middleware::from_fn(grpc::codec::too_large_is_exhausted))
         .layer(axum::middleware::from_fn(move |req, next| http::admission::admit_grpc(admission.clone(), req, next)))
         .layer(axum::middleware::from_fn(http::middleware::observe_grpc));
 

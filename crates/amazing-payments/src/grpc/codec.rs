@@ -52,3 +52,24 @@ impl<D: Decoder<Error = Status>> Decoder for Malformed<D> {
         self.0.buffer_settings()
     }
 }
+
+/// A message over the size limit (4 MiB) is refused by tonic as OUT_OF_RANGE;
+/// gRPC's convention for it, like REST's 413, is RESOURCE_EXHAUSTED, and it
+/// gets the same reason as over REST, `BODY_TOO_LARGE`.
+pub async fn too_large_is_exhausted(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let response = next.run(req).await;
+    match response.extensions().get::<Status>() {
+        Some(s) if s.code() == tonic::Code::OutOfRange && s.message().contains("message length too large") => {
+            let error = AppError::new(
+                crate::app::Kind::ResourceExhausted,
+                "BODY_TOO_LARGE",
+                "the message is larger than the service accepts (4 MiB)",
+            );
+            Status::from(error).into_http()
+        }
+        _ => response,
+    }
+}

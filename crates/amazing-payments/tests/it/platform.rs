@@ -429,7 +429,7 @@ impl tonic::codec::Decoder for RawBytes {
 }
 
 #[tokio::test]
-async fn a_grpc_message_that_cannot_be_decoded_is_invalid_argument_and_writes_nothing() {
+async fn a_grpc_message_that_cannot_be_decoded_or_is_too_large_is_refused_as_the_callers_and_writes_nothing() {
     let app = TestApp::spawn().await;
     let channel = tonic::transport::Channel::from_shared(app.grpc_addr.clone()).unwrap().connect().await.unwrap();
     let path = tonic::codegen::http::uri::PathAndQuery::from_static("/payment.PaymentService/CreateCustomer");
@@ -446,5 +446,13 @@ async fn a_grpc_message_that_cannot_be_decoded_is_invalid_argument_and_writes_no
             "{status:?}"
         );
     }
+    assert_eq!(app.count("customer.customer").await, 0);
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    // Field 1 (name), five MiB long: over the 4 MiB a message may have.
+    let mut huge = vec![0x0a, 0x80, 0x80, 0x80, 0x05];
+    huge.resize(huge.len() + (5 << 20), b'a');
+    let status = grpc.unary(with_key(huge, &app.key), path, RawBytes).await.unwrap_err();
+    assert_eq!((status.code(), reason(&status).as_str()), (Code::ResourceExhausted, "BODY_TOO_LARGE"), "{status:?}");
     assert_eq!(app.count("customer.customer").await, 0);
 }
