@@ -91,10 +91,17 @@ pub async fn authenticate(
 /// per request. Only successes are kept, so a wrong key always costs a
 /// read. A revoked key stops working within `ttl` on every instance; a TTL
 /// of zero turns the cache off. At most `MAX_KEYS` are kept.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct KeyCache {
     ttl: std::time::Duration,
     verified: std::sync::Arc<parking_lot::Mutex<Verified>>,
+}
+
+/// Shown in the configuration log: its TTL and size, never the keys' hashes.
+impl std::fmt::Debug for KeyCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyCache").field("ttl", &self.ttl).field("keys", &self.verified.lock().len()).finish()
+    }
 }
 
 /// Keyed hash of a key -> (its id, when it was verified).

@@ -106,7 +106,12 @@ impl From<sqlx::Error> for AppError {
             // The pool could not reach the database in time, or the
             // connection broke (a restart, a failover): try again later.
             // Whatever the statement was, its outcome is not a refusal.
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+            // A busy pool is not a broken connection: only the latter makes
+            // the pool check its connections before use for a while.
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => {
+                AppError::unavailable("DATABASE_UNAVAILABLE", "the database is unavailable; try again later")
+            }
+            sqlx::Error::Io(_) => {
                 crate::store::note_connection_error();
                 AppError::unavailable("DATABASE_UNAVAILABLE", "the database is unavailable; try again later")
             }

@@ -564,9 +564,9 @@ impl App {
     }
 
     /// [`Self::fail_operation`]; for a call that was `never_sent`, only while
-    /// no reconciler has taken the operation (its own send may be in flight
-    /// and may charge): else the operation stays pending and the caller is
-    /// told so.
+    /// no other driver (the reconciler, a request resuming it) has taken the
+    /// operation (its own send may be in flight and may charge): else the
+    /// operation stays pending and the caller is told so.
     async fn close_failed(
         &self,
         op: &OperationRow,
@@ -586,7 +586,7 @@ impl App {
             tracing::warn!(
                 payment_id = before.id,
                 operation = op.id,
-                "stripe unreachable while the reconciler drives the operation: left pending"
+                "stripe unreachable while another driver has the operation: left pending"
             );
             return Err(still_pending(&op.op.kind().replace('_', " "), before.id));
         }

@@ -189,8 +189,6 @@ impl App {
         Ok(failed)
     }
 
-    /// What a refund whose operation someone else finished answers: the
-    /// refund, or the hold of its payment.
     /// What a refund operation that someone else settled answers: its
     /// refusal if it failed (never a 2xx for a refund that did not happen),
     /// else the refund.
@@ -205,6 +203,8 @@ impl App {
         }
     }
 
+    /// What a refund whose operation someone else finished answers: the
+    /// refund, or the hold of its payment.
     pub(crate) async fn answer_of_refund(&self, id: i64) -> Result<RefundRow, AppError> {
         let refund = payments::get_refund(&self.db, id).await?.ok_or_else(|| refund_not_found(id))?;
         let payment = payments::get(&self.db, refund.payment_id).await?.ok_or_else(|| not_found(refund.payment_id))?;

@@ -222,9 +222,12 @@ async fn run_keyed<Resp: Serialize + 'static>(
         }
         Err(_) => idempotency::release(&app.db, key.scope, &key.key, claim.holder).await.map(|()| true),
     };
-    // Disarmed only now: a request dropped while its answer is saved still
-    // frees its key (a no-op once the answer is in).
-    guard.db = None;
+    // Disarmed only now, and only once the answer or release is written: a
+    // request dropped meanwhile, or whose write failed (the database gone),
+    // still frees its key later (a no-op once the answer is in).
+    if stored.is_ok() {
+        guard.db = None;
+    }
     match stored {
         // A request whose claim was still to be made, refused before it
         // recorded anything, under a key another request holds or answered:

@@ -81,10 +81,11 @@ fn connection_error_within(window: Duration) -> bool {
 }
 
 /// Whether an SQLSTATE says the connection is gone rather than the
-/// statement refused: class 08 (connection exception) and 57P01 to 57P03
-/// (the server shut down or is starting).
+/// statement refused: the connection exceptions of class 08 (not 08P01, a
+/// protocol violation, which is a bug and would happen again) and 57P01 to
+/// 57P03 (the server shut down or is starting).
 pub fn is_connection_lost(code: &str) -> bool {
-    code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03")
+    matches!(code, "08000" | "08001" | "08003" | "08004" | "08006" | "57P01" | "57P02" | "57P03")
 }
 
 /// Creates the database if it does not exist (the role must be allowed to),
@@ -118,4 +119,19 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
 /// `SELECT 1`: is the database there?
 pub async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT 1").execute(pool).await.map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lost_connection_is_told_from_a_statement_the_database_refused() {
+        for lost in ["08006", "08003", "57P01", "57P03"] {
+            assert!(is_connection_lost(lost), "{lost}");
+        }
+        for refused in ["08P01", "23505", "40001", "57014"] {
+            assert!(!is_connection_lost(refused), "{refused}");
+        }
+    }
 }
