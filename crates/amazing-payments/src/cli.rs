@@ -387,7 +387,7 @@ async fn serve_until_signal(config: ServeConfig, reconcile: Option<reconciler::S
     }
     println!("Notify:   {}", notices.join("; "));
     let worker = reconcile.map(|s| tokio::spawn(reconciler::run(app.clone(), s, stopped)));
-    server::run(app, rest, grpc, async move {
+    server::run(app, rest, grpc, config.connections, async move {
         server::shutdown_signal().await;
         let _ = stop.send(true);
     })

@@ -3,7 +3,12 @@
 //! checked here, so that a bad one stops the program with one line that names
 //! the variable. Secrets are held as [`Secret`] and never printed.
 
-use crate::{app::AuthSettings, secret::Secret, stripe};
+use crate::{
+    app::AuthSettings,
+    secret::Secret,
+    server::{ConnectionLimits, HEAD_CEILING},
+    stripe,
+};
 use clap::Args;
 use sqlx::postgres::PgConnectOptions;
 use std::{fmt, net::SocketAddr, str::FromStr, time::Duration};
@@ -22,6 +27,24 @@ fn err(variable: &'static str, message: impl Into<String>) -> ConfigError {
 
 fn number<T: FromStr>(variable: &'static str, raw: &str) -> Result<T, ConfigError> {
     raw.trim().parse().map_err(|_| err(variable, format!("{raw:?} is not a valid number")))
+}
+
+/// Seconds, such as `10` or `0.5`, from 0 to `max`.
+fn seconds(variable: &'static str, raw: &str, max: f64) -> Result<Duration, ConfigError> {
+    let v: f64 = number(variable, raw)?;
+    if !(0.0..=max).contains(&v) {
+        return Err(err(variable, format!("must be between 0 and {max} seconds")));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+/// Seconds, more than 0 and at most `max`.
+fn positive_seconds(variable: &'static str, raw: &str, max: f64) -> Result<Duration, ConfigError> {
+    let d = seconds(variable, raw, max)?;
+    if d.is_zero() {
+        return Err(err(variable, format!("must be more than 0 and at most {max} seconds")));
+    }
+    Ok(d)
 }
 
 fn flag(variable: &'static str, raw: &str) -> Result<bool, ConfigError> {
@@ -454,6 +477,71 @@ pub struct ServeArgs {
     /// SMTP_URL is set).
     #[arg(long, env = "NOTIFIER", default_value = "auto")]
     pub notifier: String,
+    #[command(flatten)]
+    pub connections: ConnectionArgs,
+}
+
+/// Limits on the connections of both listeners (defaults:
+/// [`ConnectionLimits::default`]).
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Connection limits")]
+pub struct ConnectionArgs {
+    /// Seconds a client has to send a request's headers, from connecting
+    /// (its first request) or from their first byte (later ones).
+    #[arg(long, env = "HEADER_READ_TIMEOUT", default_value = "10")]
+    pub header_read_timeout: String,
+    /// Seconds a connection with no request in flight is kept open.
+    #[arg(long, env = "IDLE_TIMEOUT", default_value = "75")]
+    pub idle_timeout: String,
+    /// Seconds a request's body has to arrive, from its headers.
+    #[arg(long, env = "BODY_READ_TIMEOUT", default_value = "30")]
+    pub body_read_timeout: String,
+    /// Seconds between HTTP/2 keep-alive PINGs; 0: none.
+    #[arg(long, env = "HTTP2_KEEPALIVE_INTERVAL", default_value = "30")]
+    pub http2_keepalive_interval: String,
+    /// Seconds a PING may go unanswered before its connection is closed.
+    #[arg(long, env = "HTTP2_KEEPALIVE_TIMEOUT", default_value = "10")]
+    pub http2_keepalive_timeout: String,
+    /// Requests one HTTP/2 connection carries at a time.
+    #[arg(long, env = "HTTP2_MAX_CONCURRENT_STREAMS", default_value = "200")]
+    pub http2_max_concurrent_streams: String,
+    /// Bytes of request headers (names and values) accepted.
+    #[arg(long, env = "MAX_HEADER_BYTES", default_value = "65536")]
+    pub max_header_bytes: String,
+    /// Connections each listener holds at a time.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value = "10000")]
+    pub max_connections: String,
+}
+
+impl ConnectionArgs {
+    pub fn limits(&self) -> Result<ConnectionLimits, ConfigError> {
+        let streams: u32 = number("HTTP2_MAX_CONCURRENT_STREAMS", &self.http2_max_concurrent_streams)?;
+        if !(1..=10_000).contains(&streams) {
+            return Err(err("HTTP2_MAX_CONCURRENT_STREAMS", "must be between 1 and 10000"));
+        }
+        // Below what the transports read at most, so that our answer, not
+        // theirs, refuses large headers.
+        let ceiling = HEAD_CEILING * 3 / 4;
+        let header_bytes: usize = number("MAX_HEADER_BYTES", &self.max_header_bytes)?;
+        if !(1024..=ceiling).contains(&header_bytes) {
+            return Err(err("MAX_HEADER_BYTES", format!("must be between 1024 and {ceiling}")));
+        }
+        let connections: usize = number("MAX_CONNECTIONS", &self.max_connections)?;
+        if !(1..=1_000_000).contains(&connections) {
+            return Err(err("MAX_CONNECTIONS", "must be between 1 and 1000000"));
+        }
+        let interval = seconds("HTTP2_KEEPALIVE_INTERVAL", &self.http2_keepalive_interval, 3600.0)?;
+        Ok(ConnectionLimits {
+            header_read_timeout: positive_seconds("HEADER_READ_TIMEOUT", &self.header_read_timeout, 3600.0)?,
+            idle_timeout: positive_seconds("IDLE_TIMEOUT", &self.idle_timeout, 86_400.0)?,
+            body_read_timeout: positive_seconds("BODY_READ_TIMEOUT", &self.body_read_timeout, 3600.0)?,
+            http2_keepalive_interval: (!interval.is_zero()).then_some(interval),
+            http2_keepalive_timeout: positive_seconds("HTTP2_KEEPALIVE_TIMEOUT", &self.http2_keepalive_timeout, 600.0)?,
+            http2_max_concurrent_streams: streams,
+            max_header_bytes: header_bytes,
+            max_connections: connections,
+        })
+    }
 }
 
 /// Everything `serve` needs, checked.
@@ -466,6 +554,7 @@ pub struct ServeConfig {
     pub idempotency_lease: Duration,
     pub max_in_flight: usize,
     pub overload_target: Duration,
+    pub connections: ConnectionLimits,
     pub webhooks: crate::app::WebhookSettings,
     pub reconciler: bool,
     pub relay: bool,
@@ -537,6 +626,7 @@ impl ServeConfig {
                 }
                 Duration::from_secs_f64(secs)
             },
+            connections: serve.connections.limits()?,
             webhooks: {
                 let secrets: Vec<Secret> = serve
                     .stripe_webhook_secret
@@ -624,6 +714,7 @@ mod tests {
             reconciler: "true".into(),
             relay: "true".into(),
             notifier: "auto".into(),
+            connections: connection_args(),
         };
         let config =
             ServeConfig::new(&serve, &db, &stripe_args(Some("sk_test_abcdef123456")), &auth, &notify_args()).unwrap();
@@ -633,6 +724,45 @@ mod tests {
             assert!(!printed.contains(secret), "{secret} printed in {printed}");
         }
         assert!(printed.contains("db.internal"));
+    }
+
+    fn connection_args() -> ConnectionArgs {
+        ConnectionArgs {
+            header_read_timeout: "10".into(),
+            idle_timeout: "75".into(),
+            body_read_timeout: "30".into(),
+            http2_keepalive_interval: "30".into(),
+            http2_keepalive_timeout: "10".into(),
+            http2_max_concurrent_streams: "200".into(),
+            max_header_bytes: "65536".into(),
+            max_connections: "10000".into(),
+        }
+    }
+
+    #[test]
+    fn the_connection_limits_default_to_the_documented_values_and_bad_ones_name_their_variable() {
+        #[derive(clap::Parser)]
+        struct Flags {
+            #[command(flatten)]
+            connections: ConnectionArgs,
+        }
+        let parsed = <Flags as clap::Parser>::try_parse_from(["serve"]).unwrap();
+        assert_eq!(parsed.connections.limits().unwrap(), ConnectionLimits::default());
+        assert_eq!(connection_args().limits().unwrap(), ConnectionLimits::default());
+        let bad = |f: fn(&mut ConnectionArgs)| {
+            let mut a = connection_args();
+            f(&mut a);
+            a.limits().unwrap_err().variable
+        };
+        assert_eq!(bad(|a| a.header_read_timeout = "0".into()), "HEADER_READ_TIMEOUT");
+        assert_eq!(bad(|a| a.idle_timeout = "soon".into()), "IDLE_TIMEOUT");
+        assert_eq!(bad(|a| a.body_read_timeout = "-1".into()), "BODY_READ_TIMEOUT");
+        assert_eq!(bad(|a| a.max_header_bytes = "1000000".into()), "MAX_HEADER_BYTES");
+        assert_eq!(bad(|a| a.max_connections = "0".into()), "MAX_CONNECTIONS");
+        assert_eq!(bad(|a| a.http2_max_concurrent_streams = "0".into()), "HTTP2_MAX_CONCURRENT_STREAMS");
+        let mut no_pings = connection_args();
+        no_pings.http2_keepalive_interval = "0".into();
+        assert_eq!(no_pings.limits().unwrap().http2_keepalive_interval, None);
     }
 
     fn notify_args() -> NotifyArgs {

@@ -25,6 +25,7 @@ pub enum Kind {
     PermissionDenied,
     Aborted,
     ResourceExhausted,
+    DeadlineExceeded,
     Unavailable,
     Internal,
 }
@@ -40,6 +41,7 @@ impl Kind {
             Kind::PermissionDenied => Code::PermissionDenied,
             Kind::Aborted => Code::Aborted,
             Kind::ResourceExhausted => Code::ResourceExhausted,
+            Kind::DeadlineExceeded => Code::DeadlineExceeded,
             Kind::Unavailable => Code::Unavailable,
             Kind::Internal => Code::Internal,
         }

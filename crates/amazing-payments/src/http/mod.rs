@@ -6,6 +6,7 @@ pub mod admission;
 pub mod docs;
 pub mod error;
 pub mod gateway;
+pub mod limits;
 pub mod middleware;
 pub mod webhook;
 
@@ -18,8 +19,8 @@ use error::RestError;
 use tonic::Code;
 
 /// Every REST route, with request ids and access logs, behind the
-/// instance's admission bound.
-pub fn router(api: PaymentApi, admission: admission::Admission) -> Router {
+/// request limits and the instance's admission bound.
+pub fn router(api: PaymentApi, admission: admission::Admission, limits: limits::RequestLimits) -> Router {
     let app = api.app().clone();
     gateway::router(api)
         .merge(webhook::router(app))
@@ -27,6 +28,7 @@ pub fn router(api: PaymentApi, admission: admission::Admission) -> Router {
         .fallback(not_found)
         .layer(axum::middleware::from_fn(error::json_errors))
         .layer(axum::middleware::from_fn(move |req, next| admission::admit_rest(admission.clone(), req, next)))
+        .layer(axum::middleware::from_fn(move |req, next| limits::limit_rest(limits, req, next)))
         .layer(axum::middleware::from_fn(middleware::observe_rest))
 }
 

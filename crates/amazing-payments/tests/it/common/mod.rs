@@ -80,6 +80,8 @@ pub struct Options {
     pub max_in_flight: usize,
     /// The wait between Stripe attempts, when not the harness's 10 to 50 ms.
     pub stripe_backoff: Option<Duration>,
+    /// The listeners' limits (the service's defaults unless a test shortens them).
+    pub connections: server::ConnectionLimits,
 }
 
 impl Default for Options {
@@ -94,6 +96,7 @@ impl Default for Options {
             key_cache_ttl: Duration::ZERO,
             max_in_flight: 1024,
             stripe_backoff: None,
+            connections: server::ConnectionLimits::default(),
         }
     }
 }
@@ -157,7 +160,7 @@ impl TestApp {
         let rest_url = format!("http://{}", rest.local_addr().unwrap());
         let grpc_addr = format!("http://{}", grpc.local_addr().unwrap());
         let (tx, rx) = oneshot::channel::<()>();
-        let served = tokio::spawn(server::run(app.clone(), rest, grpc, async {
+        let served = tokio::spawn(server::run(app.clone(), rest, grpc, options.connections, async {
             let _ = rx.await;
         }));
         Self {
