@@ -4,15 +4,21 @@
 //! - proto3 JSON for every message (pbjson), with proto field names as keys;
 //! - the REST route table and its dispatcher, from the `google.api.http`
 //!   annotations (`build/routes.rs`);
-//! - the OpenAPI document (`build/openapi.rs`).
+//! - the checks of the contract's rules (`rules.field` options) and the
+//!   OpenAPI document that states them (`build/rules.rs`, `build/openapi.rs`).
 //!
 //! The `.proto` files are therefore the single source of the API: nothing in
 //! `src/` lists routes or schemas by hand.
 
+#[path = "src/domain/currencies.rs"]
+#[allow(dead_code)]
+mod currencies;
 #[path = "build/openapi.rs"]
 mod openapi;
 #[path = "build/routes.rs"]
 mod routes;
+#[path = "build/rules.rs"]
+mod rules;
 
 use std::{env, fs, path::PathBuf};
 
@@ -22,6 +28,7 @@ const PROTO_FILES: &[&str] = &["payment/payment.proto"];
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed={PROTO_ROOT}");
     println!("cargo:rerun-if-changed=build");
+    println!("cargo:rerun-if-changed=src/domain/currencies.rs");
     let out = PathBuf::from(env::var("OUT_DIR")?);
 
     let mut compiler = protox::Compiler::new([PROTO_ROOT])?;
@@ -52,6 +59,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         pool.get_service_by_name("payment.PaymentService").ok_or("payment.PaymentService is missing from proto/")?;
     let bindings = routes::bindings(&pool, &service)?;
     fs::write(out.join("rest_routes.rs"), routes::render(&service, &bindings))?;
-    fs::write(out.join("openapi.json"), openapi::render(&service, &bindings)?)?;
+    fs::write(out.join("contract_rules.rs"), rules::render(&pool, &service)?)?;
+    fs::write(out.join("openapi.json"), openapi::render(&pool, &service, &bindings)?)?;
     Ok(())
 }

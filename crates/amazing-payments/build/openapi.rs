@@ -1,10 +1,13 @@
 //! Renders the OpenAPI 3.0 document from the same descriptors and bindings
 //! as the REST routes, so the document cannot drift from what is served.
 //! Schemas describe the JSON as it really is: proto field names as keys,
-//! 64-bit integers as decimal strings, enums as their names.
+//! 64-bit integers as decimal strings, enums as their names. Request schemas
+//! carry the contract's rules (`build/rules.rs`): what is required, the
+//! allowed values, lengths, ranges and forms, the same the service checks.
 
 use super::routes::{Binding, PUBLIC_RPCS, comment_of};
-use prost_reflect::{FieldDescriptor, Kind, MessageDescriptor, ServiceDescriptor};
+use super::rules::{FieldRule, charge_rule, field_rule};
+use prost_reflect::{DescriptorPool, FieldDescriptor, Kind, MessageDescriptor, ServiceDescriptor};
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 
@@ -34,6 +37,30 @@ fn schema_name(m: &MessageDescriptor) -> String {
     m.full_name().trim_start_matches("payment.").replace('.', "_")
 }
 
+/// The schema of a request field with rules: exactly what the service accepts.
+fn ruled_schema(f: &FieldDescriptor, rule: &FieldRule) -> Value {
+    let mut schema = if f.is_map() {
+        let keys = rule.keys.clone().unwrap_or_default();
+        let values = rule.vals.clone().unwrap_or_default();
+        let mut s = json!({"type": "object", "additionalProperties": values.text_schema(), "propertyNames": keys.text_schema()});
+        if let Some(n) = rule.max_entries {
+            s["maxProperties"] = json!(n);
+        }
+        s
+    } else {
+        match f.kind() {
+            Kind::Int64 => rule.int_schema(true),
+            Kind::Int32 => rule.int_schema(false),
+            _ => rule.text_schema(),
+        }
+    };
+    let doc = comment_of(&f.parent_file(), f.path());
+    if !doc.is_empty() {
+        schema["description"] = json!(doc);
+    }
+    schema
+}
+
 fn field_schema(f: &FieldDescriptor) -> Value {
     let mut schema = if f.is_map() {
         let Kind::Message(entry) = f.kind() else { unreachable!("a map field is a message") };
@@ -50,6 +77,37 @@ fn field_schema(f: &FieldDescriptor) -> Value {
         } else {
             schema["description"] = json!(doc);
         }
+    }
+    schema
+}
+
+/// A request message as the body of a route: its fields minus those taken
+/// from the path (as grpc-gateway binds them), with their rules.
+fn request_body(pool: &DescriptorPool, m: &MessageDescriptor, path: &[String]) -> Value {
+    let mut props = Map::new();
+    let mut required = Vec::new();
+    for f in m.fields().filter(|f| !path.contains(&f.name().to_string())) {
+        let schema = match field_rule(pool, &f) {
+            Some(rule) => {
+                if rule.required {
+                    required.push(f.name().to_string());
+                }
+                ruled_schema(&f, &rule)
+            }
+            None => field_schema(&f),
+        };
+        props.insert(f.name().to_string(), schema);
+    }
+    let mut schema = json!({"type": "object", "properties": props});
+    if !required.is_empty() {
+        schema["required"] = json!(required);
+    }
+    if let Some(charge) = charge_rule(pool, m) {
+        schema["allOf"] = json!([super::rules::charge_schema(&charge)]);
+    }
+    let doc = comment_of(&m.parent_file(), m.path());
+    if !doc.is_empty() {
+        schema["description"] = json!(doc);
     }
     schema
 }
@@ -81,16 +139,25 @@ fn collect(m: &MessageDescriptor, out: &mut BTreeMap<String, Value>) {
     out.insert(name, schema);
 }
 
-fn parameter(f: &FieldDescriptor, location: &str) -> Value {
-    let mut schema = field_schema(f);
+fn parameter(pool: &DescriptorPool, f: &FieldDescriptor, location: &str) -> Value {
+    let rule = field_rule(pool, f);
+    let mut schema = match (&rule, f.kind()) {
+        // In a path or a query, a number is its decimal digits.
+        (Some(r), Kind::Int64 | Kind::Int32) => {
+            let wide = f.kind() == Kind::Int64;
+            let lo = r.min.unwrap_or(if wide { i64::MIN } else { i64::from(i32::MIN) });
+            let hi = r.max.unwrap_or(if wide { i64::MAX } else { i64::from(i32::MAX) });
+            json!({"type": "integer", "format": if wide { "int64" } else { "int32" }, "minimum": lo, "maximum": hi})
+        }
+        (Some(r), _) => ruled_schema(f, r),
+        (None, _) => field_schema(f),
+    };
     if let Some(obj) = schema.as_object_mut() {
         obj.remove("description");
     }
-    if location == "path" {
-        // Every path parameter is an id: a positive integer.
-        schema = json!({"type": "string", "format": "int64", "pattern": "^[1-9][0-9]{0,18}$"});
-    } else if f.name() == "page_size" {
-        schema = json!({"type": "integer", "format": "int32", "minimum": 0, "maximum": 100});
+    if location == "query" && !matches!(f.kind(), Kind::String) {
+        // `?page_size=` is read as "not given", as HTML forms send it.
+        schema = json!({"anyOf": [schema, {"type": "string", "maxLength": 0}]});
     }
     json!({
         "name": f.name(),
@@ -101,11 +168,57 @@ fn parameter(f: &FieldDescriptor, location: &str) -> Value {
     })
 }
 
-pub fn render(service: &ServiceDescriptor, bindings: &[Binding]) -> Result<String, Box<dyn std::error::Error>> {
+/// The error answers an operation can give, each in the error schema.
+fn error_responses(rpc: &str, has_id: bool) -> Map<String, Value> {
+    let mut statuses: Vec<(&str, &str)> = vec![
+        (
+            "400",
+            "INVALID_ARGUMENT: a field breaks the contract's rules (`reason` and `details.field` say which); or FAILED_PRECONDITION `STRIPE_REFUSED` / `STRIPE_FAILED`: Stripe refused or failed it and nothing was done",
+        ),
+        ("401", "UNAUTHENTICATED: no API key, or one that is unknown or revoked"),
+        ("403", "PERMISSION_DENIED: the API key may not do this"),
+    ];
+    if has_id || !rpc.starts_with("List") {
+        statuses.push(("404", "NOT_FOUND: a resource named in the request does not exist"));
+    }
+    if rpc == "CreatePayment" {
+        statuses
+            .push(("402", "The card was declined (`reason` CARD_DECLINED); the payment is kept, with status failed"));
+    }
+    statuses.extend([
+        ("408", "The request body did not arrive in time (`reason` BODY_READ_TIMEOUT)"),
+        (
+            "409",
+            "Tell the two apart by `status`. FAILED_PRECONDITION: the resource's state does not allow this (`ALREADY_CAPTURED`, `REFUND_EXCEEDS_CAPTURED`, ...); final, a retry gets the same answer. ABORTED or ALREADY_EXISTS: the idempotency key is in use by a request still running (retry shortly with the same key), or was used with other parameters",
+        ),
+        ("413", "The request body is over the limit (`reason` BODY_TOO_LARGE)"),
+        ("429", "RESOURCE_EXHAUSTED: over a rate limit, or the instance is shedding load; retry after `Retry-After`"),
+        ("431", "The request headers are over the limit (`reason` HEADERS_TOO_LARGE)"),
+        ("500", "INTERNAL: a failure of ours; the request may be retried with the same idempotency key"),
+        ("502", "Stripe answered in a way we could not use; retry with the same idempotency key"),
+        ("503", "UNAVAILABLE: the database or Stripe cannot be reached, or the outcome of a Stripe call is not yet known; retry with the same idempotency key"),
+        ("504", "DEADLINE_EXCEEDED: the request's deadline passed; retry with the same idempotency key"),
+    ]);
+    statuses.sort();
+    statuses
+        .into_iter()
+        .map(|(code, description)| {
+            (code.to_string(), json!({"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}))
+        })
+        .collect()
+}
+
+pub fn render(
+    pool: &DescriptorPool,
+    service: &ServiceDescriptor,
+    bindings: &[Binding],
+) -> Result<String, Box<dyn std::error::Error>> {
     let mut schemas = BTreeMap::new();
     let mut paths: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
     for b in bindings {
-        collect(&b.input, &mut schemas);
+        if b.body == "*" {
+            schemas.insert(schema_name(&b.input), request_body(pool, &b.input, &b.path_params()));
+        }
         collect(&b.output, &mut schemas);
         let mut params = Vec::new();
         for name in b.path_params() {
@@ -113,10 +226,21 @@ pub fn render(service: &ServiceDescriptor, bindings: &[Binding]) -> Result<Strin
                 .input
                 .get_field_by_name(&name)
                 .ok_or_else(|| format!("{}: path parameter {name} is not a field", b.rpc))?;
-            params.push(parameter(&f, "path"));
+            params.push(parameter(pool, &f, "path"));
         }
         for f in b.query_fields() {
-            params.push(parameter(&f, "query"));
+            params.push(parameter(pool, &f, "query"));
+        }
+        let mut responses = error_responses(&b.rpc, !b.path_params().is_empty());
+        responses.insert(
+            "200".into(),
+            json!({
+                "description": "OK",
+                "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{}", schema_name(&b.output))}}}
+            }),
+        );
+        if PUBLIC_RPCS.contains(&b.rpc.as_str()) {
+            responses.retain(|code, _| !matches!(code.as_str(), "401" | "403" | "404" | "402" | "409"));
         }
         let mut op = json!({
             "operationId": if paths.values().any(|p| p.values().any(|o| o["operationId"] == b.rpc)) {
@@ -127,20 +251,13 @@ pub fn render(service: &ServiceDescriptor, bindings: &[Binding]) -> Result<Strin
             "summary": b.comment,
             "tags": [service.name()],
             "parameters": params,
-            "responses": {
-                "200": {
-                    "description": "OK",
-                    "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{}", schema_name(&b.output))}}}
-                },
-                "default": {
-                    "description": "An error: the HTTP status follows the gRPC code; `reason` says why, for programs.",
-                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
-                }
-            }
+            "responses": responses,
         });
         if b.body == "*" {
+            // A body with nothing required may be left out (`{}` is meant).
+            let required = schemas.get(&schema_name(&b.input)).is_some_and(|s| s.get("required").is_some());
             op["requestBody"] = json!({
-                "required": true,
+                "required": required,
                 "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{}", schema_name(&b.input))}}}
             });
         }
@@ -148,6 +265,26 @@ pub fn render(service: &ServiceDescriptor, bindings: &[Binding]) -> Result<Strin
             op["security"] = json!([]);
         }
         paths.entry(b.path.clone()).or_default().insert(b.method.to_lowercase(), op);
+    }
+    // Links: an id in an answer feeds every operation that takes that id in
+    // its path (a created payment's paymentID → capture, refund, ...), so
+    // clients and tools can follow a resource's life.
+    for b in bindings {
+        let mut links = Map::new();
+        for f in b.output.fields().filter(|f| f.name().ends_with("ID") && f.kind() == Kind::Int64 && !f.is_list()) {
+            for o in bindings.iter().filter(|o| o.path_params().contains(&f.name().to_string())) {
+                let target = &paths[&o.path][&o.method.to_lowercase()];
+                let id = target["operationId"].as_str().unwrap_or_default().to_string();
+                links.insert(
+                    format!("{id}By{}", f.name()),
+                    json!({"operationId": id, "parameters": {f.name(): format!("$response.body#/{}", f.name())}}),
+                );
+            }
+        }
+        if !links.is_empty() {
+            paths.get_mut(&b.path).and_then(|p| p.get_mut(&b.method.to_lowercase())).expect("rendered above")["responses"]
+                ["200"]["links"] = Value::Object(links);
+        }
     }
     let mut schemas: Map<String, Value> = schemas.into_iter().collect();
     schemas.insert(
@@ -166,7 +303,7 @@ pub fn render(service: &ServiceDescriptor, bindings: &[Binding]) -> Result<Strin
         }),
     );
     let doc = json!({
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {
             "title": "amazing-payments",
             "version": env!("CARGO_PKG_VERSION"),

@@ -109,7 +109,8 @@ fn pattern(rule: &DynamicMessage) -> Option<(String, String)> {
     None
 }
 
-fn snake(name: &str) -> String {
+/// `CreateCustomer` → `create_customer`, as tonic names the methods.
+pub fn snake(name: &str) -> String {
     let mut s = String::new();
     for (i, c) in name.chars().enumerate() {
         if c.is_uppercase() && i > 0 {
@@ -170,7 +171,7 @@ pub fn render(service: &ServiceDescriptor, bindings: &[Binding]) -> String {
     for m in service.methods() {
         let _ = writeln!(
             s,
-            "        {:?} => {{\n            let request: {} = decode(input)?;\n            let response = svc.{}(request_with(request, metadata, principal)).await?;\n            encode(response)\n        }}",
+            "        {:?} => {{\n            let request: {} = decode(input)?;\n            crate::contract::Validate::validate(&request)?;\n            let response = svc.{}(request_with(request, metadata, principal)).await?;\n            encode(response)\n        }}",
             m.name(),
             rust_type(&m.input()),
             snake(m.name())

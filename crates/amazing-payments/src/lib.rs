@@ -24,6 +24,7 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod contract;
 pub mod domain;
 pub mod grpc;
 pub mod http;

@@ -203,8 +203,12 @@ impl App {
         if let Some(stripe_key) = &cmd.stripe_customer_key
             && current.stripe_customer_key.as_deref() != Some(stripe_key.as_str())
         {
-            return Err(AppError::invalid("STRIPE_CUSTOMER_KEY_IMMUTABLE", "stripe_customer_key cannot be changed")
-                .detail("field", "stripe_customer_key"));
+            return Err(AppError::new(
+                super::Kind::Conflict,
+                "STRIPE_CUSTOMER_KEY_IMMUTABLE",
+                "stripe_customer_key cannot be changed",
+            )
+            .detail("field", "stripe_customer_key"));
         }
         let op = Operation::UpdateCustomer {
             customer_id: cmd.id.get(),

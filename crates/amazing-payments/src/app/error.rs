@@ -14,6 +14,37 @@ use tonic_types::{ErrorDetails, StatusExt};
 /// The `ErrorInfo.domain` of our errors.
 pub const ERROR_DOMAIN: &str = "amazing-payments";
 
+/// The reasons of [`Kind::Conflict`]: the refusals that depend on a stored
+/// resource's state, answered 409 over REST (`http::error`) from the reason
+/// alone, so that a refusal saved under an idempotency key replays the same.
+/// A conflict with a reason missing here fails the tests (`AppError::new`).
+pub const CONFLICT_REASONS: &[&str] = &[
+    // a payment's state (`domain::payment`)
+    "ALREADY_CAPTURED",
+    "PAYMENT_CANCELED",
+    "NOT_CAPTURABLE",
+    "CAPTURE_EXCEEDS_AUTHORIZED",
+    "ALREADY_SUCCEEDED",
+    "ALREADY_CANCELED",
+    "NOT_CANCELABLE",
+    "PAYMENT_NOT_CAPTURED",
+    "NOT_REFUNDABLE",
+    "ALREADY_REFUNDED",
+    "REFUND_EXCEEDS_CAPTURED",
+    "INVALID_TRANSITION",
+    "INCONSISTENT_AMOUNTS",
+    // an amount the stored payment's currency or price cannot make
+    "INVALID_AMOUNT",
+    "AMOUNT_TOO_SMALL",
+    "AMOUNT_TOO_LARGE",
+    // products, prices and customers
+    "PRODUCT_NOT_IN_STRIPE",
+    "PRODUCT_INACTIVE",
+    "PRICE_INACTIVE",
+    "CUSTOMER_NOT_IN_STRIPE",
+    "STRIPE_CUSTOMER_KEY_IMMUTABLE",
+];
+
 /// What kind of failure; decides the gRPC code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -21,6 +52,11 @@ pub enum Kind {
     NotFound,
     AlreadyExists,
     FailedPrecondition,
+    /// The resource's state does not allow this (a captured payment captured
+    /// again, a deactivated product priced): FAILED_PRECONDITION over gRPC,
+    /// 409 Conflict over REST, so that REST callers can tell "your request is
+    /// malformed" (400) from "not now, not in this state".
+    Conflict,
     Unauthenticated,
     PermissionDenied,
     Aborted,
@@ -36,7 +72,7 @@ impl Kind {
             Kind::InvalidArgument => Code::InvalidArgument,
             Kind::NotFound => Code::NotFound,
             Kind::AlreadyExists => Code::AlreadyExists,
-            Kind::FailedPrecondition => Code::FailedPrecondition,
+            Kind::FailedPrecondition | Kind::Conflict => Code::FailedPrecondition,
             Kind::Unauthenticated => Code::Unauthenticated,
             Kind::PermissionDenied => Code::PermissionDenied,
             Kind::Aborted => Code::Aborted,
@@ -64,6 +100,10 @@ pub struct AppError {
 
 impl AppError {
     pub fn new(kind: Kind, reason: &'static str, message: impl Into<String>) -> Self {
+        debug_assert!(
+            kind != Kind::Conflict || CONFLICT_REASONS.contains(&reason),
+            "{reason} is not in CONFLICT_REASONS"
+        );
         Self { kind, reason, message: message.into(), details: HashMap::new(), source: None }
     }
 

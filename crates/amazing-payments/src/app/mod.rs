@@ -132,6 +132,13 @@ pub fn stripe_failure(e: stripe::StripeError) -> AppError {
             err.source = Some(anyhow::anyhow!("stripe refused the key: {a}"));
             err
         }
+        // A PaymentMethod id of the right form that Stripe does not know: the
+        // caller named something that does not exist.
+        Api(a) if a.code.as_deref() == Some("resource_missing") && a.param.as_deref() == Some("payment_method") => {
+            AppError::not_found("PAYMENT_METHOD_NOT_FOUND", "Stripe has no such PaymentMethod")
+                .detail("field", "payment_method")
+                .detail("stripe_request_id", a.request_id.unwrap_or_default())
+        }
         Api(a) => {
             let mut err = AppError::new(
                 Kind::FailedPrecondition,

@@ -9,6 +9,7 @@
 use super::{App, AppError, Kind, RequestKey, stripe_failure, sync};
 use crate::{
     domain::{
+        money::{Currency, Money},
         operation::{Operation, State},
         payment::Refused,
     },
@@ -84,8 +85,18 @@ pub(crate) fn not_found(id: i64) -> AppError {
     AppError::not_found("PAYMENT_NOT_FOUND", format!("payment {id} does not exist")).detail("paymentID", id.to_string())
 }
 
+/// Whether `amount` is one the payment's currency can move (three-decimal
+/// currencies: a multiple of 10). It depends on the stored payment, so a
+/// misfit is a conflict with it (409 over REST), not a malformed request.
+pub(crate) fn fits(id: i64, amount: i64, currency: &str) -> Result<(), AppError> {
+    let currency = Currency::parse(currency)?;
+    Money::part(amount, currency)
+        .map(|_| ())
+        .map_err(|e| AppError::new(Kind::Conflict, e.reason, e.message).detail("paymentID", id.to_string()))
+}
+
 pub(crate) fn refused(id: i64, r: Refused) -> AppError {
-    AppError::new(Kind::FailedPrecondition, r.reason, r.message).detail("paymentID", id.to_string())
+    AppError::new(Kind::Conflict, r.reason, r.message).detail("paymentID", id.to_string())
 }
 
 /// A declined card: 402 over REST, FAILED_PRECONDITION over gRPC.

@@ -1,8 +1,38 @@
 //! Paging of lists: a page size (1 to 100, 0 meaning 50) and an opaque token
 //! naming the last row seen, tied to the kind of list that gave it.
+//!
+//! A token is a letter naming the list (`c`ustomers, p`r`oducts, `p`ayments)
+//! and the last id's eight bytes in unpadded base64url: twelve characters
+//! that the contract can state as a pattern (`proto/payment/payment.proto`),
+//! and any string of that form decodes to a place in the list, so a token the
+//! document allows is never refused. Forging one only moves the caller
+//! within a list its key may read anyway.
 
 use super::AppError;
-use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use base64::{
+    Engine,
+    alphabet::URL_SAFE,
+    engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig},
+};
+
+/// Unpadded base64url. The pattern's last character leaves the trailing bits
+/// zero, so every token it allows decodes; decoding does not insist on it.
+const TOKEN: GeneralPurpose = GeneralPurpose::new(
+    &URL_SAFE,
+    GeneralPurposeConfig::new()
+        .with_encode_padding(false)
+        .with_decode_padding_mode(DecodePaddingMode::RequireNone)
+        .with_decode_allow_trailing_bits(true),
+);
+
+/// The letter of a list's tokens.
+fn letter(kind: &str) -> char {
+    match kind {
+        "customer" => 'c',
+        "product" => 'r',
+        _ => 'p',
+    }
+}
 
 pub const DEFAULT_PAGE_SIZE: i64 = 50;
 pub const MAX_PAGE_SIZE: i64 = 100;
@@ -27,19 +57,17 @@ impl Page {
                 .detail("field", "page_size"));
             }
         };
+        let token = token.trim();
         let cursor = if token.is_empty() {
             None
         } else {
-            let id = URL_SAFE_NO_PAD
-                .decode(token)
-                .ok()
-                .and_then(|b| String::from_utf8(b).ok())
-                .and_then(|s| s.strip_prefix(&format!("{kind}:")).and_then(|n| n.parse().ok()))
-                .ok_or_else(|| {
-                    AppError::invalid("INVALID_PAGE_TOKEN", "page_token is not one this service gave")
-                        .detail("field", "page_token")
-                })?;
-            Some(id)
+            let refused = || {
+                AppError::invalid("INVALID_PAGE_TOKEN", "page_token is not one this service gave for this list")
+                    .detail("field", "page_token")
+            };
+            let rest = token.strip_prefix(letter(kind)).ok_or_else(refused)?;
+            let bytes = TOKEN.decode(rest).ok().filter(|b| b.len() == 8).ok_or_else(refused)?;
+            Some(i64::from_be_bytes(bytes.try_into().expect("eight bytes")))
         };
         Ok(Self { size, cursor })
     }
@@ -48,7 +76,7 @@ impl Page {
     pub fn finish<T>(&self, rows: &mut Vec<T>, kind: &str, id: impl Fn(&T) -> i64) -> Option<String> {
         if rows.len() as i64 > self.size {
             rows.truncate(self.size as usize);
-            rows.last().map(|r| URL_SAFE_NO_PAD.encode(format!("{kind}:{}", id(r))))
+            rows.last().map(|r| format!("{}{}", letter(kind), TOKEN.encode(id(r).to_be_bytes())))
         } else {
             None
         }
@@ -68,6 +96,8 @@ mod tests {
         assert_eq!(Page::parse(2, &token, "customer").unwrap().cursor, Some(2));
         assert_eq!(Page::parse(2, &token, "payment").unwrap_err().reason, "INVALID_PAGE_TOKEN");
         assert_eq!(Page::parse(2, "bm9wZQ", "customer").unwrap_err().reason, "INVALID_PAGE_TOKEN");
+        assert_eq!(token.len(), 12, "{token}");
+        assert!(token.starts_with('c'));
     }
 
     #[test]

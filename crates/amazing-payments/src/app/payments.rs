@@ -12,7 +12,7 @@
 
 use super::{
     App, AppError, Kind, RequestKey,
-    operations::{not_found, refused},
+    operations::{fits, not_found, refused},
     page::Page,
     stripe_failure, sync,
 };
@@ -82,7 +82,7 @@ impl App {
         let customer = self.get_customer(cmd.customer).await?;
         if customer.stripe_customer_key.as_deref().unwrap_or("").is_empty() {
             return Err(AppError::new(
-                Kind::FailedPrecondition,
+                Kind::Conflict,
                 "CUSTOMER_NOT_IN_STRIPE",
                 "the customer has no Stripe customer to charge",
             ));
@@ -128,17 +128,21 @@ impl App {
             .ok_or_else(|| AppError::internal(anyhow::anyhow!("price without product")))?;
         if !price.active || !product.active {
             return Err(AppError::new(
-                Kind::FailedPrecondition,
+                Kind::Conflict,
                 "PRICE_INACTIVE",
                 format!("price {price_id} (or its product) is deactivated"),
             ));
         }
         let currency = Currency::parse(&price.currency)?;
+        // The price is stored data: an amount it cannot make is a conflict with
+        // it, not a malformed request.
+        let conflict =
+            |reason, message: String| AppError::new(Kind::Conflict, reason, message).detail("field", "quantity");
         let amount = price
             .unit_amount
             .checked_mul(quantity)
-            .ok_or_else(|| AppError::invalid("AMOUNT_TOO_LARGE", "unit_amount times quantity is too large"))?;
-        Ok(Money::charge(amount, currency)?)
+            .ok_or_else(|| conflict("AMOUNT_TOO_LARGE", "unit_amount times quantity is too large".into()))?;
+        Money::charge(amount, currency).map_err(|e| conflict(e.reason, e.message))
     }
 
     /// Captures `amount` (all that is capturable when `None`).
@@ -154,7 +158,7 @@ impl App {
         let (_, op) = self
             .begin_operation(id, key, |row| {
                 if let Some(a) = amount {
-                    Money::part(a, Currency::parse(&row.currency)?)?;
+                    fits(id, a, &row.currency)?;
                 }
                 let amount = row.ledger().plan_capture(amount).map_err(|r| refused(id, r))?;
                 Ok(Operation::Capture { payment_id: id, amount })

@@ -44,7 +44,7 @@ pub(crate) fn price_not_found(id: i64) -> AppError {
 }
 
 fn not_in_stripe(product_id: i64) -> AppError {
-    AppError::new(Kind::FailedPrecondition, "PRODUCT_NOT_IN_STRIPE", "the product has no Stripe product")
+    AppError::new(Kind::Conflict, "PRODUCT_NOT_IN_STRIPE", "the product has no Stripe product")
         .detail("productID", product_id.to_string())
 }
 
@@ -83,7 +83,7 @@ impl App {
         let product =
             products::get_product(&self.db, product_id).await?.ok_or_else(|| product_not_found(product_id))?;
         if !product.active {
-            return Err(AppError::new(Kind::FailedPrecondition, "PRODUCT_INACTIVE", "the product is deactivated")
+            return Err(AppError::new(Kind::Conflict, "PRODUCT_INACTIVE", "the product is deactivated")
                 .detail("productID", product_id.to_string()));
         }
         let price_id = products::reserve_id(&self.db, "price").await?;

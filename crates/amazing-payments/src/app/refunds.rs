@@ -8,10 +8,7 @@ use super::{
     stripe_failure, sync,
 };
 use crate::{
-    domain::{
-        money::{Currency, Money},
-        operation::{Operation, State},
-    },
+    domain::operation::{Operation, State},
     store::payments::{self, Cause, NewOperation, OperationRow, PaymentRow, RefundRow, Source},
     stripe::{Form, types::Refund},
 };
@@ -47,7 +44,7 @@ impl App {
         let mut tx = self.db.begin().await?;
         let row = payments::lock(&mut tx, payment_id).await?.ok_or_else(|| not_found(payment_id))?;
         if let Some(a) = amount {
-            Money::part(a, Currency::parse(&row.currency)?)?;
+            super::operations::fits(payment_id, a, &row.currency)?;
         }
         let in_flight = payments::refunds_in_flight(&mut tx, payment_id).await?;
         let amount = row.ledger().plan_refund(amount, in_flight).map_err(|r| refused(payment_id, r))?;

@@ -26,7 +26,9 @@ pub static REFUSED_DELIVERIES: AtomicU64 = AtomicU64::new(0);
 fn refused(e: SignatureError) -> AppError {
     REFUSED_DELIVERIES.fetch_add(1, Ordering::Relaxed);
     tracing::warn!(reason = e.reason(), "webhook delivery refused");
-    AppError::invalid(e.reason(), "the webhook's Stripe-Signature does not check out")
+    // The signature is the sender's credential: a delivery without a good one
+    // is unauthenticated (401). Stripe retries any answer that is not 2xx.
+    AppError::unauthenticated(e.reason(), "the webhook's Stripe-Signature does not check out")
 }
 
 impl App {
@@ -34,7 +36,7 @@ impl App {
     pub async fn receive_webhook(&self, signature: Option<&str>, body: &[u8]) -> Result<bool, AppError> {
         if self.webhooks.secrets.is_empty() {
             return Err(AppError::new(
-                Kind::FailedPrecondition,
+                Kind::Unavailable,
                 "WEBHOOK_NOT_CONFIGURED",
                 "no STRIPE_WEBHOOK_SECRET is configured",
             ));

@@ -1,6 +1,7 @@
 //! Domain types: values parsed at the edge, so that the layers below never
 //! see a raw `String` or `i64` where a checked value belongs. No I/O here.
 
+pub mod currencies;
 pub mod customer;
 pub mod event;
 pub mod money;

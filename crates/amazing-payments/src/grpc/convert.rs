@@ -29,7 +29,7 @@ pub fn timestamp(t: DateTime<Utc>) -> String {
 
 /// A non-empty string, or `None`.
 fn given(s: &str) -> Option<&str> {
-    (!s.trim().is_empty()).then_some(s)
+    Some(s.trim()).filter(|t| !t.is_empty())
 }
 
 impl From<CustomerRow> for proto::Customer {

@@ -67,6 +67,7 @@ fn is_final(e: &AppError) -> bool {
             | Kind::NotFound
             | Kind::AlreadyExists
             | Kind::FailedPrecondition
+            | Kind::Conflict
             | Kind::PermissionDenied
     )
 }

@@ -23,7 +23,10 @@ pub fn routes(app: &App) -> anyhow::Result<Routes> {
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
-    let api = proto::payment_service_server::PaymentServiceServer::new(service::PaymentApi::new(app.clone()));
+    // The contract's rules first (`crate::contract`), then the service.
+    let api = proto::payment_service_server::PaymentServiceServer::new(crate::contract::Checked(
+        service::PaymentApi::new(app.clone()),
+    ));
     Ok(Routes::new(api).add_service(health).add_service(reflection).add_service(reflection_alpha))
 }
 

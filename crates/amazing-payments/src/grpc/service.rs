@@ -40,6 +40,18 @@ impl PaymentApi {
     }
 }
 
+impl crate::contract::Authenticate for PaymentApi {
+    async fn authenticate<T: Send>(&self, request: &mut Request<T>) -> Result<(), Status> {
+        if request.extensions().get::<Principal>().is_none() {
+            let authorization =
+                request.metadata().get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
+            let principal = self.app.authenticate(authorization.as_deref()).await?;
+            request.extensions_mut().insert(principal);
+        }
+        Ok(())
+    }
+}
+
 fn parse<T, U: TryFrom<T, Error = AppError>>(message: T) -> Result<U, AppError> {
     U::try_from(message)
 }

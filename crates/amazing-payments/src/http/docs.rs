@@ -24,6 +24,10 @@ pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
         .route("/docs/{*file}", get(|Path(file): Path<String>| swagger(file)))
 }
 
+fn error(description: &str) -> serde_json::Value {
+    serde_json::json!({"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
+}
+
 /// The generated document, plus the one route that is not an rpc: Stripe's
 /// webhook endpoint.
 fn document() -> &'static str {
@@ -32,16 +36,26 @@ fn document() -> &'static str {
         let mut doc: serde_json::Value = serde_json::from_str(OPENAPI_JSON).expect("build.rs writes valid JSON");
         doc["paths"]["/v1/webhooks/stripe"] = serde_json::json!({"post": {
             "operationId": "StripeWebhook",
-            "summary": "Stripe's webhook deliveries (REST only, no API key: the Stripe-Signature is the check). A verified event is stored once and acknowledged; a refused one answers 400 and stores nothing.",
+            "summary": "Stripe's webhook deliveries (REST only, no API key: the Stripe-Signature is the sender's credential). A verified event is stored once and acknowledged; a delivery whose signature does not check out answers 401 and stores nothing.",
             "tags": ["Webhooks"],
-            "security": [],
-            "parameters": [{"name": "Stripe-Signature", "in": "header", "required": true, "schema": {"type": "string"}}],
+            "security": [{"stripeSignature": []}],
             "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "description": "A Stripe Event"}}}},
             "responses": {
                 "200": {"description": "Stored (or already stored)", "content": {"application/json": {"schema": {"type": "object", "properties": {"received": {"type": "boolean"}, "duplicate": {"type": "boolean"}}}}}},
-                "default": {"description": "Refused", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+                "400": error("The body is not a Stripe event"),
+                "401": error("The Stripe-Signature is missing, malformed, stale or does not match (`reason` WEBHOOK_SIGNATURE_MISSING, WEBHOOK_SIGNATURE_MALFORMED, WEBHOOK_TIMESTAMP_STALE, WEBHOOK_SIGNATURE_INVALID)"),
+                "408": error("The body did not arrive in time"),
+                "413": error("The body is over the limit"),
+                "429": error("The instance is shedding load"),
+                "431": error("The headers are over the limit"),
+                "500": error("A failure of ours; Stripe delivers again"),
+                "503": error("The database cannot be reached, or no webhook secret is configured; Stripe delivers again"),
             }
         }});
+        doc["components"]["securitySchemes"]["stripeSignature"] = serde_json::json!({
+            "type": "apiKey", "in": "header", "name": "Stripe-Signature",
+            "description": "Stripe's signature of the delivery, with the endpoint's signing secret (STRIPE_WEBHOOK_SECRET)."
+        });
         doc.to_string()
     })
 }

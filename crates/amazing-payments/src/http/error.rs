@@ -3,7 +3,7 @@
 //! `{"code": 3, "status": "INVALID_ARGUMENT", "message": "...", "reason": "INVALID_EMAIL", "details": {...}}`
 //! with the HTTP status the earlier gateway used for the gRPC code.
 
-use crate::app::error::{AppError, reason_of};
+use crate::app::error::{AppError, CONFLICT_REASONS, reason_of};
 use axum::{
     Json,
     http::{HeaderValue, StatusCode, header},
@@ -92,6 +92,12 @@ impl From<tonic::Status> for RestError {
             .iter()
             .find(|(r, _)| *r == reason)
             .map(|(_, s)| *s)
+            .or_else(|| {
+                // A refusal because of a resource's state: 409 Conflict, so that
+                // it reads apart from a malformed request (400).
+                (status.code() == Code::FailedPrecondition && CONFLICT_REASONS.contains(&reason.as_str()))
+                    .then_some(StatusCode::CONFLICT)
+            })
             .unwrap_or_else(|| http_status(status.code()));
         let headers = status
             .metadata()

@@ -60,7 +60,24 @@ pub struct Reply {
 
 include!(concat!(env!("OUT_DIR"), "/rest_routes.rs"));
 
-fn decode<T: DeserializeOwned>(input: Value) -> Result<T, tonic::Status> {
+/// JSON does not tell `5` from `5.0` (JSON Schema calls both an integer),
+/// but proto3 JSON's integer fields refuse the latter: a whole number
+/// written with a fraction or an exponent is read as the integer it is.
+fn whole_numbers(value: &mut Value) {
+    match value {
+        Value::Number(n) if !n.is_i64() && !n.is_u64() => {
+            if let Some(f) = n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15) {
+                *value = Value::from(f as i64);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(whole_numbers),
+        Value::Object(map) => map.values_mut().for_each(whole_numbers),
+        _ => {}
+    }
+}
+
+fn decode<T: DeserializeOwned>(mut input: Value) -> Result<T, tonic::Status> {
+    whole_numbers(&mut input);
     serde_path_to_error::deserialize(input).map_err(|e| {
         let field = e.path().to_string();
         let status: tonic::Status =

@@ -97,7 +97,7 @@ async fn an_update_changes_only_the_fields_given_here_and_in_stripe() {
         ..Default::default()
     };
     let err = grpc.update_customer(app.authed(req)).await.unwrap_err();
-    assert_eq!((err.code(), reason(&err).as_str()), (Code::InvalidArgument, "STRIPE_CUSTOMER_KEY_IMMUTABLE"));
+    assert_eq!((err.code(), reason(&err).as_str()), (Code::FailedPrecondition, "STRIPE_CUSTOMER_KEY_IMMUTABLE"));
 }
 
 #[tokio::test]
@@ -246,4 +246,35 @@ async fn stripe_unreachable_is_503_unavailable_and_nothing_is_written() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     let name: String = sqlx::query_scalar("SELECT name FROM customer.customer").fetch_one(&app.db).await.unwrap();
     assert_eq!(name, "Old");
+}
+
+#[tokio::test]
+async fn white_space_around_values_is_trimmed_as_before_over_both_transports() {
+    let app = TestApp::spawn().await;
+    let (status, body) = app
+        .post(
+            "/v1/customer",
+            json!({"name": " Ada Lovelace\n", "email": " ada@example.com ", "stripe_charge_date": "1\t"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!((body["name"].as_str(), body["email"].as_str()), (Some("Ada Lovelace"), Some("ada@example.com")));
+    let mut grpc = app.grpc().await;
+    let made = grpc.create_customer(app.authed(create("\tGrace Hopper ", "grace@example.com\n"))).await.unwrap();
+    assert_eq!(made.get_ref().email, "grace@example.com");
+    let (status, body) = app.get("/v1/customer?email=%20ada@example.com").await;
+    assert_eq!((status, body["customers"].as_array().map(Vec::len)), (StatusCode::OK, Some(1)), "{body}");
+}
+
+#[tokio::test]
+async fn a_caller_without_a_key_learns_nothing_of_its_message_over_grpc_as_over_rest() {
+    let app = TestApp::spawn().await;
+    let mut grpc = app.grpc().await;
+    let err = grpc.create_customer(create("", "not an address")).await.unwrap_err();
+    assert_eq!((err.code(), reason(&err).as_str()), (Code::Unauthenticated, "MISSING_API_KEY"));
+    let (status, body) = app.rest_call(reqwest::Method::POST, "/v1/customer", Some(json!({"email": "x"})), None).await;
+    assert_eq!((status, body["reason"].as_str()), (StatusCode::UNAUTHORIZED, Some("MISSING_API_KEY")));
+    let err = grpc.create_customer(app.authed(create("", "not an address"))).await.unwrap_err();
+    assert_eq!((err.code(), reason(&err).as_str()), (Code::InvalidArgument, "MISSING_NAME"));
+    assert_eq!(app.count("customer.customer").await, 0);
 }

@@ -3,6 +3,7 @@
 //! is their harness.
 
 mod common;
+mod conformance;
 mod connections;
 mod customers;
 mod e2e;

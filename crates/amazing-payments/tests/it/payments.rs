@@ -225,7 +225,7 @@ async fn requests_that_cannot_succeed_are_refused_before_stripe_is_called() {
             let f = app.call(via, rpc, input.clone()).await.unwrap_err();
             assert_eq!((f.code, f.reason.as_str()), (Code::FailedPrecondition, reason), "{rpc} {input} {via:?}");
             if via == Via::Rest {
-                assert_eq!(f.http, Some(400));
+                assert_eq!(f.http, Some(409), "a state that forbids it is a conflict, not a malformed request");
             }
             assert_eq!(app.stripe_calls(), calls, "{rpc} {reason}: Stripe was not called");
         }
@@ -234,6 +234,32 @@ async fn requests_that_cannot_succeed_are_refused_before_stripe_is_called() {
         let f = app.call(via, "CapturePayment", json!({"paymentID": auth_id})).await.unwrap_err();
         assert_eq!(f.reason, "ALREADY_CAPTURED");
     }
+}
+
+#[tokio::test]
+async fn a_conflict_replayed_under_its_idempotency_key_is_still_a_409() {
+    let app = TestApp::spawn().await;
+    let customer = app.new_customer().await;
+    let done = pay(&app, Via::Rest, &customer, json!({"amount": 1000})).await.unwrap();
+    let path = format!("/v1/payment/{}/cancel", id(&done, "paymentID"));
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        let resp = app
+            .http
+            .post(format!("{}{path}", app.rest))
+            .bearer_auth(&app.key)
+            .header("Idempotency-Key", "cancel-a-captured-payment")
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        let replayed = resp.headers().contains_key("idempotent-replayed");
+        let status = resp.status();
+        let body: serde_json::Value = resp.json().await.unwrap();
+        answers.push((status.as_u16(), body["reason"].as_str().unwrap_or_default().to_string(), replayed));
+    }
+    assert_eq!(answers[0], (409, "ALREADY_SUCCEEDED".to_string(), false));
+    assert_eq!(answers[1], (409, "ALREADY_SUCCEEDED".to_string(), true), "the saved answer keeps its status");
 }
 
 #[tokio::test]

@@ -131,7 +131,7 @@ async fn the_openapi_document_describes_every_route_as_the_json_really_is() {
     let app = TestApp::spawn().await;
     let (status, doc) = app.rest_call(Method::GET, "/openapi.json", None, None).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(doc["openapi"], "3.0.3");
+    assert_eq!(doc["openapi"], "3.1.0");
     for route in ROUTES {
         let op = &doc["paths"][route.path][route.method.to_lowercase()];
         assert!(op.is_object(), "{} {} is missing from /openapi.json", route.method, route.path);
@@ -141,10 +141,56 @@ async fn the_openapi_document_describes_every_route_as_the_json_really_is() {
     assert_eq!(customer["customerID"]["format"], "int64");
     assert!(customer["stripe_customer_key"].is_object(), "proto field names are the keys");
     assert_eq!(doc["paths"]["/v1/healthcheck"]["get"]["security"], json!([]));
-    assert_eq!(doc["paths"]["/v1/webhooks/stripe"]["post"]["security"], json!([]), "the webhook route is documented");
+    assert_eq!(
+        doc["paths"]["/v1/webhooks/stripe"]["post"]["security"],
+        json!([{"stripeSignature": []}]),
+        "the webhook route is documented, its signature as its credential"
+    );
     let params = doc["paths"]["/v1/customer"]["get"]["parameters"].as_array().unwrap();
     let names: Vec<&str> = params.iter().map(|p| p["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["page_size", "page_token", "email"]);
+    assert_eq!(params[0]["schema"]["anyOf"][0]["maximum"], 100, "page_size states its range");
+    assert!(params[1]["schema"]["pattern"].is_string(), "a page token states its form");
+}
+
+#[tokio::test]
+async fn the_openapi_document_states_the_rules_the_service_enforces_and_its_real_answers() {
+    let app = TestApp::spawn().await;
+    let (_, doc) = app.rest_call(Method::GET, "/openapi.json", None, None).await;
+    let schemas = &doc["components"]["schemas"];
+    let create = &schemas["CreateCustomerRequest"];
+    assert_eq!(create["required"], json!(["name", "email"]));
+    assert!(
+        create["properties"]["email"].get("format").is_none(),
+        "a form is stated as a pattern, which every tool reads alike"
+    );
+    assert_eq!(create["properties"]["email"]["maxLength"], 254);
+    assert!(create["properties"]["email"]["pattern"].as_str().unwrap().starts_with('^'));
+    let pay = &schemas["CreatePaymentRequest"]["properties"];
+    assert_eq!(pay["capture_method"]["enum"], json!(["", "automatic", "manual"]));
+    assert_eq!(pay["metadata"]["maxProperties"], 45);
+    assert!(pay["currency"]["enum"].as_array().unwrap().contains(&json!("usd")));
+    assert_eq!(pay["amount"]["anyOf"][0]["maximum"], 99_999_999);
+    assert!(schemas["CreatePaymentRequest"]["allOf"].is_array(), "a currency's smallest charge is stated");
+    assert!(
+        schemas["CapturePaymentRequest"]["properties"].get("paymentID").is_none(),
+        "a field bound from the path is not in the body"
+    );
+    let refund_reasons = &schemas["RefundPaymentRequest"]["properties"]["reason"]["enum"];
+    assert_eq!(refund_reasons, &json!(["", "duplicate", "fraudulent", "requested_by_customer"]));
+
+    let capture = &doc["paths"]["/v1/payment/{paymentID}/capture"]["post"];
+    let statuses: Vec<&str> = capture["responses"].as_object().unwrap().keys().map(String::as_str).collect();
+    for s in ["200", "400", "401", "404", "409", "429", "500", "503"] {
+        assert!(statuses.contains(&s), "{s} is documented: {statuses:?}");
+    }
+    assert!(!statuses.contains(&"default"), "every answer is stated, not lumped as default");
+    assert_eq!(
+        capture["responses"]["409"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/Error"
+    );
+    let links = &doc["paths"]["/v1/payment"]["post"]["responses"]["200"]["links"];
+    assert_eq!(links["CapturePaymentBypaymentID"]["parameters"]["paymentID"], "$response.body#/paymentID");
 
     let resp = app.http.get(format!("{}/docs/", app.rest)).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);

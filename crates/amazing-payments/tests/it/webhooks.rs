@@ -51,11 +51,11 @@ async fn forged_stale_and_unsigned_deliveries_are_refused_and_nothing_is_stored(
         (Some("t=oops".into()), "WEBHOOK_SIGNATURE_MALFORMED"),
     ] {
         let (status, body) = deliver(&app, signature, EVENT).await;
-        assert_eq!((status, body["reason"].as_str()), (StatusCode::BAD_REQUEST, Some(reason)));
+        assert_eq!((status, body["reason"].as_str()), (StatusCode::UNAUTHORIZED, Some(reason)));
     }
     let tampered = EVENT.replace("customer.created", "customer.deleted");
     let (status, _) = deliver(&app, Some(sign("whsec_right", now, EVENT)), &tampered).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "the raw body is what is signed");
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "the raw body is what is signed");
     assert_eq!(app.count("webhook.event").await, 0);
     let refused =
         amazing_payments::app::webhooks::REFUSED_DELIVERIES.load(std::sync::atomic::Ordering::Relaxed) - refused_before;
