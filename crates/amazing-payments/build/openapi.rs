@@ -40,7 +40,8 @@ fn schema_name(m: &MessageDescriptor) -> String {
 /// The schema of a request field with rules: exactly what the service accepts.
 fn ruled_schema(f: &FieldDescriptor, rule: &FieldRule) -> Value {
     let mut schema = if f.is_map() {
-        let keys = rule.keys.clone().unwrap_or_default();
+        let mut keys = rule.keys.clone().unwrap_or_default();
+        keys.raw = true;
         let values = rule.vals.clone().unwrap_or_default();
         let mut s = json!({"type": "object", "additionalProperties": values.text_schema(), "propertyNames": keys.text_schema()});
         if let Some(n) = rule.max_entries {
@@ -169,14 +170,13 @@ fn parameter(pool: &DescriptorPool, f: &FieldDescriptor, location: &str) -> Valu
 }
 
 /// The error answers an operation can give, each in the error schema.
-fn error_responses(rpc: &str, has_id: bool) -> Map<String, Value> {
+fn error_responses(rpc: &str, has_id: bool, has_body: bool) -> Map<String, Value> {
     let mut statuses: Vec<(&str, &str)> = vec![
         (
             "400",
-            "INVALID_ARGUMENT: a field breaks the contract's rules (`reason` and `details.field` say which); or FAILED_PRECONDITION `STRIPE_REFUSED` / `STRIPE_FAILED`: Stripe refused or failed it and nothing was done",
+            "INVALID_ARGUMENT: the request breaks the contract's rules (`reason` and `details.field` say which), or an idempotency key was used with other parameters (`IDEMPOTENCY_KEY_REUSED`); or FAILED_PRECONDITION `STRIPE_REFUSED` / `STRIPE_FAILED`: Stripe refused or failed it and nothing was done",
         ),
         ("401", "UNAUTHENTICATED: no API key, or one that is unknown or revoked"),
-        ("403", "PERMISSION_DENIED: the API key may not do this"),
     ];
     if has_id || !rpc.starts_with("List") {
         statuses.push(("404", "NOT_FOUND: a resource named in the request does not exist"));
@@ -185,25 +185,32 @@ fn error_responses(rpc: &str, has_id: bool) -> Map<String, Value> {
         statuses
             .push(("402", "The card was declined (`reason` CARD_DECLINED); the payment is kept, with status failed"));
     }
+    if has_body {
+        statuses.extend([
+            ("408", "The request body did not arrive in time (`reason` BODY_READ_TIMEOUT)"),
+            (
+                "409",
+                "Tell the two apart by `status`. FAILED_PRECONDITION: the resource's state does not allow this (`ALREADY_CAPTURED`, `REFUND_EXCEEDS_CAPTURED`, ...); final, a retry gets the same answer. ABORTED: the idempotency key (or the payment) is in use by a request still running; retry shortly with the same key",
+            ),
+            ("413", "The request body is over the limit (`reason` BODY_TOO_LARGE)"),
+        ]);
+    }
     statuses.extend([
-        ("408", "The request body did not arrive in time (`reason` BODY_READ_TIMEOUT)"),
-        (
-            "409",
-            "Tell the two apart by `status`. FAILED_PRECONDITION: the resource's state does not allow this (`ALREADY_CAPTURED`, `REFUND_EXCEEDS_CAPTURED`, ...); final, a retry gets the same answer. ABORTED or ALREADY_EXISTS: the idempotency key is in use by a request still running (retry shortly with the same key), or was used with other parameters",
-        ),
-        ("413", "The request body is over the limit (`reason` BODY_TOO_LARGE)"),
-        ("429", "RESOURCE_EXHAUSTED: over a rate limit, or the instance is shedding load; retry after `Retry-After`"),
         ("431", "The request headers are over the limit (`reason` HEADERS_TOO_LARGE)"),
         ("500", "INTERNAL: a failure of ours; the request may be retried with the same idempotency key"),
-        ("502", "Stripe answered in a way we could not use; retry with the same idempotency key"),
-        ("503", "UNAVAILABLE: the database or Stripe cannot be reached, or the outcome of a Stripe call is not yet known; retry with the same idempotency key"),
-        ("504", "DEADLINE_EXCEEDED: the request's deadline passed; retry with the same idempotency key"),
+        (
+            "503",
+            "UNAVAILABLE: the database or Stripe cannot be reached, or the outcome of a Stripe call is not yet known (`STRIPE_UNAVAILABLE`, `DATABASE_UNAVAILABLE`), the instance is shedding load (`OVERLOADED`) or holds too many connections (`TOO_MANY_CONNECTIONS`); retry after `Retry-After` with the same idempotency key",
+        ),
     ]);
     statuses.sort();
     statuses
         .into_iter()
         .map(|(code, description)| {
-            (code.to_string(), json!({"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}))
+            (
+                code.to_string(),
+                json!({"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}),
+            )
         })
         .collect()
 }
@@ -231,7 +238,7 @@ pub fn render(
         for f in b.query_fields() {
             params.push(parameter(pool, &f, "query"));
         }
-        let mut responses = error_responses(&b.rpc, !b.path_params().is_empty());
+        let mut responses = error_responses(&b.rpc, !b.path_params().is_empty(), b.body == "*");
         responses.insert(
             "200".into(),
             json!({
@@ -240,7 +247,7 @@ pub fn render(
             }),
         );
         if PUBLIC_RPCS.contains(&b.rpc.as_str()) {
-            responses.retain(|code, _| !matches!(code.as_str(), "401" | "403" | "404" | "402" | "409"));
+            responses.retain(|code, _| !matches!(code.as_str(), "401" | "404" | "402" | "409"));
         }
         let mut op = json!({
             "operationId": if paths.values().any(|p| p.values().any(|o| o["operationId"] == b.rpc)) {

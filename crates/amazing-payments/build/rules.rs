@@ -42,6 +42,10 @@ pub struct FieldRule {
     pub missing: String,
     pub too_long: String,
     pub message: String,
+    pub missing_message: String,
+    /// Taken as sent, white space and all (map keys, which no domain type
+    /// trims).
+    pub raw: bool,
 }
 
 /// `rules.Charge` of a message.
@@ -119,6 +123,8 @@ fn read(m: &DynamicMessage, field: &str) -> FieldRule {
             .unwrap_or_else(|| format!("MISSING_{}", upper(field))),
         too_long: Some(text(m, "too_long")).filter(|r| !r.is_empty()).unwrap_or_else(|| reason.clone()),
         message: text(m, "message"),
+        missing_message: text(m, "missing_message"),
+        raw: false,
         reason,
     }
 }
@@ -162,7 +168,7 @@ impl FieldRule {
     pub fn anchored(&self) -> Option<String> {
         self.pattern.as_ref().map(|p| {
             let optional = if self.required { "" } else { "?" };
-            format!("^{WS}*(?:{p}){optional}{WS}*$")
+            if self.raw { format!("^(?:{p}){optional}$") } else { format!("^{WS}*(?:{p}){optional}{WS}*$") }
         })
     }
 
@@ -324,7 +330,7 @@ fn text_rules(field: &str, r: &FieldRule, pattern: Option<&str>) -> String {
     let opt = |v: Option<u32>| v.map(|n| format!("Some({n})")).unwrap_or_else(|| "None".into());
     let strs = |v: &[String]| format!("&[{}]", v.iter().map(|s| rust_str(s)).collect::<Vec<_>>().join(", "));
     format!(
-        "Text {{ field: {field:?}, required: {}, min_len: {}, max_len: {}, pattern: {}, values: {}, any_case: {}, not_in: {}, reason: {:?}, missing: {:?}, too_long: {:?}, message: {:?} }}",
+        "Text {{ field: {field:?}, required: {}, min_len: {}, max_len: {}, pattern: {}, values: {}, any_case: {}, not_in: {}, reason: {:?}, missing: {:?}, too_long: {:?}, message: {:?}, missing_message: {:?}, raw: {} }}",
         r.required,
         opt(r.min_len),
         opt(r.max_len),
@@ -336,6 +342,8 @@ fn text_rules(field: &str, r: &FieldRule, pattern: Option<&str>) -> String {
         r.missing,
         r.too_long,
         r.message,
+        r.missing_message,
+        r.raw,
     )
 }
 
@@ -373,11 +381,13 @@ pub fn render(pool: &DescriptorPool, service: &ServiceDescriptor) -> Result<Stri
                 Ok(Some(name))
             };
             if f.is_map() {
-                let keys = rule.keys.clone().unwrap_or_default();
+                let mut keys = rule.keys.clone().unwrap_or_default();
+                keys.raw = true;
                 let vals = rule.vals.clone().unwrap_or_default();
                 let kp = pattern_static(&keys)?;
                 let vp = pattern_static(&vals)?;
                 let mut keys = *keys;
+                keys.raw = true;
                 keys.reason = rule.reason.clone();
                 keys.too_long = rule.reason.clone();
                 keys.missing = rule.reason.clone();

@@ -51,6 +51,10 @@ pub struct Text {
     pub missing: &'static str,
     pub too_long: &'static str,
     pub message: &'static str,
+    /// Told when a required value is not given; "FIELD is required" if empty.
+    pub missing_message: &'static str,
+    /// Taken as sent: no white space trimmed (map keys).
+    pub raw: bool,
 }
 
 fn refuse(field: &str, reason: &'static str, message: String) -> AppError {
@@ -63,9 +67,14 @@ impl Text {
     /// value as sent, in code points.
     pub fn check(&self, value: &str) -> Result<(), AppError> {
         let field = self.field;
-        let trimmed = value.trim();
+        let trimmed = if self.raw { value } else { value.trim() };
         if trimmed.is_empty() && self.required {
-            return Err(refuse(field, self.missing, format!("{field} is required")));
+            let message = if self.missing_message.is_empty() {
+                format!("{field} is required")
+            } else {
+                self.missing_message.into()
+            };
+            return Err(refuse(field, self.missing, message));
         }
         let len = value.chars().count();
         if let Some(max) = self.max_len.filter(|max| len > *max) {

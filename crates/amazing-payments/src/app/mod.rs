@@ -134,11 +134,7 @@ pub fn stripe_failure(e: stripe::StripeError) -> AppError {
         }
         // A PaymentMethod id of the right form that Stripe does not know: the
         // caller named something that does not exist.
-        Api(a) if a.code.as_deref() == Some("resource_missing") && a.param.as_deref() == Some("payment_method") => {
-            AppError::not_found("PAYMENT_METHOD_NOT_FOUND", "Stripe has no such PaymentMethod")
-                .detail("field", "payment_method")
-                .detail("stripe_request_id", a.request_id.unwrap_or_default())
-        }
+        Api(a) if is_unknown_payment_method(&a) => unknown_payment_method(a.request_id),
         Api(a) => {
             let mut err = AppError::new(
                 Kind::FailedPrecondition,
@@ -155,5 +151,21 @@ pub fn stripe_failure(e: stripe::StripeError) -> AppError {
         Decode { message, request_id } => {
             AppError::internal(anyhow::anyhow!("unreadable stripe answer (request {request_id:?}): {message}"))
         }
+    }
+}
+
+/// Stripe's answer to a `pm_...` it does not know.
+pub(crate) fn is_unknown_payment_method(a: &crate::stripe::ApiError) -> bool {
+    a.code.as_deref() == Some("resource_missing") && a.param.as_deref() == Some("payment_method")
+}
+
+/// The answer to a payment whose PaymentMethod Stripe does not know: the
+/// caller named something that does not exist.
+pub(crate) fn unknown_payment_method(stripe_request_id: Option<String>) -> AppError {
+    let e = AppError::not_found("PAYMENT_METHOD_NOT_FOUND", "Stripe has no such PaymentMethod")
+        .detail("field", "payment_method");
+    match stripe_request_id {
+        Some(id) => e.detail("stripe_request_id", id),
+        None => e,
     }
 }

@@ -85,6 +85,9 @@ pub(crate) fn not_found(id: i64) -> AppError {
     AppError::not_found("PAYMENT_NOT_FOUND", format!("payment {id} does not exist")).detail("paymentID", id.to_string())
 }
 
+/// The `failure_code` of a payment whose PaymentMethod Stripe did not know.
+pub(crate) const UNKNOWN_PAYMENT_METHOD: &str = "payment_method_not_found";
+
 /// Whether `amount` is one the payment's currency can move (three-decimal
 /// currencies: a multiple of 10). It depends on the stored payment, so a
 /// misfit is a conflict with it (409 over REST), not a malformed request.
@@ -250,11 +253,18 @@ pub(crate) fn settled_payment(row: PaymentRow) -> Result<PaymentRow, AppError> {
         };
         return Err(if row.decline_code.is_some() {
             declined(&row, &e)
+        } else if row.failure_code.as_deref() == Some(UNKNOWN_PAYMENT_METHOD) {
+            super::unknown_payment_method(None).detail("paymentID", row.id.to_string())
         } else {
-            refused(
-                row.id,
-                Refused { reason: "STRIPE_REFUSED", message: row.failure_message.clone().unwrap_or_default() },
+            AppError::new(
+                Kind::FailedPrecondition,
+                "STRIPE_REFUSED",
+                format!(
+                    "the payment provider refused the request: {}",
+                    row.failure_message.clone().unwrap_or_default()
+                ),
             )
+            .detail("paymentID", row.id.to_string())
         });
     }
     Ok(row)
@@ -604,7 +614,14 @@ impl App {
         let mut row = before.clone();
         if payment_fails && let Ok(next) = before.ledger().fail() {
             row.set_ledger(next);
-            row.failure_code = e.code.clone().or(Some(e.kind.clone()));
+            // A pm_ Stripe does not know is named so on the payment, so that
+            // every later answer about it (a retry, the reconciler's close)
+            // says the same as the first: 404 PAYMENT_METHOD_NOT_FOUND.
+            row.failure_code = if super::is_unknown_payment_method(e) {
+                Some(UNKNOWN_PAYMENT_METHOD.into())
+            } else {
+                e.code.clone().or(Some(e.kind.clone()))
+            };
             row.failure_message = e.message.clone();
             row.decline_code = e.decline_code.clone();
         }

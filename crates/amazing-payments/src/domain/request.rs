@@ -145,8 +145,9 @@ pub fn url(field: &'static str, raw: &str) -> Result<Option<String>, Invalid> {
     if v.is_empty() {
         return Ok(None);
     }
-    let ok =
-        (v.starts_with("https://") || v.starts_with("http://")) && v.len() <= 2048 && !v.contains(char::is_whitespace);
+    let ok = (v.starts_with("https://") || v.starts_with("http://"))
+        && v.chars().count() <= 2048
+        && !v.contains(char::is_whitespace);
     if !ok {
         return Err(Invalid::new(field, "INVALID_URL", format!("{field} must be an absolute http(s) URL")));
     }

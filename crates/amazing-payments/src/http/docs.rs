@@ -46,10 +46,9 @@ fn document() -> &'static str {
                 "401": error("The Stripe-Signature is missing, malformed, stale or does not match (`reason` WEBHOOK_SIGNATURE_MISSING, WEBHOOK_SIGNATURE_MALFORMED, WEBHOOK_TIMESTAMP_STALE, WEBHOOK_SIGNATURE_INVALID)"),
                 "408": error("The body did not arrive in time"),
                 "413": error("The body is over the limit"),
-                "429": error("The instance is shedding load"),
                 "431": error("The headers are over the limit"),
                 "500": error("A failure of ours; Stripe delivers again"),
-                "503": error("The database cannot be reached, or no webhook secret is configured; Stripe delivers again"),
+                "503": error("The database cannot be reached, no webhook secret is configured, or the instance is shedding load; Stripe delivers again"),
             }
         }});
         doc["components"]["securitySchemes"]["stripeSignature"] = serde_json::json!({

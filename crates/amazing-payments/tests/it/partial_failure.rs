@@ -6,7 +6,7 @@
 
 use crate::common::{
     Options, TestApp,
-    call::{Via, int},
+    call::{BOTH, Via, int},
     proxy::Proxy,
 };
 use amazing_payments::store::webhooks::EventRow;
@@ -1005,4 +1005,26 @@ async fn a_key_bound_to_an_operation_but_without_its_row_resumes_that_operation(
     let retry = retry.expect("the retry resumes the payment its key asked for");
     assert_eq!(retry["status"], "authorized");
     assert_eq!((app.count("payment.payment").await, intents(&app).len()), (1, 1));
+}
+
+#[tokio::test]
+async fn an_unknown_payment_method_is_404_at_once_and_still_404_after_the_reconciler_closed_it() {
+    let app = TestApp::spawn().await;
+    let customer = app.new_customer().await;
+    let body = json!({"customerID": customer, "amount": 1000, "currency": "usd", "payment_method": "pm_nobody_knows"});
+    let first = app.call(Via::Rest, "CreatePayment", body.clone()).await.unwrap_err();
+    assert_eq!((first.http, first.reason.as_str()), (Some(404), "PAYMENT_METHOD_NOT_FOUND"));
+
+    // Stripe down while the request runs: the outcome is unknown (503) and the
+    // operation stays open; the reconciler then finds Stripe refusing it.
+    fault(&app, json!({"method": "POST", "path": "/v1/payment_intents", "status": 503, "times": 3}));
+    let (unknown, _) = app.call_keyed(Via::Rest, "CreatePayment", body.clone(), Some("pm-unknown")).await;
+    assert_eq!(unknown.unwrap_err().http, Some(503));
+    let s = amazing_payments::workers::reconciler::Settings { min_age: Duration::ZERO, ..Default::default() };
+    amazing_payments::workers::reconciler::pass(&app.app, &s).await.unwrap();
+    for via in BOTH {
+        let (again, _) = app.call_keyed(via, "CreatePayment", body.clone(), Some("pm-unknown")).await;
+        let again = again.unwrap_err();
+        assert_eq!((again.code, again.reason.as_str()), (Code::NotFound, "PAYMENT_METHOD_NOT_FOUND"), "{via:?}");
+    }
 }
