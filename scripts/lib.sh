@@ -84,3 +84,21 @@ ensure_pytools() {
   "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$list"
   cp "$list" "$venv/.installed"
 }
+
+# Prometheus and promtool (Debian's `prometheus`), for the metrics tests;
+# installed when missing and we are root. The package's service is not
+# started (no policy lets it): the tests run their own Prometheus.
+ensure_prometheus() {
+  command -v prometheus >/dev/null && command -v promtool >/dev/null && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    log "installing Debian's prometheus (and promtool) for the metrics tests"
+    local policy=/usr/sbin/policy-rc.d had_policy=false
+    [ -e "$policy" ] && had_policy=true
+    if ! $had_policy; then printf '#!/bin/sh\nexit 101\n' >"$policy"; chmod +x "$policy"; fi
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+    $had_policy || rm -f "$policy"
+  else
+    echo "prometheus and promtool are not installed (apt-get install prometheus)" >&2
+    return 1
+  fi
+}

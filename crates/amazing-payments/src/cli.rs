@@ -5,8 +5,8 @@
 use crate::{
     app::{App, apikeys},
     config::{
-        AuthArgs, ConfigError, DbArgs, DbConfig, NotifyArgs, NotifyConfig, ReconcileArgs, ServeArgs, ServeConfig,
-        StripeArgs,
+        AuthArgs, ConfigError, DbArgs, DbConfig, MetricsArgs, NotifyArgs, NotifyConfig, ReconcileArgs, ServeArgs,
+        ServeConfig, StripeArgs,
     },
     notify::{mailer::Mailer, notifier::Notifier, queue::Queue, relay::Relay, templates::Templates},
     server, store, stripe, telemetry,
@@ -42,6 +42,8 @@ pub enum Command {
         auth: AuthArgs,
         #[command(flatten)]
         notify: NotifyArgs,
+        #[command(flatten)]
+        metrics: MetricsArgs,
     },
     /// Finish operations left in flight and bring waiting payments up to date
     /// from Stripe (the same reconciler serve runs).
@@ -72,6 +74,8 @@ pub enum Command {
         notify: NotifyArgs,
         #[command(flatten)]
         db: DbArgs,
+        #[command(flatten)]
+        metrics: MetricsArgs,
     },
     /// Mail customers the events from the queue (serve runs it when SMTP_URL is set).
     Notifier {
@@ -79,6 +83,8 @@ pub enum Command {
         notify: NotifyArgs,
         #[command(flatten)]
         db: DbArgs,
+        #[command(flatten)]
+        metrics: MetricsArgs,
     },
     /// The dead-letter queue of notifications: list, or move back to the queue.
     Dlq {
@@ -150,15 +156,16 @@ pub enum ApiKeyAction {
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve { serve, reconcile, db, stripe, auth, notify } => {
+        Command::Serve { serve, reconcile, db, stripe, auth, notify, metrics } => {
             let config = ServeConfig::new(&serve, &db, &stripe, &auth, &notify)?;
+            metrics.addr()?;
             let reconciler = config.reconciler.then(|| reconcile.settings()).transpose()?;
             if auth.pepper_is_default() {
                 tracing::warn!(
                     "API_KEY_PEPPER is not set: API keys are hashed under the built-in development pepper; set it in production"
                 );
             }
-            serve_until_signal(config, reconciler).await
+            serve_until_signal(config, reconciler, metrics).await
         }
         Command::Reconcile { once, reconcile, db, stripe } => {
             let settings = reconcile.settings()?;
@@ -214,21 +221,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Relay { once, notify, db } => {
+        Command::Relay { once, notify, db, metrics } => {
             let config = notify.config()?;
             let pool = store::pool(&db.config()?);
             let relay = Relay::new(pool.clone(), Queue::open(&config.target, &pool).await?, config.relay);
             if once {
                 println!("{} event(s) published", relay.drain().await?);
             } else {
-                relay.run(stop_on_signal()).await;
+                let stop = stop_on_signal();
+                let exposed = expose_metrics(&metrics, &pool, stop.clone()).await?;
+                relay.run(stop).await;
+                finish(exposed).await;
             }
             Ok(())
         }
-        Command::Notifier { notify, db } => {
+        Command::Notifier { notify, db, metrics } => {
             let config = notify.config()?;
             let pool = store::pool(&db.config()?);
-            notifier(&config, &pool).await?.run(stop_on_signal()).await;
+            let stop = stop_on_signal();
+            let exposed = expose_metrics(&metrics, &pool, stop.clone()).await?;
+            notifier(&config, &pool).await?.run(stop).await;
+            finish(exposed).await;
             Ok(())
         }
         Command::Dlq { action, notify, db } => {
@@ -324,7 +337,31 @@ async fn notifier(config: &NotifyConfig, pool: &sqlx::PgPool) -> anyhow::Result<
 
 /// Checks the database and Stripe, then serves (and reconciles) until
 /// SIGTERM or SIGINT.
-async fn serve_until_signal(config: ServeConfig, reconcile: Option<reconciler::Settings>) -> anyhow::Result<()> {
+/// Starts the metrics listener (`METRICS_PORT`) until `stop`; prints where.
+async fn expose_metrics(
+    metrics: &MetricsArgs,
+    pool: &sqlx::PgPool,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    let Some(addr) = metrics.addr()? else { return Ok(None) };
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("METRICS_PORT: cannot listen on {addr} (METRICS_PORT=off serves no metrics)"))?;
+    println!("Metrics:  http://{}/metrics", listener.local_addr()?);
+    Ok(Some(tokio::spawn(crate::meter::serve(listener, pool.clone(), stop))))
+}
+
+async fn finish(task: Option<tokio::task::JoinHandle<()>>) {
+    if let Some(t) = task {
+        let _ = t.await;
+    }
+}
+
+async fn serve_until_signal(
+    config: ServeConfig,
+    reconcile: Option<reconciler::Settings>,
+    metrics: MetricsArgs,
+) -> anyhow::Result<()> {
     tracing::info!(config = ?config, "starting");
     if !config.auth.required {
         tracing::warn!("AUTH_DISABLED is set: every call is served without an API key");
@@ -356,6 +393,7 @@ async fn serve_until_signal(config: ServeConfig, reconcile: Option<reconciler::S
     println!("API docs: http://{rest_addr}/docs (OpenAPI at /openapi.json)");
     tracing::info!(rest = %rest_addr, grpc = %grpc_addr, "serving");
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    let exposed = expose_metrics(&metrics, &app.db, stopped.clone()).await?;
     if app.webhooks.secrets.is_empty() {
         tracing::warn!("STRIPE_WEBHOOK_SECRET is not set: Stripe's webhooks will be refused");
     }
@@ -396,6 +434,7 @@ async fn serve_until_signal(config: ServeConfig, reconcile: Option<reconciler::S
         let _ = w.await;
     }
     let _ = events.await;
+    finish(exposed).await;
     for b in background {
         let _ = b.await;
     }

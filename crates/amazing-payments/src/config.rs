@@ -69,6 +69,25 @@ pub fn listen_addr(variable: &'static str, raw: &str) -> Result<SocketAddr, Conf
     full.parse().map_err(|_| err(variable, format!("{raw:?} is not a listen address such as :8080 or 127.0.0.1:8080")))
 }
 
+/// Where Prometheus scrapes this process.
+#[derive(Args, Debug, Clone)]
+pub struct MetricsArgs {
+    /// The metrics listener (`/metrics`, no API key: keep it on the private
+    /// network); `off` for none.
+    #[arg(long, env = "METRICS_PORT", default_value = ":9090")]
+    pub metrics_port: String,
+}
+
+impl MetricsArgs {
+    /// The address to listen on, or `None` when metrics are off.
+    pub fn addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        match self.metrics_port.trim() {
+            "off" | "" => Ok(None),
+            raw => listen_addr("METRICS_PORT", raw).map(Some),
+        }
+    }
+}
+
 /// Where the database is.
 #[derive(Args, Debug, Clone)]
 pub struct DbArgs {

@@ -28,6 +28,7 @@ pub mod contract;
 pub mod domain;
 pub mod grpc;
 pub mod http;
+pub mod meter;
 pub mod notify;
 pub mod secret;
 pub mod server;

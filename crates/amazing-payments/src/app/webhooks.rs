@@ -25,6 +25,7 @@ pub static REFUSED_DELIVERIES: AtomicU64 = AtomicU64::new(0);
 
 fn refused(e: SignatureError) -> AppError {
     REFUSED_DELIVERIES.fetch_add(1, Ordering::Relaxed);
+    crate::meter::webhook("refused");
     tracing::warn!(reason = e.reason(), "webhook delivery refused");
     // The signature is the sender's credential: a delivery without a good one
     // is unauthenticated (401). Stripe retries any answer that is not 2xx.
@@ -51,6 +52,7 @@ impl App {
         };
         let new = webhooks::store(&self.db, id, kind, &event).await?;
         tracing::info!(event = id, kind, duplicate = !new, "webhook received");
+        crate::meter::webhook(if new { "stored" } else { "duplicate" });
         Ok(new)
     }
 

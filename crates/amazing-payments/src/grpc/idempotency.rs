@@ -149,7 +149,10 @@ where
     .map_err(AppError::from)?
     {
         Claim::Run(holder) => holder,
-        Claim::Replay(saved) => return replay(saved),
+        Claim::Replay(saved) => {
+            crate::meter::replay(rpc);
+            return replay(saved);
+        }
         Claim::Mismatch => {
             return Err(AppError::invalid(
                 "IDEMPOTENCY_KEY_REUSED",

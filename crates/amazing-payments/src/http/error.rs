@@ -53,6 +53,14 @@ pub fn code_name(code: Code) -> &'static str {
     }
 }
 
+/// What an error answer said, for the request metrics (a response
+/// extension: read by `middleware::observe`, never sent).
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub code: Code,
+    pub reason: String,
+}
+
 /// An error answer over REST.
 #[derive(Debug)]
 pub struct RestError {
@@ -137,6 +145,7 @@ impl IntoResponse for RestError {
         }
         let mut response = (self.http, Json(body)).into_response();
         response.headers_mut().extend(self.headers);
+        response.extensions_mut().insert(Outcome { code: self.code, reason: self.reason });
         if self.http == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }

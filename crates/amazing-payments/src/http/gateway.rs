@@ -123,10 +123,12 @@ pub fn router(api: PaymentApi) -> Router {
                             uri: Uri,
                             headers: HeaderMap,
                             body: Result<Bytes, BytesRejection>| async move {
-            match handle(&api, route, &method, &uri, &headers, body).await {
+            let mut response = match handle(&api, route, &method, &uri, &headers, body).await {
                 Ok(response) => response,
                 Err(e) => e.into_response(),
-            }
+            };
+            response.extensions_mut().insert(crate::http::middleware::Rpc(route.rpc));
+            response
         };
         let entry = by_path.remove(route.path).unwrap_or_default();
         by_path.insert(route.path, entry.merge(on(filter, handler)));

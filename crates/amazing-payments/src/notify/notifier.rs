@@ -177,11 +177,13 @@ impl Notifier {
                 mail::sent(&self.db, event.id).await?;
                 self.queue.done(d).await?;
                 tracing::info!(event = %event.id, kind = %event.kind, attempt = d.receives, "mailed");
+                crate::meter::mail("sent");
                 p.sent += 1;
             }
             Err(SendError::Permanent(why)) => {
                 mail::failed(&self.db, event.id, &why).await?;
                 tracing::warn!(event = %event.id, kind = %event.kind, reason = %why, "mail refused for good: to the dead-letter queue");
+                crate::meter::mail("dead");
                 self.queue.give_up(d, &why).await?;
                 p.dead += 1;
             }
@@ -190,9 +192,11 @@ impl Notifier {
                 let delay = self.settings.backoff(d.receives);
                 if self.queue.retry_later(d, delay, self.settings.max_attempts, &why).await? {
                     tracing::warn!(event = %event.id, kind = %event.kind, attempts = d.receives, reason = %why, "mail failed at its last attempt: to the dead-letter queue");
+                    crate::meter::mail("dead");
                     p.dead += 1;
                 } else {
                     tracing::info!(event = %event.id, kind = %event.kind, attempt = d.receives, retry_in_s = delay.as_secs_f64(), reason = %why, "mail failed; will retry");
+                    crate::meter::mail("retried");
                     p.retried += 1;
                 }
             }

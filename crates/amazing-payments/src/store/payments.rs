@@ -621,6 +621,24 @@ async fn add_history(
     .bind(cause.note)
     .execute(&mut *conn)
     .await?;
+    if before.is_none_or(|b| {
+        b.status != row.status || b.amount_captured != row.amount_captured || b.amount_refunded != row.amount_refunded
+    }) {
+        let (captured, refunded) = before.map(|b| (b.amount_captured, b.amount_refunded)).unwrap_or((0, 0));
+        let authorized =
+            if row.status == "authorized" && from != Some("authorized") { row.amount_capturable } else { 0 };
+        crate::meter::payment_changed(
+            from.unwrap_or("new"),
+            &row.status,
+            source.as_str(),
+            &row.currency,
+            &[
+                ("authorized", authorized),
+                ("captured", row.amount_captured - captured),
+                ("refunded", row.amount_refunded - refunded),
+            ],
+        );
+    }
     outbox::payment_changed(conn, before, row, cause.refund_id, source.as_str()).await
 }
 
@@ -710,6 +728,9 @@ pub async fn update_refund(
     .bind(failure_reason)
     .fetch_one(&mut *conn)
     .await?;
+    if before != row.status {
+        crate::meter::refund_changed(&before, &row.status);
+    }
     outbox::refund_changed(conn, Some(&before), &row, source.as_str()).await?;
     Ok(row)
 }

@@ -364,7 +364,9 @@ impl Client {
         // that could not connect proves nothing about the earlier ones.
         let mut reached = false;
         loop {
+            let started = std::time::Instant::now();
             let (result, hints) = self.attempt(&method, path, form, idempotency_key).await;
+            crate::meter::stripe_attempt(method.as_str(), path, outcome(&result), started.elapsed());
             match result {
                 Err(e)
                     if e.is_retryable()
@@ -374,6 +376,7 @@ impl Client {
                 {
                     reached |= e.may_have_reached_stripe();
                     attempt += 1;
+                    crate::meter::stripe_retry(method.as_str(), path);
                     let wait = self.backoff(attempt, hints.retry_after);
                     tracing::warn!(path, attempt, wait_ms = wait.as_millis() as u64, error = %e, "retrying stripe request");
                     tokio::time::sleep(wait).await;
@@ -525,4 +528,18 @@ fn without_url(e: &reqwest::Error) -> String {
         source = s.source();
     }
     text
+}
+
+/// One attempt's outcome, for the metrics: a bounded word.
+fn outcome<T>(result: &Result<T, StripeError>) -> &'static str {
+    match result {
+        Ok(_) => "ok",
+        Err(StripeError::Api(a)) if a.status == 429 => "rate_limited",
+        Err(StripeError::Api(a)) if a.status == 402 => "declined",
+        Err(StripeError::Api(a)) if a.status >= 500 => "server_error",
+        Err(StripeError::Api(_)) => "refused",
+        Err(StripeError::Network { sent: false, .. }) => "unreachable",
+        Err(StripeError::Network { sent: true, .. }) => "no_answer",
+        Err(StripeError::Decode { .. }) => "unreadable",
+    }
 }

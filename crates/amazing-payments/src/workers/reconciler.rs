@@ -122,6 +122,8 @@ pub async fn pass(app: &App, s: &Settings) -> anyhow::Result<Pass> {
         }
     }
     done.purged = idempotency::purge(&app.db, 1000).await?;
+    crate::meter::reconciler_corrected("operation_finished", done.finished as u64);
+    crate::meter::reconciler_corrected("record_corrected", done.corrected as u64);
     if done.busy() || done.purged > 0 {
         tracing::info!(
             operations = done.operations,
@@ -157,7 +159,9 @@ pub async fn until_idle(app: &App, s: &Settings) -> anyhow::Result<Pass> {
 /// after `interval` (with jitter, so instances spread out).
 pub async fn run(app: App, s: Settings, mut stop: watch::Receiver<bool>) {
     loop {
-        let busy = match pass(&app, &s).await {
+        let passed = pass(&app, &s).await;
+        crate::meter::reconciler_pass(passed.is_ok());
+        let busy = match passed {
             Ok(p) => p.busy(),
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "reconciler pass failed");

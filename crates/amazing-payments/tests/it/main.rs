@@ -8,6 +8,7 @@ mod connections;
 mod customers;
 mod e2e;
 mod exactly_once;
+mod metrics;
 mod notifications;
 mod partial_failure;
 mod payments;

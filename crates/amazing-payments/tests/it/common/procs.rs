@@ -81,6 +81,8 @@ pub fn spawn(bin: &Path, args: &[&str], env: &[(&str, String)]) -> Proc {
         .args(args)
         .env_remove("DATABASE_URL")
         .env("RUST_LOG", "info")
+        // Many processes at once: each on a port of its own unless a test names one.
+        .env("METRICS_PORT", "127.0.0.1:0")
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&stderr).unwrap())
@@ -91,7 +93,8 @@ pub fn spawn(bin: &Path, args: &[&str], env: &[(&str, String)]) -> Proc {
 
 pub async fn wait_until_up(url: &str) {
     let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(30) {
+    // Generous: on two busy cores a fresh service migrates its database first.
+    while start.elapsed() < Duration::from_secs(60) {
         if reqwest::get(url).await.is_ok_and(|r| r.status().is_success()) {
             return;
         }
