@@ -90,15 +90,18 @@ ensure_pytools() {
 # started (no policy lets it): the tests run their own Prometheus.
 ensure_prometheus() {
   command -v prometheus >/dev/null && command -v promtool >/dev/null && return 0
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    log "installing Debian's prometheus (and promtool) for the metrics tests"
-    local policy=/usr/sbin/policy-rc.d had_policy=false
-    [ -e "$policy" ] && had_policy=true
-    if ! $had_policy; then printf '#!/bin/sh\nexit 101\n' >"$policy"; chmod +x "$policy"; fi
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
-    $had_policy || rm -f "$policy"
-  else
+  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
     echo "prometheus and promtool are not installed (apt-get install prometheus)" >&2
     return 1
   fi
+  log "installing Debian's prometheus (and promtool) for the metrics tests"
+  local policy=/usr/sbin/policy-rc.d had_policy=false rc=0
+  [ -e "$policy" ] && had_policy=true
+  if ! $had_policy; then printf '#!/bin/sh\nexit 101\n' >"$policy"; chmod +x "$policy"; fi
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } || rc=$?
+  $had_policy || rm -f "$policy"
+  # Not started at boot either: port 9090 stays free (METRICS_PORT's default).
+  if command -v systemctl >/dev/null; then systemctl disable prometheus >/dev/null 2>&1 || true; fi
+  if command -v update-rc.d >/dev/null; then update-rc.d prometheus disable >/dev/null 2>&1 || true; fi
+  return $rc
 }

@@ -535,6 +535,7 @@ fn outcome<T>(result: &Result<T, StripeError>) -> &'static str {
     match result {
         Ok(_) => "ok",
         Err(StripeError::Api(a)) if a.status == 429 => "rate_limited",
+        Err(StripeError::Api(a)) if a.status == 401 || a.status == 403 => "unauthorized",
         Err(StripeError::Api(a)) if a.status == 402 => "declined",
         Err(StripeError::Api(a)) if a.status >= 500 => "server_error",
         Err(StripeError::Api(_)) => "refused",

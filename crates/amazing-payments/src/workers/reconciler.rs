@@ -121,9 +121,9 @@ pub async fn pass(app: &App, s: &Settings) -> anyhow::Result<Pass> {
             Err(e) => tracing::warn!(refund_id = refund.id, reason = e.reason, "refund could not be read back"),
         }
     }
-    done.purged = idempotency::purge(&app.db, 1000).await?;
     crate::meter::reconciler_corrected("operation_finished", done.finished as u64);
     crate::meter::reconciler_corrected("record_corrected", done.corrected as u64);
+    done.purged = idempotency::purge(&app.db, 1000).await?;
     if done.busy() || done.purged > 0 {
         tracing::info!(
             operations = done.operations,

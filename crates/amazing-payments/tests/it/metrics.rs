@@ -18,9 +18,12 @@ fn repo() -> PathBuf {
 }
 
 fn tool(name: &str) -> PathBuf {
-    let path = PathBuf::from("/usr/bin").join(name);
-    assert!(path.exists(), "{name} is missing: scripts/test.sh installs Debian's prometheus");
-    path
+    std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .map(|dir| Path::new(dir).join(name))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("{name} is missing: scripts/test.sh installs Debian's prometheus"))
 }
 
 /// A Prometheus scraping `target` every half second; its base URL.
@@ -75,7 +78,7 @@ async fn a_real_prometheus_scrapes_a_payments_life_from_the_metrics_listener() {
     let metrics_port = free_port();
     let stack = Stack::start(&[("METRICS_PORT", format!("127.0.0.1:{metrics_port}"))]).await;
     let key = stack.new_key();
-    let (_prometheus, base, dir) = prometheus(&format!("127.0.0.1:{metrics_port}"));
+    let (prometheus, base, dir) = prometheus(&format!("127.0.0.1:{metrics_port}"));
 
     let customer =
         post_json(&format!("{}/v1/customer", stack.rest), &key, &json!({"name": "Ada", "email": "ada@example.com"}))
@@ -121,6 +124,7 @@ async fn a_real_prometheus_scrapes_a_payments_life_from_the_metrics_listener() {
     // The relay in serve publishes every event: the lag comes back to 0.
     until(&base, "amazing_payments_outbox_lag_events", 0.0).await;
     until(&base, r#"amazing_payments_build_info{version!=""}"#, 1.0).await;
+    until(&base, "amazing_payments_db_gauges_up", 1.0).await;
 
     // promtool reads the exposition without a complaint.
     let exposition =
@@ -149,6 +153,7 @@ async fn a_real_prometheus_scrapes_a_payments_life_from_the_metrics_listener() {
         assert!(!labels.contains(&label), "{label} is in a label:\n{exposition}");
     }
     assert!(!exposition.contains(&key), "no key in the metrics");
+    drop(prometheus);
     let _ = std::fs::remove_dir_all(dir);
 }
 
