@@ -48,7 +48,7 @@ pids+=($SIM)
 for _ in $(seq 50); do port_open 127.0.0.1 $SIM_PORT && break; sleep 0.1; done
 
 export DATABASE_URL="$DB_URL" STRIPE_KEY=sk_test_bench_key STRIPE_API_BASE="http://127.0.0.1:$SIM_PORT" STRIPE_HTTP2="${STRIPE_HTTP2:-always}" \
-  JSON_PORT="127.0.0.1:$JSON" RPC_PORT="127.0.0.1:$RPC" METRICS_PORT="${METRICS_PORT:-127.0.0.1:0}" RUST_LOG=warn DB_MAX_CONNECTIONS="${BENCH_DB_CONNECTIONS:-40}"
+  JSON_PORT="127.0.0.1:$JSON" RPC_PORT="127.0.0.1:$RPC" METRICS_PORT="${METRICS_PORT:-127.0.0.1:0}" RATE_LIMIT="${RATE_LIMIT:-off}" STRIPE_MAX_RPS="${STRIPE_MAX_RPS:-off}" RUST_LOG=warn DB_MAX_CONNECTIONS="${BENCH_DB_CONNECTIONS:-40}"
 "$BIN/amazing-payments" migrate >/dev/null
 KEY=$("$BIN/amazing-payments" apikey create --name bench 2>/dev/null)
 "$BIN/amazing-payments" serve >target/bench-service.log 2>&1 &

@@ -196,6 +196,7 @@ fn error_responses(rpc: &str, has_id: bool, has_body: bool) -> Map<String, Value
         ]);
     }
     statuses.extend([
+        ("429", "RESOURCE_EXHAUSTED `RATE_LIMITED`: the API key is over its rate; retry after `Retry-After` seconds"),
         ("431", "The request headers are over the limit (`reason` HEADERS_TOO_LARGE)"),
         ("500", "INTERNAL: a failure of ours; the request may be retried with the same idempotency key"),
         (
@@ -247,7 +248,7 @@ pub fn render(
             }),
         );
         if PUBLIC_RPCS.contains(&b.rpc.as_str()) {
-            responses.retain(|code, _| !matches!(code.as_str(), "401" | "404" | "402" | "409"));
+            responses.retain(|code, _| !matches!(code.as_str(), "401" | "404" | "402" | "409" | "429"));
         }
         let mut op = json!({
             "operationId": if paths.values().any(|p| p.values().any(|o| o["operationId"] == b.rpc)) {

@@ -476,18 +476,22 @@ pub fn render(pool: &DescriptorPool, service: &ServiceDescriptor) -> Result<Stri
          impl<S: crate::proto::payment_service_server::PaymentService + Authenticate> crate::proto::payment_service_server::PaymentService for Checked<S> {\n",
     );
     for m in service.methods() {
-        let (binding, authenticate) = if super::routes::PUBLIC_RPCS.contains(&m.name()) {
-            ("request", String::new())
+        let public = super::routes::PUBLIC_RPCS.contains(&m.name());
+        let body = if public {
+            format!("        request.get_ref().validate()?;\n        self.0.{}(request).await", snake(m.name()))
         } else {
-            ("mut request", "        self.0.authenticate(&mut request).await?;\n".to_string())
+            format!(
+                "        let quota = self.0.authenticate(&mut request).await?;\n        request.get_ref().validate()?;\n        let mut response = self.0.{}(request).await?;\n        annotate(&mut response, quota);\n        Ok(response)",
+                snake(m.name())
+            )
         };
+        let binding = if public { "request" } else { "mut request" };
         let _ = writeln!(
             s,
-            "    async fn {}(&self, {binding}: tonic::Request<crate::proto::{}>) -> Result<tonic::Response<crate::proto::{}>, tonic::Status> {{\n{authenticate}        request.get_ref().validate()?;\n        self.0.{}(request).await\n    }}",
+            "    async fn {}(&self, {binding}: tonic::Request<crate::proto::{}>) -> Result<tonic::Response<crate::proto::{}>, tonic::Status> {{\n{body}\n    }}",
             snake(m.name()),
             m.input().name(),
             m.output().name(),
-            snake(m.name()),
         );
     }
     s.push_str("}\n");

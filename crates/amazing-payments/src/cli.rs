@@ -151,6 +151,9 @@ pub enum ApiKeyAction {
     List,
     /// Revoke a key, by its prefix (ap_xxxxxxxx) or id.
     Revoke { key: String },
+    /// Set a key's own rate limit (requests a second on each instance), by
+    /// its id; `default` goes back to RATE_LIMIT.
+    RateLimit { id: i64, per_second: String },
 }
 
 /// Runs a parsed command line.
@@ -284,6 +287,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     let key = apikeys::create(&pool, &auth, &name).await?;
                     eprintln!("API key {} ({}) named {name:?}: shown this once, keep it safe", key.id, key.prefix);
                     println!("{}", key.key.expose());
+                }
+                ApiKeyAction::RateLimit { id, per_second } => {
+                    let rate = match per_second.trim() {
+                        "default" => None,
+                        raw => Some(raw.parse::<i32>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                            anyhow::anyhow!("the rate limit is a whole number of requests a second, or default")
+                        })?),
+                    };
+                    if !store::apikeys::set_rate_limit(&pool, id, rate).await? {
+                        anyhow::bail!("no API key has id {id}");
+                    }
+                    match rate {
+                        Some(n) => println!("key {id}: {n} requests a second on each instance"),
+                        None => println!("key {id}: the service's RATE_LIMIT"),
+                    }
                 }
                 ApiKeyAction::List => {
                     println!("{:<6} {:<12} {:<26} {:<8} name", "id", "prefix", "created", "status");

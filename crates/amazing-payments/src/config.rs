@@ -184,6 +184,10 @@ pub struct StripeArgs {
     /// Connections (HTTP/2) or connection pools (HTTP/1.1) to Stripe.
     #[arg(long, env = "STRIPE_CONNECTIONS", default_value = "4")]
     pub stripe_connections: String,
+    /// Calls a second this process sends Stripe at most (Stripe allows 100
+    /// in live mode, 25 in test mode, per account); `off` for no pacing.
+    #[arg(long, env = "STRIPE_MAX_RPS", default_value = "90")]
+    pub stripe_max_rps: String,
 }
 
 impl StripeArgs {
@@ -216,6 +220,16 @@ impl StripeArgs {
         if !(1..=64).contains(&s.connections) {
             return Err(err("STRIPE_CONNECTIONS", "must be between 1 and 64"));
         }
+        s.max_rps = match self.stripe_max_rps.trim() {
+            "off" => None,
+            raw => {
+                let n: u32 = number("STRIPE_MAX_RPS", raw)?;
+                if n == 0 {
+                    return Err(err("STRIPE_MAX_RPS", "must be at least 1 call a second, or off"));
+                }
+                Some(n)
+            }
+        };
         Ok(s)
     }
 }
@@ -235,6 +249,10 @@ pub struct AuthArgs {
     /// the longest a revocation takes to take effect. 0: every request.
     #[arg(long, env = "API_KEY_CACHE_TTL", default_value = "5")]
     pub api_key_cache_ttl: String,
+    /// Requests a second each API key may make on this instance (a key's own
+    /// limit, set with `apikey rate-limit`, wins); `off` for none.
+    #[arg(long, env = "RATE_LIMIT", default_value = "100")]
+    pub rate_limit: String,
 }
 
 /// The pepper used when API_KEY_PEPPER is not set: fine for development,
@@ -254,11 +272,22 @@ impl AuthArgs {
         if !(0.0..=300.0).contains(&ttl) {
             return Err(err("API_KEY_CACHE_TTL", "must be between 0 and 300 seconds"));
         }
+        let rate = match self.rate_limit.trim() {
+            "off" => None,
+            raw => {
+                let n: u32 = number("RATE_LIMIT", raw)?;
+                if !(1..=1_000_000).contains(&n) {
+                    return Err(err("RATE_LIMIT", "must be between 1 and 1000000 requests a second, or off"));
+                }
+                Some(n)
+            }
+        };
         Ok(AuthSettings::new(
             !flag("AUTH_DISABLED", &self.auth_disabled)?,
             Secret::new(pepper),
             Duration::from_secs_f64(ttl),
-        ))
+        )
+        .with_rate_limit(rate))
     }
 
     pub fn pepper_is_default(&self) -> bool {
@@ -694,6 +723,7 @@ mod tests {
             stripe_max_retries: "2".into(),
             stripe_http2: "auto".into(),
             stripe_connections: "4".into(),
+            stripe_max_rps: "90".into(),
         }
     }
 
@@ -719,6 +749,7 @@ mod tests {
             api_key_pepper: Some("a-long-enough-pepper".into()),
             auth_disabled: "no".into(),
             api_key_cache_ttl: "5".into(),
+            rate_limit: "100".into(),
         };
         let serve = ServeArgs {
             json_port: ":8080".into(),

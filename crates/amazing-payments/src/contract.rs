@@ -30,10 +30,20 @@ pub trait Validate {
 pub trait Authenticate {
     /// Authenticates the caller of `request` and keeps who it is in the
     /// request's extensions (which no remote client can set).
+    /// What the caller's rate limit leaves it comes back, for the answer.
     fn authenticate<T: Send>(
         &self,
         request: &mut tonic::Request<T>,
-    ) -> impl std::future::Future<Output = Result<(), tonic::Status>> + Send;
+    ) -> impl std::future::Future<Output = Result<Option<crate::app::ratelimit::Quota>, tonic::Status>> + Send;
+}
+
+/// Puts the rate-limit headers on a gRPC answer (as metadata).
+pub fn annotate<T>(response: &mut tonic::Response<T>, quota: Option<crate::app::ratelimit::Quota>) {
+    for (name, value) in quota.iter().flat_map(|q| q.headers()) {
+        if let Ok(v) = value.parse() {
+            response.metadata_mut().insert(name, v);
+        }
+    }
 }
 
 /// The rules of a text field.

@@ -28,6 +28,7 @@ const REQUEST_SECONDS: &str = "amazing_payments_request_duration_seconds";
 const STRIPE_REQUESTS: &str = "amazing_payments_stripe_requests_total";
 const STRIPE_SECONDS: &str = "amazing_payments_stripe_request_duration_seconds";
 const STRIPE_RETRIES: &str = "amazing_payments_stripe_retries_total";
+const STRIPE_PACED: &str = "amazing_payments_stripe_paced_calls_total";
 const REPLAYS: &str = "amazing_payments_idempotency_replays_total";
 const TRANSITIONS: &str = "amazing_payments_payment_transitions_total";
 const REFUND_TRANSITIONS: &str = "amazing_payments_refund_transitions_total";
@@ -72,6 +73,7 @@ fn describe() {
     describe_counter!(STRIPE_REQUESTS, "Stripe API attempts, by endpoint (ids templated) and outcome.");
     describe_histogram!(STRIPE_SECONDS, metrics::Unit::Seconds, "Time of one Stripe API attempt, by endpoint.");
     describe_counter!(STRIPE_RETRIES, "Stripe API attempts that were retried, by endpoint.");
+    describe_counter!(STRIPE_PACED, "Stripe calls that waited for their turn under STRIPE_MAX_RPS.");
     describe_counter!(REPLAYS, "Answers replayed for a repeated idempotency key, by rpc.");
     describe_counter!(TRANSITIONS, "Payment status changes, by from, to and source (api, webhook, reconciler).");
     describe_counter!(REFUND_TRANSITIONS, "Refund status changes, by from and to.");
@@ -109,6 +111,10 @@ pub fn stripe_attempt(method: &str, path: &str, outcome: &'static str, took: Dur
     let endpoint = stripe_endpoint(method, path);
     counter!(STRIPE_REQUESTS, "endpoint" => endpoint.clone(), "outcome" => outcome).increment(1);
     histogram!(STRIPE_SECONDS, "endpoint" => endpoint).record(took.as_secs_f64());
+}
+
+pub fn stripe_paced() {
+    counter!(STRIPE_PACED).increment(1);
 }
 
 pub fn stripe_retry(method: &str, path: &str) {

@@ -60,7 +60,8 @@ pub async fn authenticate(
     authorization: Option<&str>,
 ) -> Result<Principal, AppError> {
     if !auth.required {
-        return Ok(Principal { api_key_id: None });
+        let quota = auth.limiter.admit(None, None)?;
+        return Ok(Principal { api_key_id: None, quota });
     }
     let Some(value) = authorization else {
         return Err(AppError::unauthenticated(
@@ -71,8 +72,9 @@ pub async fn authenticate(
     let key = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")).unwrap_or(value).trim();
     let prefix = prefix_of(key).ok_or_else(|| unauthenticated("the API key is not valid"))?;
     let hash = keyed_hash(&auth.pepper, key);
-    if let Some(id) = auth.cache.get(&hash) {
-        return Ok(Principal { api_key_id: Some(id) });
+    if let Some((id, own)) = auth.cache.get(&hash) {
+        let quota = auth.limiter.admit(Some(id), own)?;
+        return Ok(Principal { api_key_id: Some(id), quota });
     }
     let row = apikeys::by_prefix(db, prefix).await?.ok_or_else(|| unauthenticated("the API key is not valid"))?;
     let matches: bool = hash.ct_eq(&row.hash).into();
@@ -82,8 +84,10 @@ pub async fn authenticate(
     if row.revoked_at.is_some() {
         return Err(AppError::unauthenticated("API_KEY_REVOKED", "the API key has been revoked"));
     }
-    auth.cache.put(hash, row.id);
-    Ok(Principal { api_key_id: Some(row.id) })
+    let own = row.rate_limit.and_then(|r| u32::try_from(r).ok());
+    auth.cache.put(hash, row.id, own);
+    let quota = auth.limiter.admit(Some(row.id), own)?;
+    Ok(Principal { api_key_id: Some(row.id), quota })
 }
 
 /// Keys verified in the last `ttl`, by their keyed hash (never the key):
@@ -104,8 +108,8 @@ impl std::fmt::Debug for KeyCache {
     }
 }
 
-/// Keyed hash of a key -> (its id, when it was verified).
-type Verified = std::collections::HashMap<Vec<u8>, (i64, std::time::Instant)>;
+/// Keyed hash of a key -> (its id, its own rate limit, when it was verified).
+type Verified = std::collections::HashMap<Vec<u8>, (i64, Option<u32>, std::time::Instant)>;
 
 impl KeyCache {
     const MAX_KEYS: usize = 10_000;
@@ -114,27 +118,27 @@ impl KeyCache {
         Self { ttl, verified: Default::default() }
     }
 
-    fn get(&self, hash: &[u8]) -> Option<i64> {
+    fn get(&self, hash: &[u8]) -> Option<(i64, Option<u32>)> {
         if self.ttl.is_zero() {
             return None;
         }
         let verified = self.verified.lock();
-        verified.get(hash).filter(|(_, at)| at.elapsed() < self.ttl).map(|(id, _)| *id)
+        verified.get(hash).filter(|(_, _, at)| at.elapsed() < self.ttl).map(|(id, own, _)| (*id, *own))
     }
 
-    fn put(&self, hash: Vec<u8>, id: i64) {
+    fn put(&self, hash: Vec<u8>, id: i64, own: Option<u32>) {
         if self.ttl.is_zero() {
             return;
         }
         let mut verified = self.verified.lock();
         if verified.len() >= Self::MAX_KEYS {
             let ttl = self.ttl;
-            verified.retain(|_, (_, at)| at.elapsed() < ttl);
+            verified.retain(|_, (_, _, at)| at.elapsed() < ttl);
             if verified.len() >= Self::MAX_KEYS {
                 verified.clear();
             }
         }
-        verified.insert(hash, (id, std::time::Instant::now()));
+        verified.insert(hash, (id, own, std::time::Instant::now()));
     }
 }
 

@@ -96,6 +96,8 @@ pub struct AppError {
     /// The cause of an internal error: logged, never sent.
     #[source]
     pub source: Option<anyhow::Error>,
+    /// Headers or metadata the answer carries (`retry-after`, rate limits).
+    pub metadata: Vec<(&'static str, String)>,
 }
 
 impl AppError {
@@ -104,7 +106,7 @@ impl AppError {
             kind != Kind::Conflict || CONFLICT_REASONS.contains(&reason),
             "{reason} is not in CONFLICT_REASONS"
         );
-        Self { kind, reason, message: message.into(), details: HashMap::new(), source: None }
+        Self { kind, reason, message: message.into(), details: HashMap::new(), source: None, metadata: Vec::new() }
     }
 
     pub fn detail(mut self, key: &str, value: impl Into<String>) -> Self {
@@ -185,7 +187,13 @@ impl From<AppError> for tonic::Status {
             tracing::error!(reason = e.reason, cause = %cause, "internal error");
         }
         let details = ErrorDetails::with_error_info(e.reason, ERROR_DOMAIN, e.details);
-        tonic::Status::with_error_details(e.kind.code(), e.message, details)
+        let mut status = tonic::Status::with_error_details(e.kind.code(), e.message, details);
+        for (name, value) in e.metadata {
+            if let Ok(v) = value.parse() {
+                status.metadata_mut().insert(name, v);
+            }
+        }
+        status
     }
 }
 

@@ -14,6 +14,7 @@ pub mod operations;
 pub mod page;
 pub mod payments;
 pub mod products;
+pub mod ratelimit;
 pub mod refunds;
 pub mod settle;
 pub mod sync;
@@ -35,12 +36,21 @@ pub struct AuthSettings {
     /// Keys verified lately, trusted for a short while without reading
     /// their row again: a revocation takes effect within its TTL.
     pub cache: apikeys::KeyCache,
+    /// Requests a second per key (`RATE_LIMIT`, a key's own override).
+    pub limiter: ratelimit::Limiter,
 }
 
 impl AuthSettings {
-    /// Keys checked against the database at most every `cache_ttl`.
+    /// Keys checked against the database at most every `cache_ttl`; no
+    /// rate limit until [`AuthSettings::with_rate_limit`].
     pub fn new(required: bool, pepper: Secret, cache_ttl: std::time::Duration) -> Self {
-        Self { required, pepper, cache: apikeys::KeyCache::new(cache_ttl) }
+        Self { required, pepper, cache: apikeys::KeyCache::new(cache_ttl), limiter: ratelimit::Limiter::off() }
+    }
+
+    /// Requests a second for each key without its own limit; `None`: none.
+    pub fn with_rate_limit(mut self, per_second: Option<u32>) -> Self {
+        self.limiter = ratelimit::Limiter::new(per_second);
+        self
     }
 }
 
@@ -108,6 +118,8 @@ pub const KEY_SEEN: &str = "IDEMPOTENCY_KEY_SEEN";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     pub api_key_id: Option<i64>,
+    /// What its rate limit leaves it (`None`: no limit), for the headers.
+    pub quota: Option<ratelimit::Quota>,
 }
 
 /// Maps a failed Stripe call to what our client is told.

@@ -41,14 +41,18 @@ impl PaymentApi {
 }
 
 impl crate::contract::Authenticate for PaymentApi {
-    async fn authenticate<T: Send>(&self, request: &mut Request<T>) -> Result<(), Status> {
-        if request.extensions().get::<Principal>().is_none() {
-            let authorization =
-                request.metadata().get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
-            let principal = self.app.authenticate(authorization.as_deref()).await?;
-            request.extensions_mut().insert(principal);
+    async fn authenticate<T: Send>(
+        &self,
+        request: &mut Request<T>,
+    ) -> Result<Option<crate::app::ratelimit::Quota>, Status> {
+        if let Some(p) = request.extensions().get::<Principal>() {
+            return Ok(p.quota);
         }
-        Ok(())
+        let authorization = request.metadata().get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let principal = self.app.authenticate(authorization.as_deref()).await?;
+        let quota = principal.quota;
+        request.extensions_mut().insert(principal);
+        Ok(quota)
     }
 }
 

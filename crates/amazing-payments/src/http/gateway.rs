@@ -194,8 +194,14 @@ async fn handle(
     for (name, value) in path_params(route.path, uri.path()) {
         input.insert(name.to_string(), Value::String(value));
     }
+    let quota = principal.as_ref().and_then(|p| p.quota);
     let reply = dispatch(api, route.rpc, Value::Object(input), metadata, principal).await?;
     let mut response = (StatusCode::OK, Json(reply.body)).into_response();
+    for (name, value) in quota.iter().flat_map(|q| q.headers()) {
+        if let Ok(v) = axum::http::HeaderValue::from_str(&value) {
+            response.headers_mut().insert(name, v);
+        }
+    }
     for (key, value) in reply.metadata.into_headers() {
         if let Some(key) = key.filter(|k| !k.as_str().starts_with("grpc-") && k.as_str() != "content-type") {
             response.headers_mut().insert(key, value);

@@ -11,12 +11,14 @@ pub struct ApiKeyRow {
     pub hash: Vec<u8>,
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
+    /// Requests a second this key may make on each instance; `None`: the default.
+    pub rate_limit: Option<i32>,
 }
 
 pub async fn insert(db: &PgPool, name: &str, prefix: &str, hash: &[u8]) -> Result<ApiKeyRow, sqlx::Error> {
     sqlx::query_as(
         "INSERT INTO auth.api_key (name, prefix, hash) VALUES ($1, $2, $3)
-         RETURNING id, name, prefix, hash, created_at, revoked_at",
+         RETURNING id, name, prefix, hash, created_at, revoked_at, rate_limit",
     )
     .bind(name)
     .bind(prefix)
@@ -26,14 +28,16 @@ pub async fn insert(db: &PgPool, name: &str, prefix: &str, hash: &[u8]) -> Resul
 }
 
 pub async fn by_prefix(db: &PgPool, prefix: &str) -> Result<Option<ApiKeyRow>, sqlx::Error> {
-    sqlx::query_as("SELECT id, name, prefix, hash, created_at, revoked_at FROM auth.api_key WHERE prefix = $1")
-        .bind(prefix)
-        .fetch_optional(db)
-        .await
+    sqlx::query_as(
+        "SELECT id, name, prefix, hash, created_at, revoked_at, rate_limit FROM auth.api_key WHERE prefix = $1",
+    )
+    .bind(prefix)
+    .fetch_optional(db)
+    .await
 }
 
 pub async fn list(db: &PgPool) -> Result<Vec<ApiKeyRow>, sqlx::Error> {
-    sqlx::query_as("SELECT id, name, prefix, hash, created_at, revoked_at FROM auth.api_key ORDER BY id")
+    sqlx::query_as("SELECT id, name, prefix, hash, created_at, revoked_at, rate_limit FROM auth.api_key ORDER BY id")
         .fetch_all(db)
         .await
 }
@@ -50,4 +54,12 @@ pub async fn revoke(db: &PgPool, prefix_or_id: &str) -> Result<bool, sqlx::Error
     .execute(db)
     .await?;
     Ok(done.rows_affected() > 0)
+}
+
+/// Sets (or, with `None`, clears) a key's own rate limit; false if no
+/// such key.
+pub async fn set_rate_limit(db: &PgPool, id: i64, rate: Option<i32>) -> Result<bool, sqlx::Error> {
+    let done =
+        sqlx::query("UPDATE auth.api_key SET rate_limit = $2 WHERE id = $1").bind(id).bind(rate).execute(db).await?;
+    Ok(done.rows_affected() == 1)
 }

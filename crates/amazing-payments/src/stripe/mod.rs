@@ -54,6 +54,9 @@ pub struct Settings {
     /// The largest answer read from Stripe; a larger one is an error
     /// rather than memory without bound.
     pub max_response_bytes: usize,
+    /// Calls a second this process sends Stripe at most (`STRIPE_MAX_RPS`):
+    /// a burst waits its turn instead of meeting Stripe's 429. `None`: no pacing.
+    pub max_rps: Option<u32>,
 }
 
 /// Whether calls to Stripe travel over HTTP/2.
@@ -93,6 +96,7 @@ impl Settings {
             http2: Http2::Auto,
             connections: 4,
             max_response_bytes: 4 << 20,
+            max_rps: None,
         }
     }
 }
@@ -124,6 +128,8 @@ pub struct Client {
     http: Arc<[reqwest::Client]>,
     next: Arc<AtomicUsize>,
     settings: Settings,
+    /// The next instant a call may leave, under `max_rps`.
+    slot: Arc<parking_lot::Mutex<std::time::Instant>>,
 }
 
 impl Client {
@@ -148,7 +154,12 @@ impl Client {
                 .build()
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self { http: http.into(), next: Arc::new(AtomicUsize::new(0)), settings })
+        Ok(Self {
+            http: http.into(),
+            next: Arc::new(AtomicUsize::new(0)),
+            settings,
+            slot: Arc::new(parking_lot::Mutex::new(std::time::Instant::now())),
+        })
     }
 
     fn http(&self) -> &reqwest::Client {
@@ -364,6 +375,7 @@ impl Client {
         // that could not connect proves nothing about the earlier ones.
         let mut reached = false;
         loop {
+            self.pace().await;
             let started = std::time::Instant::now();
             let (result, hints) = self.attempt(&method, path, form, idempotency_key).await;
             crate::meter::stripe_attempt(method.as_str(), path, outcome(&result), started.elapsed());
@@ -389,6 +401,27 @@ impl Client {
                 }
                 other => return other,
             }
+        }
+    }
+
+    /// Waits for this call's turn under `max_rps`: calls leave evenly spaced
+    /// (a burst of up to a tenth of a second's worth goes at once), so that a
+    /// burst of requests waits a little instead of failing on Stripe's limit.
+    async fn pace(&self) {
+        let Some(rps) = self.settings.max_rps.filter(|r| *r > 0) else { return };
+        let interval = Duration::from_secs(1) / rps;
+        let burst = interval * (rps / 10).max(1);
+        let wait = {
+            let now = std::time::Instant::now();
+            let mut slot = self.slot.lock();
+            // A slot long past gives at most `burst` of credit.
+            let at = (*slot).max(now.checked_sub(burst).unwrap_or(now));
+            *slot = at + interval;
+            at.saturating_duration_since(now)
+        };
+        if !wait.is_zero() {
+            crate::meter::stripe_paced();
+            tokio::time::sleep(wait).await;
         }
     }
 

@@ -14,5 +14,6 @@ mod partial_failure;
 mod payments;
 mod platform;
 mod proofs;
+mod ratelimit;
 mod stripe_client;
 mod webhooks;

@@ -181,7 +181,7 @@ async fn the_openapi_document_states_the_rules_the_service_enforces_and_its_real
 
     let capture = &doc["paths"]["/v1/payment/{paymentID}/capture"]["post"];
     let statuses: Vec<&str> = capture["responses"].as_object().unwrap().keys().map(String::as_str).collect();
-    for s in ["200", "400", "401", "404", "409", "500", "503"] {
+    for s in ["200", "400", "401", "404", "409", "429", "500", "503"] {
         assert!(statuses.contains(&s), "{s} is documented: {statuses:?}");
     }
     assert!(!statuses.contains(&"default"), "every answer is stated, not lumped as default");

@@ -137,3 +137,24 @@ async fn an_answer_larger_than_the_limit_is_refused_not_read_into_memory() {
     assert!(matches!(&e, StripeError::Decode { message, .. } if message.contains("larger than 200 bytes")), "{e:?}");
     assert!(e.outcome_unknown(), "Stripe did the work: the outcome is unknown, not a refusal");
 }
+
+#[tokio::test]
+async fn under_stripe_max_rps_a_burst_of_calls_waits_its_turn_instead_of_failing() {
+    let sim = sim().await;
+    let mut settings = crate::common::stripe_settings(&sim.url());
+    settings.max_rps = Some(20);
+    let client = Client::new(settings).unwrap();
+    let started = std::time::Instant::now();
+    let calls = (0..8).map(|i| {
+        let client = client.clone();
+        async move { client.create_customer(&Form::new().set("name", format!("c{i}")), &format!("paced-{i}")).await }
+    });
+    for answer in futures::future::join_all(calls).await {
+        answer.expect("every call of the burst is made, none refused");
+    }
+    // 20 a second, evenly spaced: the eighth leaves seven intervals (350 ms)
+    // after the first; even with the burst of two an idle client may send
+    // at once, at least 300 ms.
+    assert!(started.elapsed() >= Duration::from_millis(300), "{:?}", started.elapsed());
+    assert_eq!(sim.state().received().len(), 8);
+}

@@ -76,6 +76,8 @@ pub struct Options {
     /// How long a verified API key is trusted (none by default, so that a
     /// revocation shows at once).
     pub key_cache_ttl: Duration,
+    /// Requests a second per API key (none by default).
+    pub rate_limit: Option<u32>,
     /// Requests served at a time.
     pub max_in_flight: usize,
     /// The wait between Stripe attempts, when not the harness's 10 to 50 ms.
@@ -94,6 +96,7 @@ impl Default for Options {
             register_webhook: false,
             simulator: None,
             key_cache_ttl: Duration::ZERO,
+            rate_limit: None,
             max_in_flight: 1024,
             stripe_backoff: None,
             connections: server::ConnectionLimits::default(),
@@ -138,7 +141,8 @@ impl TestApp {
             let url = format!("http://{}/v1/webhooks/stripe", rest.local_addr().unwrap());
             webhooks.secrets = vec![Secret::new(register_webhook(&sim.url(), STRIPE_KEY, &url).await)];
         }
-        let auth = AuthSettings::new(options.auth_required, Secret::new(PEPPER), options.key_cache_ttl);
+        let auth = AuthSettings::new(options.auth_required, Secret::new(PEPPER), options.key_cache_ttl)
+            .with_rate_limit(options.rate_limit);
         let app = App {
             idempotency_ttl: Duration::from_secs(24 * 3600),
             idempotency_lease: Duration::from_secs(30),

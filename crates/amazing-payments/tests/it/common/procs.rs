@@ -83,6 +83,9 @@ pub fn spawn(bin: &Path, args: &[&str], env: &[(&str, String)]) -> Proc {
         .env("RUST_LOG", "info")
         // Many processes at once: each on a port of its own unless a test names one.
         .env("METRICS_PORT", "127.0.0.1:0")
+        // The fault proofs drive one key hard; the limit has tests of its own.
+        .env("RATE_LIMIT", "off")
+        .env("STRIPE_MAX_RPS", "off")
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&stderr).unwrap())
