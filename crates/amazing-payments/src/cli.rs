@@ -289,18 +289,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     println!("{}", key.key.expose());
                 }
                 ApiKeyAction::RateLimit { id, per_second } => {
-                    let rate = match per_second.trim() {
-                        "default" => None,
-                        raw => Some(raw.parse::<i32>().ok().filter(|n| *n > 0).ok_or_else(|| {
-                            anyhow::anyhow!("the rate limit is a whole number of requests a second, or default")
-                        })?),
-                    };
+                    let rate =
+                        match per_second.trim() {
+                            "default" => None,
+                            raw => Some(raw.parse::<i32>().ok().filter(|n| (1..=1_000_000).contains(n)).ok_or_else(
+                                || anyhow::anyhow!("the rate limit is 1 to 1000000 requests a second, or default"),
+                            )?),
+                        };
                     if !store::apikeys::set_rate_limit(&pool, id, rate).await? {
                         anyhow::bail!("no API key has id {id}");
                     }
                     match rate {
-                        Some(n) => println!("key {id}: {n} requests a second on each instance"),
-                        None => println!("key {id}: the service's RATE_LIMIT"),
+                        Some(n) => {
+                            println!("key {id}: {n} requests a second on each instance (within API_KEY_CACHE_TTL)")
+                        }
+                        None => println!("key {id}: the service's RATE_LIMIT (within API_KEY_CACHE_TTL)"),
                     }
                 }
                 ApiKeyAction::List => {

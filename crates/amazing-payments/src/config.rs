@@ -861,10 +861,11 @@ mod tests {
     }
 
     #[test]
-    fn the_longest_stripe_call_counts_every_attempt_and_backoff() {
+    fn the_longest_stripe_call_counts_every_attempt_its_pacing_and_backoff() {
         let s = stripe_args(Some("sk_test_123")).settings().unwrap();
-        // 3 attempts of 30 s and 2 backoffs of at most 8 s.
-        assert_eq!(s.worst_case(), Duration::from_secs(106));
+        // 3 attempts of 30 s, each after at most 1 s waiting for its turn
+        // under STRIPE_MAX_RPS, and 2 backoffs of at most 8 s.
+        assert_eq!(s.worst_case(), Duration::from_secs(109));
     }
 
     #[test]

@@ -40,8 +40,8 @@ pub trait Authenticate {
 /// Puts the rate-limit headers on a gRPC answer (as metadata).
 pub fn annotate<T>(response: &mut tonic::Response<T>, quota: Option<crate::app::ratelimit::Quota>) {
     for (name, value) in quota.iter().flat_map(|q| q.headers()) {
-        if let Ok(v) = value.parse() {
-            response.metadata_mut().insert(name, v);
+        if let (Ok(k), Ok(v)) = (tonic::metadata::MetadataKey::from_bytes(name.as_bytes()), value.parse()) {
+            response.metadata_mut().insert(k, v);
         }
     }
 }

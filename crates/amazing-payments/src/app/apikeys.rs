@@ -60,8 +60,9 @@ pub async fn authenticate(
     authorization: Option<&str>,
 ) -> Result<Principal, AppError> {
     if !auth.required {
-        let quota = auth.limiter.admit(None, None)?;
-        return Ok(Principal { api_key_id: None, quota });
+        // No key, no per-key limit: the old clients served so share nothing
+        // they could be limited by (RATE_LIMIT is per key).
+        return Ok(Principal { api_key_id: None, quota: None });
     }
     let Some(value) = authorization else {
         return Err(AppError::unauthenticated(

@@ -189,8 +189,8 @@ impl From<AppError> for tonic::Status {
         let details = ErrorDetails::with_error_info(e.reason, ERROR_DOMAIN, e.details);
         let mut status = tonic::Status::with_error_details(e.kind.code(), e.message, details);
         for (name, value) in e.metadata {
-            if let Ok(v) = value.parse() {
-                status.metadata_mut().insert(name, v);
+            if let (Ok(k), Ok(v)) = (tonic::metadata::MetadataKey::from_bytes(name.as_bytes()), value.parse()) {
+                status.metadata_mut().insert(k, v);
             }
         }
         status

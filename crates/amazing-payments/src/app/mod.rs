@@ -48,8 +48,12 @@ impl AuthSettings {
     }
 
     /// Requests a second for each key without its own limit; `None`: none.
-    pub fn with_rate_limit(mut self, per_second: Option<u32>) -> Self {
-        self.limiter = ratelimit::Limiter::new(per_second);
+    pub fn with_rate_limit(self, per_second: Option<u32>) -> Self {
+        self.with_limiter(ratelimit::Limiter::new(per_second))
+    }
+
+    pub fn with_limiter(mut self, limiter: ratelimit::Limiter) -> Self {
+        self.limiter = limiter;
         self
     }
 }

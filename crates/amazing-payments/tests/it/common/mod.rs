@@ -76,7 +76,8 @@ pub struct Options {
     /// How long a verified API key is trusted (none by default, so that a
     /// revocation shows at once).
     pub key_cache_ttl: Duration,
-    /// Requests a second per API key (none by default).
+    /// Requests a second per API key (none by default); the limiter's clock
+    /// stands still, so buckets never refill during a test.
     pub rate_limit: Option<u32>,
     /// Requests served at a time.
     pub max_in_flight: usize,
@@ -142,7 +143,7 @@ impl TestApp {
             webhooks.secrets = vec![Secret::new(register_webhook(&sim.url(), STRIPE_KEY, &url).await)];
         }
         let auth = AuthSettings::new(options.auth_required, Secret::new(PEPPER), options.key_cache_ttl)
-            .with_rate_limit(options.rate_limit);
+            .with_limiter(amazing_payments::app::ratelimit::Limiter::frozen(options.rate_limit));
         let app = App {
             idempotency_ttl: Duration::from_secs(24 * 3600),
             idempotency_lease: Duration::from_secs(30),
