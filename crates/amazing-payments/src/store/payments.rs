@@ -495,7 +495,10 @@ pub async fn lock_untaken(conn: &mut PgConnection, id: i64) -> Result<bool, sqlx
 /// recorded it (see [`lock_untaken`]), without delaying the reconciler.
 pub async fn mark_taken(conn: &mut PgConnection, id: i64) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE payment.operation SET next_attempt_at = greatest(next_attempt_at, now() + interval '1 microsecond')
+        // Past `created_at` whatever the clocks: this transaction's now() may
+        // be older than the insert, when it began before the recording one.
+        "UPDATE payment.operation
+            SET next_attempt_at = greatest(next_attempt_at, created_at + interval '1 microsecond', now())
          WHERE id = $1",
     )
     .bind(id)

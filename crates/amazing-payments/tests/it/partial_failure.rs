@@ -1028,3 +1028,30 @@ async fn an_unknown_payment_method_is_404_at_once_and_still_404_after_the_reconc
         assert_eq!((again.code, again.reason.as_str()), (Code::NotFound, "PAYMENT_METHOD_NOT_FOUND"), "{via:?}");
     }
 }
+
+#[tokio::test]
+async fn an_operation_recorded_after_its_resumers_transaction_began_is_still_taken_by_it() {
+    use amazing_payments::store::payments;
+    let app = TestApp::spawn().await;
+    let customer = app.new_customer().await;
+    let paid = app.call(Via::Rest, "CreatePayment", manual_payment(&customer, 1000)).await.unwrap();
+    let payment: i64 = paid["paymentID"].as_str().unwrap().parse().unwrap();
+    // The resuming request's transaction begins (its now() is fixed then)...
+    let mut resumer = app.db.begin().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // ...before the request that records the capture inserts it.
+    let op: i64 = sqlx::query_scalar(
+        "INSERT INTO payment.operation (kind, payment_id, amount, idempotency_key) VALUES ('capture', $1, 1000, 'race') RETURNING id",
+    )
+    .bind(payment)
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    payments::mark_taken(&mut resumer, op).await.unwrap();
+    resumer.commit().await.unwrap();
+    let mut conn = app.db.acquire().await.unwrap();
+    assert!(
+        !payments::lock_untaken(&mut conn, op).await.unwrap(),
+        "the recording request must no longer fail it as never sent: the resumer may be sending it"
+    );
+}
