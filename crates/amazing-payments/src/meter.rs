@@ -73,7 +73,7 @@ fn describe() {
     describe_counter!(STRIPE_REQUESTS, "Stripe API attempts, by endpoint (ids templated) and outcome.");
     describe_histogram!(STRIPE_SECONDS, metrics::Unit::Seconds, "Time of one Stripe API attempt, by endpoint.");
     describe_counter!(STRIPE_RETRIES, "Stripe API attempts that were retried, by endpoint.");
-    describe_counter!(STRIPE_PACED, "Stripe calls that waited for their turn under STRIPE_MAX_RPS.");
+    describe_counter!(STRIPE_PACED, "Stripe calls held by STRIPE_MAX_RPS, by outcome (waited, not_sent).");
     describe_counter!(REPLAYS, "Answers replayed for a repeated idempotency key, by rpc.");
     describe_counter!(TRANSITIONS, "Payment status changes, by from, to and source (api, webhook, reconciler).");
     describe_counter!(REFUND_TRANSITIONS, "Refund status changes, by from and to.");
@@ -113,8 +113,9 @@ pub fn stripe_attempt(method: &str, path: &str, outcome: &'static str, took: Dur
     histogram!(STRIPE_SECONDS, "endpoint" => endpoint).record(took.as_secs_f64());
 }
 
-pub fn stripe_paced() {
-    counter!(STRIPE_PACED).increment(1);
+/// A call STRIPE_MAX_RPS held: it `waited` its turn, or was `not_sent`.
+pub fn stripe_paced(outcome: &'static str) {
+    counter!(STRIPE_PACED, "outcome" => outcome).increment(1);
 }
 
 pub fn stripe_retry(method: &str, path: &str) {

@@ -29,14 +29,18 @@ impl PaymentApi {
         &self.app
     }
 
-    /// The caller: as the REST gateway already authenticated it, or from the
-    /// `authorization` metadata.
-    async fn principal<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
-        if let Some(p) = request.extensions().get::<Principal>() {
-            return Ok(p.clone());
+    /// The caller: as the door already authenticated it (the REST gateway,
+    /// or [`crate::contract::Checked`]), else from the `authorization` metadata.
+    fn principal<T>(&self, request: &Request<T>) -> impl Future<Output = Result<Principal, Status>> + Send + '_ {
+        // Read before the future: it must not hold the request, which is not `Sync`.
+        let known = request.extensions().get::<Principal>().cloned();
+        let value = request.metadata().get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        async move {
+            match known {
+                Some(p) => Ok(p),
+                None => Ok(self.app.authenticate(value.as_deref()).await?),
+            }
         }
-        let value = request.metadata().get("authorization").and_then(|v| v.to_str().ok());
-        Ok(self.app.authenticate(value).await?)
     }
 }
 
@@ -45,11 +49,7 @@ impl crate::contract::Authenticate for PaymentApi {
         &self,
         request: &mut Request<T>,
     ) -> Result<Option<crate::app::ratelimit::Quota>, Status> {
-        if let Some(p) = request.extensions().get::<Principal>() {
-            return Ok(p.quota);
-        }
-        let authorization = request.metadata().get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
-        let principal = self.app.authenticate(authorization.as_deref()).await?;
+        let principal = self.principal(request).await?;
         let quota = principal.quota;
         request.extensions_mut().insert(principal);
         Ok(quota)

@@ -381,12 +381,17 @@ impl Client {
         // that could not connect proves nothing about the earlier ones.
         let mut reached = false;
         loop {
-            let started = std::time::Instant::now();
+            // A call the pacer holds back never left: counted as such, not as
+            // an attempt that found Stripe unreachable.
             let (result, hints) = match self.pace().await {
-                Ok(()) => self.attempt(&method, path, form, idempotency_key).await,
+                Ok(()) => {
+                    let started = std::time::Instant::now();
+                    let (result, hints) = self.attempt(&method, path, form, idempotency_key).await;
+                    crate::meter::stripe_attempt(method.as_str(), path, outcome(&result), started.elapsed());
+                    (result, hints)
+                }
                 Err(e) => (Err(e), RetryHints::default()),
             };
-            crate::meter::stripe_attempt(method.as_str(), path, outcome(&result), started.elapsed());
             match result {
                 Err(e)
                     if e.is_retryable()
@@ -427,6 +432,7 @@ impl Client {
             let at = (*slot).max(now.checked_sub(burst).unwrap_or(now));
             let wait = at.saturating_duration_since(now);
             if wait > MAX_PACE_WAIT {
+                crate::meter::stripe_paced("not_sent");
                 return Err(StripeError::Network {
                     message: format!(
                         "not sent: more calls wait than STRIPE_MAX_RPS ({rps}) lets through within a second"
@@ -438,7 +444,7 @@ impl Client {
             wait
         };
         if !wait.is_zero() {
-            crate::meter::stripe_paced();
+            crate::meter::stripe_paced("waited");
             tokio::time::sleep(wait).await;
         }
         Ok(())
