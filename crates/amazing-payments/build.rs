@@ -19,6 +19,9 @@ mod openapi;
 mod routes;
 #[path = "build/rules.rs"]
 mod rules;
+#[path = "src/domain/scopes.rs"]
+#[allow(dead_code)]
+mod scopes;
 
 use std::{env, fs, path::PathBuf};
 
@@ -29,6 +32,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed={PROTO_ROOT}");
     println!("cargo:rerun-if-changed=build");
     println!("cargo:rerun-if-changed=src/domain/currencies.rs");
+    println!("cargo:rerun-if-changed=src/domain/scopes.rs");
     let out = PathBuf::from(env::var("OUT_DIR")?);
 
     let mut compiler = protox::Compiler::new([PROTO_ROOT])?;

@@ -176,7 +176,14 @@ fn error_responses(rpc: &str, has_id: bool, has_body: bool) -> Map<String, Value
             "400",
             "INVALID_ARGUMENT: the request breaks the contract's rules (`reason` and `details.field` say which), or an idempotency key was used with other parameters (`IDEMPOTENCY_KEY_REUSED`); or FAILED_PRECONDITION `STRIPE_REFUSED` / `STRIPE_FAILED`: Stripe refused or failed it and nothing was done",
         ),
-        ("401", "UNAUTHENTICATED: no API key, or one that is unknown or revoked"),
+        (
+            "401",
+            "UNAUTHENTICATED: no API key, or one that is unknown, revoked (`API_KEY_REVOKED`) or expired (`API_KEY_EXPIRED`)",
+        ),
+        (
+            "403",
+            "PERMISSION_DENIED `INSUFFICIENT_SCOPE`: the API key lacks the scope this operation needs (`details.required_scope`)",
+        ),
     ];
     if has_id || !rpc.starts_with("List") {
         statuses.push(("404", "NOT_FOUND: a resource named in the request does not exist"));
@@ -248,7 +255,7 @@ pub fn render(
             }),
         );
         if PUBLIC_RPCS.contains(&b.rpc.as_str()) {
-            responses.retain(|code, _| !matches!(code.as_str(), "401" | "404" | "402" | "409" | "429"));
+            responses.retain(|code, _| !matches!(code.as_str(), "401" | "403" | "404" | "402" | "409" | "429"));
         }
         let mut op = json!({
             "operationId": if paths.values().any(|p| p.values().any(|o| o["operationId"] == b.rpc)) {
@@ -271,6 +278,13 @@ pub fn render(
         }
         if PUBLIC_RPCS.contains(&b.rpc.as_str()) {
             op["security"] = json!([]);
+        } else {
+            // The scope an API key needs, for people and for tools.
+            let scope = super::scopes::needed(&b.rpc).as_str();
+            op["x-required-scope"] = json!(scope);
+            op["description"] = json!(format!(
+                "Needs an API key with the `{scope}` scope (`admin` grants every scope, and every scope grants `read`)."
+            ));
         }
         paths.entry(b.path.clone()).or_default().insert(b.method.to_lowercase(), op);
     }

@@ -481,7 +481,8 @@ pub fn render(pool: &DescriptorPool, service: &ServiceDescriptor) -> Result<Stri
             format!("        request.get_ref().validate()?;\n        self.0.{}(request).await", snake(m.name()))
         } else {
             format!(
-                "        let quota = self.0.authenticate(&mut request).await?;\n        request.get_ref().validate()?;\n        let mut response = self.0.{}(request).await?;\n        annotate(&mut response, quota);\n        Ok(response)",
+                "        let quota = self.0.authenticate(&mut request, {:?}).await?;\n        request.get_ref().validate()?;\n        let mut response = self.0.{}(request).await?;\n        annotate(&mut response, quota);\n        Ok(response)",
+                m.name(),
                 snake(m.name())
             )
         };

@@ -146,8 +146,29 @@ pub enum ApiKeyAction {
     Create {
         #[arg(long)]
         name: String,
+        /// What it may do: read, write, refund, admin (comma-separated), or
+        /// all. Every scope includes read.
+        #[arg(long, default_value = "all")]
+        scope: String,
+        /// When it stops working: a time (RFC 3339), a span from now (90d,
+        /// 12h, 30m), or never.
+        #[arg(long, default_value = "never")]
+        expires: String,
     },
-    /// List the keys: id, prefix, name, created, revoked.
+    /// Replace a key (prefix or id) with a new one of the same name, scopes
+    /// and rate limit; the old key keeps working for --grace. The new key
+    /// is printed once.
+    Rotate {
+        key: String,
+        /// How long the old key keeps working: a span (24h, 7d) or a time.
+        #[arg(long, default_value = "24h")]
+        grace: String,
+        /// When the new key stops working (as for create).
+        #[arg(long, default_value = "never")]
+        expires: String,
+    },
+    /// List the keys: id, prefix, status, scopes, created, expires, last
+    /// used, name.
     List,
     /// Revoke a key, by its prefix (ap_xxxxxxxx) or id.
     Revoke { key: String },
@@ -283,10 +304,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let pool = store::pool(&db.config()?);
             let auth = auth.settings()?;
             match action {
-                ApiKeyAction::Create { name } => {
-                    let key = apikeys::create(&pool, &auth, &name).await?;
+                ApiKeyAction::Create { name, scope, expires } => {
+                    let scopes = apikeys::parse_scopes(&scope)?;
+                    let key = apikeys::create(&pool, &auth, &name, &scopes, moment(&expires)?).await?;
                     eprintln!("API key {} ({}) named {name:?}: shown this once, keep it safe", key.id, key.prefix);
                     println!("{}", key.key.expose());
+                }
+                ApiKeyAction::Rotate { key, grace, expires } => {
+                    let until = moment(&grace)?.ok_or_else(|| anyhow::anyhow!("--grace needs a span or a time"))?;
+                    let (old, new) = apikeys::rotate(&pool, &auth, &key, until, moment(&expires)?).await?;
+                    eprintln!(
+                        "API key {} ({}) replaces {} ({}), which works until {} (within API_KEY_CACHE_TTL): shown this once, keep it safe",
+                        new.id,
+                        new.prefix,
+                        old.id,
+                        old.prefix,
+                        old.expires_at.map_or_else(|| until.to_rfc3339(), |at| at.to_rfc3339())
+                    );
+                    println!("{}", new.key.expose());
                 }
                 ApiKeyAction::RateLimit { id, per_second } => {
                     let rate =
@@ -307,15 +342,29 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                 }
                 ApiKeyAction::List => {
-                    println!("{:<6} {:<12} {:<26} {:<8} name", "id", "prefix", "created", "status");
+                    println!(
+                        "{:<6} {:<12} {:<8} {:<24} {:<20} {:<20} {:<20} name",
+                        "id", "prefix", "status", "scopes", "created", "expires", "last used"
+                    );
+                    let now = chrono::Utc::now();
+                    let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
+                        t.map_or_else(|| "-".to_string(), |t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+                    };
                     for k in store::apikeys::list(&pool).await? {
-                        let status = if k.revoked_at.is_some() { "revoked" } else { "active" };
+                        let status = match (k.revoked_at, k.expires_at) {
+                            (Some(_), _) => "revoked",
+                            (None, Some(at)) if at <= now => "expired",
+                            _ => "active",
+                        };
                         println!(
-                            "{:<6} {:<12} {:<26} {:<8} {}",
+                            "{:<6} {:<12} {:<8} {:<24} {:<20} {:<20} {:<20} {}",
                             k.id,
                             k.prefix,
-                            k.created_at.to_rfc3339(),
                             status,
+                            k.scopes.join(","),
+                            time(Some(k.created_at)),
+                            time(k.expires_at),
+                            time(k.last_used_at),
                             k.name
                         );
                     }
@@ -330,6 +379,33 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+/// A moment given on the command line: `never` (`None`), a time (RFC
+/// 3339), or a span from now (`30s`, `90m`, `12h`, `7d`).
+fn moment(text: &str) -> anyhow::Result<Option<chrono::DateTime<chrono::Utc>>> {
+    let text = text.trim();
+    if text == "never" {
+        return Ok(None);
+    }
+    if let Ok(at) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(Some(at.with_timezone(&chrono::Utc)));
+    }
+    let unit = text.chars().last().unwrap_or(' ');
+    let seconds: i64 = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
+        _ => 0,
+    };
+    let count: Option<i64> = text[..text.len() - unit.len_utf8().min(text.len())].parse().ok();
+    match count.filter(|n| (1..=3650 * 86_400).contains(n)).and_then(|n| n.checked_mul(seconds)).filter(|s| *s > 0) {
+        Some(s) => Ok(Some(chrono::Utc::now() + chrono::Duration::seconds(s))),
+        None => anyhow::bail!(
+            "{text:?} is no time: give never, a time such as 2027-01-31T00:00:00Z, or a span such as 90d, 12h or 30m"
+        ),
     }
 }
 
@@ -497,6 +573,23 @@ pub async fn main() -> std::process::ExitCode {
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::moment;
+
+    #[test]
+    fn a_moment_is_never_a_time_or_a_span_from_now() {
+        assert_eq!(moment("never").unwrap(), None);
+        let at = moment("2027-01-31T00:00:00Z").unwrap().unwrap();
+        assert_eq!(at.to_rfc3339(), "2027-01-31T00:00:00+00:00");
+        let in_a_day = moment("1d").unwrap().unwrap() - chrono::Utc::now();
+        assert!((86_390..=86_400).contains(&in_a_day.num_seconds()), "{in_a_day}");
+        for bad in ["soon", "0d", "-1h", "12", "d", "", "5w"] {
+            assert!(moment(bad).is_err(), "{bad:?}");
         }
     }
 }

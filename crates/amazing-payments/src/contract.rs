@@ -28,12 +28,14 @@ pub trait Validate {
 /// Who may call: run by [`Checked`] before the rules, so that a caller
 /// without a key learns nothing about its message, as over REST.
 pub trait Authenticate {
-    /// Authenticates the caller of `request` and keeps who it is in the
-    /// request's extensions (which no remote client can set).
-    /// What the caller's rate limit leaves it comes back, for the answer.
+    /// Authenticates the caller of `request` to `rpc` (its key, rate limit
+    /// and scope) and keeps who it is in the request's extensions (which no
+    /// remote client can set). What the caller's rate limit leaves it comes
+    /// back, for the answer.
     fn authenticate<T: Send>(
         &self,
         request: &mut tonic::Request<T>,
+        rpc: &'static str,
     ) -> impl std::future::Future<Output = Result<Option<crate::app::ratelimit::Quota>, tonic::Status>> + Send;
 }
 

@@ -4,9 +4,18 @@
 //! second underscore is the visible prefix, stored to find the row; the whole
 //! key is stored only as HMAC-SHA256 under the service's pepper, and compared
 //! in constant time.
+//!
+//! A key holds scopes (what it may call, [`crate::domain::scopes`]), may
+//! expire, and may be rotated: a new key replaces it while the old one
+//! still works for a set time.
 
-use super::{AppError, AuthSettings, Principal};
-use crate::{secret::Secret, store::apikeys};
+use super::{AppError, AuthSettings, Kind, Principal};
+use crate::{
+    domain::scopes::{self, Scope},
+    secret::Secret,
+    store::apikeys,
+};
+use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
 use rand::{Rng, distr::Alphanumeric};
 use sha2::Sha256;
@@ -41,23 +50,131 @@ fn unauthenticated(message: &str) -> AppError {
     AppError::unauthenticated("INVALID_API_KEY", message.to_string())
 }
 
-/// Makes a key named `name`; the key itself is in the answer and nowhere else.
-pub async fn create(db: &PgPool, auth: &AuthSettings, name: &str) -> Result<NewKey, AppError> {
+/// The scopes of a new key: `read,write` or `all` (every scope); an empty
+/// list is refused.
+pub fn parse_scopes(list: &str) -> Result<Vec<Scope>, AppError> {
+    let mut scopes = Vec::new();
+    for word in list.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+        if word == "all" {
+            return Ok(Scope::ALL.to_vec());
+        }
+        let scope = Scope::parse(word).ok_or_else(|| {
+            AppError::invalid("INVALID_SCOPE", format!("{word:?} is no scope: use read, write, refund, admin or all"))
+        })?;
+        if !scopes.contains(&scope) {
+            scopes.push(scope);
+        }
+    }
+    if scopes.is_empty() {
+        return Err(AppError::invalid("INVALID_SCOPE", "a key needs at least one scope"));
+    }
+    Ok(scopes)
+}
+
+fn names(scopes: &[Scope]) -> Vec<String> {
+    scopes.iter().map(|s| s.as_str().to_string()).collect()
+}
+
+/// Makes a key named `name` that may do `scopes` until `expires_at`; the key
+/// itself is in the answer and nowhere else.
+pub async fn create(
+    db: &PgPool,
+    auth: &AuthSettings,
+    name: &str,
+    scopes: &[Scope],
+    expires_at: Option<DateTime<Utc>>,
+) -> Result<NewKey, AppError> {
     let name = name.trim();
     if name.is_empty() || name.chars().count() > 100 {
         return Err(AppError::invalid("INVALID_KEY_NAME", "a key name has 1 to 100 characters"));
     }
-    let prefix = format!("ap_{}", random(8));
-    let key = format!("{prefix}_{}", random(32));
-    let row = apikeys::insert(db, name, &prefix, &keyed_hash(&auth.pepper, &key)).await?;
+    if expires_at.is_some_and(|at| at <= Utc::now()) {
+        return Err(AppError::invalid("INVALID_EXPIRY", "a new key must expire in the future"));
+    }
+    let (prefix, key) = fresh();
+    let row = apikeys::insert(
+        db,
+        apikeys::NewKey {
+            name,
+            prefix: &prefix,
+            hash: &keyed_hash(&auth.pepper, &key),
+            scopes: &names(scopes),
+            expires_at,
+            rate_limit: None,
+            rotated_from: None,
+        },
+    )
+    .await?;
     Ok(NewKey { id: row.id, prefix, key: Secret::new(key) })
 }
 
-/// Who is calling, from the `Authorization: Bearer` value.
+/// A new key's prefix and the key.
+fn fresh() -> (String, String) {
+    let prefix = format!("ap_{}", random(8));
+    let key = format!("{prefix}_{}", random(32));
+    (prefix, key)
+}
+
+/// Replaces the key `old` (id or prefix) with a new one of the same name,
+/// scopes and rate limit, expiring at `expires_at`; the old key keeps
+/// working until `until`, so that callers can move to the new one. The
+/// old key's row and the new key's id are in the answer.
+pub async fn rotate(
+    db: &PgPool,
+    auth: &AuthSettings,
+    old: &str,
+    until: DateTime<Utc>,
+    expires_at: Option<DateTime<Utc>>,
+) -> Result<(apikeys::ApiKeyRow, NewKey), AppError> {
+    if expires_at.is_some_and(|at| at <= until) {
+        return Err(AppError::invalid("INVALID_EXPIRY", "the new key must outlive the old one"));
+    }
+    let (prefix, key) = fresh();
+    let (old, new) = apikeys::rotate(db, old.trim(), &prefix, &keyed_hash(&auth.pepper, &key), until, expires_at)
+        .await?
+        .ok_or_else(|| AppError::not_found("API_KEY_NOT_FOUND", format!("no API key {old} that still works")))?;
+    Ok((old, NewKey { id: new.id, prefix, key: Secret::new(key) }))
+}
+
+/// A key as the cache keeps it.
+#[derive(Debug, Clone)]
+struct Known {
+    id: i64,
+    /// Its own rate limit.
+    own: Option<u32>,
+    scopes: Vec<Scope>,
+    expires_at: Option<DateTime<Utc>>,
+}
+
+impl Known {
+    /// The caller with this key, if it may call `rpc` now.
+    fn admit(self, auth: &AuthSettings, rpc: &str) -> Result<Principal, AppError> {
+        if self.expires_at.is_some_and(|at| at <= Utc::now()) {
+            return Err(AppError::unauthenticated("API_KEY_EXPIRED", "the API key has expired"));
+        }
+        // Every keyed request counts toward the limit, refused ones too.
+        let quota = auth.limiter.admit(Some(self.id), self.own)?;
+        let needed = scopes::needed(rpc);
+        if !self.scopes.iter().any(|s| s.grants(needed)) {
+            return Err(AppError::new(
+                Kind::PermissionDenied,
+                "INSUFFICIENT_SCOPE",
+                format!("this API key may not call {rpc}: that needs the {} scope", needed.as_str()),
+            )
+            .detail("required_scope", needed.as_str()));
+        }
+        Ok(Principal { api_key_id: Some(self.id), quota })
+    }
+}
+
+/// Who is calling `rpc`, from the `Authorization: Bearer` value: a key that
+/// exists, is neither revoked nor expired, is within its rate limit and
+/// holds the scope `rpc` needs.
 pub async fn authenticate(
     db: &PgPool,
     auth: &AuthSettings,
     authorization: Option<&str>,
+    rpc: &str,
 ) -> Result<Principal, AppError> {
     if !auth.required {
         // No key, no per-key limit: the old clients served so share nothing
@@ -73,9 +190,8 @@ pub async fn authenticate(
     let key = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")).unwrap_or(value).trim();
     let prefix = prefix_of(key).ok_or_else(|| unauthenticated("the API key is not valid"))?;
     let hash = keyed_hash(&auth.pepper, key);
-    if let Some((id, own)) = auth.cache.get(&hash) {
-        let quota = auth.limiter.admit(Some(id), own)?;
-        return Ok(Principal { api_key_id: Some(id), quota });
+    if let Some(known) = auth.cache.get(&hash) {
+        return known.admit(auth, rpc);
     }
     let row = apikeys::by_prefix(db, prefix).await?.ok_or_else(|| unauthenticated("the API key is not valid"))?;
     let matches: bool = hash.ct_eq(&row.hash).into();
@@ -85,17 +201,32 @@ pub async fn authenticate(
     if row.revoked_at.is_some() {
         return Err(AppError::unauthenticated("API_KEY_REVOKED", "the API key has been revoked"));
     }
-    let own = row.rate_limit.and_then(|r| u32::try_from(r).ok());
-    auth.cache.put(hash, row.id, own);
-    let quota = auth.limiter.admit(Some(row.id), own)?;
-    Ok(Principal { api_key_id: Some(row.id), quota })
+    let known = Known {
+        id: row.id,
+        own: row.rate_limit.and_then(|r| u32::try_from(r).ok()),
+        scopes: row.scopes.iter().filter_map(|s| Scope::parse(s)).collect(),
+        expires_at: row.expires_at,
+    };
+    // A failure here lets the call go on: when a key was last used is for
+    // people, not for deciding anything.
+    if known.expires_at.is_none_or(|at| at > Utc::now())
+        && let Err(e) = apikeys::touch(db, row.id, LAST_USED_PRECISION).await
+    {
+        tracing::warn!(api_key_id = row.id, error = %e, "could not note when the API key was used");
+    }
+    auth.cache.put(hash, known.clone());
+    known.admit(auth, rpc)
 }
+
+/// `last_used_at` is written at most this often per key and instance.
+const LAST_USED_PRECISION: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Keys verified in the last `ttl`, by their keyed hash (never the key):
 /// a busy caller's key is read from the database once per `ttl`, not once
 /// per request. Only successes are kept, so a wrong key always costs a
-/// read. A revoked key stops working within `ttl` on every instance; a TTL
-/// of zero turns the cache off. At most `MAX_KEYS` are kept.
+/// read. A revoked key, or a change of its scopes, takes effect within
+/// `ttl` on every instance; an expiry is checked on every call. A TTL of
+/// zero turns the cache off. At most `MAX_KEYS` are kept.
 #[derive(Clone, Default)]
 pub struct KeyCache {
     ttl: std::time::Duration,
@@ -109,8 +240,8 @@ impl std::fmt::Debug for KeyCache {
     }
 }
 
-/// Keyed hash of a key -> (its id, its own rate limit, when it was verified).
-type Verified = std::collections::HashMap<Vec<u8>, (i64, Option<u32>, std::time::Instant)>;
+/// Keyed hash of a key -> (the key, when it was verified).
+type Verified = std::collections::HashMap<Vec<u8>, (Known, std::time::Instant)>;
 
 impl KeyCache {
     const MAX_KEYS: usize = 10_000;
@@ -119,34 +250,34 @@ impl KeyCache {
         Self { ttl, verified: Default::default() }
     }
 
-    fn get(&self, hash: &[u8]) -> Option<(i64, Option<u32>)> {
+    fn get(&self, hash: &[u8]) -> Option<Known> {
         if self.ttl.is_zero() {
             return None;
         }
         let verified = self.verified.lock();
-        verified.get(hash).filter(|(_, _, at)| at.elapsed() < self.ttl).map(|(id, own, _)| (*id, *own))
+        verified.get(hash).filter(|(_, at)| at.elapsed() < self.ttl).map(|(known, _)| known.clone())
     }
 
-    fn put(&self, hash: Vec<u8>, id: i64, own: Option<u32>) {
+    fn put(&self, hash: Vec<u8>, known: Known) {
         if self.ttl.is_zero() {
             return;
         }
         let mut verified = self.verified.lock();
         if verified.len() >= Self::MAX_KEYS {
             let ttl = self.ttl;
-            verified.retain(|_, (_, _, at)| at.elapsed() < ttl);
+            verified.retain(|_, (_, at)| at.elapsed() < ttl);
             if verified.len() >= Self::MAX_KEYS {
                 verified.clear();
             }
         }
-        verified.insert(hash, (id, own, std::time::Instant::now()));
+        verified.insert(hash, (known, std::time::Instant::now()));
     }
 }
 
 impl super::App {
-    /// Who is calling, from the `Authorization: Bearer` value.
-    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Principal, AppError> {
-        authenticate(&self.db, &self.auth, authorization).await
+    /// Who is calling `rpc`, from the `Authorization: Bearer` value.
+    pub async fn authenticate(&self, authorization: Option<&str>, rpc: &str) -> Result<Principal, AppError> {
+        authenticate(&self.db, &self.auth, authorization, rpc).await
     }
 }
 

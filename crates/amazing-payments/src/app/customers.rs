@@ -8,7 +8,7 @@
 //! same client key, or for the reconciler.
 
 use super::{
-    App, AppError, RequestKey,
+    App, AppError, Call, RequestKey,
     operations::{left_pending, unfinished},
     page::Page,
 };
@@ -62,11 +62,8 @@ pub(crate) fn not_found(id: CustomerId) -> AppError {
 }
 
 impl App {
-    pub async fn create_customer(
-        &self,
-        cmd: CreateCustomer,
-        key: Option<&RequestKey>,
-    ) -> Result<CustomerRow, AppError> {
+    pub async fn create_customer(&self, cmd: CreateCustomer, call: &Call) -> Result<CustomerRow, AppError> {
+        let key = call.key();
         if let Some(done) = self.resume(key).await? {
             return done.customer();
         }
@@ -77,16 +74,16 @@ impl App {
             email: cmd.email.as_str().to_string(),
             charge_date: cmd.charge_date.as_ref().map(|d| d.as_str().to_string()),
         };
-        let op = self.record(key, op).await?;
+        let op = self.record(call, op).await?;
         let row = self.drive(&op).await?.customer()?;
         tracing::info!(customer_id = row.id, email = %cmd.email.masked(), "customer created");
         Ok(row)
     }
 
     /// Records an operation that has no payment.
-    pub(crate) async fn record(&self, key: Option<&RequestKey>, op: Operation) -> Result<OperationRow, AppError> {
-        let (request, claim) = key.map(RequestKey::binding).unwrap_or_default();
-        let new = NewOperation { op, request, claim };
+    pub(crate) async fn record(&self, call: &Call, op: Operation) -> Result<OperationRow, AppError> {
+        let (request, claim) = call.key().map(RequestKey::binding).unwrap_or_default();
+        let new = NewOperation { op, request, claim, api_key_id: call.by };
         Ok(ops::record_operation(&self.db, new).await?)
     }
 
@@ -103,7 +100,7 @@ impl App {
                 match self.stripe.create_customer(&form, &op.idempotency_key).await {
                     Ok(reply) => self.finish_customer_create(op, &reply.object.id).await,
                     Err(e) if e.is_replayed_failure() => {
-                        Box::pin(self.settle_by_lookup(op, ops::Source::Api)).await?.customer()
+                        Box::pin(self.settle_by_lookup(op, ops::Source::api(op.api_key_id))).await?.customer()
                     }
                     Err(e) => Err(self.unfinished_op(op, e).await),
                 }
@@ -158,6 +155,7 @@ impl App {
                 email: &email,
                 stripe_customer_key: stripe_customer,
                 charge_date: charge_date.as_ref(),
+                api_key_id: op.api_key_id,
             };
             customers::insert(&mut tx, new).await?;
             ops::finish_operation(&mut tx, op.id, State::Succeeded, None).await?;
@@ -191,11 +189,8 @@ impl App {
         customers::get(&self.db, id).await?.ok_or_else(|| not_found(id))
     }
 
-    pub async fn update_customer(
-        &self,
-        cmd: UpdateCustomer,
-        key: Option<&RequestKey>,
-    ) -> Result<CustomerRow, AppError> {
+    pub async fn update_customer(&self, cmd: UpdateCustomer, call: &Call) -> Result<CustomerRow, AppError> {
+        let key = call.key();
         if let Some(done) = self.resume(key).await? {
             return done.customer();
         }
@@ -217,7 +212,7 @@ impl App {
             charge_date: cmd.charge_date.as_ref().map(|d| d.as_str().to_string()),
             stripe_customer_key: current.stripe_customer_key,
         };
-        let op = self.record(key, op).await?;
+        let op = self.record(call, op).await?;
         self.drive(&op).await?.customer()
     }
 

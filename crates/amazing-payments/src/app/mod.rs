@@ -112,6 +112,21 @@ impl RequestKey {
     }
 }
 
+/// A request as the use cases see it: the API key that made it (kept with
+/// every change it makes, the audit trail; `None` when keys are not
+/// required) and the client's idempotency key, if it sent one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Call {
+    pub by: Option<i64>,
+    pub key: Option<RequestKey>,
+}
+
+impl Call {
+    pub fn key(&self) -> Option<&RequestKey> {
+        self.key.as_ref()
+    }
+}
+
 /// The reason of the error that ends a request whose key turned out to be
 /// known when its claim was made with its operation: nothing was written,
 /// and the door claims the key the long way and runs the request again.

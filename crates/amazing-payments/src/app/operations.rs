@@ -305,11 +305,13 @@ impl App {
     /// Sends an operation's Stripe request, with its idempotency key, and
     /// applies the answer.
     pub(crate) async fn drive(&self, op: &OperationRow) -> Result<Driven, AppError> {
-        self.drive_from(op, Source::Api).await
+        self.drive_from(op, Source::api(op.api_key_id)).await
     }
 
     /// [`App::drive`], recording the changes as coming from `source`.
     pub(crate) async fn drive_from(&self, op: &OperationRow, source: Source) -> Result<Driven, AppError> {
+        // Whoever carries it out, the change is the asking key's.
+        let source = source.for_key(op.api_key_id);
         match Age::of(op, self.stripe.settings().worst_case()) {
             Age::Send => {}
             // Sent again, these converge: nothing to look up.
@@ -638,9 +640,10 @@ impl App {
     pub(crate) async fn begin_operation(
         &self,
         id: i64,
-        request: Option<&RequestKey>,
+        call: &super::Call,
         plan: impl FnOnce(&PaymentRow) -> Result<Operation, AppError>,
     ) -> Result<(PaymentRow, OperationRow), AppError> {
+        let request = call.key();
         let mut tx = self.db.begin().await?;
         let row = payments::lock(&mut tx, id).await?.ok_or_else(|| not_found(id))?;
         let asked = plan(&row)?;
@@ -679,7 +682,7 @@ impl App {
             }
             None => {
                 let (request, claim) = request.map(RequestKey::binding).unwrap_or_default();
-                let new = NewOperation { op: asked, request, claim };
+                let new = NewOperation { op: asked, request, claim, api_key_id: call.by };
                 payments::insert_operation(&mut tx, new).await?
             }
         };

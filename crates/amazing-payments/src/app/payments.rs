@@ -11,7 +11,7 @@
 //!    machine, with a history line, and close the operation.
 
 use super::{
-    App, AppError, Kind, RequestKey,
+    App, AppError, Call, Kind,
     operations::{fits, not_found, refused},
     page::Page,
     stripe_failure, sync,
@@ -75,7 +75,8 @@ impl ListPayments {
 impl App {
     /// Takes a payment. With a client idempotency key already used, resumes
     /// that payment instead.
-    pub async fn create_payment(&self, cmd: CreatePayment, key: Option<&RequestKey>) -> Result<PaymentRow, AppError> {
+    pub async fn create_payment(&self, cmd: CreatePayment, call: &Call) -> Result<PaymentRow, AppError> {
+        let key = call.key();
         if let Some(done) = self.resume(key).await? {
             return done.payment();
         }
@@ -97,6 +98,7 @@ impl App {
         let (_, op) = payments::insert(
             &self.db,
             NewPayment {
+                api_key_id: call.by,
                 request: key.and_then(|k| k.binding().0),
                 claim: key.and_then(|k| k.binding().1),
                 customer_id: customer.id,
@@ -146,17 +148,13 @@ impl App {
     }
 
     /// Captures `amount` (all that is capturable when `None`).
-    pub async fn capture_payment(
-        &self,
-        id: i64,
-        amount: Option<i64>,
-        key: Option<&RequestKey>,
-    ) -> Result<PaymentRow, AppError> {
+    pub async fn capture_payment(&self, id: i64, amount: Option<i64>, call: &Call) -> Result<PaymentRow, AppError> {
+        let key = call.key();
         if let Some(done) = self.resume(key).await? {
             return done.payment();
         }
         let (_, op) = self
-            .begin_operation(id, key, |row| {
+            .begin_operation(id, call, |row| {
                 if let Some(a) = amount {
                     fits(id, a, &row.currency)?;
                 }
@@ -168,18 +166,14 @@ impl App {
     }
 
     /// Cancels a payment that is not captured.
-    pub async fn cancel_payment(
-        &self,
-        id: i64,
-        reason: Option<&str>,
-        key: Option<&RequestKey>,
-    ) -> Result<PaymentRow, AppError> {
+    pub async fn cancel_payment(&self, id: i64, reason: Option<&str>, call: &Call) -> Result<PaymentRow, AppError> {
+        let key = call.key();
         if let Some(done) = self.resume(key).await? {
             return done.payment();
         }
         let reason = reason.map(str::to_string);
         let (_, op) = self
-            .begin_operation(id, key, |row| {
+            .begin_operation(id, call, |row| {
                 row.ledger().plan_cancel().map_err(|r| refused(id, r))?;
                 Ok(Operation::Cancel { payment_id: id, reason })
             })
@@ -199,7 +193,9 @@ impl App {
     }
 
     async fn refresh(&self, row: PaymentRow, pi: &str) -> Result<PaymentRow, AppError> {
-        self.refresh_from(row.id, pi, Source::Api, "re-read from Stripe").await
+        // No key made this change: Stripe did (the customer finished
+        // authenticating, the bank answered); a read only learned of it.
+        self.refresh_from(row.id, pi, Source::api(None), "re-read from Stripe").await
     }
 
     /// Reads the payment's PaymentIntent back from Stripe and applies it,

@@ -5,7 +5,7 @@
 //! transaction: a Stripe refusal writes no product or price, and an unknown
 //! outcome is finished by a retry with the same client key or the reconciler.
 
-use super::{App, AppError, Kind, RequestKey, page::Page};
+use super::{App, AppError, Call, Kind, page::Page};
 use crate::{
     domain::{
         money::Money,
@@ -52,8 +52,9 @@ impl App {
     pub async fn create_product(
         &self,
         cmd: CreateProduct,
-        key: Option<&RequestKey>,
+        call: &Call,
     ) -> Result<(ProductRow, Vec<PriceRow>), AppError> {
+        let key = call.key();
         if let Some(done) = self.resume(key).await? {
             return done.product_with_prices();
         }
@@ -67,16 +68,12 @@ impl App {
             unit_amount: cmd.price.amount(),
             currency: cmd.price.currency().code().to_string(),
         };
-        let op = self.record(key, op).await?;
+        let op = self.record(call, op).await?;
         self.drive(&op).await?.product_with_prices()
     }
 
-    pub async fn add_price(
-        &self,
-        product_id: i64,
-        price: Money,
-        key: Option<&RequestKey>,
-    ) -> Result<PriceRow, AppError> {
+    pub async fn add_price(&self, product_id: i64, price: Money, call: &Call) -> Result<PriceRow, AppError> {
+        let key = call.key();
         if let Some(done) = self.resume(key).await? {
             return done.price();
         }
@@ -94,32 +91,30 @@ impl App {
             unit_amount: price.amount(),
             currency: price.currency().code().to_string(),
         };
-        let op = self.record(key, op).await?;
+        let op = self.record(call, op).await?;
         self.drive(&op).await?.price()
     }
 
-    pub async fn deactivate_product(
-        &self,
-        id: i64,
-        key: Option<&RequestKey>,
-    ) -> Result<(ProductRow, Vec<PriceRow>), AppError> {
+    pub async fn deactivate_product(&self, id: i64, call: &Call) -> Result<(ProductRow, Vec<PriceRow>), AppError> {
+        let key = call.key();
         if let Some(done) = self.resume(key).await? {
             return done.product_with_prices();
         }
         let product = products::get_product(&self.db, id).await?.ok_or_else(|| product_not_found(id))?;
         let op = self
-            .record(key, Operation::DeactivateProduct { product_id: id, stripe_id: product.stripe_product_id })
+            .record(call, Operation::DeactivateProduct { product_id: id, stripe_id: product.stripe_product_id })
             .await?;
         self.drive(&op).await?.product_with_prices()
     }
 
-    pub async fn deactivate_price(&self, id: i64, key: Option<&RequestKey>) -> Result<PriceRow, AppError> {
+    pub async fn deactivate_price(&self, id: i64, call: &Call) -> Result<PriceRow, AppError> {
+        let key = call.key();
         if let Some(done) = self.resume(key).await? {
             return done.price();
         }
         let price = products::get_price(&self.db, id).await?.ok_or_else(|| price_not_found(id))?;
         let op =
-            self.record(key, Operation::DeactivatePrice { price_id: id, stripe_id: price.stripe_price_id }).await?;
+            self.record(call, Operation::DeactivatePrice { price_id: id, stripe_id: price.stripe_price_id }).await?;
         self.drive(&op).await?.price()
     }
 

@@ -3,7 +3,7 @@
 //! apply pattern as payments.
 
 use super::{
-    App, AppError, RequestKey,
+    App, AppError, Call,
     operations::{not_found, refused, stays_pending, still_pending},
     stripe_failure, sync,
 };
@@ -33,8 +33,9 @@ impl App {
         payment_id: i64,
         amount: Option<i64>,
         reason: Option<&str>,
-        key: Option<&RequestKey>,
+        call: &Call,
     ) -> Result<(RefundRow, String), AppError> {
+        let key = call.key();
         if let Some(done) = self.resume(key).await? {
             let refund = done.refund()?;
             let payment =
@@ -48,9 +49,14 @@ impl App {
         }
         let in_flight = payments::refunds_in_flight(&mut tx, payment_id).await?;
         let amount = row.ledger().plan_refund(amount, in_flight).map_err(|r| refused(payment_id, r))?;
-        let refund = payments::insert_refund(&mut tx, payment_id, amount, reason, Source::Api).await?;
+        let refund = payments::insert_refund(&mut tx, payment_id, amount, reason, Source::api(call.by)).await?;
         let (request, claim) = key.map(super::RequestKey::binding).unwrap_or_default();
-        let new = NewOperation { op: Operation::Refund { payment_id, refund_id: refund.id, amount }, request, claim };
+        let new = NewOperation {
+            op: Operation::Refund { payment_id, refund_id: refund.id, amount },
+            request,
+            claim,
+            api_key_id: call.by,
+        };
         let op = payments::insert_operation(&mut tx, new).await?;
         tx.commit().await?;
         Ok((self.drive(&op).await?.refund()?, row.currency))

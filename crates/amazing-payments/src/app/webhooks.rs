@@ -85,9 +85,9 @@ impl App {
             payments::set_dispute(&self.db, row.id, status, reason, &note).await?;
         }
         if kind.starts_with("refund.") {
-            self.refresh_refund(object["id"].as_str().unwrap_or_default(), &row, Source::Webhook).await?;
+            self.refresh_refund(object["id"].as_str().unwrap_or_default(), &row, Source::WEBHOOK).await?;
         }
-        self.refresh_from(row.id, pi, Source::Webhook, &format!("webhook {kind}")).await?;
+        self.refresh_from(row.id, pi, Source::WEBHOOK, &format!("webhook {kind}")).await?;
         Ok(())
     }
 

@@ -145,6 +145,11 @@ pub struct Event {
     pub occurred_at: DateTime<Utc>,
     /// `api`, `webhook` or `reconciler`: what made the change.
     pub source: String,
+    /// The API key whose request made the change (the audit trail); absent
+    /// for Stripe's own changes (webhooks, the reconciler's corrections)
+    /// and when the service runs without API keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_id: Option<i64>,
     pub data: EventData,
 }
 
@@ -226,8 +231,14 @@ impl Event {
             schema_version: SCHEMA_VERSION,
             occurred_at: Utc::now(),
             source: source.to_string(),
+            api_key_id: None,
             data,
         }
+    }
+
+    /// The same event, made at the request of the API key `api_key_id`.
+    pub fn by(self, api_key_id: Option<i64>) -> Self {
+        Event { api_key_id, ..self }
     }
 
     /// Where the customer's mail goes: the payment's receipt address if it

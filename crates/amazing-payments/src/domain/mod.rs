@@ -8,6 +8,7 @@ pub mod money;
 pub mod operation;
 pub mod payment;
 pub mod request;
+pub mod scopes;
 
 use std::fmt;
 

@@ -196,6 +196,7 @@ pub fn payment(p: PaymentRow, history: Vec<HistoryRow>) -> proto::Payment {
                 note: text_or_empty(h.note),
                 created_at: timestamp(h.created_at),
                 refund_id: h.refund_id.unwrap_or_default(),
+                api_key_id: h.api_key_id.unwrap_or_default(),
             })
             .collect(),
         updated_at: timestamp(p.updated_at),

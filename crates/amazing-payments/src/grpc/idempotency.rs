@@ -13,7 +13,8 @@
 
 use crate::{
     app::{
-        App, AppError, KEY_SEEN, Kind, Principal, RequestKey, answer::Answer, answer::Answered, error::ERROR_DOMAIN,
+        App, AppError, Call, KEY_SEEN, Kind, Principal, RequestKey, answer::Answer, answer::Answered,
+        error::ERROR_DOMAIN,
     },
     store::idempotency::{self, Claim, NewClaim},
 };
@@ -111,13 +112,14 @@ pub async fn once<Req, Resp, F, Fut>(
 where
     Req: Serialize + Clone,
     Resp: Serialize + DeserializeOwned + 'static,
-    F: Fn(Req, Option<RequestKey>) -> Fut,
+    F: Fn(Req, Call) -> Fut,
     Fut: Future<Output = Result<Resp, AppError>>,
 {
     let key = key_of(request.metadata())?;
     let message = request.into_inner();
     let Some(key) = key else {
-        return run(message, None).await.map(Response::new).map_err(Status::from);
+        let call = Call { by: principal.api_key_id, key: None };
+        return run(message, call).await.map(Response::new).map_err(Status::from);
     };
     let scope = principal.api_key_id.unwrap_or(0);
     let claim = NewClaim {
@@ -130,7 +132,15 @@ where
     // The common case, a key never seen: claimed by the statement that
     // records the request's operation, so the claim costs no round trip.
     let first = RequestKey { scope, key: key.clone(), claim: Some(claim.clone()) };
-    match run_keyed(app, first.clone(), &claim, render, run(message.clone(), Some(first))).await {
+    match run_keyed(
+        app,
+        first.clone(),
+        &claim,
+        render,
+        run(message.clone(), Call { by: principal.api_key_id, key: Some(first) }),
+    )
+    .await
+    {
         Err(e) if e.reason == KEY_SEEN => {}
         done => return done.map(Response::new).map_err(Status::from),
     }
@@ -171,7 +181,7 @@ where
     };
     let claim = NewClaim { holder, ..claim };
     let held = RequestKey { scope, key: key.clone(), claim: None };
-    run_keyed(app, held.clone(), &claim, render, run(message, Some(held)))
+    run_keyed(app, held.clone(), &claim, render, run(message, Call { by: principal.api_key_id, key: Some(held) }))
         .await
         .map(Response::new)
         .map_err(Status::from)

@@ -30,15 +30,24 @@ impl PaymentApi {
     }
 
     /// The caller: as the door already authenticated it (the REST gateway,
-    /// or [`crate::contract::Checked`]), else from the `authorization` metadata.
+    /// or [`crate::contract::Checked`], for the rpc's scope), else from the
+    /// `authorization` metadata, for a call that would need every scope.
     fn principal<T>(&self, request: &Request<T>) -> impl Future<Output = Result<Principal, Status>> + Send + '_ {
+        self.principal_for(request, "")
+    }
+
+    fn principal_for<T>(
+        &self,
+        request: &Request<T>,
+        rpc: &'static str,
+    ) -> impl Future<Output = Result<Principal, Status>> + Send + '_ {
         // Read before the future: it must not hold the request, which is not `Sync`.
         let known = request.extensions().get::<Principal>().cloned();
         let value = request.metadata().get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
         async move {
             match known {
                 Some(p) => Ok(p),
-                None => Ok(self.app.authenticate(value.as_deref()).await?),
+                None => Ok(self.app.authenticate(value.as_deref(), rpc).await?),
             }
         }
     }
@@ -48,8 +57,9 @@ impl crate::contract::Authenticate for PaymentApi {
     async fn authenticate<T: Send>(
         &self,
         request: &mut Request<T>,
+        rpc: &'static str,
     ) -> Result<Option<crate::app::ratelimit::Quota>, Status> {
-        let principal = self.principal(request).await?;
+        let principal = self.principal_for(request, rpc).await?;
         let quota = principal.quota;
         request.extensions_mut().insert(principal);
         Ok(quota)
@@ -68,8 +78,8 @@ impl PaymentService for PaymentApi {
     ) -> Result<Response<proto::Customer>, Status> {
         let who = self.principal(&request).await?;
         let app = &self.app;
-        idempotency::once(app, &who, "CreateCustomer", request, idempotency::after, |r, key| async move {
-            Ok(app.create_customer(parse(r)?, key.as_ref()).await?.into())
+        idempotency::once(app, &who, "CreateCustomer", request, idempotency::after, |r, call| async move {
+            Ok(app.create_customer(parse(r)?, &call).await?.into())
         })
         .await
     }
@@ -97,8 +107,8 @@ impl PaymentService for PaymentApi {
     ) -> Result<Response<proto::Customer>, Status> {
         let who = self.principal(&request).await?;
         let app = &self.app;
-        idempotency::once(app, &who, "UpdateCustomer", request, idempotency::after, |r, key| async move {
-            Ok(app.update_customer(parse(r)?, key.as_ref()).await?.into())
+        idempotency::once(app, &who, "UpdateCustomer", request, idempotency::after, |r, call| async move {
+            Ok(app.update_customer(parse(r)?, &call).await?.into())
         })
         .await
     }
@@ -121,9 +131,9 @@ impl PaymentService for PaymentApi {
     ) -> Result<Response<proto::Product>, Status> {
         let who = self.principal(&request).await?;
         let app = &self.app;
-        idempotency::once(app, &who, "CreateProduct", request, idempotency::after, |r, key| async move {
+        idempotency::once(app, &who, "CreateProduct", request, idempotency::after, |r, call| async move {
             let cmd = CreateProduct::parse(&r.name, &r.description, convert::price_money(r.unit_amount, &r.currency)?)?;
-            let (product, prices) = app.create_product(cmd, key.as_ref()).await?;
+            let (product, prices) = app.create_product(cmd, &call).await?;
             Ok(convert::product(product, prices))
         })
         .await
@@ -154,11 +164,9 @@ impl PaymentService for PaymentApi {
     async fn add_price(&self, request: Request<proto::AddPriceRequest>) -> Result<Response<proto::Price>, Status> {
         let who = self.principal(&request).await?;
         let app = &self.app;
-        idempotency::once(app, &who, "AddPrice", request, idempotency::after, |r, key| async move {
+        idempotency::once(app, &who, "AddPrice", request, idempotency::after, |r, call| async move {
             let product = id("productID", r.product_id)?;
-            Ok(convert::price(
-                app.add_price(product, convert::price_money(r.unit_amount, &r.currency)?, key.as_ref()).await?,
-            ))
+            Ok(convert::price(app.add_price(product, convert::price_money(r.unit_amount, &r.currency)?, &call).await?))
         })
         .await
     }
@@ -169,8 +177,8 @@ impl PaymentService for PaymentApi {
     ) -> Result<Response<proto::Product>, Status> {
         let who = self.principal(&request).await?;
         let app = &self.app;
-        idempotency::once(app, &who, "DeactivateProduct", request, idempotency::after, |r, key| async move {
-            let (product, prices) = app.deactivate_product(id("productID", r.product_id)?, key.as_ref()).await?;
+        idempotency::once(app, &who, "DeactivateProduct", request, idempotency::after, |r, call| async move {
+            let (product, prices) = app.deactivate_product(id("productID", r.product_id)?, &call).await?;
             Ok(convert::product(product, prices))
         })
         .await
@@ -182,8 +190,8 @@ impl PaymentService for PaymentApi {
     ) -> Result<Response<proto::Price>, Status> {
         let who = self.principal(&request).await?;
         let app = &self.app;
-        idempotency::once(app, &who, "DeactivatePrice", request, idempotency::after, |r, key| async move {
-            Ok(convert::price(app.deactivate_price(id("priceID", r.price_id)?, key.as_ref()).await?))
+        idempotency::once(app, &who, "DeactivatePrice", request, idempotency::after, |r, call| async move {
+            Ok(convert::price(app.deactivate_price(id("priceID", r.price_id)?, &call).await?))
         })
         .await
     }
@@ -194,8 +202,8 @@ impl PaymentService for PaymentApi {
     ) -> Result<Response<proto::Payment>, Status> {
         let who = self.principal(&request).await?;
         let app = &self.app;
-        idempotency::once(app, &who, "CreatePayment", request, payment_answer, |r, key| async move {
-            let payment = app.create_payment(parse(r)?, key.as_ref()).await?;
+        idempotency::once(app, &who, "CreatePayment", request, payment_answer, |r, call| async move {
+            let payment = app.create_payment(parse(r)?, &call).await?;
             Ok(convert::payment(payment, Vec::new()))
         })
         .await
@@ -234,10 +242,9 @@ impl PaymentService for PaymentApi {
     ) -> Result<Response<proto::Payment>, Status> {
         let who = self.principal(&request).await?;
         let app = &self.app;
-        idempotency::once(app, &who, "CapturePayment", request, payment_answer, |r, key| async move {
-            let payment = app
-                .capture_payment(id("paymentID", r.payment_id)?, convert::capture_amount(r.amount)?, key.as_ref())
-                .await?;
+        idempotency::once(app, &who, "CapturePayment", request, payment_answer, |r, call| async move {
+            let payment =
+                app.capture_payment(id("paymentID", r.payment_id)?, convert::capture_amount(r.amount)?, &call).await?;
             Ok(convert::payment(payment, Vec::new()))
         })
         .await
@@ -249,9 +256,9 @@ impl PaymentService for PaymentApi {
     ) -> Result<Response<proto::Payment>, Status> {
         let who = self.principal(&request).await?;
         let app = &self.app;
-        idempotency::once(app, &who, "CancelPayment", request, payment_answer, |r, key| async move {
+        idempotency::once(app, &who, "CancelPayment", request, payment_answer, |r, call| async move {
             let reason = convert::cancellation_reason(&r.reason)?;
-            let payment = app.cancel_payment(id("paymentID", r.payment_id)?, reason, key.as_ref()).await?;
+            let payment = app.cancel_payment(id("paymentID", r.payment_id)?, reason, &call).await?;
             Ok(convert::payment(payment, Vec::new()))
         })
         .await
@@ -263,15 +270,10 @@ impl PaymentService for PaymentApi {
     ) -> Result<Response<proto::Refund>, Status> {
         let who = self.principal(&request).await?;
         let app = &self.app;
-        idempotency::once(app, &who, "RefundPayment", request, refund_answer, |r, key| async move {
+        idempotency::once(app, &who, "RefundPayment", request, refund_answer, |r, call| async move {
             let payment = id("paymentID", r.payment_id)?;
             let (refund, currency) = app
-                .refund_payment(
-                    payment,
-                    convert::capture_amount(r.amount)?,
-                    convert::refund_reason(&r.reason)?,
-                    key.as_ref(),
-                )
+                .refund_payment(payment, convert::capture_amount(r.amount)?, convert::refund_reason(&r.reason)?, &call)
                 .await?;
             Ok(convert::refund(refund, &currency))
         })

@@ -166,7 +166,7 @@ async fn handle(
         None
     } else {
         let authorization = metadata.get("authorization").and_then(|v| v.to_str().ok());
-        Some(api.app().authenticate(authorization).await.map_err(RestError::from)?)
+        Some(api.app().authenticate(authorization, route.rpc).await.map_err(RestError::from)?)
     };
     let body = body.map_err(|e| {
         RestError::new(

@@ -32,6 +32,8 @@ pub struct NewCustomer<'a> {
     pub email: &'a Email,
     pub stripe_customer_key: &'a str,
     pub charge_date: Option<&'a ChargeDate>,
+    /// The API key whose request made it.
+    pub api_key_id: Option<i64>,
 }
 
 /// Inserts a customer (once: a second insert of the same id changes
@@ -49,7 +51,7 @@ pub async fn insert(conn: &mut sqlx::PgConnection, c: NewCustomer<'_>) -> Result
     .execute(&mut *conn)
     .await?;
     if done.rows_affected() == 1 {
-        super::outbox::customer_created(conn, c.id.get()).await?;
+        super::outbox::customer_created(conn, c.id.get(), c.api_key_id).await?;
     }
     Ok(())
 }

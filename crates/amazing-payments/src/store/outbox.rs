@@ -3,7 +3,7 @@
 //! in order by the relay. `notify.relay_lease` lets one relay at a time
 //! publish, which keeps the order when several instances run one.
 
-use super::payments::{PAYMENT, PaymentRow, REFUND, RefundRow};
+use super::payments::{PAYMENT, PaymentRow, REFUND, RefundRow, Source};
 use crate::domain::event::{
     CustomerSnapshot, DisputeSnapshot, Event, EventData, EventType, PaymentSnapshot, RefundSnapshot,
 };
@@ -84,7 +84,7 @@ pub async fn payment_changed(
     before: Option<&PaymentRow>,
     row: &PaymentRow,
     refund_id: Option<i64>,
-    source: &str,
+    source: Source,
 ) -> Result<(), sqlx::Error> {
     let Some(kind) = EventType::of_payment_change(before.map(PaymentRow::ledger).as_ref(), &row.ledger()) else {
         return Ok(());
@@ -104,7 +104,7 @@ pub async fn payment_changed(
         refund: refund.as_ref().map(|r| refund_snapshot(r, &row.currency)),
         dispute: None,
     };
-    record(conn, &Event::new(kind, source, data)).await
+    record(conn, &Event::new(kind, source.as_str(), data).by(source.api_key_id)).await
 }
 
 /// Records the event of a refund's change from `before` (`None`: new).
@@ -112,7 +112,7 @@ pub async fn refund_changed(
     conn: &mut PgConnection,
     before: Option<&str>,
     refund: &RefundRow,
-    source: &str,
+    source: Source,
 ) -> Result<(), sqlx::Error> {
     let Some(kind) = EventType::of_refund_change(before, &refund.status) else {
         return Ok(());
@@ -127,7 +127,7 @@ pub async fn refund_changed(
         payment: Some(payment_snapshot(&payment, None)),
         dispute: None,
     };
-    record(conn, &Event::new(kind, source, data)).await
+    record(conn, &Event::new(kind, source.as_str(), data).by(source.api_key_id)).await
 }
 
 /// Records `dispute.created` for `row`.
@@ -147,10 +147,10 @@ pub async fn dispute_created(
 }
 
 /// Records `customer.created` for the customer `id` (inserted in this
-/// transaction).
-pub async fn customer_created(conn: &mut PgConnection, id: i64) -> Result<(), sqlx::Error> {
+/// transaction at the request of the API key `api_key_id`).
+pub async fn customer_created(conn: &mut PgConnection, id: i64, api_key_id: Option<i64>) -> Result<(), sqlx::Error> {
     let data = EventData { customer: customer(id), payment: None, refund: None, dispute: None };
-    record(conn, &Event::new(EventType::CustomerCreated, "api", data)).await
+    record(conn, &Event::new(EventType::CustomerCreated, "api", data).by(api_key_id)).await
 }
 
 /// An outbox row waiting to be published.

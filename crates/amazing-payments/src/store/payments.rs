@@ -99,22 +99,48 @@ pub struct HistoryRow {
     pub stripe_request_id: Option<String>,
     pub note: Option<String>,
     pub created_at: DateTime<Utc>,
+    /// The API key whose request made the change.
+    pub api_key_id: Option<i64>,
 }
 
-/// Where a change came from.
+/// The path by which a change was written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
+pub enum Via {
     Api,
     Webhook,
     Reconciler,
 }
 
+/// Who made a change, for its history line and event (the audit trail):
+/// the path that wrote it and the API key whose request it carries out.
+/// A request's change names its key; so does the reconciler's when it
+/// finishes an operation a key asked for. Stripe's webhooks, and the
+/// reconciler's corrections on its own, name none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Source {
+    pub via: Via,
+    pub api_key_id: Option<i64>,
+}
+
 impl Source {
+    pub const WEBHOOK: Source = Source { via: Via::Webhook, api_key_id: None };
+    pub const RECONCILER: Source = Source { via: Via::Reconciler, api_key_id: None };
+
+    /// A request's change, made with the API key `api_key_id`.
+    pub const fn api(api_key_id: Option<i64>) -> Source {
+        Source { via: Via::Api, api_key_id }
+    }
+
+    /// This path, carrying out what the key `api_key_id` asked for.
+    pub fn for_key(self, api_key_id: Option<i64>) -> Source {
+        Source { api_key_id, ..self }
+    }
+
     pub fn as_str(self) -> &'static str {
-        match self {
-            Source::Api => "api",
-            Source::Webhook => "webhook",
-            Source::Reconciler => "reconciler",
+        match self.via {
+            Via::Api => "api",
+            Via::Webhook => "webhook",
+            Via::Reconciler => "reconciler",
         }
     }
 }
@@ -140,6 +166,8 @@ pub struct OperationRow {
     pub created_at: DateTime<Utc>,
     /// The client idempotency key bound to it, while one is.
     pub request_key: Option<String>,
+    /// The API key whose request asked for it.
+    pub api_key_id: Option<i64>,
     /// Recorded by the request now driving it (not read back): its first
     /// attempt is this request's own.
     pub fresh: bool,
@@ -170,6 +198,7 @@ struct StoredOperation {
     last_error: Option<String>,
     created_at: DateTime<Utc>,
     request_key: Option<String>,
+    api_key_id: Option<i64>,
 }
 
 impl<'r> FromRow<'r, PgRow> for OperationRow {
@@ -188,12 +217,15 @@ impl<'r> FromRow<'r, PgRow> for OperationRow {
             last_error: s.last_error,
             created_at: s.created_at,
             request_key: s.request_key,
+            api_key_id: s.api_key_id,
             fresh: false,
         })
     }
 }
 
 pub struct NewPayment<'a> {
+    /// The API key whose request it is.
+    pub api_key_id: Option<i64>,
     /// The client's idempotency key (scope, key) that asked for it.
     pub request: Option<(i64, &'a str)>,
     /// The claim of that key, when it is made with the payment.
@@ -233,16 +265,19 @@ pub async fn insert(db: &PgPool, p: NewPayment<'_>) -> Result<(PaymentRow, Opera
     .bind(p.return_url)
     .fetch_one(&mut *tx)
     .await?;
-    add_history(&mut tx, None, &row, Source::Api, &Cause::default()).await?;
-    let new_op =
-        NewOperation { op: Operation::CreatePayment { payment_id: row.id }, request: p.request, claim: p.claim };
+    add_history(&mut tx, None, &row, Source::api(p.api_key_id), &Cause::default()).await?;
+    let new_op = NewOperation {
+        op: Operation::CreatePayment { payment_id: row.id },
+        request: p.request,
+        claim: p.claim,
+        api_key_id: p.api_key_id,
+    };
     let op = insert_operation(&mut tx, new_op).await?;
     tx.commit().await?;
     Ok((row, op))
 }
 
-const OPERATION: &str =
-    "id, kind, payment_id, refund_id, amount, idempotency_key, params, state, last_error, created_at, request_key";
+const OPERATION: &str = "id, kind, payment_id, refund_id, amount, idempotency_key, params, state, last_error, created_at, request_key, api_key_id";
 
 /// An operation to record.
 pub struct NewOperation<'a> {
@@ -251,6 +286,8 @@ pub struct NewOperation<'a> {
     pub request: Option<(i64, &'a str)>,
     /// The claim of that key, when it is made with the operation.
     pub claim: Option<&'a NewClaim>,
+    /// The API key whose request it is.
+    pub api_key_id: Option<i64>,
 }
 
 /// Records an operation. Its Stripe idempotency key is a random UUID, so no
@@ -259,7 +296,7 @@ pub struct NewOperation<'a> {
 /// statement claims the client's key; it fails on [`super::idempotency::CLAIMED`]
 /// if the key exists.
 pub async fn insert_operation(conn: &mut PgConnection, new: NewOperation<'_>) -> Result<OperationRow, sqlx::Error> {
-    let columns = "INSERT INTO payment.operation (kind, payment_id, refund_id, amount, idempotency_key, params, request_scope, request_key)";
+    let columns = "INSERT INTO payment.operation (kind, payment_id, refund_id, amount, idempotency_key, params, request_scope, request_key, api_key_id)";
     let claimed = new.claim.zip(new.request);
     let sql = if claimed.is_some() {
         format!(
@@ -267,11 +304,11 @@ pub async fn insert_operation(conn: &mut PgConnection, new: NewOperation<'_>) ->
                  INSERT INTO auth.idempotency_key (scope, key, rpc, fingerprint, state, locked_until, expires_at, holder)
                  VALUES ($6, $7, $8, $9, 'running', now() + make_interval(secs => $10), now() + make_interval(secs => $11), $12)
                  RETURNING scope)
-             {columns} SELECT $1, $2, $3, $4, 'ap-' || gen_random_uuid(), $5, claim.scope, $7 FROM claim
+             {columns} SELECT $1, $2, $3, $4, 'ap-' || gen_random_uuid(), $5, claim.scope, $7, $13 FROM claim
              RETURNING {OPERATION}"
         )
     } else {
-        format!("{columns} VALUES ($1, $2, $3, $4, 'ap-' || gen_random_uuid(), $5, $6, $7) RETURNING {OPERATION}")
+        format!("{columns} VALUES ($1, $2, $3, $4, 'ap-' || gen_random_uuid(), $5, $6, $7, $8) RETURNING {OPERATION}")
     };
     let query = sqlx::query_as(&sql)
         .bind(new.op.kind())
@@ -287,8 +324,9 @@ pub async fn insert_operation(conn: &mut PgConnection, new: NewOperation<'_>) ->
             .bind(&claim.fingerprint)
             .bind(claim.lease.as_secs_f64())
             .bind(claim.ttl.as_secs_f64())
-            .bind(claim.holder),
-        None => query,
+            .bind(claim.holder)
+            .bind(new.api_key_id),
+        None => query.bind(new.api_key_id),
     };
     query.fetch_one(conn).await.map(|op: OperationRow| OperationRow { fresh: true, ..op })
 }
@@ -609,8 +647,8 @@ async fn add_history(
     let from = before.map(|b| b.status.as_str());
     sqlx::query(
         "INSERT INTO payment.history (payment_id, refund_id, from_status, to_status, amount_capturable,
-             amount_captured, amount_refunded, source, stripe_request_id, note)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+             amount_captured, amount_refunded, source, stripe_request_id, note, api_key_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
     )
     .bind(row.id)
     .bind(cause.refund_id)
@@ -622,6 +660,7 @@ async fn add_history(
     .bind(source.as_str())
     .bind(cause.stripe_request_id)
     .bind(cause.note)
+    .bind(source.api_key_id)
     .execute(&mut *conn)
     .await?;
     if before.is_none_or(|b| {
@@ -642,13 +681,13 @@ async fn add_history(
             ],
         );
     }
-    outbox::payment_changed(conn, before, row, cause.refund_id, source.as_str()).await
+    outbox::payment_changed(conn, before, row, cause.refund_id, source).await
 }
 
 pub async fn history(db: &PgPool, payment_id: i64) -> Result<Vec<HistoryRow>, sqlx::Error> {
     sqlx::query_as(
         "SELECT payment_id, refund_id, from_status, to_status, amount_capturable, amount_captured, amount_refunded,
-                source, stripe_request_id, note, created_at
+                source, stripe_request_id, note, created_at, api_key_id
          FROM payment.history WHERE payment_id = $1 ORDER BY id",
     )
     .bind(payment_id)
@@ -703,7 +742,7 @@ pub async fn insert_refund(
     .bind(reason)
     .fetch_one(&mut *conn)
     .await?;
-    outbox::refund_changed(conn, None, &row, source.as_str()).await?;
+    outbox::refund_changed(conn, None, &row, source).await?;
     Ok(row)
 }
 
@@ -734,7 +773,7 @@ pub async fn update_refund(
     if before != row.status {
         crate::meter::refund_changed(&before, &row.status);
     }
-    outbox::refund_changed(conn, Some(&before), &row, source.as_str()).await?;
+    outbox::refund_changed(conn, Some(&before), &row, source).await?;
     Ok(row)
 }
 
@@ -783,7 +822,7 @@ pub async fn adopt(
         &mut tx,
         None,
         &row,
-        Source::Webhook,
+        Source::WEBHOOK,
         &Cause { note: Some("made outside this service"), ..Default::default() },
     )
     .await?;
@@ -811,7 +850,7 @@ pub async fn set_dispute(
     .bind(status)
     .fetch_one(&mut *tx)
     .await?;
-    add_history(&mut tx, Some(&before), &before, Source::Webhook, &Cause { note: Some(note), ..Default::default() })
+    add_history(&mut tx, Some(&before), &before, Source::WEBHOOK, &Cause { note: Some(note), ..Default::default() })
         .await?;
     if earlier.is_none() {
         outbox::dispute_created(&mut tx, &before, status, reason).await?;

@@ -79,7 +79,7 @@ pub async fn pass(app: &App, s: &Settings) -> anyhow::Result<Pass> {
     let claim = app.stripe.settings().worst_case() + Duration::from_secs(10);
     for op in payments::take_due_operations(&app.db, s.batch, s.min_age, claim).await? {
         done.operations += 1;
-        match app.drive_from(&op, payments::Source::Reconciler).await {
+        match app.drive_from(&op, payments::Source::RECONCILER).await {
             Ok(_) => done.finished += 1,
             // A refusal or a decline is a final answer too; only an unknown
             // outcome leaves the operation pending.
@@ -97,7 +97,7 @@ pub async fn pass(app: &App, s: &Settings) -> anyhow::Result<Pass> {
     for row in payments::take_waiting(&app.db, s.batch, s.min_age, s.failed_every).await? {
         done.payments += 1;
         let Some(pi) = row.stripe_payment_intent_id.clone() else { continue };
-        match app.refresh_from(row.id, &pi, payments::Source::Reconciler, "reconciled with Stripe").await {
+        match app.refresh_from(row.id, &pi, payments::Source::RECONCILER, "reconciled with Stripe").await {
             Ok(now) if now.status != row.status => done.corrected += 1,
             Ok(_) => {}
             Err(e) => tracing::warn!(payment_id = row.id, reason = e.reason, "payment could not be read back"),
@@ -111,7 +111,7 @@ pub async fn pass(app: &App, s: &Settings) -> anyhow::Result<Pass> {
             continue;
         };
         let before = refund.status.clone();
-        match app.refresh_refund(stripe_id, &payment, payments::Source::Reconciler).await {
+        match app.refresh_refund(stripe_id, &payment, payments::Source::RECONCILER).await {
             Ok(()) => {
                 let now = payments::get_refund(&app.db, refund.id).await?.map(|r| r.status);
                 if now.as_deref() != Some(before.as_str()) {

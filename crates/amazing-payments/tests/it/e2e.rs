@@ -200,6 +200,50 @@ async fn api_keys_are_made_listed_and_revoked_with_the_cli() {
 }
 
 #[tokio::test]
+async fn the_cli_makes_scoped_expiring_keys_and_rotates_them() {
+    let stack = Stack::start(&[("API_KEY_CACHE_TTL", "0".into())]).await;
+    let (ok, reader, stderr) =
+        stack.cli(&["apikey", "create", "--name", "reports", "--scope", "read", "--expires", "30d"]);
+    assert!(ok, "{stderr}");
+    let reader = reader.trim().to_string();
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/customer", stack.rest);
+    assert_eq!(http.get(&url).bearer_auth(&reader).send().await.unwrap().status(), StatusCode::OK);
+    let refused = http
+        .post(&url)
+        .bearer_auth(&reader)
+        .json(&serde_json::json!({"name": "Ada", "email": "ada@example.com"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["reason"], "INSUFFICIENT_SCOPE");
+
+    let (ok, listed, _) = stack.cli(&["apikey", "list"]);
+    assert!(ok);
+    let row = listed.lines().find(|l| l.contains(&reader[..11])).expect("listed");
+    let expires = (chrono::Utc::now() + chrono::Duration::days(30)).format("%Y-%m-%d").to_string();
+    assert!(row.contains(" read ") && row.contains(&expires) && row.contains("reports"), "{row}");
+
+    let (ok, rotated, stderr) = stack.cli(&["apikey", "rotate", &reader[..11], "--grace", "1h"]);
+    assert!(ok, "{stderr}");
+    let rotated = rotated.trim().to_string();
+    assert_ne!(rotated, reader);
+    for key in [&reader, &rotated] {
+        assert_eq!(http.get(&url).bearer_auth(key).send().await.unwrap().status(), StatusCode::OK, "both work");
+    }
+    let (_, listed, _) = stack.cli(&["apikey", "list"]);
+    let row = listed.lines().find(|l| l.contains(&rotated[..11])).expect("the new key is listed");
+    assert!(row.contains(" read ") && row.contains("reports"), "same name and scopes: {row}");
+
+    let (ok, _, stderr) = stack.cli(&["apikey", "create", "--name", "x", "--scope", "superuser"]);
+    assert!(!ok && stderr.contains("is no scope"), "{stderr}");
+    let (ok, _, stderr) = stack.cli(&["apikey", "create", "--name", "x", "--expires", "soon"]);
+    assert!(!ok && stderr.contains("is no time"), "{stderr}");
+}
+
+#[tokio::test]
 async fn with_auth_disabled_a_warning_is_logged_at_start_and_calls_need_no_key() {
     let stack = Stack::start(&[("AUTH_DISABLED", "true".into())]).await;
     let resp = reqwest::get(format!("{}/v1/customer", stack.rest)).await.unwrap();

@@ -98,7 +98,15 @@ async fn keys_are_scoped_to_the_api_key_that_sent_them() {
         amazing_payments::secret::Secret::new(crate::common::PEPPER),
         Duration::ZERO,
     );
-    let other = amazing_payments::app::apikeys::create(&app.db, &auth, "other").await.unwrap();
+    let other = amazing_payments::app::apikeys::create(
+        &app.db,
+        &auth,
+        "other",
+        &amazing_payments::domain::scopes::Scope::ALL,
+        None,
+    )
+    .await
+    .unwrap();
     let resp = app
         .http
         .post(format!("{}/v1/payment", app.rest))
@@ -218,6 +226,7 @@ async fn the_reconciler_finishes_an_operation_recorded_just_before_a_crash() {
     let (row, _) = payments::insert(
         &app.db,
         NewPayment {
+            api_key_id: None,
             request: None,
             claim: None,
             customer_id: customer.parse().unwrap(),

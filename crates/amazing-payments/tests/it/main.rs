@@ -2,6 +2,7 @@
 //! file: the build's largest cost). Each module is a file of tests; `common`
 //! is their harness.
 
+mod apikeys;
 mod common;
 mod conformance;
 mod connections;

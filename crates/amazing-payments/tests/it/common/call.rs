@@ -27,11 +27,11 @@ pub struct Failure {
 }
 
 macro_rules! grpc_call {
-    ($client:expr, $app:expr, $key:expr, $rpc:expr, $input:expr, $($name:literal => $method:ident($req:ty)),* $(,)?) => {
+    ($client:expr, $api_key:expr, $key:expr, $rpc:expr, $input:expr, $($name:literal => $method:ident($req:ty)),* $(,)?) => {
         match $rpc {
             $($name => {
                 let req: $req = serde_json::from_value($input).expect("the test's JSON fits the request message");
-                let mut req = $app.authed(req);
+                let mut req = super::with_key(req, $api_key);
                 if let Some(k) = $key {
                     req.metadata_mut().insert("idempotency-key", k.parse().unwrap());
                 }
@@ -59,13 +59,32 @@ impl TestApp {
         input: Value,
         key: Option<&str>,
     ) -> (Result<Value, Failure>, bool) {
+        self.call_as(&self.key, via, rpc, input, key).await
+    }
+
+    /// Calls `rpc` with the API key `api_key` (not the app's own), and an
+    /// idempotency key if given; also whether the answer was a replay.
+    pub async fn call_as(
+        &self,
+        api_key: &str,
+        via: Via,
+        rpc: &str,
+        input: Value,
+        key: Option<&str>,
+    ) -> (Result<Value, Failure>, bool) {
         match via {
-            Via::Rest => self.call_rest(rpc, input, key).await,
-            Via::Grpc => self.call_grpc(rpc, input, key).await,
+            Via::Rest => self.call_rest(api_key, rpc, input, key).await,
+            Via::Grpc => self.call_grpc(api_key, rpc, input, key).await,
         }
     }
 
-    async fn call_rest(&self, rpc: &str, input: Value, key: Option<&str>) -> (Result<Value, Failure>, bool) {
+    async fn call_rest(
+        &self,
+        api_key: &str,
+        rpc: &str,
+        input: Value,
+        key: Option<&str>,
+    ) -> (Result<Value, Failure>, bool) {
         let route = ROUTES.iter().find(|r| r.rpc == rpc).unwrap_or_else(|| panic!("no REST route for {rpc}"));
         let mut fields: Map<String, Value> = input.as_object().cloned().unwrap_or_default();
         let path: Vec<String> = route
@@ -82,7 +101,7 @@ impl TestApp {
             .collect();
         let url = format!("{}{}", self.rest, path.join("/"));
         let method = reqwest::Method::from_bytes(route.method.as_bytes()).unwrap();
-        let mut req = self.http.request(method, &url).bearer_auth(&self.key);
+        let mut req = self.http.request(method, &url).bearer_auth(api_key);
         if let Some(k) = key {
             req = req.header("Idempotency-Key", k);
         }
@@ -120,9 +139,15 @@ impl TestApp {
         (Err(failure), replayed)
     }
 
-    async fn call_grpc(&self, rpc: &str, input: Value, key: Option<&str>) -> (Result<Value, Failure>, bool) {
+    async fn call_grpc(
+        &self,
+        api_key: &str,
+        rpc: &str,
+        input: Value,
+        key: Option<&str>,
+    ) -> (Result<Value, Failure>, bool) {
         let mut c = self.grpc().await;
-        let result = grpc_call!(c, self, key, rpc, input,
+        let result = grpc_call!(c, api_key, key, rpc, input,
             "CreateCustomer" => create_customer(proto::CreateCustomerRequest),
             "GetCustomer" => get_customer(proto::GetCustomerRequest),
             "UpdateCustomer" => update_customer(proto::UpdateCustomerRequest),

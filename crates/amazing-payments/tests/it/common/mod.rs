@@ -11,6 +11,7 @@ pub mod proxy;
 use amazing_payments::{
     app::{App, AuthSettings, apikeys},
     config::DbConfig,
+    domain::scopes::Scope,
     proto::payment_service_client::PaymentServiceClient,
     secret::Secret,
     server, store, stripe,
@@ -161,7 +162,7 @@ impl TestApp {
             max_in_flight: options.max_in_flight,
             overload_target: Duration::from_millis(150),
         };
-        let key = apikeys::create(&db, &auth, "tests").await.unwrap().key.expose().to_string();
+        let key = apikeys::create(&db, &auth, "tests", &Scope::ALL, None).await.unwrap().key.expose().to_string();
         let rest_url = format!("http://{}", rest.local_addr().unwrap());
         let grpc_addr = format!("http://{}", grpc.local_addr().unwrap());
         let (tx, rx) = oneshot::channel::<()>();
