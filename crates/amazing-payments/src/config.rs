@@ -559,6 +559,11 @@ pub struct ConnectionArgs {
     /// Connections each listener holds at a time.
     #[arg(long, env = "MAX_CONNECTIONS", default_value = "10000")]
     pub max_connections: String,
+    /// Seconds a request is waited for at most (a gRPC client's deadline if
+    /// sooner): then it is answered DEADLINE_EXCEEDED, and its work goes on
+    /// and is recorded.
+    #[arg(long, env = "REQUEST_TIMEOUT", default_value = "60")]
+    pub request_timeout: String,
 }
 
 impl ConnectionArgs {
@@ -588,6 +593,7 @@ impl ConnectionArgs {
             http2_max_concurrent_streams: streams,
             max_header_bytes: header_bytes,
             max_connections: connections,
+            request_timeout: positive_seconds("REQUEST_TIMEOUT", &self.request_timeout, 3600.0)?,
         })
     }
 }
@@ -786,6 +792,7 @@ mod tests {
             http2_max_concurrent_streams: "200".into(),
             max_header_bytes: "65536".into(),
             max_connections: "10000".into(),
+            request_timeout: "60".into(),
         }
     }
 

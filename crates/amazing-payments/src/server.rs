@@ -101,6 +101,9 @@ pub struct ConnectionLimits {
     pub max_header_bytes: usize,
     /// Connections each listener holds at a time.
     pub max_connections: usize,
+    /// The longest a request is waited for (`REQUEST_TIMEOUT`; a gRPC
+    /// client's `grpc-timeout` if sooner); its work goes on past it.
+    pub request_timeout: Duration,
 }
 
 impl Default for ConnectionLimits {
@@ -114,6 +117,7 @@ impl Default for ConnectionLimits {
             http2_max_concurrent_streams: 200,
             max_header_bytes: 64 * 1024,
             max_connections: 10_000,
+            request_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -135,12 +139,18 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let admission = http::admission::Admission::new(app.max_in_flight, app.overload_target);
     let requests = limits.requests();
-    let rest_router = http::router(grpc::service::PaymentApi::new(app.clone()), admission.clone(), requests);
+    let deadlines = http::deadline::Deadlines::new(limits.request_timeout);
+    let rest_router =
+        http::router(grpc::service::PaymentApi::new(app.clone()), admission.clone(), requests, deadlines.clone());
+    let grpc_deadlines = deadlines.clone();
     let grpc_router = grpc::routes(&app)?
         .into_axum_router()
         .layer(axum::middleware::from_fn(grpc::codec::too_large_is_exhausted))
         .layer(axum::middleware::from_fn(move |req, next| http::admission::admit_grpc(admission.clone(), req, next)))
         .layer(axum::middleware::from_fn(move |req, next| http::limits::limit_grpc(requests, req, next)))
+        .layer(axum::middleware::from_fn(move |req, next| {
+            http::deadline::deadline_grpc(grpc_deadlines.clone(), req, next)
+        }))
         .layer(axum::middleware::from_fn(http::middleware::observe_grpc));
 
     let cap = connections_that_fit(limits.max_connections);
@@ -154,7 +164,10 @@ pub async fn run(
         tokio::join!(
             listen(Door::Rest, rest, rest_router, limits, cap, rx.clone()),
             listen(Door::Grpc, grpc_listener, grpc_router, limits, cap, rx),
-        )
+        );
+        // Requests answered at their deadline, or whose client left, may
+        // still be at work: they finish too.
+        deadlines.finished().await;
     };
     let deadline = async {
         connection::stopped(&mut draining).await;

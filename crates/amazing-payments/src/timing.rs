@@ -88,6 +88,13 @@ pub async fn measure<F: Future>(f: F) -> (F::Output, String) {
     (out, header(start.elapsed(), &spent))
 }
 
+/// `f`, counting its time to the request under way (if any), wherever it
+/// runs: for a request's work moved to a task of its own.
+pub fn carry<F: Future>(f: F) -> impl Future<Output = F::Output> {
+    let spent = SPENT.try_with(Arc::clone).unwrap_or_default();
+    SPENT.scope(spent, f)
+}
+
 /// The `Server-Timing` value: `total;dur=…, db;dur=…, stripe;dur=…`.
 pub fn header(total: Duration, spent: &Spent) -> String {
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;

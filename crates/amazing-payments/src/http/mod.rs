@@ -3,6 +3,7 @@
 //! framework's own refusals.
 
 pub mod admission;
+pub mod deadline;
 pub mod docs;
 pub mod error;
 pub mod gateway;
@@ -20,7 +21,12 @@ use tonic::Code;
 
 /// Every REST route, with request ids and access logs, behind the
 /// request limits and the instance's admission bound.
-pub fn router(api: PaymentApi, admission: admission::Admission, limits: limits::RequestLimits) -> Router {
+pub fn router(
+    api: PaymentApi,
+    admission: admission::Admission,
+    limits: limits::RequestLimits,
+    deadlines: deadline::Deadlines,
+) -> Router {
     let app = api.app().clone();
     gateway::router(api)
         .merge(webhook::router(app))
@@ -29,6 +35,7 @@ pub fn router(api: PaymentApi, admission: admission::Admission, limits: limits::
         .layer(axum::middleware::from_fn(error::json_errors))
         .layer(axum::middleware::from_fn(move |req, next| admission::admit_rest(admission.clone(), req, next)))
         .layer(axum::middleware::from_fn(move |req, next| limits::limit_rest(limits, req, next)))
+        .layer(axum::middleware::from_fn(move |req, next| deadline::deadline_rest(deadlines.clone(), req, next)))
         .layer(axum::middleware::from_fn(middleware::observe_rest))
 }
 

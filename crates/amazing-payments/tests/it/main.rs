@@ -7,6 +7,7 @@ mod common;
 mod conformance;
 mod connections;
 mod customers;
+mod deadlines;
 mod e2e;
 mod exactly_once;
 mod metrics;

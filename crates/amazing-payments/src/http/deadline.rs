@@ -1,0 +1,146 @@
+//! Deadlines, for both transports: every request is answered within its
+//! deadline, and no request's work is ever cut short by one.
+//!
+//! The deadline is `REQUEST_TIMEOUT`, or a gRPC client's `grpc-timeout` when
+//! that is sooner. The request runs in a task of its own; the door waits for
+//! it until the deadline, then answers 504 / DEADLINE_EXCEEDED (reason
+//! `DEADLINE_EXCEEDED`) while the task goes on. A client that goes away
+//! stops waiting the same way. So a Stripe call in flight is never dropped
+//! half-way: it completes and its outcome is recorded, as if the client had
+//! stayed, and a retry with the same idempotency key learns it (the reconciler
+//! is only needed when the process itself dies). Work past its deadline is
+//! waited for at shutdown, within the drain timeout.
+
+use crate::{
+    app::{AppError, Kind},
+    http::error::RestError,
+};
+use axum::{extract::Request, middleware::Next, response::IntoResponse, response::Response};
+use std::time::Duration;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+/// The deadline of every request, and the requests still running.
+#[derive(Debug, Clone)]
+pub struct Deadlines {
+    /// `REQUEST_TIMEOUT`: the longest any request is waited for.
+    pub timeout: Duration,
+    running: TaskTracker,
+}
+
+impl Deadlines {
+    pub fn new(timeout: Duration) -> Self {
+        Self { timeout, running: TaskTracker::new() }
+    }
+
+    /// Waits until the requests still running (past their deadline, or
+    /// whose client left) have finished.
+    pub async fn finished(&self) {
+        self.running.close();
+        self.running.wait().await;
+    }
+
+    /// How long to wait for `req`: ours, or the gRPC client's if sooner.
+    fn of(&self, req: &Request) -> Duration {
+        let asked = req.headers().get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(grpc_timeout);
+        asked.map_or(self.timeout, |d| d.min(self.timeout))
+    }
+
+    /// Runs `req` to its end in its own task and answers within its
+    /// deadline; `answer` says an error the door's way.
+    async fn run(&self, req: Request, next: Next, answer: fn(AppError) -> Response) -> Response {
+        let deadline = self.of(&req);
+        // The task keeps the request's span (its log lines and trace) and
+        // its time accounting.
+        let work = crate::timing::carry(next.run(req)).instrument(tracing::Span::current());
+        let mut task = self.running.spawn(work);
+        match tokio::time::timeout(deadline, &mut task).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(e)) => {
+                // A panic in a request's task: answered as our failure; the
+                // task is gone, but nothing it recorded is undone.
+                tracing::error!(error = %e, "request task failed");
+                answer(AppError::internal(anyhow::anyhow!("the request's task failed: {e}")))
+            }
+            Err(_) => {
+                let span = tracing::Span::current();
+                tokio::spawn(
+                    async move {
+                        if let Ok(response) = task.await {
+                            let status = response.status().as_u16();
+                            tracing::info!(status, "request finished after its deadline");
+                        }
+                    }
+                    .instrument(span),
+                );
+                answer(passed(deadline))
+            }
+        }
+    }
+}
+
+fn passed(deadline: Duration) -> AppError {
+    AppError::new(
+        Kind::DeadlineExceeded,
+        "DEADLINE_EXCEEDED",
+        format!(
+            "no answer within the request's deadline ({:.1} s); the request goes on and its outcome is recorded: retry with the same idempotency key, or read the resource, to learn it",
+            deadline.as_secs_f64()
+        ),
+    )
+}
+
+fn rest_answer(error: AppError) -> Response {
+    RestError::from(error).into_response()
+}
+
+fn grpc_answer(error: AppError) -> Response {
+    tonic::Status::from(error).into_http()
+}
+
+/// The REST door's deadlines.
+pub async fn deadline_rest(deadlines: Deadlines, req: Request, next: Next) -> Response {
+    deadlines.run(req, next, rest_answer).await
+}
+
+/// The gRPC door's deadlines (`grpc-timeout` honoured).
+pub async fn deadline_grpc(deadlines: Deadlines, req: Request, next: Next) -> Response {
+    deadlines.run(req, next, grpc_answer).await
+}
+
+/// A `grpc-timeout` value: at most 8 digits and a unit (`H`, `M`, `S`, `m`
+/// milliseconds, `u`, `n`), per the gRPC over HTTP/2 protocol.
+fn grpc_timeout(value: &str) -> Option<Duration> {
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_are_read_in_every_unit_and_malformed_ones_are_ignored() {
+        assert_eq!(grpc_timeout("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(grpc_timeout("3M"), Some(Duration::from_secs(180)));
+        assert_eq!(grpc_timeout("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(grpc_timeout("7u"), Some(Duration::from_micros(7)));
+        assert_eq!(grpc_timeout("9n"), Some(Duration::from_nanos(9)));
+        for bad in ["", "S", "123456789S", "5s", "-5S", "5.0S", "5"] {
+            assert_eq!(grpc_timeout(bad), None, "{bad:?}");
+        }
+    }
+}
