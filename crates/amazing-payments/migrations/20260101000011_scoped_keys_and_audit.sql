@@ -7,12 +7,19 @@ ALTER TABLE auth.api_key
     ADD COLUMN expires_at timestamptz,
     -- Written at most once per API_KEY_CACHE_TTL per instance: accurate to that.
     ADD COLUMN last_used_at timestamptz,
-    ADD COLUMN rotated_from bigint REFERENCES auth.api_key (id);
+    ADD COLUMN rotated_from bigint REFERENCES auth.api_key (id),
+    -- The first key of a rotation's line (NULL: the key itself). The keys of
+    -- one line share their idempotency keys and their rate limit, so that a
+    -- client retrying with the new key finds what it did with the old one.
+    ADD COLUMN lineage bigint REFERENCES auth.api_key (id);
 
 -- Who asked for each change. An operation records the key that asked for
 -- it; every history line written while carrying it out (by that request, a
--- retry, or the reconciler) names that key; `source` says which path wrote
--- the line. Lines with no key were made by Stripe's webhooks, the reconciler
--- on its own, or a request served without API keys.
-ALTER TABLE payment.operation ADD COLUMN api_key_id bigint REFERENCES auth.api_key (id);
-ALTER TABLE payment.history ADD COLUMN api_key_id bigint REFERENCES auth.api_key (id);
+-- retry, the reconciler, or a webhook that brought its outcome first) names
+-- that key; `source` says which path wrote the line. Lines with no key were
+-- Stripe's own changes, or made while the service ran without API keys.
+-- No foreign key: keys are never deleted, and a key row every insert would
+-- lock (FOR KEY SHARE) would become a hot spot under one busy key. Adding a
+-- nullable column without a default rewrites nothing.
+ALTER TABLE payment.operation ADD COLUMN api_key_id bigint;
+ALTER TABLE payment.history ADD COLUMN api_key_id bigint;

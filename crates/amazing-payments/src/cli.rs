@@ -163,8 +163,9 @@ pub enum ApiKeyAction {
         /// How long the old key keeps working: a span (24h, 7d) or a time.
         #[arg(long, default_value = "24h")]
         grace: String,
-        /// When the new key stops working (as for create).
-        #[arg(long, default_value = "never")]
+        /// When the new key stops working (as for create); by default when
+        /// the old key would have.
+        #[arg(long, default_value = "keep")]
         expires: String,
     },
     /// List the keys: id, prefix, status, scopes, created, expires, last
@@ -312,7 +313,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 ApiKeyAction::Rotate { key, grace, expires } => {
                     let until = moment(&grace)?.ok_or_else(|| anyhow::anyhow!("--grace needs a span or a time"))?;
-                    let (old, new) = apikeys::rotate(&pool, &auth, &key, until, moment(&expires)?).await?;
+                    let expires = if expires.trim() == "keep" { None } else { moment(&expires)? };
+                    let (old, new) = apikeys::rotate(&pool, &auth, &key, until, expires).await?;
                     eprintln!(
                         "API key {} ({}) replaces {} ({}), which works until {} (within API_KEY_CACHE_TTL): shown this once, keep it safe",
                         new.id,

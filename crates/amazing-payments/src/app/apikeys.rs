@@ -102,6 +102,7 @@ pub async fn create(
             expires_at,
             rate_limit: None,
             rotated_from: None,
+            lineage: None,
         },
     )
     .await?;
@@ -116,9 +117,10 @@ fn fresh() -> (String, String) {
 }
 
 /// Replaces the key `old` (id or prefix) with a new one of the same name,
-/// scopes and rate limit, expiring at `expires_at`; the old key keeps
+/// scopes, rate limit and line (its idempotency keys and rate), expiring at
+/// `expires_at` (`None`: when the old one would have); the old key keeps
 /// working until `until`, so that callers can move to the new one. The
-/// old key's row and the new key's id are in the answer.
+/// old key's row (with its new expiry) and the new key are in the answer.
 pub async fn rotate(
     db: &PgPool,
     auth: &AuthSettings,
@@ -126,6 +128,9 @@ pub async fn rotate(
     until: DateTime<Utc>,
     expires_at: Option<DateTime<Utc>>,
 ) -> Result<(apikeys::ApiKeyRow, NewKey), AppError> {
+    if until <= Utc::now() {
+        return Err(AppError::invalid("INVALID_GRACE", "the old key's grace must end in the future"));
+    }
     if expires_at.is_some_and(|at| at <= until) {
         return Err(AppError::invalid("INVALID_EXPIRY", "the new key must outlive the old one"));
     }
@@ -140,6 +145,8 @@ pub async fn rotate(
 #[derive(Debug, Clone)]
 struct Known {
     id: i64,
+    /// The first key of its rotation's line.
+    lineage: i64,
     /// Its own rate limit.
     own: Option<u32>,
     scopes: Vec<Scope>,
@@ -153,7 +160,7 @@ impl Known {
             return Err(AppError::unauthenticated("API_KEY_EXPIRED", "the API key has expired"));
         }
         // Every keyed request counts toward the limit, refused ones too.
-        let quota = auth.limiter.admit(Some(self.id), self.own)?;
+        let quota = auth.limiter.admit(Some(self.lineage), self.own)?;
         let needed = scopes::needed(rpc);
         if !self.scopes.iter().any(|s| s.grants(needed)) {
             return Err(AppError::new(
@@ -163,7 +170,7 @@ impl Known {
             )
             .detail("required_scope", needed.as_str()));
         }
-        Ok(Principal { api_key_id: Some(self.id), quota })
+        Ok(Principal { api_key_id: Some(self.id), lineage: Some(self.lineage), quota })
     }
 }
 
@@ -179,7 +186,7 @@ pub async fn authenticate(
     if !auth.required {
         // No key, no per-key limit: the old clients served so share nothing
         // they could be limited by (RATE_LIMIT is per key).
-        return Ok(Principal { api_key_id: None, quota: None });
+        return Ok(Principal { api_key_id: None, lineage: None, quota: None });
     }
     let Some(value) = authorization else {
         return Err(AppError::unauthenticated(
@@ -203,19 +210,19 @@ pub async fn authenticate(
     }
     let known = Known {
         id: row.id,
+        lineage: row.lineage.unwrap_or(row.id),
         own: row.rate_limit.and_then(|r| u32::try_from(r).ok()),
         scopes: row.scopes.iter().filter_map(|s| Scope::parse(s)).collect(),
         expires_at: row.expires_at,
     };
-    // A failure here lets the call go on: when a key was last used is for
-    // people, not for deciding anything.
-    if known.expires_at.is_none_or(|at| at > Utc::now())
-        && let Err(e) = apikeys::touch(db, row.id, LAST_USED_PRECISION).await
-    {
+    auth.cache.put(hash, known.clone());
+    let principal = known.admit(auth, rpc)?;
+    // Only a call let through uses the key. A failure here lets the call go
+    // on: when a key was last used is for people, not for deciding anything.
+    if let Err(e) = apikeys::touch(db, row.id, LAST_USED_PRECISION).await {
         tracing::warn!(api_key_id = row.id, error = %e, "could not note when the API key was used");
     }
-    auth.cache.put(hash, known.clone());
-    known.admit(auth, rpc)
+    Ok(principal)
 }
 
 /// `last_used_at` is written at most this often per key and instance.

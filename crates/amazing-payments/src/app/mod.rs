@@ -137,6 +137,9 @@ pub const KEY_SEEN: &str = "IDEMPOTENCY_KEY_SEEN";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     pub api_key_id: Option<i64>,
+    /// The first key of the key's rotation's line: the scope of its
+    /// idempotency keys and its rate limit, shared by the keys of the line.
+    pub lineage: Option<i64>,
     /// What its rate limit leaves it (`None`: no limit), for the headers.
     pub quota: Option<ratelimit::Quota>,
 }

@@ -236,6 +236,10 @@ impl App {
             Ok(true) => {
                 let cause =
                     Cause { stripe_request_id: reply.request_id.as_deref(), note: Some(note), ..Default::default() };
+                let source = match source.api_key_id {
+                    Some(_) => source,
+                    None => source.for_key(self.asker(&mut tx, &before, &next).await?),
+                };
                 payments::save(&mut tx, &before, &next, source, &cause).await?;
             }
             Ok(false) => {}
@@ -267,6 +271,24 @@ impl App {
         }
         tx.commit().await?;
         Ok(next)
+    }
+
+    /// The key whose pending operation this change (`before` to `next`)
+    /// carries out, when the news of it comes first by another way: the
+    /// payment's creation leaving pending, a capture, a cancel.
+    async fn asker(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        before: &PaymentRow,
+        next: &PaymentRow,
+    ) -> Result<Option<i64>, AppError> {
+        let kinds: &[&str] = match (before.status(), next.status()) {
+            (Status::Pending, _) => &["create_payment"],
+            (_, Status::Canceled) => &["cancel"],
+            _ if next.amount_captured > before.amount_captured => &["capture"],
+            _ => return Ok(None),
+        };
+        Ok(payments::asker_of_pending(tx, before.id, None, kinds).await?)
     }
 
     pub async fn history(&self, id: i64) -> Result<Vec<payments::HistoryRow>, AppError> {

@@ -310,6 +310,14 @@ impl App {
                 }
             }
         };
+        // Our refund whose request's answer has not come yet: this news is
+        // the outcome of what its key asked for.
+        let source = match source.api_key_id {
+            Some(_) => source,
+            None => {
+                source.for_key(payments::asker_of_pending(&mut tx, payment.id, Some(refund_id), &["refund"]).await?)
+            }
+        };
         let applied =
             self.apply_refund(&mut tx, payment.id, refund_id, &re, reply.request_id.as_deref(), source).await?;
         tx.commit().await?;

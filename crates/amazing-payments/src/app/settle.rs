@@ -167,7 +167,8 @@ impl App {
                 ..Default::default()
             };
             self.fail_operation(op, &refusal, false, source).await?;
-            self.refresh_from(row.id, &pi, source, "read back from Stripe").await?;
+            // What Stripe's state says happened was not this key's doing.
+            self.refresh_from(row.id, &pi, source.for_key(None), "read back from Stripe").await?;
             return Err(self.refusal_of(op).await?);
         }
         self.fail_operation(op, &nothing_done(), false, source).await?;

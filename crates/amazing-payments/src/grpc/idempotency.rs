@@ -121,7 +121,7 @@ where
         let call = Call { by: principal.api_key_id, key: None };
         return run(message, call).await.map(Response::new).map_err(Status::from);
     };
-    let scope = principal.api_key_id.unwrap_or(0);
+    let scope = principal.lineage.unwrap_or(0);
     let claim = NewClaim {
         rpc,
         fingerprint: fingerprint(rpc, &message),

@@ -21,10 +21,11 @@ pub struct ApiKeyRow {
     pub last_used_at: Option<DateTime<Utc>>,
     /// The key it replaced (`apikey rotate`).
     pub rotated_from: Option<i64>,
+    /// The first key of its rotation's line; `None`: itself.
+    pub lineage: Option<i64>,
 }
 
-const COLUMNS: &str =
-    "id, name, prefix, hash, created_at, revoked_at, rate_limit, scopes, expires_at, last_used_at, rotated_from";
+const COLUMNS: &str = "id, name, prefix, hash, created_at, revoked_at, rate_limit, scopes, expires_at, last_used_at, rotated_from, lineage";
 
 /// A key to make.
 pub struct NewKey<'a> {
@@ -35,6 +36,7 @@ pub struct NewKey<'a> {
     pub expires_at: Option<DateTime<Utc>>,
     pub rate_limit: Option<i32>,
     pub rotated_from: Option<i64>,
+    pub lineage: Option<i64>,
 }
 
 pub async fn insert(db: &PgPool, key: NewKey<'_>) -> Result<ApiKeyRow, sqlx::Error> {
@@ -44,8 +46,8 @@ pub async fn insert(db: &PgPool, key: NewKey<'_>) -> Result<ApiKeyRow, sqlx::Err
 
 async fn insert_in(conn: &mut PgConnection, key: NewKey<'_>) -> Result<ApiKeyRow, sqlx::Error> {
     sqlx::query_as(&format!(
-        "INSERT INTO auth.api_key (name, prefix, hash, scopes, expires_at, rate_limit, rotated_from)
-         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {COLUMNS}"
+        "INSERT INTO auth.api_key (name, prefix, hash, scopes, expires_at, rate_limit, rotated_from, lineage)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {COLUMNS}"
     ))
     .bind(key.name)
     .bind(key.prefix)
@@ -54,14 +56,16 @@ async fn insert_in(conn: &mut PgConnection, key: NewKey<'_>) -> Result<ApiKeyRow
     .bind(key.expires_at)
     .bind(key.rate_limit)
     .bind(key.rotated_from)
+    .bind(key.lineage)
     .fetch_one(conn)
     .await
 }
 
 /// Makes `new` to replace the key `old` (an id or a prefix), which keeps
 /// working until `until` (or its own expiry, if sooner). The new key takes
-/// the old one's name, scopes and rate limit, and expires at `expires_at`.
-/// `None` if `old` is no key that still works.
+/// the old one's name, scopes, rate limit and line, and expires at
+/// `expires_at` (`None`: when the old key would have, if it would). `None`
+/// if `old` is no key that still works.
 pub async fn rotate(
     db: &PgPool,
     old: &str,
@@ -72,19 +76,27 @@ pub async fn rotate(
 ) -> Result<Option<(ApiKeyRow, ApiKeyRow)>, sqlx::Error> {
     let id: Option<i64> = old.parse().ok();
     let mut tx = db.begin().await?;
+    // The old row as it was (its expiry before the grace), then shortened.
     let old: Option<ApiKeyRow> = sqlx::query_as(&format!(
-        "UPDATE auth.api_key SET expires_at = LEAST(coalesce(expires_at, $3), $3)
+        "SELECT {COLUMNS} FROM auth.api_key
          WHERE (prefix = $1 OR id = $2) AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())
-         RETURNING {COLUMNS}"
+         FOR UPDATE"
     ))
     .bind(old)
     .bind(id)
-    .bind(until)
     .fetch_optional(&mut *tx)
     .await?;
-    let Some(old) = old else {
+    let Some(mut old) = old else {
         return Ok(None);
     };
+    let inherited = old.expires_at;
+    old.expires_at = sqlx::query_scalar(
+        "UPDATE auth.api_key SET expires_at = LEAST(coalesce(expires_at, $2), $2) WHERE id = $1 RETURNING expires_at",
+    )
+    .bind(old.id)
+    .bind(until)
+    .fetch_one(&mut *tx)
+    .await?;
     let new = insert_in(
         &mut tx,
         NewKey {
@@ -92,9 +104,10 @@ pub async fn rotate(
             prefix,
             hash,
             scopes: &old.scopes,
-            expires_at,
+            expires_at: expires_at.or(inherited),
             rate_limit: old.rate_limit,
             rotated_from: Some(old.id),
+            lineage: Some(old.lineage.unwrap_or(old.id)),
         },
     )
     .await?;

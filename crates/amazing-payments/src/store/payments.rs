@@ -485,6 +485,29 @@ pub async fn pending_operation(conn: &mut PgConnection, payment_id: i64) -> Resu
     .await
 }
 
+/// The API key that asked for the operation still pending on the payment
+/// (or, with `refund_id`, on that refund) whose outcome `change` would be:
+/// news of it that comes first (a webhook, a read) is that key's change.
+pub async fn asker_of_pending(
+    conn: &mut PgConnection,
+    payment_id: i64,
+    refund_id: Option<i64>,
+    kinds: &[&str],
+) -> Result<Option<i64>, sqlx::Error> {
+    let key: Option<Option<i64>> = sqlx::query_scalar(
+        "SELECT api_key_id FROM payment.operation
+         WHERE payment_id = $1 AND state = 'pending' AND kind = ANY($3)
+           AND ($2::bigint IS NULL OR refund_id = $2)
+         ORDER BY id LIMIT 1",
+    )
+    .bind(payment_id)
+    .bind(refund_id)
+    .bind(kinds)
+    .fetch_optional(conn)
+    .await?;
+    Ok(key.flatten())
+}
+
 /// Marks an operation finished (`succeeded` or `failed`).
 pub async fn finish_operation(
     conn: &mut PgConnection,

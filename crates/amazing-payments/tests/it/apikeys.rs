@@ -41,9 +41,14 @@ async fn a_key_without_the_scope_an_rpc_needs_is_refused_over_both_transports_an
     let paid_id = paid["paymentID"].as_str().unwrap().to_string();
     let (reader, _) = key_with(&app, &[Scope::Read], None).await;
     let (writer, _) = key_with(&app, &[Scope::Write], None).await;
+    let (refused_only, refused_id) = key_with(&app, &[Scope::Read], None).await;
     let (stripe_calls, payments, refunds) =
         (app.stripe_calls(), app.count("payment.payment").await, app.count("payment.refund").await);
     let customers = app.count("customer.customer").await;
+    let mut journal = Vec::new();
+    for table in ["payment.operation", "payment.history", "notify.outbox"] {
+        journal.push((table, app.count(table).await));
+    }
     for via in BOTH {
         let refusals = [
             (&reader, "CreateCustomer", json!({"name": "Grace", "email": "grace@example.com"}), "write"),
@@ -74,6 +79,19 @@ async fn a_key_without_the_scope_an_rpc_needs_is_refused_over_both_transports_an
     assert_eq!(app.count("payment.payment").await, payments);
     assert_eq!(app.count("payment.refund").await, refunds);
     assert_eq!(app.count("customer.customer").await, customers);
+    for via in BOTH {
+        let (answer, _) = app.call_as(&refused_only, via, "CancelPayment", json!({"paymentID": paid_id}), None).await;
+        assert_eq!(answer.unwrap_err().reason, "INSUFFICIENT_SCOPE");
+    }
+    let used: Option<chrono::DateTime<Utc>> = sqlx::query_scalar("SELECT last_used_at FROM auth.api_key WHERE id = $1")
+        .bind(refused_id)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(used, None, "a key only ever refused was never used");
+    for (table, before) in journal {
+        assert_eq!(app.count(table).await, before, "{table}: a refused call writes nothing");
+    }
     assert_eq!(app.count("auth.idempotency_key").await, 0, "nor claims its idempotency key");
 }
 
@@ -159,6 +177,8 @@ async fn a_rotated_key_works_at_once_and_the_old_one_until_its_grace_ends() {
         assert!(answer.is_ok());
     }
     let again = apikeys::rotate(&app.db, &app.app.auth, &old_id.to_string(), Utc::now() + Span::hours(1), None).await;
+    let past = apikeys::rotate(&app.db, &app.app.auth, &new.id.to_string(), Utc::now() - Span::seconds(1), None).await;
+    assert_eq!(past.err().map(|e| e.reason), Some("INVALID_GRACE"), "a grace that already ended is refused");
     assert_eq!(again.err().map(|e| e.reason), Some("API_KEY_NOT_FOUND"), "an expired key is not rotated again");
 }
 
@@ -312,4 +332,118 @@ async fn a_change_told_by_a_stripe_webhook_names_no_key() {
 /// The id of the test app's own key.
 async fn key_id_of(app: &TestApp) -> i64 {
     sqlx::query_scalar("SELECT id FROM auth.api_key ORDER BY id LIMIT 1").fetch_one(&app.db).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_rotated_key_keeps_the_old_ones_expiry_and_a_grace_never_lengthens_its_life() {
+    let app = TestApp::spawn().await;
+    let ends = Utc::now() + Span::hours(2);
+    let (_, old_id) = key_with(&app, &[Scope::Read], Some(ends)).await;
+    let (old, new) =
+        apikeys::rotate(&app.db, &app.app.auth, &old_id.to_string(), Utc::now() + Span::hours(24), None).await.unwrap();
+    let close = |a: Option<chrono::DateTime<Utc>>| a.is_some_and(|a| (a - ends).num_milliseconds().abs() < 1000);
+    assert!(close(old.expires_at), "a grace past its own expiry does not lengthen it: {:?}", old.expires_at);
+    let new_expiry: Option<chrono::DateTime<Utc>> =
+        sqlx::query_scalar("SELECT expires_at FROM auth.api_key WHERE id = $1")
+            .bind(new.id)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert!(close(new_expiry), "the new key expires when the old one would have: {new_expiry:?}");
+}
+
+#[tokio::test]
+async fn a_retry_with_the_rotated_key_finds_what_the_old_key_did_under_its_idempotency_key() {
+    let app = TestApp::spawn().await;
+    let customer = app.new_customer().await;
+    let (old, old_id) = key_with(&app, &[Scope::Write], None).await;
+    for via in BOTH {
+        let idem = format!("rotated-{via:?}");
+        let (first, _) = app.call_as(&old, via, "CreatePayment", payment(&customer, "manual"), Some(&idem)).await;
+        let first = first.unwrap();
+        let intents = app.stripe_calls();
+        let (_, new) = apikeys::rotate(&app.db, &app.app.auth, &old_id.to_string(), Utc::now() + Span::hours(1), None)
+            .await
+            .unwrap();
+        let (again, replayed) =
+            app.call_as(new.key.expose(), via, "CreatePayment", payment(&customer, "manual"), Some(&idem)).await;
+        assert!(replayed, "the new key's retry is the old key's request, over {via:?}");
+        assert_eq!(again.unwrap()["paymentID"], first["paymentID"]);
+        assert_eq!(app.stripe_calls(), intents, "and charges nothing again");
+    }
+}
+
+#[tokio::test]
+async fn a_cached_key_is_still_refused_the_moment_it_expires() {
+    let app =
+        TestApp::spawn_with(crate::common::Options { key_cache_ttl: Duration::from_secs(60), ..Default::default() })
+            .await;
+    let (key, _) = key_with(&app, &[Scope::Read], Some(Utc::now() + Span::milliseconds(1500))).await;
+    let (answer, _) = app.call_as(&key, Via::Rest, "ListCustomers", json!({}), None).await;
+    assert!(answer.is_ok(), "verified, and now cached for a minute: {answer:?}");
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    for via in BOTH {
+        let (answer, _) = app.call_as(&key, via, "ListCustomers", json!({}), None).await;
+        assert_eq!(answer.unwrap_err().reason, "API_KEY_EXPIRED", "{via:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_capture_whose_news_comes_first_by_webhook_still_names_the_key_that_asked_for_it() {
+    let app = TestApp::spawn_with(crate::common::Options { register_webhook: true, ..Default::default() }).await;
+    let customer = app.new_customer().await;
+    let (capturer, capturer_id) = key_with(&app, &[Scope::Write], None).await;
+    let p = app.call(Via::Grpc, "CreatePayment", payment(&customer, "manual")).await.unwrap();
+    let id = p["paymentID"].as_str().unwrap().to_string();
+    // The capture is done at Stripe; its answer is lost, and every retry's.
+    app.sim.state().faults.add(
+        serde_json::from_value(json!({"method": "POST", "path": "/v1/payment_intents/", "drop": "after", "times": 3}))
+            .unwrap(),
+    );
+    let (answer, _) = app.call_as(&capturer, Via::Rest, "CapturePayment", json!({"paymentID": id}), None).await;
+    assert_eq!(answer.unwrap_err().code, Code::Unavailable);
+    let mut seen = Vec::new();
+    for _ in 0..50 {
+        while webhooks::pass(&app.app, 100).await.unwrap() > 0 {}
+        let read = app.call(Via::Rest, "GetPayment", json!({"paymentID": id, "include_history": true})).await.unwrap();
+        seen = trail(&read);
+        if seen.iter().any(|(status, _, _)| status == "succeeded") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let captured = seen.iter().find(|(status, _, _)| status == "succeeded").cloned();
+    assert_eq!(captured, Some(("succeeded".to_string(), "webhook".to_string(), capturer_id)), "{seen:?}");
+}
+
+#[tokio::test]
+async fn each_rpc_needs_the_scope_the_readme_gives_it() {
+    use amazing_payments::domain::scopes::needed;
+    let expected = [
+        (
+            "read",
+            &[
+                "GetCustomer",
+                "ListCustomers",
+                "GetProduct",
+                "ListProducts",
+                "GetPayment",
+                "ListPayments",
+                "GetRefund",
+                "ListRefunds",
+            ][..],
+        ),
+        ("write", &["CreateCustomer", "UpdateCustomer", "CreatePayment", "CapturePayment", "CancelPayment"][..]),
+        ("refund", &["RefundPayment"][..]),
+        ("admin", &["CreateProduct", "AddPrice", "DeactivateProduct", "DeactivatePrice"][..]),
+    ];
+    let mut listed = 0;
+    for (scope, rpcs) in expected {
+        for rpc in rpcs {
+            assert_eq!(needed(rpc).as_str(), scope, "{rpc}");
+            listed += 1;
+        }
+    }
+    let keyed = amazing_payments::http::gateway::ROUTES.iter().filter(|r| !r.public).count();
+    assert_eq!(listed, keyed, "every keyed rpc is pinned here");
 }
