@@ -278,20 +278,27 @@ async fn every_change_names_the_key_that_asked_for_it_in_the_history_and_the_eve
     }
 }
 
-#[tokio::test]
-async fn a_change_the_reconciler_finishes_names_the_key_that_asked_for_it() {
-    let app = TestApp::spawn().await;
-    let customer = app.new_customer().await;
-    let (capturer, capturer_id) = key_with(&app, &[Scope::Write], None).await;
-    let p = app.call(Via::Grpc, "CreatePayment", payment(&customer, "manual")).await.unwrap();
+/// A manual payment of `customer` whose capture, asked by a key of its own,
+/// is done at Stripe while its answer (and every retry's) is lost; the
+/// payment's id and the key's.
+async fn capture_answer_lost(app: &TestApp, customer: &str) -> (String, i64) {
+    let (capturer, capturer_id) = key_with(app, &[Scope::Write], None).await;
+    let p = app.call(Via::Grpc, "CreatePayment", payment(customer, "manual")).await.unwrap();
     let id = p["paymentID"].as_str().unwrap().to_string();
-    // The capture reaches Stripe; its answer never comes back.
     app.sim.state().faults.add(
         serde_json::from_value(json!({"method": "POST", "path": "/v1/payment_intents/", "drop": "after", "times": 3}))
             .unwrap(),
     );
     let (answer, _) = app.call_as(&capturer, Via::Rest, "CapturePayment", json!({"paymentID": id}), None).await;
     assert_eq!(answer.unwrap_err().code, Code::Unavailable);
+    (id, capturer_id)
+}
+
+#[tokio::test]
+async fn a_change_the_reconciler_finishes_names_the_key_that_asked_for_it() {
+    let app = TestApp::spawn().await;
+    let customer = app.new_customer().await;
+    let (id, capturer_id) = capture_answer_lost(&app, &customer).await;
     let now =
         Settings { interval: Duration::from_millis(10), batch: 100, min_age: Duration::ZERO, ..Default::default() };
     reconciler::until_idle(&app.app, &now).await.unwrap();
@@ -392,16 +399,7 @@ async fn a_cached_key_is_still_refused_the_moment_it_expires() {
 async fn a_capture_whose_news_comes_first_by_webhook_still_names_the_key_that_asked_for_it() {
     let app = TestApp::spawn_with(crate::common::Options { register_webhook: true, ..Default::default() }).await;
     let customer = app.new_customer().await;
-    let (capturer, capturer_id) = key_with(&app, &[Scope::Write], None).await;
-    let p = app.call(Via::Grpc, "CreatePayment", payment(&customer, "manual")).await.unwrap();
-    let id = p["paymentID"].as_str().unwrap().to_string();
-    // The capture is done at Stripe; its answer is lost, and every retry's.
-    app.sim.state().faults.add(
-        serde_json::from_value(json!({"method": "POST", "path": "/v1/payment_intents/", "drop": "after", "times": 3}))
-            .unwrap(),
-    );
-    let (answer, _) = app.call_as(&capturer, Via::Rest, "CapturePayment", json!({"paymentID": id}), None).await;
-    assert_eq!(answer.unwrap_err().code, Code::Unavailable);
+    let (id, capturer_id) = capture_answer_lost(&app, &customer).await;
     let mut seen = Vec::new();
     for _ in 0..50 {
         while webhooks::pass(&app.app, 100).await.unwrap() > 0 {}
