@@ -570,7 +570,11 @@ async fn check_stripe_key(stripe: &stripe::Client) -> anyhow::Result<()> {
 pub async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     telemetry::init();
-    match run(cli).await {
+    let result = run(cli).await;
+    // The last spans are exported before the process ends (the exporter's
+    // own deadline bounds the wait).
+    let _ = tokio::task::spawn_blocking(telemetry::flush).await;
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -118,7 +118,7 @@ impl App {
                 {
                     return Err(self.unfinished_op(op, e).await);
                 }
-                let mut tx = self.db.begin().await?;
+                let mut tx = crate::store::begin(&self.db).await?;
                 if ops::lock_operation_state(&mut tx, op.id).await? == State::Pending {
                     let changes =
                         Changes { name: name.as_ref(), email: email.as_ref(), charge_date: charge_date.as_ref() };
@@ -147,7 +147,7 @@ impl App {
         let id = CustomerId::parse(*customer_id)?;
         let (name, email) = (CustomerName::parse(name)?, Email::parse(email)?);
         let charge_date = charge_date.as_deref().map(ChargeDate::parse).transpose()?;
-        let mut tx = self.db.begin().await?;
+        let mut tx = crate::store::begin(&self.db).await?;
         if ops::lock_operation_state(&mut tx, op.id).await? == State::Pending {
             let new = NewCustomer {
                 id,

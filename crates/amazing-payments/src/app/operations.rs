@@ -288,7 +288,7 @@ pub(crate) fn payment_of(op: &OperationRow) -> Result<i64, AppError> {
 
 /// An operation's payment, locked: still to be settled, or settled already.
 enum Locked {
-    Pending(sqlx::Transaction<'static, sqlx::Postgres>, Box<PaymentRow>),
+    Pending(crate::store::Tx, Box<PaymentRow>),
     Settled(Box<Result<PaymentRow, AppError>>),
 }
 
@@ -494,7 +494,7 @@ impl App {
     /// 2xx for a change that did not happen).
     async fn lock_pending(&self, op: &OperationRow) -> Result<Locked, AppError> {
         let payment_id = payment_of(op)?;
-        let mut tx = self.db.begin().await?;
+        let mut tx = crate::store::begin(&self.db).await?;
         let before = payments::lock(&mut tx, payment_id).await?.ok_or_else(|| not_found(payment_id))?;
         let state = payments::operation_state(&mut tx, op.id).await?;
         if state == State::Pending {
@@ -644,7 +644,7 @@ impl App {
         plan: impl FnOnce(&PaymentRow) -> Result<Operation, AppError>,
     ) -> Result<(PaymentRow, OperationRow), AppError> {
         let request = call.key();
-        let mut tx = self.db.begin().await?;
+        let mut tx = crate::store::begin(&self.db).await?;
         let row = payments::lock(&mut tx, id).await?.ok_or_else(|| not_found(id))?;
         let asked = plan(&row)?;
         if row.stripe_payment_intent_id.is_none() {

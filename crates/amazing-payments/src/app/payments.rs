@@ -217,7 +217,7 @@ impl App {
             let started: chrono::DateTime<chrono::Utc> =
                 sqlx::query_scalar("SELECT clock_timestamp()").fetch_one(&self.db).await?;
             let reply = self.stripe.retrieve_payment_intent(pi).await.map_err(stripe_failure)?;
-            let mut tx = self.db.begin().await?;
+            let mut tx = crate::store::begin(&self.db).await?;
             let before = payments::lock(&mut tx, id).await?.ok_or_else(|| not_found(id))?;
             if before.updated_at <= started {
                 break (reply, tx, before);

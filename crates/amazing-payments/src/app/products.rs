@@ -171,7 +171,7 @@ impl App {
                         return Err(self.unfinished_op(op, e).await);
                     }
                 }
-                let mut tx = self.db.begin().await?;
+                let mut tx = crate::store::begin(&self.db).await?;
                 products::deactivate_product(&mut tx, *product_id).await?;
                 ops::finish_operation(&mut tx, op.id, State::Succeeded, None).await?;
                 tx.commit().await?;
@@ -184,7 +184,7 @@ impl App {
                         return Err(self.unfinished_op(op, e).await);
                     }
                 }
-                let mut tx = self.db.begin().await?;
+                let mut tx = crate::store::begin(&self.db).await?;
                 products::deactivate_price(&mut tx, *price_id).await?;
                 ops::finish_operation(&mut tx, op.id, State::Succeeded, None).await?;
                 tx.commit().await?;
@@ -213,7 +213,7 @@ impl App {
         else {
             return Err(AppError::internal(anyhow::anyhow!("operation {} creates no price", op.id)));
         };
-        let mut tx = self.db.begin().await?;
+        let mut tx = crate::store::begin(&self.db).await?;
         if ops::lock_operation_state(&mut tx, op.id).await? == State::Pending {
             if let Operation::CreateProduct { name, description, .. } = &op.op {
                 products::insert_product(&mut tx, *product_id, name, description.as_deref(), stripe_product).await?;

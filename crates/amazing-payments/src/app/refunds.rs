@@ -42,7 +42,7 @@ impl App {
                 payments::get(&self.db, refund.payment_id).await?.ok_or_else(|| not_found(refund.payment_id))?;
             return Ok((refund, payment.currency));
         }
-        let mut tx = self.db.begin().await?;
+        let mut tx = crate::store::begin(&self.db).await?;
         let row = payments::lock(&mut tx, payment_id).await?.ok_or_else(|| not_found(payment_id))?;
         if let Some(a) = amount {
             super::operations::fits(payment_id, a, &row.currency)?;
@@ -115,7 +115,7 @@ impl App {
         source: Source,
     ) -> Result<RefundRow, AppError> {
         let payment_id = refund.payment_id;
-        let mut tx = self.db.begin().await?;
+        let mut tx = crate::store::begin(&self.db).await?;
         let payment = payments::lock(&mut tx, payment_id).await?.ok_or_else(|| not_found(payment_id))?;
         match payments::operation_state(&mut tx, op.id).await? {
             State::Pending => {}
@@ -163,7 +163,7 @@ impl App {
         source: Source,
         never_sent: bool,
     ) -> Result<bool, AppError> {
-        let mut tx = self.db.begin().await?;
+        let mut tx = crate::store::begin(&self.db).await?;
         let payment_id = super::operations::payment_of(op)?;
         payments::lock(&mut tx, payment_id).await?.ok_or_else(|| not_found(payment_id))?;
         if payments::operation_state(&mut tx, op.id).await? != State::Pending {
@@ -294,7 +294,7 @@ impl App {
             (None, Some(id)) => payments::get_refund(&self.db, id).await?.filter(|r| r.payment_id == payment.id),
             (None, None) => None,
         };
-        let mut tx = self.db.begin().await?;
+        let mut tx = crate::store::begin(&self.db).await?;
         let refund_id = match ours {
             Some(r) => r.id,
             None => {

@@ -3,7 +3,9 @@
 //! forwarded to the use cases and present in every log line of the request
 //! (through its span), one access-log line with route, status and latency,
 //! a `Server-Timing` header with the request's total, database and Stripe
-//! time ([`crate::timing`]), and the request metrics ([`crate::meter`]).
+//! time ([`crate::timing`]), the request metrics ([`crate::meter`]), and the
+//! request's trace span: a caller's W3C `traceparent` is continued, and the
+//! answer carries the request's own (`traceparent`; gRPC: metadata).
 
 use axum::{
     extract::{MatchedPath, Request},
@@ -11,8 +13,10 @@ use axum::{
     middleware::Next,
     response::Response,
 };
+use opentelemetry::trace::TraceContextExt as _;
 use std::time::Instant;
 use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 const HEADER: &str = "x-request-id";
 
@@ -37,10 +41,33 @@ pub async fn observe(transport: &'static str, mut req: Request, next: Next) -> R
         ("rest", Some(p)) => p.as_str().to_string(),
         _ => req.uri().path().to_string(),
     };
-    let span = tracing::info_span!("request", request_id = id.to_str().unwrap_or("-"), transport);
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %span_name(transport, &method, &route, matched),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        request_id = id.to_str().unwrap_or("-"),
+        trace_id = tracing::field::Empty,
+        transport,
+        http.response.status_code = tracing::field::Empty,
+        rpc.grpc.status_code = tracing::field::Empty,
+    );
+    // A caller's W3C trace context is continued; its trace id is in every
+    // log line of the request.
+    let parent = opentelemetry::global::get_text_map_propagator(|p| {
+        p.extract(&opentelemetry_http::HeaderExtractor(req.headers()))
+    });
+    let _ = span.set_parent(parent);
+    let context = span.context();
+    let trace_id = context.span().span_context().trace_id();
+    span.record("trace_id", tracing::field::display(trace_id));
     let start = Instant::now();
     let (mut response, timing) = crate::timing::measure(next.run(req).instrument(span.clone())).await;
     response.headers_mut().insert(HEADER, id);
+    // The answer names the request's own span: `traceparent` (gRPC: metadata).
+    opentelemetry::global::get_text_map_propagator(|p| {
+        p.inject_context(&context, &mut opentelemetry_http::HeaderInjector(response.headers_mut()))
+    });
     if let Ok(v) = HeaderValue::from_str(&timing) {
         response.headers_mut().insert("server-timing", v);
     }
@@ -52,8 +79,31 @@ pub async fn observe(transport: &'static str, mut req: Request, next: Next) -> R
         tracing::info!(method, route, status, grpc_status, latency_ms, "request");
     });
     let (code, reason) = outcome(&response);
-    crate::meter::request(&rpc_label(transport, &route, matched, &response), transport, code, &reason, took);
+    let rpc = rpc_label(transport, &route, matched, &response);
+    span.record("http.response.status_code", status);
+    if transport == "grpc" {
+        span.record("rpc.grpc.status_code", code);
+    }
+    if response.status().is_server_error()
+        || matches!(code, "INTERNAL" | "UNKNOWN" | "UNAVAILABLE" | "DEADLINE_EXCEEDED")
+    {
+        span.record("otel.status_code", "ERROR");
+    }
+    crate::meter::request(&rpc, transport, code, &reason, took);
     response
+}
+
+/// The name of a request's span, known before it runs: the rpc a REST
+/// route serves, a gRPC method, else the method and route.
+fn span_name(transport: &str, method: &str, route: &str, matched: bool) -> String {
+    if transport == "rest" {
+        let rpc = crate::http::gateway::ROUTES.iter().find(|r| matched && r.method == method && r.path == route);
+        return rpc.map_or_else(|| format!("{method} {route}"), |r| r.rpc.to_string());
+    }
+    match route.trim_start_matches('/').split_once('/') {
+        Some(("payment.PaymentService", rpc)) if crate::http::gateway::RPCS.contains(&rpc) => rpc.to_string(),
+        _ => route.trim_start_matches('/').to_string(),
+    }
 }
 
 /// The rpc a REST route served (set by the gateway on its answers).

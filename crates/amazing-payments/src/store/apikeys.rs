@@ -75,7 +75,7 @@ pub async fn rotate(
     expires_at: Option<DateTime<Utc>>,
 ) -> Result<Option<(ApiKeyRow, ApiKeyRow)>, sqlx::Error> {
     let id: Option<i64> = old.parse().ok();
-    let mut tx = db.begin().await?;
+    let mut tx = crate::store::begin(db).await?;
     // The old row as it was (its expiry before the grace), then shortened.
     let old: Option<ApiKeyRow> = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM auth.api_key

@@ -23,6 +23,49 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// A database transaction, traced: a span (`db.transaction`) from its
+/// `BEGIN` until it is committed or dropped (rolled back), a child of the
+/// request's span. Used as the `sqlx::Transaction` it holds.
+pub struct Tx {
+    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    _span: tracing::Span,
+}
+
+/// Begins a traced transaction.
+pub async fn begin(db: &PgPool) -> Result<Tx, sqlx::Error> {
+    let span = tracing::info_span!(
+        "db.transaction",
+        otel.name = "db.transaction",
+        otel.kind = "client",
+        db.system.name = "postgresql"
+    );
+    let tx = db.begin().await?;
+    Ok(Tx { tx, _span: span })
+}
+
+impl Tx {
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        self.tx.commit().await
+    }
+
+    pub async fn rollback(self) -> Result<(), sqlx::Error> {
+        self.tx.rollback().await
+    }
+}
+
+impl std::ops::Deref for Tx {
+    type Target = sqlx::PgConnection;
+    fn deref(&self) -> &Self::Target {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for Tx {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.tx
+    }
+}
+
 /// The migrations in `migrations/`, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 

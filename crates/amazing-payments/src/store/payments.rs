@@ -246,7 +246,7 @@ pub struct NewPayment<'a> {
 /// Records a new payment (status pending), its first history line and the
 /// operation that will create it in Stripe, in one transaction.
 pub async fn insert(db: &PgPool, p: NewPayment<'_>) -> Result<(PaymentRow, OperationRow), sqlx::Error> {
-    let mut tx = db.begin().await?;
+    let mut tx = crate::store::begin(db).await?;
     let row: PaymentRow = sqlx::query_as(&format!(
         "INSERT INTO payment.payment (customer_id, status, amount, currency, capture_method, price_id, quantity,
              payment_method, description, metadata, receipt_email, return_url)
@@ -829,7 +829,7 @@ pub async fn adopt(
     currency: &str,
     capture_method: &str,
 ) -> Result<PaymentRow, sqlx::Error> {
-    let mut tx = db.begin().await?;
+    let mut tx = crate::store::begin(db).await?;
     let row: PaymentRow = sqlx::query_as(&format!(
         "INSERT INTO payment.payment (customer_id, status, amount, currency, capture_method, payment_method, stripe_payment_intent_id)
          VALUES ($1, 'pending', $2, $3, $4, 'made outside this service', $5) RETURNING {PAYMENT}"
@@ -862,7 +862,7 @@ pub async fn set_dispute(
     reason: Option<&str>,
     note: &str,
 ) -> Result<(), sqlx::Error> {
-    let mut tx = db.begin().await?;
+    let mut tx = crate::store::begin(db).await?;
     let Some(before) = lock(&mut tx, id).await? else { return Ok(()) };
     let earlier: Option<String> = sqlx::query_scalar(
         "UPDATE payment.payment p SET dispute_status = $2, updated_at = now()

@@ -13,7 +13,7 @@ use uuid::Uuid;
 /// Moves outbox rows into the queue and marks them published, in one
 /// transaction: the built-in queue never holds a row twice.
 pub async fn publish_from_outbox(db: &PgPool, seqs: &[i64]) -> Result<u64, sqlx::Error> {
-    let mut tx = db.begin().await?;
+    let mut tx = crate::store::begin(db).await?;
     sqlx::query(
         "INSERT INTO notify.message (event_id, seq, type, body)
          SELECT id, seq, type, body FROM notify.outbox WHERE seq = ANY($1) AND published_at IS NULL

@@ -26,6 +26,7 @@ use std::{
     },
     time::Duration,
 };
+use tracing::Instrument;
 
 /// Stripe's API, unless configured otherwise.
 pub const DEFAULT_API_BASE: &str = "https://api.stripe.com";
@@ -386,8 +387,24 @@ impl Client {
             let (result, hints) = match self.pace().await {
                 Ok(()) => {
                     let started = std::time::Instant::now();
-                    let (result, hints) = self.attempt(&method, path, form, idempotency_key).await;
-                    crate::meter::stripe_attempt(method.as_str(), path, outcome(&result), started.elapsed());
+                    let span = attempt_span(&method, path, attempt);
+                    let (result, hints) =
+                        self.attempt(&method, path, form, idempotency_key).instrument(span.clone()).await;
+                    let outcome = outcome(&result);
+                    crate::meter::stripe_attempt(method.as_str(), path, outcome, started.elapsed());
+                    span.record("stripe.outcome", outcome);
+                    match &result {
+                        Ok(reply) => {
+                            span.record("stripe.request_id", reply.request_id.as_deref());
+                        }
+                        Err(e) => {
+                            span.record("otel.status_code", "ERROR");
+                            if let StripeError::Api(a) = e {
+                                span.record("http.response.status_code", a.status);
+                                span.record("stripe.request_id", a.request_id.as_deref());
+                            }
+                        }
+                    }
                     (result, hints)
                 }
                 Err(e) => (Err(e), RetryHints::default()),
@@ -586,6 +603,24 @@ fn without_url(e: &reqwest::Error) -> String {
         source = s.source();
     }
     text
+}
+
+/// The trace span of one attempt at a Stripe call: named after its endpoint
+/// (ids left out), never carrying a key, a form or an answer.
+fn attempt_span(method: &Method, path: &str, attempt: u32) -> tracing::Span {
+    let endpoint = crate::meter::stripe_endpoint(method.as_str(), path);
+    tracing::info_span!(
+        "stripe",
+        otel.name = %format!("stripe {endpoint}"),
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = method.as_str(),
+        url.template = %endpoint,
+        stripe.attempt = attempt,
+        stripe.outcome = tracing::field::Empty,
+        stripe.request_id = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+    )
 }
 
 /// One attempt's outcome, for the metrics: a bounded word.

@@ -18,4 +18,5 @@ mod platform;
 mod proofs;
 mod ratelimit;
 mod stripe_client;
+mod traces;
 mod webhooks;
