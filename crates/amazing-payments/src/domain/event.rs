@@ -33,10 +33,13 @@ pub enum EventType {
     RefundCanceled,
     DisputeCreated,
     CustomerCreated,
+    /// A customer's name, e-mail or charge date changed (`data.customer` is
+    /// the customer after the change).
+    CustomerUpdated,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 14] = [
+    pub const ALL: [EventType; 15] = [
         EventType::PaymentCreated,
         EventType::PaymentRequiresAction,
         EventType::PaymentProcessing,
@@ -51,6 +54,7 @@ impl EventType {
         EventType::RefundCanceled,
         EventType::DisputeCreated,
         EventType::CustomerCreated,
+        EventType::CustomerUpdated,
     ];
 
     /// The types that are e-mailed to the customer unless configured
@@ -81,6 +85,7 @@ impl EventType {
             EventType::RefundCanceled => "refund.canceled",
             EventType::DisputeCreated => "dispute.created",
             EventType::CustomerCreated => "customer.created",
+            EventType::CustomerUpdated => "customer.updated",
         }
     }
 

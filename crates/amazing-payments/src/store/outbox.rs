@@ -146,6 +146,13 @@ pub async fn dispute_created(
     record(conn, &Event::new(EventType::DisputeCreated, "webhook", data)).await
 }
 
+/// Records `customer.updated` for the customer `id` (changed in this
+/// transaction at the request of the API key `api_key_id`).
+pub async fn customer_updated(conn: &mut PgConnection, id: i64, api_key_id: Option<i64>) -> Result<(), sqlx::Error> {
+    let data = EventData { customer: customer(id), payment: None, refund: None, dispute: None };
+    record(conn, &Event::new(EventType::CustomerUpdated, "api", data).by(api_key_id)).await
+}
+
 /// Records `customer.created` for the customer `id` (inserted in this
 /// transaction at the request of the API key `api_key_id`).
 pub async fn customer_created(conn: &mut PgConnection, id: i64, api_key_id: Option<i64>) -> Result<(), sqlx::Error> {
