@@ -593,7 +593,16 @@ impl ConnectionArgs {
             http2_max_concurrent_streams: streams,
             max_header_bytes: header_bytes,
             max_connections: connections,
-            request_timeout: positive_seconds("REQUEST_TIMEOUT", &self.request_timeout, 3600.0)?,
+            request_timeout: {
+                let request = positive_seconds("REQUEST_TIMEOUT", &self.request_timeout, 3600.0)?;
+                let body = positive_seconds("BODY_READ_TIMEOUT", &self.body_read_timeout, 3600.0)?;
+                // A body still coming is refused as such (408), never
+                // answered as work that goes on.
+                if request < body {
+                    return Err(err("REQUEST_TIMEOUT", "must be at least BODY_READ_TIMEOUT"));
+                }
+                request
+            },
         })
     }
 }
@@ -780,6 +789,13 @@ mod tests {
             assert!(!printed.contains(secret), "{secret} printed in {printed}");
         }
         assert!(printed.contains("db.internal"));
+    }
+
+    #[test]
+    fn a_request_timeout_shorter_than_the_body_read_timeout_is_refused() {
+        let args = ConnectionArgs { request_timeout: "10".into(), ..connection_args() };
+        let e = args.limits().unwrap_err();
+        assert!(e.to_string().contains("REQUEST_TIMEOUT"), "{e}");
     }
 
     fn connection_args() -> ConnectionArgs {

@@ -20,7 +20,7 @@
 use opentelemetry::{KeyValue, trace::TracerProvider as _};
 use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
 use std::sync::OnceLock;
-use tracing_subscriber::{EnvFilter, Layer, filter::Targets, layer::SubscriberExt, util::SubscriberInitExt};
+use tracing_subscriber::{EnvFilter, Layer, layer::SubscriberExt, util::SubscriberInitExt};
 
 /// The tracer provider, kept to flush its spans at exit.
 static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
@@ -40,9 +40,11 @@ pub fn init() {
     let (provider, problem) = provider();
     let tracer = provider.tracer("amazing-payments");
     let _ = PROVIDER.set(provider);
-    // Our spans only (requests, transactions, Stripe calls); events stay in
-    // the log.
-    let spans = Targets::new().with_target("amazing_payments", tracing::Level::INFO);
+    // Our spans only (requests, transactions, Stripe calls); events, which
+    // may carry raw paths and error texts, stay in the log.
+    let spans = tracing_subscriber::filter::filter_fn(|m| {
+        m.is_span() && m.target().starts_with("amazing_payments") && *m.level() <= tracing::Level::INFO
+    });
     let traces =
         tracing_opentelemetry::layer().with_tracer(tracer).with_location(false).with_threads(false).with_filter(spans);
     let installed = tracing_subscriber::registry().with(log).with(timing).with(traces).try_init().is_ok();
@@ -75,7 +77,10 @@ fn exporting() -> bool {
 /// exporting, if anything did.
 fn provider() -> (SdkTracerProvider, Option<String>) {
     let mut resource = Resource::builder();
-    if std::env::var("OTEL_SERVICE_NAME").is_err() {
+    let named = std::env::var("OTEL_SERVICE_NAME").is_ok()
+        || std::env::var("OTEL_RESOURCE_ATTRIBUTES")
+            .is_ok_and(|a| a.split(',').any(|kv| kv.trim().starts_with("service.name=")));
+    if !named {
         resource = resource.with_service_name("amazing-payments");
     }
     let resource = resource.with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION"))).build();
@@ -103,18 +108,46 @@ fn exporter() -> Result<opentelemetry_otlp::SpanExporter, String> {
     opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-        .with_http_client(Exporting { client: reqwest::Client::new(), runtime })
+        .with_http_client(Exporting { client: export_client()?, runtime, warned: Default::default() })
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// The exporter's client: each export bounded by the standard
+/// `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT` / `OTEL_EXPORTER_OTLP_TIMEOUT`
+/// (milliseconds, default 10 s), so that a collector that never answers
+/// cannot hold the exporting thread.
+fn export_client() -> Result<reqwest::Client, String> {
+    let timeout = ["OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT"]
+        .iter()
+        .find_map(|name| std::env::var(name).ok().and_then(|v| v.trim().parse::<u64>().ok()))
+        .map_or(std::time::Duration::from_secs(10), std::time::Duration::from_millis);
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout.min(std::time::Duration::from_secs(5)))
         .build()
         .map_err(|e| e.to_string())
 }
 
 /// The OTLP exporter's HTTP client. The batch processor exports from a
 /// thread of its own, outside the runtime: each export is sent by a task
-/// of the runtime, which that thread waits for.
+/// of the runtime, which that thread waits for. A failed export is logged,
+/// once a minute at most.
 #[derive(Debug)]
 struct Exporting {
     client: reqwest::Client,
     runtime: tokio::runtime::Handle,
+    warned: parking_lot::Mutex<Option<std::time::Instant>>,
+}
+
+impl Exporting {
+    fn failed(&self, problem: &str) {
+        let mut warned = self.warned.lock();
+        if warned.is_none_or(|at| at.elapsed() > std::time::Duration::from_secs(60)) {
+            *warned = Some(std::time::Instant::now());
+            tracing::warn!(error = problem, "traces could not be exported; spans are dropped meanwhile");
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -134,6 +167,15 @@ impl opentelemetry_http::HttpClient for Exporting {
             let body = response.bytes().await?;
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(answer.body(body)?)
         });
-        sent.await?
+        let answer = match sent.await {
+            Ok(answer) => answer,
+            Err(e) => Err(e.into()),
+        };
+        match &answer {
+            Ok(a) if !a.status().is_success() => self.failed(&format!("the collector answered {}", a.status())),
+            Err(e) => self.failed(&e.to_string()),
+            Ok(_) => {}
+        }
+        answer
     }
 }

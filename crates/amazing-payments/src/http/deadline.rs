@@ -9,14 +9,23 @@
 //! half-way: it completes and its outcome is recorded, as if the client had
 //! stayed, and a retry with the same idempotency key learns it (the reconciler
 //! is only needed when the process itself dies). Work past its deadline is
-//! waited for at shutdown, within the drain timeout.
+//! waited for at shutdown, within the drain timeout, and logs how it ended.
+//!
+//! Such work still holds its place under `MAX_IN_FLIGHT` (admission runs
+//! inside the task), so callers who leave cannot pile up work without bound.
 
 use crate::{
     app::{AppError, Kind},
     http::error::RestError,
 };
 use axum::{extract::Request, middleware::Next, response::IntoResponse, response::Response};
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
@@ -50,31 +59,56 @@ impl Deadlines {
     /// deadline; `answer` says an error the door's way.
     async fn run(&self, req: Request, next: Next, answer: fn(AppError) -> Response) -> Response {
         let deadline = self.of(&req);
+        let waiting = Waiting::default();
+        let left = waiting.left.clone();
         // The task keeps the request's span (its log lines and trace) and
-        // its time accounting.
-        let work = crate::timing::carry(next.run(req)).instrument(tracing::Span::current());
+        // its time accounting, and says how it ended once nobody waits.
+        let work = crate::timing::carry(async move {
+            let response = next.run(req).await;
+            if left.load(Ordering::Acquire) {
+                let status = response.status().as_u16();
+                tracing::info!(status, "request finished after its caller stopped waiting");
+            }
+            response
+        })
+        .instrument(tracing::Span::current());
         let mut task = self.running.spawn(work);
         match tokio::time::timeout(deadline, &mut task).await {
-            Ok(Ok(response)) => response,
+            Ok(Ok(response)) => {
+                waiting.answered();
+                response
+            }
             Ok(Err(e)) => {
                 // A panic in a request's task: answered as our failure; the
                 // task is gone, but nothing it recorded is undone.
+                waiting.answered();
                 tracing::error!(error = %e, "request task failed");
                 answer(AppError::internal(anyhow::anyhow!("the request's task failed: {e}")))
             }
-            Err(_) => {
-                let span = tracing::Span::current();
-                tokio::spawn(
-                    async move {
-                        if let Ok(response) = task.await {
-                            let status = response.status().as_u16();
-                            tracing::info!(status, "request finished after its deadline");
-                        }
-                    }
-                    .instrument(span),
-                );
-                answer(passed(deadline))
-            }
+            Err(_) => answer(passed(deadline)),
+        }
+    }
+}
+
+/// Whether the door still waits for its request's task: when it stops
+/// without the answer (its deadline passed, or its client went away and it
+/// was dropped), the task logs how the request ended.
+#[derive(Default)]
+struct Waiting {
+    left: Arc<AtomicBool>,
+    answered: bool,
+}
+
+impl Waiting {
+    fn answered(mut self) {
+        self.answered = true;
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.left.store(true, Ordering::Release);
         }
     }
 }
@@ -84,7 +118,7 @@ fn passed(deadline: Duration) -> AppError {
         Kind::DeadlineExceeded,
         "DEADLINE_EXCEEDED",
         format!(
-            "no answer within the request's deadline ({:.1} s); the request goes on and its outcome is recorded: retry with the same idempotency key, or read the resource, to learn it",
+            "no answer within the request's deadline ({:.1} s); the request goes on and its outcome is recorded: learn it by retrying with the same idempotency key, or, without one, by reading the resource (a retry without a key is a new request)",
             deadline.as_secs_f64()
         ),
     )

@@ -98,12 +98,15 @@ pub async fn observe(transport: &'static str, mut req: Request, next: Next) -> R
 fn span_name(transport: &str, method: &str, route: &str, matched: bool) -> String {
     if transport == "rest" {
         let rpc = crate::http::gateway::ROUTES.iter().find(|r| matched && r.method == method && r.path == route);
-        return rpc.map_or_else(|| format!("{method} {route}"), |r| r.rpc.to_string());
+        return match (rpc, matched) {
+            (Some(r), _) => r.rpc.to_string(),
+            // Other routes of ours (webhooks, docs) by their pattern; never
+            // a path a client made up.
+            (None, true) => format!("{method} {route}"),
+            (None, false) => "unmatched".into(),
+        };
     }
-    match route.trim_start_matches('/').split_once('/') {
-        Some(("payment.PaymentService", rpc)) if crate::http::gateway::RPCS.contains(&rpc) => rpc.to_string(),
-        _ => route.trim_start_matches('/').to_string(),
-    }
+    grpc_label(route)
 }
 
 /// The rpc a REST route served (set by the gateway on its answers).
@@ -119,7 +122,12 @@ fn rpc_label(transport: &str, route: &str, matched: bool, response: &Response) -
     if transport == "rest" {
         return if matched { route.to_string() } else { "unmatched".into() };
     }
-    match route.trim_start_matches('/').split_once('/') {
+    grpc_label(route)
+}
+
+/// A gRPC path's rpc, or the service of ours it names, else `unmatched`.
+fn grpc_label(path: &str) -> String {
+    match path.trim_start_matches('/').split_once('/') {
         Some(("payment.PaymentService", rpc)) if crate::http::gateway::RPCS.contains(&rpc) => rpc.to_string(),
         Some((
             service @ ("grpc.health.v1.Health"

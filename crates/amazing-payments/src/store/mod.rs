@@ -33,12 +33,17 @@ pub struct Tx {
 
 /// Begins a traced transaction.
 pub async fn begin(db: &PgPool) -> Result<Tx, sqlx::Error> {
-    let span = tracing::info_span!(
-        "db.transaction",
-        otel.name = "db.transaction",
-        otel.kind = "client",
-        db.system.name = "postgresql"
-    );
+    // Only within a request: background work would make a trace of each.
+    let span = if tracing::Span::current().is_none() {
+        tracing::Span::none()
+    } else {
+        tracing::info_span!(
+            "db.transaction",
+            otel.name = "db.transaction",
+            otel.kind = "client",
+            db.system.name = "postgresql"
+        )
+    };
     let tx = db.begin().await?;
     Ok(Tx { tx, _span: span })
 }

@@ -608,6 +608,10 @@ fn without_url(e: &reqwest::Error) -> String {
 /// The trace span of one attempt at a Stripe call: named after its endpoint
 /// (ids left out), never carrying a key, a form or an answer.
 fn attempt_span(method: &Method, path: &str, attempt: u32) -> tracing::Span {
+    // Only within a request: background work would make a trace of each.
+    if tracing::Span::current().is_none() {
+        return tracing::Span::none();
+    }
     let endpoint = crate::meter::stripe_endpoint(method.as_str(), path);
     tracing::info_span!(
         "stripe",

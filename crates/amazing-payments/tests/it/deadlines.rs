@@ -52,7 +52,7 @@ fn manual(customer: &str) -> Value {
 }
 
 async fn with_timeout(timeout: Duration) -> TestApp {
-    let connections = ConnectionLimits { request_timeout: timeout, ..Default::default() };
+    let connections = ConnectionLimits { request_timeout: timeout, body_read_timeout: timeout, ..Default::default() };
     TestApp::spawn_with(Options { connections, ..Default::default() }).await
 }
 
@@ -68,6 +68,10 @@ async fn a_rest_request_past_its_timeout_is_answered_deadline_exceeded_and_its_p
         (Some(504), Code::DeadlineExceeded, "DEADLINE_EXCEEDED"),
         "{late:?}"
     );
+    // While the work still runs, a retry with the key is told so.
+    let (busy, _) = app.call_keyed(Via::Rest, "CreatePayment", manual(&customer), Some("late-rest")).await;
+    let busy = busy.unwrap_err();
+    assert_eq!((busy.http, busy.reason.as_str()), (Some(409), "IDEMPOTENCY_KEY_IN_USE"), "{busy:?}");
     let id = only_payment(&app).await;
     assert_eq!(settled_status(&app, id).await, "authorized", "the work went on and was recorded");
     assert_eq!(intents(&app), 1);
@@ -149,12 +153,14 @@ async fn a_grpc_client_that_resets_its_call_cancels_nothing_its_capture_is_made_
     app.sim.state().faults.add(
         serde_json::from_value(json!({"method": "POST", "path": "/v1/payment_intents/", "latency_ms": 1000})).unwrap(),
     );
-    // tonic stops waiting at 200 ms and resets the HTTP/2 stream: the
-    // server learns the client has gone while the capture is at Stripe.
-    let mut request = app.authed(proto::CapturePaymentRequest { payment_id: id, amount: 0 });
-    request.set_timeout(Duration::from_millis(200));
-    let gone = app.grpc().await.capture_payment(request).await.unwrap_err();
-    assert_eq!(gone.code(), Code::Cancelled, "{gone:?}");
+    // The client stops waiting at 200 ms, sending no deadline of its own:
+    // dropping the call resets its HTTP/2 stream while the capture is at
+    // Stripe, and the server's deadline (60 s) is far off.
+    let request = app.authed(proto::CapturePaymentRequest { payment_id: id, amount: 0 });
+    let mut grpc = app.grpc().await;
+    let gone = tokio::time::timeout(Duration::from_millis(200), grpc.capture_payment(request)).await;
+    assert!(gone.is_err(), "the client gave up first: {gone:?}");
+    drop(grpc);
     let mut captured = String::new();
     for _ in 0..200 {
         captured = sqlx::query_scalar("SELECT status FROM payment.payment WHERE id = $1")

@@ -142,6 +142,41 @@ async fn a_request_is_a_span_continuing_the_callers_trace_with_its_transactions_
     assert!(children.contains(&"stripe POST /v1/payment_intents"), "{children:?}");
     assert!(children.contains(&"db.transaction"), "{children:?}");
 
+    // Nothing of a customer, a key or a Stripe object is in any span.
+    let key_part = &key[12..];
+    for (_, span) in got.lock().iter() {
+        let mut texts = vec![span.name.clone()];
+        texts.extend(span.attributes.iter().map(|a| format!("{}={:?}", a.key, a.value)));
+        for text in texts {
+            for secret in ["ada@example.com", "Ada", key_part, "cus_", "pi_", "Bearer"] {
+                assert!(!text.contains(secret), "{secret:?} in a span: {text}");
+            }
+        }
+    }
+
+    // A caller that does not sample its trace is followed: nothing of it
+    // is exported, and its trace goes on, unsampled.
+    let unsampled = "1bf92f3577b34da6a3ce929d0e0e4736";
+    let answer = reqwest::Client::new()
+        .get(format!("{}/v1/customer", stack.rest))
+        .bearer_auth(&key)
+        .header("traceparent", format!("00-{unsampled}-00f067aa0ba902b7-00"))
+        .send()
+        .await
+        .unwrap();
+    let returned = answer.headers()["traceparent"].to_str().unwrap().to_string();
+    assert!(returned.starts_with(&format!("00-{unsampled}-")) && returned.ends_with("-00"), "{returned}");
+    let marker = "2bf92f3577b34da6a3ce929d0e0e4736";
+    reqwest::Client::new()
+        .get(format!("{}/v1/customer", stack.rest))
+        .bearer_auth(&key)
+        .header("traceparent", format!("00-{marker}-00f067aa0ba902b7-01"))
+        .send()
+        .await
+        .unwrap();
+    spans_of(&got, marker, "ListCustomers").await;
+    assert!(got.lock().iter().all(|(_, s)| hex(&s.trace_id) != unsampled), "the unsampled trace was not exported");
+
     // The request's log lines carry its trace id.
     let logs = stack.service.logs();
     assert!(
