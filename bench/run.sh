@@ -13,7 +13,7 @@
 #  4. notifications: the relay's lag when the payment load ends (the relay
 #     runs inside serve), then the notifier mailing the queued events into
 #     aiosmtpd (mails/s).
-# BENCH_ONLY=create stops after the rated run. With BENCH_PROFILE=1, `perf` samples the service during the rated run and
+# BENCH_ONLY=create stops after the rated run; BENCH_ONLY=reads runs the REST reads alone. With BENCH_PROFILE=1, `perf` samples the service during the rated run and
 # its hottest symbols go to target/bench-profile.txt.
 # Results are printed as JSON lines and a Markdown table (see BENCHMARKS.md).
 set -euo pipefail
@@ -31,7 +31,9 @@ log "building release binaries"
 cargo build --release --locked --bins -q
 cargo bench --locked --bench loadgen --no-run -q 2>/dev/null
 LOADGEN=$(ls -t target/release/deps/loadgen-* | grep -v '\.d$' | head -1)
-BIN="$ROOT/target/release"
+# BENCH_BIN: the service and simulator binaries of another build (an older
+# commit's), driven by this load generator, to compare two versions.
+BIN="${BENCH_BIN:-$ROOT/target/release}"
 
 DB=ap_bench
 psql "$PG_ADMIN_URL" -qc "DROP DATABASE IF EXISTS $DB" -qc "CREATE DATABASE $DB" >/dev/null
@@ -72,6 +74,15 @@ cpu_s() {
   for p in "$@"; do [ -r "/proc/$p/stat" ] && ticks=$((ticks + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
   awk -v t="$ticks" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.2f", t / hz}'
 }
+# BENCH_ONLY=reads: the REST reads alone, with the service's CPU per read.
+if [ "${BENCH_ONLY:-}" = reads ]; then
+  curl -s -X DELETE "http://127.0.0.1:$SIM_PORT/_sim/faults" >/dev/null
+  C0=$(cpu_s "$SERVICE")
+  run get-customer-rest "$READERS"
+  C1=$(cpu_s "$SERVICE")
+  echo "{\"service_cpu_seconds\": $(awk -v a="$C0" -v b="$C1" 'BEGIN {printf "%.1f", b - a}')}"
+  exit 0
+fi
 
 log "payment creation: $CLIENTS clients, Stripe answering after 300 ms, ${SECONDS_PER_RUN}s"
 if [ "${BENCH_PROFILE:-0}" = 1 ]; then

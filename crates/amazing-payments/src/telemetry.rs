@@ -13,8 +13,8 @@
 //! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set. The other standard variables
 //! apply: `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`,
 //! `OTEL_EXPORTER_OTLP_HEADERS`, `_TIMEOUT`, `OTEL_TRACES_SAMPLER` (and
-//! `_ARG`), `OTEL_BSP_*`, and `OTEL_SDK_DISABLED` or `OTEL_TRACES_EXPORTER=none`
-//! to export nothing. A request is one span (named after its rpc), with a
+//! `_ARG`), `OTEL_BSP_*`, `OTEL_TRACES_EXPORTER=none` to export nothing,
+//! and `OTEL_SDK_DISABLED=true` for no tracing at all (no trace ids). A request is one span (named after its rpc), with a
 //! child span for each database transaction and each Stripe call attempt.
 
 use opentelemetry::{KeyValue, trace::TracerProvider as _};
@@ -37,6 +37,11 @@ pub fn init() {
         .with_writer(std::io::stderr)
         .with_filter(filter);
     let timing = crate::timing::DbTimeLayer.with_filter(crate::timing::DbTimeLayer::filter());
+    // OTEL_SDK_DISABLED=true: no tracing at all (no trace ids either).
+    if disabled() {
+        let _ = tracing_subscriber::registry().with(log).with(timing).try_init();
+        return;
+    }
     let (provider, problem) = provider();
     let tracer = provider.tracer("amazing-payments");
     let _ = PROVIDER.set(provider);
@@ -67,9 +72,13 @@ pub fn flush() {
 /// turns the SDK or the trace exporter off.
 fn exporting() -> bool {
     let set = |name: &str| std::env::var(name).is_ok_and(|v| !v.trim().is_empty());
-    let disabled = std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.trim().eq_ignore_ascii_case("true"))
-        || std::env::var("OTEL_TRACES_EXPORTER").is_ok_and(|v| v.trim() == "none");
-    !disabled && (set("OTEL_EXPORTER_OTLP_ENDPOINT") || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+    let off = std::env::var("OTEL_TRACES_EXPORTER").is_ok_and(|v| v.trim() == "none");
+    !off && (set("OTEL_EXPORTER_OTLP_ENDPOINT") || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+}
+
+/// `OTEL_SDK_DISABLED=true`: the standard switch for no tracing at all.
+fn disabled() -> bool {
+    std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.trim().eq_ignore_ascii_case("true"))
 }
 
 /// The tracer provider: exporting over OTLP when asked to, else keeping

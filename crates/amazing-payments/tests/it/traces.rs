@@ -211,3 +211,22 @@ async fn without_an_exporter_nothing_is_sent_yet_trace_ids_are_continued_and_log
     assert!(got.lock().is_empty(), "nothing is exported");
     assert!(stack.service.logs().contains(&format!("\"trace_id\":\"{trace}\"")));
 }
+
+#[tokio::test]
+async fn with_the_sdk_disabled_there_is_no_trace_at_all() {
+    let (endpoint, got) = receiver().await;
+    let stack = Stack::start(&[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint), ("OTEL_SDK_DISABLED", "true".into())]).await;
+    let key = stack.new_key();
+    let answer = reqwest::Client::new()
+        .get(format!("{}/v1/customer", stack.rest))
+        .bearer_auth(&key)
+        .header("traceparent", "00-6bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    assert!(answer.headers().get("traceparent").is_none(), "no trace to name");
+    assert!(!stack.service.logs().contains("trace_id\":\"6bf9"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(got.lock().is_empty());
+}
