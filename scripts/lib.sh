@@ -88,20 +88,34 @@ ensure_pytools() {
 # Prometheus and promtool (Debian's `prometheus`), for the metrics tests;
 # installed when missing and we are root. The package's service is not
 # started (no policy lets it): the tests run their own Prometheus.
-ensure_prometheus() {
-  command -v prometheus >/dev/null && command -v promtool >/dev/null && return 0
+# Debian packages the tests run as real parts, each checked by a command it
+# brings: installed where missing (as root, with apt), their services left
+# stopped and disabled so their default ports stay free.
+DEBIAN_PARTS=("prometheus:prometheus promtool" "pgbouncer:pgbouncer" "haproxy:haproxy")
+
+ensure_debian_parts() {
+  local missing=() part pkg cmd
+  for part in "${DEBIAN_PARTS[@]}"; do
+    pkg=${part%%:*}
+    for cmd in ${part#*:}; do
+      command -v "$cmd" >/dev/null || [ -x "/usr/sbin/$cmd" ] || { missing+=("$pkg"); break; }
+    done
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
   if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
-    echo "prometheus and promtool are not installed (apt-get install prometheus)" >&2
+    echo "missing Debian packages: ${missing[*]} (apt-get install ${missing[*]})" >&2
     return 1
   fi
-  log "installing Debian's prometheus (and promtool) for the metrics tests"
+  log "installing Debian's ${missing[*]} for the tests"
   local policy=/usr/sbin/policy-rc.d had_policy=false rc=0
   [ -e "$policy" ] && had_policy=true
   if ! $had_policy; then printf '#!/bin/sh\nexit 101\n' >"$policy"; chmod +x "$policy"; fi
-  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } || rc=$?
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; } || rc=$?
   $had_policy || rm -f "$policy"
-  # Not started at boot either: port 9090 stays free (METRICS_PORT's default).
-  if command -v systemctl >/dev/null; then systemctl disable prometheus >/dev/null 2>&1 || true; fi
-  if command -v update-rc.d >/dev/null; then update-rc.d prometheus disable >/dev/null 2>&1 || true; fi
+  # Not started at boot either: their ports (9090, 6432, 80) stay free.
+  for pkg in "${missing[@]}"; do
+    if command -v systemctl >/dev/null; then systemctl disable "$pkg" >/dev/null 2>&1 || true; fi
+    if command -v update-rc.d >/dev/null; then update-rc.d "$pkg" disable >/dev/null 2>&1 || true; fi
+  done
   return $rc
 }

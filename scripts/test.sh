@@ -10,7 +10,7 @@ ensure_postgres
 export DATABASE_URL="$PG_ADMIN_URL"
 ensure_pytools
 export PYTOOLS="$ROOT/target/pytools"
-ensure_prometheus
+ensure_debian_parts
 
 # Databases left by earlier runs (each test makes its own).
 if command -v psql >/dev/null; then

@@ -17,6 +17,7 @@ mod payments;
 mod platform;
 mod proofs;
 mod ratelimit;
+mod scaleout;
 mod stripe_client;
 mod traces;
 mod webhooks;
