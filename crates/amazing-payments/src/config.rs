@@ -564,6 +564,11 @@ pub struct ConnectionArgs {
     /// and is recorded.
     #[arg(long, env = "REQUEST_TIMEOUT", default_value = "60")]
     pub request_timeout: String,
+    /// Seconds an instance serves on after SIGTERM with its health checks
+    /// failing, before it stops accepting: behind a load balancer, more than
+    /// the balancer's check interval times its fall count.
+    #[arg(long, env = "SHUTDOWN_DELAY", default_value = "0")]
+    pub shutdown_delay: String,
 }
 
 impl ConnectionArgs {
@@ -603,6 +608,7 @@ impl ConnectionArgs {
                 }
                 request
             },
+            shutdown_delay: seconds("SHUTDOWN_DELAY", &self.shutdown_delay, 600.0)?,
         })
     }
 }
@@ -809,6 +815,7 @@ mod tests {
             max_header_bytes: "65536".into(),
             max_connections: "10000".into(),
             request_timeout: "60".into(),
+            shutdown_delay: "0".into(),
         }
     }
 

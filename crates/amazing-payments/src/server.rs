@@ -36,7 +36,10 @@ use hyper_util::{
 use std::{
     future::Future,
     io,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 use tokio::{
@@ -104,6 +107,10 @@ pub struct ConnectionLimits {
     /// The longest a request is waited for (`REQUEST_TIMEOUT`; a gRPC
     /// client's `grpc-timeout` if sooner); its work goes on past it.
     pub request_timeout: Duration,
+    /// After SIGTERM, how long the instance serves on with failing health
+    /// checks (`SHUTDOWN_DELAY`), so that a load balancer stops sending it
+    /// requests before it stops accepting them.
+    pub shutdown_delay: Duration,
 }
 
 impl Default for ConnectionLimits {
@@ -118,6 +125,7 @@ impl Default for ConnectionLimits {
             max_header_bytes: 64 * 1024,
             max_connections: 10_000,
             request_timeout: Duration::from_secs(60),
+            shutdown_delay: Duration::ZERO,
         }
     }
 }
@@ -140,8 +148,14 @@ pub async fn run(
     let admission = http::admission::Admission::new(app.max_in_flight, app.overload_target);
     let requests = limits.requests();
     let deadlines = http::deadline::Deadlines::new(limits.request_timeout);
+    // Set on SIGTERM: the health checks fail at once, so that load balancers
+    // take this instance out, while it serves on for `shutdown_delay`.
+    let leaving = Arc::new(AtomicBool::new(false));
+    let rest_leaving = leaving.clone();
     let rest_router =
-        http::router(grpc::service::PaymentApi::new(app.clone()), admission.clone(), requests, deadlines.clone());
+        http::router(grpc::service::PaymentApi::new(app.clone()), admission.clone(), requests, deadlines.clone())
+            .layer(axum::middleware::from_fn(move |req, next| unhealthy_when_leaving(rest_leaving.clone(), req, next)));
+    let grpc_leaving = leaving.clone();
     let grpc_deadlines = deadlines.clone();
     let grpc_router = grpc::routes(&app)?
         .into_axum_router()
@@ -151,13 +165,20 @@ pub async fn run(
         .layer(axum::middleware::from_fn(move |req, next| {
             http::deadline::deadline_grpc(grpc_deadlines.clone(), req, next)
         }))
-        .layer(axum::middleware::from_fn(http::middleware::observe_grpc));
+        .layer(axum::middleware::from_fn(http::middleware::observe_grpc))
+        .layer(axum::middleware::from_fn(move |req, next| unhealthy_when_leaving(grpc_leaving.clone(), req, next)));
 
     let cap = connections_that_fit(limits.max_connections);
     let (tx, rx) = watch::channel(false);
     let mut draining = rx.clone();
+    let delay = limits.shutdown_delay;
     tokio::spawn(async move {
         shutdown.await;
+        leaving.store(true, Ordering::Release);
+        if !delay.is_zero() {
+            tracing::info!(seconds = delay.as_secs_f64(), "stopping: health checks fail, serving on meanwhile");
+            tokio::time::sleep(delay).await;
+        }
         let _ = tx.send(true);
     });
     let both = async {
@@ -180,6 +201,30 @@ pub async fn run(
         _ = deadline => tracing::warn!("requests still in flight after the drain timeout: closing their connections"),
     }
     Ok(())
+}
+
+/// Health checks (REST, ours over gRPC, and the standard gRPC health
+/// service) answer UNAVAILABLE once the instance is leaving; everything
+/// else is served as usual.
+async fn unhealthy_when_leaving(
+    leaving: Arc<AtomicBool>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if !leaving.load(Ordering::Acquire) {
+        return next.run(req).await;
+    }
+    let path = req.uri().path();
+    let leaving =
+        || crate::app::AppError::unavailable("SHUTTING_DOWN", "this instance is shutting down; retry on another");
+    match path {
+        "/v1/healthcheck" => http::error::RestError::from(leaving()).into_response(),
+        "/payment.PaymentService/HealthCheck" | "/grpc.health.v1.Health/Check" | "/grpc.health.v1.Health/Watch" => {
+            tonic::Status::from(leaving()).into_http()
+        }
+        _ => next.run(req).await,
+    }
 }
 
 /// Which listener: they differ in how a connection over the cap is refused.

@@ -382,3 +382,24 @@ async fn every_answer_tells_the_caller_how_much_of_its_time_was_stripes_and_the_
     assert_eq!(t["stripe"], 0.0, "a read does not call Stripe: {t:?}");
     assert!(t["db"] > 0.0 && t["total"] >= t["db"], "{t:?}");
 }
+
+#[tokio::test]
+async fn after_sigterm_with_a_shutdown_delay_health_checks_fail_while_requests_are_still_served() {
+    let mut stack = Stack::start(&[("SHUTDOWN_DELAY", "2".into())]).await;
+    let key = stack.new_key();
+    stack.service.signal("-TERM");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let health = reqwest::get(format!("{}/v1/healthcheck", stack.rest)).await.unwrap();
+    assert_eq!(health.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: serde_json::Value = health.json().await.unwrap();
+    assert_eq!(body["reason"], "SHUTTING_DOWN");
+    let mut grpc = amazing_payments::proto::payment_service_client::PaymentServiceClient::connect(stack.grpc.clone())
+        .await
+        .unwrap();
+    let refused = grpc.health_check(amazing_payments::proto::HealthCheckRequest {}).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable);
+    let served =
+        reqwest::Client::new().get(format!("{}/v1/customer", stack.rest)).bearer_auth(&key).send().await.unwrap();
+    assert_eq!(served.status(), StatusCode::OK, "other requests are still served");
+    assert!(stack.service.wait(std::time::Duration::from_secs(30)).await, "then it stops cleanly");
+}

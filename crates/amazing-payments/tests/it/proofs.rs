@@ -5,7 +5,9 @@
 //!   answers included) during 200 payments with captures and refunds;
 //! - crashes: the service killed with SIGKILL at random moments (at least
 //!   20 times, restarted each time) during a stream of payments, captures and
-//!   refunds.
+//!   refunds;
+//! - a load balancer: three instances behind HAProxy (`ops/haproxy/haproxy.cfg`),
+//!   one stopped with SIGTERM and one killed under load, over REST and gRPC.
 //!
 //! After each, once reconciled, our books must equal Stripe's (the
 //! simulator's) object for object, with nothing done twice.
@@ -835,4 +837,171 @@ async fn nemesis_a_seeded_schedule_of_partial_failures_leaves_our_books_equal_to
     let (_, parked) = world.webhook_counts().await;
     check("no webhook parked", parked == 0, format!("{parked} parked"));
     drop(instances);
+}
+
+/// HAProxy with `ops/haproxy/haproxy.cfg`, its example ports replaced by
+/// these instances' (REST, gRPC) ports; the process and its REST and gRPC
+/// addresses, once every instance is up behind it.
+async fn haproxy(instances: &[(u16, u16)]) -> (Proc, String, String) {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut config = std::fs::read_to_string(repo.join("ops/haproxy/haproxy.cfg")).unwrap();
+    let (rest, grpc) = (free_port(), free_port());
+    let mut ports = vec![(8080, rest), (8081, grpc)];
+    for (i, (j, r)) in instances.iter().enumerate() {
+        let base = 8180 + 100 * i as u16;
+        ports.extend([(base, *j), (base + 1, *r)]);
+    }
+    for (example, real) in ports {
+        config = config.replace(&format!(":{example}\n"), &format!(":{real}\n"));
+        config = config.replace(&format!(":{example} "), &format!(":{real} "));
+        config = config.replace(&format!("port {example}\n"), &format!("port {real}\n"));
+    }
+    let path = std::env::temp_dir().join(format!("haproxy-{}.cfg", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&path, config).unwrap();
+    let haproxy = ["/usr/sbin/haproxy", "/usr/bin/haproxy"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("haproxy is missing: scripts/test.sh installs Debian's haproxy");
+    let lb = spawn(std::path::Path::new(haproxy), &["-db", "-f", path.to_str().unwrap()], &[]);
+    let (rest, grpc) = (format!("http://127.0.0.1:{rest}"), format!("http://127.0.0.1:{grpc}"));
+    wait_until_up(&format!("{rest}/v1/healthcheck")).await;
+    // Every server in: `rise 2` checks a second apart.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    (lb, rest, grpc)
+}
+
+/// What one caller saw: its idempotency key, the door, and the failure if any.
+type Seen = Arc<std::sync::Mutex<Vec<(String, &'static str, Option<String>)>>>;
+
+/// Payments through HAProxy until `stop`: each attempt once, with a key of
+/// its own, by REST or gRPC.
+fn callers(
+    rest: &str,
+    grpc: &str,
+    key: &str,
+    customer: &str,
+    stop: &Arc<AtomicBool>,
+    seen: &Seen,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    for worker in 0..12 {
+        let (rest, grpc, key, customer, stop, seen) =
+            (rest.to_string(), grpc.to_string(), key.to_string(), customer.to_string(), stop.clone(), seen.clone());
+        tasks.push(tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let mut grpc_client = None;
+            let mut n = 0;
+            while !stop.load(Ordering::Acquire) {
+                n += 1;
+                let idem = format!("lb-{worker}-{n}");
+                let (door, failure) = if worker % 3 == 0 {
+                    if grpc_client.is_none() {
+                        grpc_client =
+                            amazing_payments::proto::payment_service_client::PaymentServiceClient::connect(grpc.clone())
+                                .await
+                                .ok();
+                    }
+                    let failure = match grpc_client.as_mut() {
+                        None => Some("cannot connect".to_string()),
+                        Some(client) => {
+                            let mut req = tonic::Request::new(amazing_payments::proto::CreatePaymentRequest {
+                                customer_id: customer.parse().unwrap(),
+                                amount: 1200,
+                                currency: "usd".into(),
+                                payment_method: "pm_card_visa".into(),
+                                ..Default::default()
+                            });
+                            req.metadata_mut().insert("authorization", format!("Bearer {key}").parse().unwrap());
+                            req.metadata_mut().insert("idempotency-key", idem.parse().unwrap());
+                            client.create_payment(req).await.err().map(|s| format!("{:?} {}", s.code(), s.message()))
+                        }
+                    };
+                    ("grpc", failure)
+                } else {
+                    let sent = http
+                        .post(format!("{rest}/v1/payment"))
+                        .bearer_auth(&key)
+                        .header("Idempotency-Key", &idem)
+                        .json(&json!({"customerID": customer, "amount": 1200, "currency": "usd", "payment_method": "pm_card_visa"}))
+                        .timeout(Duration::from_secs(20))
+                        .send()
+                        .await;
+                    let failure = match sent {
+                        Ok(r) if r.status() == 200 => None,
+                        Ok(r) => Some(format!("{} {}", r.status(), r.text().await.unwrap_or_default())),
+                        Err(e) => Some(e.to_string()),
+                    };
+                    ("rest", failure)
+                };
+                seen.lock().unwrap().push((idem, door, failure));
+            }
+        }));
+    }
+    tasks
+}
+
+#[tokio::test]
+async fn behind_haproxy_a_sigterm_under_load_fails_no_request_and_a_sigkill_fails_only_what_was_in_flight() {
+    let world = World::start(json!([{"method": "POST", "path": "/v1/payment_intents", "latency_ms": 100}])).await;
+    let key = world.api_key();
+    let (mut instances, mut ports) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        let (j, r) = (free_port(), free_port());
+        let env =
+            world.env(j, r, &[("SHUTDOWN_DELAY", "3"), ("IDEMPOTENCY_LEASE", "2"), ("RECONCILE_MIN_AGE", "1")]).await;
+        instances.push(world.service(j, &env).await);
+        ports.push((j, r));
+    }
+    let (_lb, rest, grpc) = haproxy(&ports).await;
+    let seen_statuses = std::sync::Mutex::new(Vec::new());
+    let (_, customer) =
+        call(&world.http, &format!("{rest}/v1/customer"), &key, "lb-customer", &new_customer_body(), &seen_statuses)
+            .await;
+    let customer = customer["customerID"].as_str().unwrap().to_string();
+
+    // Under load, one instance is stopped gracefully: nobody notices.
+    let (stop, seen): (Arc<AtomicBool>, Seen) = Default::default();
+    let load = callers(&rest, &grpc, &key, &customer, &stop, &seen);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    instances[0].signal("-TERM");
+    assert!(instances[0].wait(Duration::from_secs(30)).await, "the instance stops cleanly");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let graceful: Vec<_> = seen.lock().unwrap().clone();
+    let failed: Vec<_> = graceful.iter().filter(|(_, _, f)| f.is_some()).collect();
+    assert!(graceful.len() > 50, "load ran: {} calls", graceful.len());
+    assert!(failed.is_empty(), "a SIGTERM fails no request: {failed:?}");
+    assert!(graceful.iter().any(|(_, door, _)| *door == "grpc") && graceful.iter().any(|(_, door, _)| *door == "rest"));
+
+    // Then one is killed: only what it had in flight fails.
+    let before_kill = seen.lock().unwrap().len();
+    instances[1].signal("-KILL");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    stop.store(true, Ordering::Release);
+    for task in load {
+        task.await.unwrap();
+    }
+    let all: Vec<_> = seen.lock().unwrap().clone();
+    let failed: Vec<_> = all.iter().filter(|(_, _, f)| f.is_some()).cloned().collect();
+    assert!(all.len() > before_kill + 20, "load went on through the kill");
+    assert!(failed.len() <= 12, "at most the calls in flight at the kill fail (one per caller): {failed:?}");
+    // Their retries, with the same key, through another instance: each
+    // succeeds, and none is done twice.
+    for (idem, _, _) in &failed {
+        let body = json!({"customerID": customer, "amount": 1200, "currency": "usd", "payment_method": "pm_card_visa"});
+        let (status, answer) =
+            call(&world.http, &format!("{rest}/v1/payment"), &key, idem, &body, &seen_statuses).await;
+        assert_eq!(status, 200, "the retry of {idem}: {answer}");
+    }
+    eprintln!(
+        "{} calls through HAProxy, {} before the kill; {} failed at the kill: {failed:?}",
+        all.len(),
+        before_kill,
+        failed.len()
+    );
+    world.reconcile();
+    let keys: std::collections::HashSet<&String> = all.iter().map(|(idem, _, _)| idem).collect();
+    let local: i64 = sqlx::query_scalar("SELECT count(*) FROM payment.payment").fetch_one(&world.db).await.unwrap();
+    assert_eq!(local as usize, keys.len(), "one payment per caller's key");
+    assert_eq!(world.stripe_all("/v1/payment_intents").await.len(), keys.len(), "and one PaymentIntent each at Stripe");
+    world.assert_books_match().await;
 }
