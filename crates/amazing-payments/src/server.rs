@@ -148,13 +148,21 @@ pub async fn run(
     let admission = http::admission::Admission::new(app.max_in_flight, app.overload_target);
     let requests = limits.requests();
     let deadlines = http::deadline::Deadlines::new(limits.request_timeout);
+    let breaker = http::breaker::Breaker::default();
+    let (watch_stop, watch_stopped) = watch::channel(false);
+    tokio::spawn(http::breaker::watch(breaker.clone(), (*app.db.connect_options()).clone(), watch_stopped));
     // Set on SIGTERM: the health checks fail at once, so that load balancers
     // take this instance out, while it serves on for `shutdown_delay`.
     let leaving = Arc::new(AtomicBool::new(false));
     let rest_leaving = leaving.clone();
-    let rest_router =
-        http::router(grpc::service::PaymentApi::new(app.clone()), admission.clone(), requests, deadlines.clone())
-            .layer(axum::middleware::from_fn(move |req, next| unhealthy_when_leaving(rest_leaving.clone(), req, next)));
+    let rest_router = http::router(
+        grpc::service::PaymentApi::new(app.clone()),
+        admission.clone(),
+        requests,
+        deadlines.clone(),
+        breaker.clone(),
+    )
+    .layer(axum::middleware::from_fn(move |req, next| unhealthy_when_leaving(rest_leaving.clone(), req, next)));
     let grpc_leaving = leaving.clone();
     let grpc_deadlines = deadlines.clone();
     let grpc_router = grpc::routes(&app)?
@@ -165,6 +173,7 @@ pub async fn run(
         .layer(axum::middleware::from_fn(move |req, next| {
             http::deadline::deadline_grpc(grpc_deadlines.clone(), req, next)
         }))
+        .layer(axum::middleware::from_fn(move |req, next| http::breaker::breaker_grpc(breaker.clone(), req, next)))
         .layer(axum::middleware::from_fn(http::middleware::observe_grpc))
         .layer(axum::middleware::from_fn(move |req, next| unhealthy_when_leaving(grpc_leaving.clone(), req, next)));
 
@@ -196,11 +205,23 @@ pub async fn run(
     };
     // Past the deadline, dropping the listeners' loops aborts their
     // connections' tasks, which closes them.
+    let _stop_watchdog = scopeguard(watch_stop);
     tokio::select! {
         _ = both => {}
         _ = deadline => tracing::warn!("requests still in flight after the drain timeout: closing their connections"),
     }
     Ok(())
+}
+
+/// Stops the database watchdog when `run` ends, however it ends.
+fn scopeguard(stop: watch::Sender<bool>) -> impl Drop {
+    struct Stop(watch::Sender<bool>);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = self.0.send(true);
+        }
+    }
+    Stop(stop)
 }
 
 /// Health checks (REST, ours over gRPC, and the standard gRPC health

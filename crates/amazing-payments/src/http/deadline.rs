@@ -14,11 +14,8 @@
 //! Such work still holds its place under `MAX_IN_FLIGHT` (admission runs
 //! inside the task), so callers who leave cannot pile up work without bound.
 
-use crate::{
-    app::{AppError, Kind},
-    http::error::RestError,
-};
-use axum::{extract::Request, middleware::Next, response::IntoResponse, response::Response};
+use crate::app::{AppError, Kind};
+use axum::{extract::Request, middleware::Next, response::Response};
 use std::{
     sync::{
         Arc,
@@ -124,22 +121,14 @@ fn passed(deadline: Duration) -> AppError {
     )
 }
 
-fn rest_answer(error: AppError) -> Response {
-    RestError::from(error).into_response()
-}
-
-fn grpc_answer(error: AppError) -> Response {
-    tonic::Status::from(error).into_http()
-}
-
 /// The REST door's deadlines.
 pub async fn deadline_rest(deadlines: Deadlines, req: Request, next: Next) -> Response {
-    deadlines.run(req, next, rest_answer).await
+    deadlines.run(req, next, crate::http::error::rest_answer).await
 }
 
 /// The gRPC door's deadlines (`grpc-timeout` honoured).
 pub async fn deadline_grpc(deadlines: Deadlines, req: Request, next: Next) -> Response {
-    deadlines.run(req, next, grpc_answer).await
+    deadlines.run(req, next, crate::http::error::grpc_answer).await
 }
 
 /// A `grpc-timeout` value: at most 8 digits and a unit (`H`, `M`, `S`, `m`

@@ -191,3 +191,14 @@ pub async fn json_errors(req: axum::extract::Request, next: axum::middleware::Ne
     }
     error.into_response()
 }
+
+/// An error as the REST door answers it, for middleware that answers
+/// before the request reaches a handler.
+pub fn rest_answer(error: crate::app::AppError) -> axum::response::Response {
+    axum::response::IntoResponse::into_response(RestError::from(error))
+}
+
+/// The same error as the gRPC door answers it (a trailers-only status).
+pub fn grpc_answer(error: crate::app::AppError) -> axum::response::Response {
+    tonic::Status::from(error).into_http()
+}

@@ -141,7 +141,7 @@ fn grpc_label(path: &str) -> String {
 
 /// The gRPC code and reason of an answer: from our REST error's extension,
 /// or from a gRPC answer's status headers (trailers-only answers).
-fn outcome(response: &Response) -> (&'static str, String) {
+pub(crate) fn outcome(response: &Response) -> (&'static str, String) {
     use crate::http::error::{Outcome, code_name};
     if let Some(o) = response.extensions().get::<Outcome>() {
         return (code_name(o.code), o.reason.clone());

@@ -3,6 +3,7 @@
 //! framework's own refusals.
 
 pub mod admission;
+pub mod breaker;
 pub mod deadline;
 pub mod docs;
 pub mod error;
@@ -26,6 +27,7 @@ pub fn router(
     admission: admission::Admission,
     limits: limits::RequestLimits,
     deadlines: deadline::Deadlines,
+    breaker: breaker::Breaker,
 ) -> Router {
     let app = api.app().clone();
     gateway::router(api)
@@ -36,6 +38,7 @@ pub fn router(
         .layer(axum::middleware::from_fn(move |req, next| admission::admit_rest(admission.clone(), req, next)))
         .layer(axum::middleware::from_fn(move |req, next| limits::limit_rest(limits, req, next)))
         .layer(axum::middleware::from_fn(move |req, next| deadline::deadline_rest(deadlines.clone(), req, next)))
+        .layer(axum::middleware::from_fn(move |req, next| breaker::breaker_rest(breaker.clone(), req, next)))
         .layer(axum::middleware::from_fn(middleware::observe_rest))
 }
 

@@ -47,7 +47,12 @@ impl World {
 
     /// With more simulator arguments (e.g. `--refunds`).
     async fn start_with(faults: Value, sim_args: &[&str]) -> Self {
-        let (db_url, options) = crate::common::fresh_database().await;
+        let (db_url, _) = crate::common::fresh_database().await;
+        Self::start_at(db_url, faults, sim_args).await
+    }
+
+    /// On the database at `db_url` (made by `migrate` if missing).
+    async fn start_at(db_url: String, faults: Value, sim_args: &[&str]) -> Self {
         let port = free_port();
         // Webhooks flow during every proof, 30% of them twice, in any order.
         let webhooks = r#"{"duplicate_rate": 0.3, "max_delay_ms": 200}"#;
@@ -60,7 +65,7 @@ impl World {
         wait_until_up(&format!("{sim_url}/_sim/health")).await;
         let out = Command::new(service_bin()).arg("migrate").env("DATABASE_URL", &db_url).output().unwrap();
         assert!(out.status.success());
-        let db = PgPool::connect_with(options).await.unwrap();
+        let db = PgPool::connect(&db_url).await.unwrap();
         Self { sim, sim_url, db_url, db, http: reqwest::Client::new() }
     }
 
@@ -870,8 +875,9 @@ async fn haproxy(instances: &[(u16, u16)]) -> (Proc, String, String) {
     (lb, rest, grpc)
 }
 
-/// What one caller saw: its idempotency key, the door, and the failure if any.
-type Seen = Arc<std::sync::Mutex<Vec<(String, &'static str, Option<String>)>>>;
+/// What one caller saw: its idempotency key, the door, the failure if any,
+/// and when its answer came (and how long it took).
+type Seen = Arc<std::sync::Mutex<Vec<(String, &'static str, Option<String>, Instant, Duration)>>>;
 
 /// Payments through HAProxy until `stop`: each attempt once, with a key of
 /// its own, by REST or gRPC.
@@ -894,6 +900,7 @@ fn callers(
             while !stop.load(Ordering::Acquire) {
                 n += 1;
                 let idem = format!("lb-{worker}-{n}");
+                let started = Instant::now();
                 let (door, failure) = if worker % 3 == 0 {
                     if grpc_client.is_none() {
                         grpc_client =
@@ -933,7 +940,12 @@ fn callers(
                     };
                     ("rest", failure)
                 };
-                seen.lock().unwrap().push((idem, door, failure));
+                let failed = failure.is_some();
+                seen.lock().unwrap().push((idem, door, failure, Instant::now(), started.elapsed()));
+                if failed {
+                    // As a client honouring Retry-After (1 s) does.
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
             }
         }));
     }
@@ -967,10 +979,10 @@ async fn behind_haproxy_a_sigterm_under_load_fails_no_request_and_a_sigkill_fail
     assert!(instances[0].wait(Duration::from_secs(30)).await, "the instance stops cleanly");
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let graceful: Vec<_> = seen.lock().unwrap().clone();
-    let failed: Vec<_> = graceful.iter().filter(|(_, _, f)| f.is_some()).collect();
+    let failed: Vec<_> = graceful.iter().filter(|c| c.2.is_some()).collect();
     assert!(graceful.len() > 50, "load ran: {} calls", graceful.len());
     assert!(failed.is_empty(), "a SIGTERM fails no request: {failed:?}");
-    assert!(graceful.iter().any(|(_, door, _)| *door == "grpc") && graceful.iter().any(|(_, door, _)| *door == "rest"));
+    assert!(graceful.iter().any(|c| c.1 == "grpc") && graceful.iter().any(|c| c.1 == "rest"));
 
     // Then one is killed: only what it had in flight fails.
     let before_kill = seen.lock().unwrap().len();
@@ -981,12 +993,12 @@ async fn behind_haproxy_a_sigterm_under_load_fails_no_request_and_a_sigkill_fail
         task.await.unwrap();
     }
     let all: Vec<_> = seen.lock().unwrap().clone();
-    let failed: Vec<_> = all.iter().filter(|(_, _, f)| f.is_some()).cloned().collect();
+    let failed: Vec<_> = all.iter().filter(|c| c.2.is_some()).map(|c| (c.0.clone(), c.2.clone())).collect();
     assert!(all.len() > before_kill + 20, "load went on through the kill");
     assert!(failed.len() <= 12, "at most the calls in flight at the kill fail (one per caller): {failed:?}");
     // Their retries, with the same key, through another instance: each
     // succeeds, and none is done twice.
-    for (idem, _, _) in &failed {
+    for (idem, _) in &failed {
         let body = json!({"customerID": customer, "amount": 1200, "currency": "usd", "payment_method": "pm_card_visa"});
         let (status, answer) =
             call(&world.http, &format!("{rest}/v1/payment"), &key, idem, &body, &seen_statuses).await;
@@ -999,9 +1011,92 @@ async fn behind_haproxy_a_sigterm_under_load_fails_no_request_and_a_sigkill_fail
         failed.len()
     );
     world.reconcile();
-    let keys: std::collections::HashSet<&String> = all.iter().map(|(idem, _, _)| idem).collect();
+    let keys: std::collections::HashSet<&String> = all.iter().map(|c| &c.0).collect();
     let local: i64 = sqlx::query_scalar("SELECT count(*) FROM payment.payment").fetch_one(&world.db).await.unwrap();
     assert_eq!(local as usize, keys.len(), "one payment per caller's key");
     assert_eq!(world.stripe_all("/v1/payment_intents").await.len(), keys.len(), "and one PaymentIntent each at Stripe");
+    world.assert_books_match().await;
+}
+
+#[tokio::test]
+async fn a_database_restart_under_load_fails_fast_with_503_recovers_within_seconds_and_does_nothing_twice() {
+    let cluster = crate::common::cluster::Cluster::primary();
+    let world = World::start_at(
+        cluster.url("payments"),
+        json!([{"method": "POST", "path": "/v1/payment_intents", "latency_ms": 100}]),
+        &[],
+    )
+    .await;
+    let key = world.api_key();
+    let (j, r) = (free_port(), free_port());
+    let env = world.env(j, r, &[("IDEMPOTENCY_LEASE", "2"), ("RECONCILE_MIN_AGE", "1")]).await;
+    let _instance = world.service(j, &env).await;
+    let (rest, grpc) = (format!("http://127.0.0.1:{j}"), format!("http://127.0.0.1:{r}"));
+    let statuses = std::sync::Mutex::new(Vec::new());
+    let (_, customer) =
+        call(&world.http, &format!("{rest}/v1/customer"), &key, "db-customer", &new_customer_body(), &statuses).await;
+    let customer = customer["customerID"].as_str().unwrap().to_string();
+
+    let (stop, seen): (Arc<AtomicBool>, Seen) = Default::default();
+    let load = callers(&rest, &grpc, &key, &customer, &stop, &seen);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(cluster.stop(), "PostgreSQL stops");
+    let stopped = Instant::now();
+    // Longer than a caller's first wait (3 s) and its Retry-After (1 s).
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let restarting = Instant::now();
+    assert!(cluster.start(), "and starts again");
+    let back = Instant::now();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    stop.store(true, Ordering::Release);
+    for task in load {
+        task.await.unwrap();
+    }
+    let all: Vec<_> = seen.lock().unwrap().clone();
+    let failed: Vec<_> = all.iter().filter(|c| c.2.is_some()).collect();
+    let slowest_failure = failed.iter().map(|c| c.4).max().unwrap_or_default();
+    eprintln!(
+        "{} calls, {} failed while the database was away (slowest failure {slowest_failure:?})",
+        all.len(),
+        failed.len()
+    );
+    assert!(!failed.is_empty(), "the restart was seen by callers");
+    for c in &failed {
+        let what = c.2.as_deref().unwrap();
+        assert!(
+            what.starts_with("503") && what.contains("DATABASE_UNAVAILABLE") || what.starts_with("Unavailable"),
+            "a failure is 503 / UNAVAILABLE, never a 500: {what}"
+        );
+    }
+    let slowest = all.iter().map(|c| c.4).max().unwrap();
+    assert!(slowest < Duration::from_secs(12), "no call hangs: the slowest took {slowest:?}");
+    let late: Vec<_> = all.iter().filter(|c| c.3 > back + Duration::from_secs(3)).collect();
+    assert!(late.len() > 20 && late.iter().all(|c| c.2.is_none()), "within seconds of its return all succeed");
+
+    // A call already waiting for a connection when the database went waits
+    // out the pool's 3 s; one made while it is known to be away fails at once.
+    let while_away: Vec<_> =
+        failed.iter().filter(|c| c.3 - c.4 > stopped + Duration::from_millis(500) && c.3 - c.4 < restarting).collect();
+    assert!(!while_away.is_empty(), "calls were made while the database was away");
+    assert!(
+        while_away.iter().all(|c| c.4 < Duration::from_millis(200)),
+        "each answered at once: {:?}",
+        while_away.iter().map(|c| c.4).collect::<Vec<_>>()
+    );
+    // The failed calls, retried with their keys, succeed; nothing twice.
+    let retries = failed.iter().map(|c| {
+        let body = json!({"customerID": customer, "amount": 1200, "currency": "usd", "payment_method": "pm_card_visa"});
+        let (http, url, key, idem, statuses) =
+            (&world.http, format!("{rest}/v1/payment"), &key, c.0.clone(), &statuses);
+        async move { (idem.clone(), call(http, &url, key, &idem, &body, statuses).await) }
+    });
+    for (idem, (status, answer)) in futures::future::join_all(retries).await {
+        assert_eq!(status, 200, "the retry of {idem}: {answer}");
+    }
+    world.reconcile();
+    let keys: std::collections::HashSet<&String> = all.iter().map(|c| &c.0).collect();
+    let local: i64 = sqlx::query_scalar("SELECT count(*) FROM payment.payment").fetch_one(&world.db).await.unwrap();
+    assert_eq!(local as usize, keys.len(), "one payment per caller's key");
+    assert_eq!(world.stripe_all("/v1/payment_intents").await.len(), keys.len());
     world.assert_books_match().await;
 }

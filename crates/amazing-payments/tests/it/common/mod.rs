@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod call;
+pub mod cluster;
 pub mod outside;
 pub mod procs;
 pub mod proxy;
