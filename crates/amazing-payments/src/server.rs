@@ -151,6 +151,8 @@ pub async fn run(
     let breaker = http::breaker::Breaker::default();
     let (watch_stop, watch_stopped) = watch::channel(false);
     tokio::spawn(http::breaker::watch(breaker.clone(), (*app.db.connect_options()).clone(), watch_stopped));
+    // Stops the watchdog when `run` ends, however it ends.
+    let _stop_watchdog = scopeguard(watch_stop);
     // Set on SIGTERM: the health checks fail at once, so that load balancers
     // take this instance out, while it serves on for `shutdown_delay`.
     let leaving = Arc::new(AtomicBool::new(false));
@@ -205,7 +207,6 @@ pub async fn run(
     };
     // Past the deadline, dropping the listeners' loops aborts their
     // connections' tasks, which closes them.
-    let _stop_watchdog = scopeguard(watch_stop);
     tokio::select! {
         _ = both => {}
         _ = deadline => tracing::warn!("requests still in flight after the drain timeout: closing their connections"),
@@ -226,17 +227,32 @@ fn scopeguard(stop: watch::Sender<bool>) -> impl Drop {
 
 /// Health checks (REST, ours over gRPC, and the standard gRPC health
 /// service) answer UNAVAILABLE once the instance is leaving; everything
-/// else is served as usual.
+/// else is served as usual. `/readyz` is for load balancers: 200 unless
+/// the instance is leaving, without touching the database, so that a
+/// database outage (which every instance shares, and which requests answer
+/// fast on their own) does not empty the balancer of instances.
 async fn unhealthy_when_leaving(
     leaving: Arc<AtomicBool>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    if !leaving.load(Ordering::Acquire) {
+    let path = req.uri().path();
+    let leaving = leaving.load(Ordering::Acquire);
+    if path == "/readyz" {
+        return if leaving {
+            http::error::RestError::from(crate::app::AppError::unavailable(
+                "SHUTTING_DOWN",
+                "this instance is shutting down",
+            ))
+            .into_response()
+        } else {
+            axum::Json(serde_json::json!({"ready": true})).into_response()
+        };
+    }
+    if !leaving {
         return next.run(req).await;
     }
-    let path = req.uri().path();
     let leaving =
         || crate::app::AppError::unavailable("SHUTTING_DOWN", "this instance is shutting down; retry on another");
     match path {

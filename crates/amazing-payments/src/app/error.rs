@@ -159,7 +159,7 @@ impl From<sqlx::Error> for AppError {
                 crate::store::note_connection_error();
                 AppError::unavailable("DATABASE_UNAVAILABLE", "the database is unavailable; try again later")
             }
-            sqlx::Error::Database(d) if d.code().as_deref().is_some_and(crate::store::is_connection_lost) => {
+            sqlx::Error::Database(d) if crate::store::is_unreachable(d.as_ref()) => {
                 crate::store::note_connection_error();
                 AppError::unavailable("DATABASE_UNAVAILABLE", "the database is unavailable; try again later")
             }

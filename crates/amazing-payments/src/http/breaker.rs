@@ -1,14 +1,14 @@
 //! Failing fast while the database is away. Without this, every request
 //! waits for a pool connection (up to 3 s, `store::pool`) before it learns
-//! the database is gone. The breaker opens when an answer says
-//! `DATABASE_UNAVAILABLE`, or when a watchdog on a connection of its own
-//! ([`watch`], four times a second) finds the database gone: for the next
-//! second, requests are answered at once with the same 503 / UNAVAILABLE and
-//! `Retry-After: 1`, before anything is read or written. The watchdog keeps
-//! it open while the database is away and closes it at its first answer;
-//! any answer of a request but `DATABASE_UNAVAILABLE` or `OVERLOADED` closes
-//! it too. Health checks always go through: they report the database's
-//! state themselves.
+//! the database is gone. A watchdog ([`watch`]) checks the database four
+//! times a second on a connection of its own; while it cannot reach it, the
+//! breaker is open and requests that need the database are answered at once
+//! with 503 / UNAVAILABLE `DATABASE_UNAVAILABLE` and `Retry-After: 1`,
+//! before anything is read or written. The watchdog closes it at the
+//! database's first answer. Only the watchdog decides: one request's error
+//! (a pool busy under load, a connection ended by an administrator) says
+//! nothing of the database as a whole. Health checks, the API document and
+//! server reflection always go through.
 
 use crate::app::AppError;
 use axum::{extract::Request, http::HeaderValue, middleware::Next, response::Response};
@@ -20,8 +20,19 @@ use std::{
     time::{Duration, Instant},
 };
 
-const OPEN_FOR: Duration = Duration::from_secs(1);
+/// How long one finding of the watchdog keeps it open: renewed at every
+/// check while the database is away, so a stalled watchdog cannot keep it
+/// open for good.
+const OPEN_FOR: Duration = Duration::from_secs(2);
 const REASON: &str = "DATABASE_UNAVAILABLE";
+
+/// Whether a request needs the database: our API's calls and Stripe's
+/// webhooks, not the health checks (which report it), the API document or
+/// server reflection.
+fn needs_database(path: &str) -> bool {
+    (path.starts_with("/v1/") && path != "/v1/healthcheck")
+        || (path.starts_with("/payment.PaymentService/") && path != "/payment.PaymentService/HealthCheck")
+}
 
 /// One instance's breaker, shared by both doors.
 #[derive(Debug, Clone)]
@@ -57,67 +68,68 @@ impl Breaker {
         self.open_until.store(self.now() + OPEN_FOR.as_millis() as u64, Ordering::Release);
     }
 
-    /// Learns from an answer's outcome reason: `DATABASE_UNAVAILABLE`
-    /// opens it; any other answer but shedding closes it (the database
-    /// answered).
-    fn saw(&self, reason: &str) {
-        if reason == REASON {
-            self.open();
-        } else if reason != "OVERLOADED" {
-            self.close();
-        }
-    }
-
     async fn serve(&self, req: Request, next: Next, answer: fn(AppError) -> Response) -> Response {
-        let path = req.uri().path();
-        let health = path == "/v1/healthcheck" || path.ends_with("/HealthCheck") || path.starts_with("/grpc.health.");
-        if !health && !self.admits() {
+        if needs_database(req.uri().path()) && !self.admits() {
             let mut response = answer(AppError::unavailable(REASON, "the database is unavailable; try again later"));
             response.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
             return response;
         }
-        let response = next.run(req).await;
-        if !health {
-            self.saw(&crate::http::middleware::outcome(&response).1);
-        }
-        response
+        next.run(req).await
     }
 }
 
 /// Checks the database four times a second on a connection of its own
 /// (never the pool's, whose waits are what the breaker saves requests
-/// from), and opens the breaker the moment it cannot connect or its
-/// connection breaks. Ends when `stopped` turns true.
+/// from): open while the database cannot be reached, closed at its first
+/// answer. A connection that broke is replaced at once, and only a new one
+/// that cannot be made (or answer) within 2 s counts: an administrator
+/// ending connections, or a server that answers "too many clients", is a
+/// database that is there. Ends when `stopped` turns true.
 pub async fn watch(
     breaker: Breaker,
     options: sqlx::postgres::PgConnectOptions,
     mut stopped: tokio::sync::watch::Receiver<bool>,
 ) {
-    use sqlx::Connection;
     const EVERY: Duration = Duration::from_millis(250);
-    const WITHIN: Duration = Duration::from_secs(1);
     let mut conn: Option<sqlx::PgConnection> = None;
     while !*stopped.borrow() {
-        let alive = match conn.as_mut() {
-            Some(c) => matches!(tokio::time::timeout(WITHIN, c.ping()).await, Ok(Ok(()))),
-            None => match tokio::time::timeout(WITHIN, sqlx::PgConnection::connect_with(&options)).await {
-                Ok(Ok(c)) => {
-                    conn = Some(c);
-                    true
-                }
-                _ => false,
-            },
-        };
-        if alive {
+        if reachable(&mut conn, &options).await {
             breaker.close();
         } else {
-            conn = None;
             breaker.open();
         }
         tokio::select! {
             _ = tokio::time::sleep(EVERY) => {}
             _ = stopped.changed() => {}
         }
+    }
+}
+
+/// Whether the database answers: on the watchdog's connection, else on a
+/// new one.
+async fn reachable(conn: &mut Option<sqlx::PgConnection>, options: &sqlx::postgres::PgConnectOptions) -> bool {
+    use sqlx::Connection;
+    const WITHIN: Duration = Duration::from_secs(2);
+    if let Some(c) = conn.as_mut() {
+        if matches!(tokio::time::timeout(WITHIN, c.ping()).await, Ok(Ok(()))) {
+            return true;
+        }
+        *conn = None;
+    }
+    let fresh = async {
+        let mut c = sqlx::PgConnection::connect_with(options).await?;
+        sqlx::query("SELECT 1").execute(&mut c).await?;
+        Ok::<_, sqlx::Error>(c)
+    };
+    match tokio::time::timeout(WITHIN, fresh).await {
+        Ok(Ok(c)) => {
+            *conn = Some(c);
+            true
+        }
+        // The server (or PgBouncer) answered with an error of its own:
+        // there, unless the error says it cannot reach PostgreSQL.
+        Ok(Err(sqlx::Error::Database(d))) => !crate::store::is_unreachable(&*d),
+        Ok(Err(_)) | Err(_) => false,
     }
 }
 
@@ -134,18 +146,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn it_opens_on_database_unavailable_and_closes_on_another_answer_or_when_the_watchdog_sees_the_database() {
+    fn the_watchdog_opens_and_closes_it() {
         let b = Breaker::default();
         assert!(b.admits(), "closed at first");
-        b.saw(REASON);
-        assert!(!b.admits(), "requests are answered at once");
-        b.saw("OVERLOADED");
-        assert!(!b.admits(), "shedding tells nothing of the database");
-        b.saw("");
-        assert!(b.admits() && b.admits(), "any other answer closes it");
         b.open();
-        assert!(!b.admits());
+        assert!(!b.admits(), "requests are answered at once");
         b.close();
-        assert!(b.admits(), "as does the watchdog");
+        assert!(b.admits());
+    }
+
+    #[test]
+    fn only_calls_that_need_the_database_are_refused() {
+        for path in ["/v1/payment", "/v1/customer/7", "/v1/webhooks/stripe", "/payment.PaymentService/CreatePayment"] {
+            assert!(needs_database(path), "{path}");
+        }
+        for path in [
+            "/v1/healthcheck",
+            "/payment.PaymentService/HealthCheck",
+            "/grpc.health.v1.Health/Check",
+            "/openapi.json",
+            "/docs",
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        ] {
+            assert!(!needs_database(path), "{path}");
+        }
     }
 }

@@ -136,6 +136,29 @@ pub fn is_connection_lost(code: &str) -> bool {
     matches!(code, "08000" | "08001" | "08003" | "08004" | "08006" | "57P01" | "57P02" | "57P03")
 }
 
+/// Whether a database error says PostgreSQL cannot be reached: the
+/// connection losses above, or PgBouncer's own errors when it cannot reach
+/// it (PgBouncer 1.18 reports them all as 08P01, a code PostgreSQL uses for
+/// protocol violations, so they are told apart by their text).
+pub fn is_unreachable(e: &dyn sqlx::error::DatabaseError) -> bool {
+    let code = e.code();
+    let code = code.as_deref().unwrap_or_default();
+    is_connection_lost(code) || (code == "08P01" && is_pooler_connection_error(e.message()))
+}
+
+/// PgBouncer's messages for a PostgreSQL it cannot reach or lost.
+pub fn is_pooler_connection_error(message: &str) -> bool {
+    [
+        "server conn crashed",
+        "cannot connect to server",
+        "query_wait_timeout",
+        "server_login_retry",
+        "server login has been failing",
+    ]
+    .iter()
+    .any(|m| message.contains(m))
+}
+
 /// Creates the database if it does not exist (the role must be allowed to),
 /// connecting to the `postgres` database to do so.
 pub async fn create_database_if_missing(db: &DbConfig) -> anyhow::Result<()> {
@@ -172,6 +195,14 @@ pub async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pgbouncers_messages_for_a_postgresql_it_cannot_reach_are_told_apart_from_protocol_errors() {
+        assert!(is_pooler_connection_error("server conn crashed?"));
+        assert!(is_pooler_connection_error("pgbouncer cannot connect to server"));
+        assert!(is_pooler_connection_error("query_wait_timeout"));
+        assert!(!is_pooler_connection_error("invalid message format"));
+    }
 
     #[test]
     fn a_lost_connection_is_told_from_a_statement_the_database_refused() {

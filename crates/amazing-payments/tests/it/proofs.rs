@@ -987,6 +987,7 @@ async fn behind_haproxy_a_sigterm_under_load_fails_no_request_and_a_sigkill_fail
     // Then one is killed: only what it had in flight fails.
     let before_kill = seen.lock().unwrap().len();
     instances[1].signal("-KILL");
+    let killed = Instant::now();
     tokio::time::sleep(Duration::from_millis(2500)).await;
     stop.store(true, Ordering::Release);
     for task in load {
@@ -995,7 +996,22 @@ async fn behind_haproxy_a_sigterm_under_load_fails_no_request_and_a_sigkill_fail
     let all: Vec<_> = seen.lock().unwrap().clone();
     let failed: Vec<_> = all.iter().filter(|c| c.2.is_some()).map(|c| (c.0.clone(), c.2.clone())).collect();
     assert!(all.len() > before_kill + 20, "load went on through the kill");
-    assert!(failed.len() <= 12, "at most the calls in flight at the kill fail (one per caller): {failed:?}");
+    // Only calls the dead instance had, or was sent before HAProxy's checks
+    // took it out (two missed checks a second apart), fail: calls in flight
+    // at the kill, and calls HAProxy sent it on server connections it had
+    // already opened. Later ones all succeed.
+    let offsets: Vec<_> =
+        all.iter().filter(|c| c.2.is_some()).map(|c| (c.3 - c.4).saturating_duration_since(killed)).collect();
+    eprintln!("failed calls started this long after the kill: {offsets:?}");
+    assert!(
+        offsets.iter().all(|o| *o < Duration::from_millis(2500)),
+        "a call made after the instance was out failed: {failed:?}"
+    );
+    let mut per_caller: HashMap<&str, usize> = HashMap::new();
+    for (idem, _) in &failed {
+        *per_caller.entry(idem.rsplit_once('-').unwrap().0).or_default() += 1;
+    }
+    assert!(per_caller.values().all(|n| *n <= 2), "a caller failed again and again: {failed:?}");
     // Their retries, with the same key, through another instance: each
     // succeeds, and none is done twice.
     for (idem, _) in &failed {
@@ -1020,16 +1036,35 @@ async fn behind_haproxy_a_sigterm_under_load_fails_no_request_and_a_sigkill_fail
 
 #[tokio::test]
 async fn a_database_restart_under_load_fails_fast_with_503_recovers_within_seconds_and_does_nothing_twice() {
-    let cluster = crate::common::cluster::Cluster::primary();
-    let world = World::start_at(
-        cluster.url("payments"),
-        json!([{"method": "POST", "path": "/v1/payment_intents", "latency_ms": 100}]),
-        &[],
-    )
-    .await;
+    restart_under_load(false).await;
+}
+
+#[tokio::test]
+async fn through_pgbouncer_a_database_restart_under_load_fails_fast_with_503_and_recovers_within_seconds() {
+    restart_under_load(true).await;
+}
+
+/// Twelve callers over REST and gRPC while PostgreSQL (a cluster of the
+/// test's own, reached directly or through PgBouncer) is stopped for 6 s
+/// and started again.
+async fn restart_under_load(through_pgbouncer: bool) {
+    use crate::common::cluster::{Cluster, pgbouncer, wait_for_port};
+    let cluster = Cluster::primary();
+    let bouncer = through_pgbouncer.then(|| pgbouncer("127.0.0.1", cluster.port));
+    let db_url = match &bouncer {
+        Some((_, port)) => {
+            wait_for_port(*port).await;
+            format!("postgres://postgres@127.0.0.1:{port}/payments")
+        }
+        None => cluster.url("payments"),
+    };
+    let world =
+        World::start_at(db_url, json!([{"method": "POST", "path": "/v1/payment_intents", "latency_ms": 100}]), &[])
+            .await;
     let key = world.api_key();
     let (j, r) = (free_port(), free_port());
-    let env = world.env(j, r, &[("IDEMPOTENCY_LEASE", "2"), ("RECONCILE_MIN_AGE", "1")]).await;
+    let env =
+        world.env(j, r, &[("IDEMPOTENCY_LEASE", "2"), ("RECONCILE_MIN_AGE", "1"), ("RECONCILE_INTERVAL", "0.5")]).await;
     let _instance = world.service(j, &env).await;
     let (rest, grpc) = (format!("http://127.0.0.1:{j}"), format!("http://127.0.0.1:{r}"));
     let statuses = std::sync::Mutex::new(Vec::new());
@@ -1054,37 +1089,35 @@ async fn a_database_restart_under_load_fails_fast_with_503_recovers_within_secon
     }
     let all: Vec<_> = seen.lock().unwrap().clone();
     let failed: Vec<_> = all.iter().filter(|c| c.2.is_some()).collect();
-    let slowest_failure = failed.iter().map(|c| c.4).max().unwrap_or_default();
-    eprintln!(
-        "{} calls, {} failed while the database was away (slowest failure {slowest_failure:?})",
-        all.len(),
-        failed.len()
-    );
+    let slowest = all.iter().map(|c| c.4).max().unwrap();
+    eprintln!("{} calls, {} failed while the database was away (slowest call {slowest:?})", all.len(), failed.len());
     assert!(!failed.is_empty(), "the restart was seen by callers");
     for c in &failed {
         let what = c.2.as_deref().unwrap();
         assert!(
-            what.starts_with("503") && what.contains("DATABASE_UNAVAILABLE") || what.starts_with("Unavailable"),
-            "a failure is 503 / UNAVAILABLE, never a 500: {what}"
+            what.starts_with("503") && what.contains("DATABASE_UNAVAILABLE")
+                || what.starts_with("Unavailable") && what.contains("database is unavailable"),
+            "a failure is 503 / UNAVAILABLE DATABASE_UNAVAILABLE, never a 500: {what}"
         );
     }
-    let slowest = all.iter().map(|c| c.4).max().unwrap();
-    assert!(slowest < Duration::from_secs(12), "no call hangs: the slowest took {slowest:?}");
-    let late: Vec<_> = all.iter().filter(|c| c.3 > back + Duration::from_secs(3)).collect();
-    assert!(late.len() > 20 && late.iter().all(|c| c.2.is_none()), "within seconds of its return all succeed");
-
+    assert!(slowest < Duration::from_secs(15), "no call hangs: the slowest took {slowest:?}");
     // A call already waiting for a connection when the database went waits
     // out the pool's 3 s; one made while it is known to be away fails at once.
     let while_away: Vec<_> =
-        failed.iter().filter(|c| c.3 - c.4 > stopped + Duration::from_millis(500) && c.3 - c.4 < restarting).collect();
+        failed.iter().filter(|c| c.3 - c.4 > stopped + Duration::from_millis(1000) && c.3 - c.4 < restarting).collect();
     assert!(!while_away.is_empty(), "calls were made while the database was away");
     assert!(
-        while_away.iter().all(|c| c.4 < Duration::from_millis(200)),
+        while_away.iter().all(|c| c.4 < Duration::from_secs(1)),
         "each answered at once: {:?}",
         while_away.iter().map(|c| c.4).collect::<Vec<_>>()
     );
-    // The failed calls, retried with their keys, succeed; nothing twice.
-    let retries = failed.iter().map(|c| {
+    let late: Vec<_> = all.iter().filter(|c| c.3 > back + Duration::from_secs(4)).collect();
+    assert!(late.len() > 20 && late.iter().all(|c| c.2.is_none()), "within seconds of its return all succeed");
+
+    // Calls refused while it was away did nothing: retried with their keys,
+    // each succeeds. Those in flight when it went are left to the reconciler.
+    let refused: Vec<_> = failed.iter().filter(|c| c.3 - c.4 > stopped).collect();
+    let retries = refused.iter().map(|c| {
         let body = json!({"customerID": customer, "amount": 1200, "currency": "usd", "payment_method": "pm_card_visa"});
         let (http, url, key, idem, statuses) =
             (&world.http, format!("{rest}/v1/payment"), &key, c.0.clone(), &statuses);
@@ -1094,9 +1127,15 @@ async fn a_database_restart_under_load_fails_fast_with_503_recovers_within_secon
         assert_eq!(status, 200, "the retry of {idem}: {answer}");
     }
     world.reconcile();
-    let keys: std::collections::HashSet<&String> = all.iter().map(|c| &c.0).collect();
+    let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM payment.payment WHERE status = 'pending'")
+        .fetch_one(&world.db)
+        .await
+        .unwrap();
+    assert_eq!(pending, 0, "every payment in flight at the break is settled");
     let local: i64 = sqlx::query_scalar("SELECT count(*) FROM payment.payment").fetch_one(&world.db).await.unwrap();
-    assert_eq!(local as usize, keys.len(), "one payment per caller's key");
-    assert_eq!(world.stripe_all("/v1/payment_intents").await.len(), keys.len());
+    let succeeded = all.iter().filter(|c| c.2.is_none()).count() + refused.len();
+    assert!(local as usize >= succeeded, "every answered payment is recorded: {local} < {succeeded}");
+    assert_eq!(world.stripe_all("/v1/payment_intents").await.len() as i64, local, "one PaymentIntent per payment");
     world.assert_books_match().await;
+    drop(bouncer);
 }

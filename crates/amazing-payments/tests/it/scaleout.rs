@@ -3,117 +3,20 @@
 //! three instances behind HAProxy (`ops/haproxy/haproxy.cfg`). What callers
 //! saw is asserted, and our records are compared with the simulator's.
 
-use crate::common::procs::{Proc, Stack, free_port, log_file, post_json};
-use serde_json::{Value, json};
-use std::{
-    path::{Path, PathBuf},
-    process::{Command, Stdio},
-    time::Duration,
+use crate::common::{
+    cluster::{pgbouncer, wait_for_port},
+    procs::{Stack, post_json},
 };
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// A directory the unprivileged user PgBouncer runs as may use.
-fn shared_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("{name}-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let _ = Command::new("chmod").arg("777").arg(&dir).status();
-    dir
-}
-
-fn tool(name: &str) -> PathBuf {
-    for dir in std::env::var("PATH").unwrap_or_default().split(':').chain(["/usr/sbin", "/sbin"]) {
-        let p = Path::new(dir).join(name);
-        if p.exists() {
-            return p;
-        }
-    }
-    panic!("{name} is missing: scripts/test.sh installs Debian's {name}");
-}
-
-/// PgBouncer with the repository's configuration, in front of the tests'
-/// PostgreSQL; its port.
-fn pgbouncer() -> (Proc, u16) {
-    let admin = reqwest::Url::parse(&crate::common::admin_url()).unwrap();
-    let (host, pg_port) = (admin.host_str().unwrap().to_string(), admin.port().unwrap_or(5432));
-    let user = admin.username().to_string();
-    let dir = shared_dir("pgbouncer");
-    let port = free_port();
-    std::fs::write(dir.join("userlist.txt"), format!("\"{user}\" \"\"\n")).unwrap();
-    // The repository's file, with what differs here put in its place.
-    let ours = std::fs::read_to_string(repo().join("ops/pgbouncer/pgbouncer.ini")).unwrap();
-    let dir_s = dir.display().to_string();
-    let here = [
-        ("listen_addr", "127.0.0.1".to_string()),
-        ("listen_port", port.to_string()),
-        ("unix_socket_dir", String::new()),
-        ("auth_type", "trust".into()),
-        ("auth_file", format!("{dir_s}/userlist.txt")),
-        ("logfile", format!("{dir_s}/pgbouncer.log")),
-        ("pidfile", format!("{dir_s}/pgbouncer.pid")),
-    ];
-    let mut config = String::new();
-    let mut section = String::new();
-    for line in ours.lines() {
-        let key = line.split('=').next().unwrap_or_default().trim();
-        if line.starts_with('[') {
-            section = line.trim().to_string();
-            config.push_str(line);
-            config.push('\n');
-            match section.as_str() {
-                "[databases]" => config.push_str(&format!("* = host={host} port={pg_port}\n")),
-                "[pgbouncer]" => {
-                    for (k, v) in &here {
-                        config.push_str(&format!("{k} = {v}\n"));
-                    }
-                }
-                _ => {}
-            }
-        } else if line.starts_with(';') || key.is_empty() {
-            config.push_str(line);
-            config.push('\n');
-        } else if section == "[databases]" || here.iter().any(|(k, _)| *k == key) {
-            // replaced above
-        } else {
-            config.push_str(line);
-            config.push('\n');
-        }
-    }
-    let ini = dir.join("pgbouncer.ini");
-    std::fs::write(&ini, config).unwrap();
-    let stderr = log_file("pgbouncer");
-    let mut cmd = Command::new(tool("pgbouncer"));
-    // PgBouncer refuses to run as root: it drops to the PostgreSQL user.
-    if nix_is_root() {
-        cmd.args(["-u", "postgres"]);
-    }
-    let child = cmd.arg(&ini).stdout(Stdio::null()).stderr(std::fs::File::create(&stderr).unwrap()).spawn().unwrap();
-    (Proc { child, stderr }, port)
-}
-
-fn nix_is_root() -> bool {
-    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-}
-
-async fn wait_for_port(port: u16) {
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("nothing listens on {port}");
-}
+use serde_json::{Value, json};
+use std::time::Duration;
 
 #[tokio::test]
 async fn the_service_migrates_and_takes_payments_through_pgbouncer_in_session_pooling() {
-    let (bouncer, port) = pgbouncer();
+    let admin = reqwest::Url::parse(&crate::common::admin_url()).unwrap();
+    let (bouncer, port) = pgbouncer(admin.host_str().unwrap(), admin.port().unwrap_or(5432));
     wait_for_port(port).await;
     let (direct, options) = crate::common::fresh_database().await;
     let db = options.get_database().unwrap().to_string();
-    let admin = reqwest::Url::parse(&crate::common::admin_url()).unwrap();
     let through = format!("postgres://{}@127.0.0.1:{port}/{db}", admin.username());
     let stack = Stack::start_on(through, &[]).await;
     let key = stack.new_key();

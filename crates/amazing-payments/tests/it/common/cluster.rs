@@ -3,10 +3,11 @@
 //! tests that stop, restart or replicate the database: the shared one must
 //! stay up for every other test.
 
-use super::procs::free_port;
+use super::procs::{Proc, free_port, log_file};
 use std::{
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
+    time::Duration,
 };
 
 pub struct Cluster {
@@ -124,4 +125,95 @@ impl Drop for Cluster {
         let _ = run("pg_ctl", &["-D", &self.data(), "-m", "immediate", "-w", "stop"]);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A directory the unprivileged user PgBouncer runs as may use.
+fn shared_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("{name}-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let _ = Command::new("chmod").arg("777").arg(&dir).status();
+    dir
+}
+
+fn tool(name: &str) -> PathBuf {
+    for dir in std::env::var("PATH").unwrap_or_default().split(':').chain(["/usr/sbin", "/sbin"]) {
+        let p = Path::new(dir).join(name);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("{name} is missing: scripts/test.sh installs Debian's {name}");
+}
+
+/// PgBouncer with the repository's configuration (`ops/pgbouncer/`), in
+/// front of the PostgreSQL at `host:pg_port` (user `postgres`, trusted);
+/// its port.
+pub fn pgbouncer(host: &str, pg_port: u16) -> (Proc, u16) {
+    let user = "postgres";
+    let dir = shared_dir("pgbouncer");
+    let port = free_port();
+    std::fs::write(dir.join("userlist.txt"), format!("\"{user}\" \"\"\n")).unwrap();
+    // The repository's file, with what differs here put in its place.
+    let ours = std::fs::read_to_string(repo().join("ops/pgbouncer/pgbouncer.ini")).unwrap();
+    let dir_s = dir.display().to_string();
+    let here = [
+        ("listen_addr", "127.0.0.1".to_string()),
+        ("listen_port", port.to_string()),
+        ("unix_socket_dir", String::new()),
+        ("auth_type", "trust".into()),
+        ("auth_file", format!("{dir_s}/userlist.txt")),
+        ("logfile", format!("{dir_s}/pgbouncer.log")),
+        ("pidfile", format!("{dir_s}/pgbouncer.pid")),
+    ];
+    let mut config = String::new();
+    let mut section = String::new();
+    for line in ours.lines() {
+        let key = line.split('=').next().unwrap_or_default().trim();
+        if line.starts_with('[') {
+            section = line.trim().to_string();
+            config.push_str(line);
+            config.push('\n');
+            match section.as_str() {
+                "[databases]" => config.push_str(&format!("* = host={host} port={pg_port}\n")),
+                "[pgbouncer]" => {
+                    for (k, v) in &here {
+                        config.push_str(&format!("{k} = {v}\n"));
+                    }
+                }
+                _ => {}
+            }
+        } else if line.starts_with(';') || key.is_empty() {
+            config.push_str(line);
+            config.push('\n');
+        } else if section == "[databases]" || here.iter().any(|(k, _)| *k == key) {
+            // replaced above
+        } else {
+            config.push_str(line);
+            config.push('\n');
+        }
+    }
+    let ini = dir.join("pgbouncer.ini");
+    std::fs::write(&ini, config).unwrap();
+    let stderr = log_file("pgbouncer");
+    let mut cmd = Command::new(tool("pgbouncer"));
+    // PgBouncer refuses to run as root: it drops to the PostgreSQL user.
+    if is_root() {
+        cmd.args(["-u", "postgres"]);
+    }
+    let child = cmd.arg(&ini).stdout(Stdio::null()).stderr(std::fs::File::create(&stderr).unwrap()).spawn().unwrap();
+    (Proc { child, stderr }, port)
+}
+
+pub async fn wait_for_port(port: u16) {
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("nothing listens on {port}");
 }
