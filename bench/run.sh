@@ -13,7 +13,8 @@
 #  4. notifications: the relay's lag when the payment load ends (the relay
 #     runs inside serve), then the notifier mailing the queued events into
 #     aiosmtpd (mails/s).
-# BENCH_ONLY=create stops after the rated run; BENCH_ONLY=reads runs the REST reads alone. With BENCH_PROFILE=1, `perf` samples the service during the rated run and
+# BENCH_ONLY=create stops after the rated run; BENCH_ONLY=reads runs the REST reads alone;
+# BENCH_ONLY=scaleout compares reads from one instance and from three behind HAProxy. With BENCH_PROFILE=1, `perf` samples the service during the rated run and
 # its hottest symbols go to target/bench-profile.txt.
 # Results are printed as JSON lines and a Markdown table (see BENCHMARKS.md).
 set -euo pipefail
@@ -74,6 +75,32 @@ cpu_s() {
   for p in "$@"; do [ -r "/proc/$p/stat" ] && ticks=$((ticks + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
   awk -v t="$ticks" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.2f", t / hz}'
 }
+# BENCH_ONLY=scaleout: REST reads from one instance, then from three behind
+# HAProxy (ops/haproxy/haproxy.cfg with these ports), same database.
+if [ "${BENCH_ONLY:-}" = scaleout ]; then
+  curl -s -X DELETE "http://127.0.0.1:$SIM_PORT/_sim/faults" >/dev/null
+  log "REST reads, one instance"
+  ONE=$(run get-customer-rest "$READERS")
+  echo "$ONE"
+  CFG=target/bench-haproxy.cfg
+  sed -e "s/:8080\$/:18580/" -e "s/:8081 /:18581 /" \
+      -e "s/:8180 /:$JSON /" -e "s/port 8180\$/port $JSON/" -e "s/:8181 /:$RPC /" \
+      -e "s/:8280 /:18680 /" -e "s/port 8280\$/port 18680/" -e "s/:8281 /:18681 /" \
+      -e "s/:8380 /:18780 /" -e "s/port 8380\$/port 18780/" -e "s/:8381 /:18781 /" ops/haproxy/haproxy.cfg >"$CFG"
+  for p in 186 187; do
+    JSON_PORT="127.0.0.1:${p}80" RPC_PORT="127.0.0.1:${p}81" SKIP_MIGRATIONS=true RECONCILER=false \
+      "$BIN/amazing-payments" serve >"target/bench-service-$p.log" 2>&1 &
+    pids+=($!)
+  done
+  haproxy -db -f "$CFG" >target/bench-haproxy.log 2>&1 &
+  pids+=($!)
+  for _ in $(seq 100); do curl -sf "http://127.0.0.1:18580/readyz" >/dev/null && break; sleep 0.1; done
+  sleep 3
+  log "REST reads, three instances behind HAProxy"
+  THREE=$("$LOADGEN" get-customer-rest "http://127.0.0.1:18580" "$KEY" "$READERS" "$SECONDS_PER_RUN" "$CUSTOMERS")
+  echo "$THREE"
+  exit 0
+fi
 # BENCH_ONLY=reads: the REST reads alone, with the service's CPU per read.
 if [ "${BENCH_ONLY:-}" = reads ]; then
   curl -s -X DELETE "http://127.0.0.1:$SIM_PORT/_sim/faults" >/dev/null
