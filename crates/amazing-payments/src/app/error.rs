@@ -160,7 +160,11 @@ impl From<sqlx::Error> for AppError {
                 AppError::unavailable("DATABASE_UNAVAILABLE", "the database is unavailable; try again later")
             }
             sqlx::Error::Database(d) if crate::store::is_unreachable(d.as_ref()) => {
-                crate::store::note_connection_error();
+                // PgBouncer's wait for a server connection running out is a
+                // busy pool, not a broken connection.
+                if !d.message().contains("query_wait_timeout") {
+                    crate::store::note_connection_error();
+                }
                 AppError::unavailable("DATABASE_UNAVAILABLE", "the database is unavailable; try again later")
             }
             // Two requests with one client key, each past the other's

@@ -21,9 +21,11 @@ use std::{
 };
 
 /// How long one finding of the watchdog keeps it open: renewed at every
-/// check while the database is away, so a stalled watchdog cannot keep it
-/// open for good.
-const OPEN_FOR: Duration = Duration::from_secs(2);
+/// check while the database is away, longer than a check that waits out
+/// its timeouts (1 s on the held connection, 2 s for a new one, 250 ms
+/// between checks), so that it never closes between two failing checks; a
+/// stalled watchdog cannot keep it open for good.
+const OPEN_FOR: Duration = Duration::from_secs(5);
 const REASON: &str = "DATABASE_UNAVAILABLE";
 
 /// Whether a request needs the database: our API's calls and Stripe's
@@ -110,8 +112,11 @@ pub async fn watch(
 async fn reachable(conn: &mut Option<sqlx::PgConnection>, options: &sqlx::postgres::PgConnectOptions) -> bool {
     use sqlx::Connection;
     const WITHIN: Duration = Duration::from_secs(2);
+    const HELD_WITHIN: Duration = Duration::from_secs(1);
     if let Some(c) = conn.as_mut() {
-        if matches!(tokio::time::timeout(WITHIN, c.ping()).await, Ok(Ok(()))) {
+        // A statement, not a bare ping: through a pooler it must reach
+        // PostgreSQL.
+        if matches!(tokio::time::timeout(HELD_WITHIN, sqlx::query("SELECT 1").execute(&mut *c)).await, Ok(Ok(_))) {
             return true;
         }
         *conn = None;

@@ -1103,8 +1103,11 @@ async fn restart_under_load(through_pgbouncer: bool) {
     assert!(slowest < Duration::from_secs(15), "no call hangs: the slowest took {slowest:?}");
     // A call already waiting for a connection when the database went waits
     // out the pool's 3 s; one made while it is known to be away fails at once.
+    // (Counted among them only when their answer came before the restart:
+    // `pg_ctl` holds this test's thread, so a later answer's time says
+    // nothing of how fast it came.)
     let while_away: Vec<_> =
-        failed.iter().filter(|c| c.3 - c.4 > stopped + Duration::from_millis(1000) && c.3 - c.4 < restarting).collect();
+        failed.iter().filter(|c| c.3 - c.4 > stopped + Duration::from_millis(1000) && c.3 < restarting).collect();
     assert!(!while_away.is_empty(), "calls were made while the database was away");
     assert!(
         while_away.iter().all(|c| c.4 < Duration::from_secs(1)),
