@@ -84,9 +84,9 @@ if [ "${BENCH_ONLY:-}" = scaleout ]; then
   echo "$ONE"
   CFG=target/bench-haproxy.cfg
   sed -e "s/:8080\$/:18580/" -e "s/:8081 /:18581 /" \
-      -e "s/:8180 /:$JSON /" -e "s/port 8180\$/port $JSON/" -e "s/:8181 /:$RPC /" \
-      -e "s/:8280 /:18680 /" -e "s/port 8280\$/port 18680/" -e "s/:8281 /:18681 /" \
-      -e "s/:8380 /:18780 /" -e "s/port 8380\$/port 18780/" -e "s/:8381 /:18781 /" ops/haproxy/haproxy.cfg >"$CFG"
+      -e "s/:8180 /:$JSON /" -e "s/:8181 /:$RPC /" \
+      -e "s/:8280 /:18680 /" -e "s/:8281 /:18681 /" \
+      -e "s/:8380 /:18780 /" -e "s/:8381 /:18781 /" ops/haproxy/haproxy.cfg >"$CFG"
   for p in 186 187; do
     JSON_PORT="127.0.0.1:${p}80" RPC_PORT="127.0.0.1:${p}81" SKIP_MIGRATIONS=true RECONCILER=false \
       "$BIN/amazing-payments" serve >"target/bench-service-$p.log" 2>&1 &

@@ -151,8 +151,8 @@ pub async fn run(
     let breaker = http::breaker::Breaker::default();
     let (watch_stop, watch_stopped) = watch::channel(false);
     tokio::spawn(http::breaker::watch(breaker.clone(), (*app.db.connect_options()).clone(), watch_stopped));
-    // Stops the watchdog when `run` ends, however it ends.
-    let _stop_watchdog = scopeguard(watch_stop);
+    // Dropped when `run` ends, however it ends: the watchdog then stops.
+    let _watchdog = watch_stop;
     // Set on SIGTERM: the health checks fail at once, so that load balancers
     // take this instance out, while it serves on for `shutdown_delay`.
     let leaving = Arc::new(AtomicBool::new(false));
@@ -212,17 +212,6 @@ pub async fn run(
         _ = deadline => tracing::warn!("requests still in flight after the drain timeout: closing their connections"),
     }
     Ok(())
-}
-
-/// Stops the database watchdog when `run` ends, however it ends.
-fn scopeguard(stop: watch::Sender<bool>) -> impl Drop {
-    struct Stop(watch::Sender<bool>);
-    impl Drop for Stop {
-        fn drop(&mut self) {
-            let _ = self.0.send(true);
-        }
-    }
-    Stop(stop)
 }
 
 /// Health checks (REST, ours over gRPC, and the standard gRPC health

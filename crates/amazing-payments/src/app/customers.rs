@@ -122,8 +122,8 @@ impl App {
                 if ops::lock_operation_state(&mut tx, op.id).await? == State::Pending {
                     let changes =
                         Changes { name: name.as_ref(), email: email.as_ref(), charge_date: charge_date.as_ref() };
-                    let asked = name.is_some() || email.is_some() || charge_date.is_some();
-                    if customers::update(&mut tx, id, changes).await?.is_some() && asked {
+                    // An event only for a change that happened.
+                    if customers::update(&mut tx, id, changes).await? {
                         crate::store::outbox::customer_updated(&mut tx, id.get(), op.api_key_id).await?;
                     }
                     ops::finish_operation(&mut tx, op.id, State::Succeeded, None).await?;

@@ -86,7 +86,8 @@ impl Breaker {
 /// answer. A connection that broke is replaced at once, and only a new one
 /// that cannot be made (or answer) within 2 s counts: an administrator
 /// ending connections, or a server that answers "too many clients", is a
-/// database that is there. Ends when `stopped` turns true.
+/// database that is there. Ends when `stopped` turns true or its sender
+/// is dropped.
 pub async fn watch(
     breaker: Breaker,
     options: sqlx::postgres::PgConnectOptions,
@@ -102,7 +103,11 @@ pub async fn watch(
         }
         tokio::select! {
             _ = tokio::time::sleep(EVERY) => {}
-            _ = stopped.changed() => {}
+            changed = stopped.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
         }
     }
 }

@@ -89,14 +89,15 @@ pub async fn rotate(
     let Some(mut old) = old else {
         return Ok(None);
     };
+    // The grace never lengthens the old key's life.
     let inherited = old.expires_at;
-    old.expires_at = sqlx::query_scalar(
-        "UPDATE auth.api_key SET expires_at = LEAST(coalesce(expires_at, $2), $2) WHERE id = $1 RETURNING expires_at",
-    )
-    .bind(old.id)
-    .bind(until)
-    .fetch_one(&mut *tx)
-    .await?;
+    let shortened = inherited.map_or(until, |at| at.min(until));
+    sqlx::query("UPDATE auth.api_key SET expires_at = $2 WHERE id = $1")
+        .bind(old.id)
+        .bind(shortened)
+        .execute(&mut *tx)
+        .await?;
+    old.expires_at = Some(shortened);
     let new = insert_in(
         &mut tx,
         NewKey {

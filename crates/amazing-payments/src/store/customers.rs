@@ -79,24 +79,27 @@ pub struct Changes<'a> {
     pub charge_date: Option<&'a ChargeDate>,
 }
 
-pub async fn update(
-    conn: &mut sqlx::PgConnection,
-    id: CustomerId,
-    c: Changes<'_>,
-) -> Result<Option<CustomerRow>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "UPDATE customer.customer SET
-            name = coalesce($2, name),
-            email = coalesce($3, email),
-            stripe_charge_date = coalesce($4, stripe_charge_date)
-         WHERE id = $1 RETURNING {COLUMNS}"
-    ))
+/// Applies `c` to the customer `id`; whether any of its values changed (an
+/// update to the values it has, or of a customer that does not exist,
+/// changes nothing).
+pub async fn update(conn: &mut sqlx::PgConnection, id: CustomerId, c: Changes<'_>) -> Result<bool, sqlx::Error> {
+    let changed: Option<bool> = sqlx::query_scalar(
+        "WITH before AS (SELECT name, email, stripe_charge_date FROM customer.customer WHERE id = $1 FOR UPDATE)
+         UPDATE customer.customer c SET
+            name = coalesce($2, c.name),
+            email = coalesce($3, c.email),
+            stripe_charge_date = coalesce($4, c.stripe_charge_date)
+         FROM before WHERE c.id = $1
+         RETURNING (before.name, before.email, before.stripe_charge_date)
+             IS DISTINCT FROM (c.name, c.email, c.stripe_charge_date)",
+    )
     .bind(id.get())
     .bind(c.name.map(CustomerName::as_str))
     .bind(c.email.map(Email::as_str))
     .bind(c.charge_date.map(ChargeDate::as_str))
     .fetch_optional(conn)
-    .await
+    .await?;
+    Ok(changed.unwrap_or(false))
 }
 
 /// Up to `limit` customers with an id above `after`, oldest first, optionally

@@ -259,6 +259,18 @@ async fn every_change_names_the_key_that_asked_for_it_in_the_history_and_the_eve
         .await
         .unwrap();
         assert_eq!(updated, Some(capturer_id), "customer.updated names the key that changed it");
+        let (same, _) = app
+            .call_as(&capturer, via, "UpdateCustomer", json!({"customerID": customer, "name": "Ada L."}), None)
+            .await;
+        same.unwrap();
+        let updates: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM notify.outbox WHERE type = 'customer.updated' AND customer_id = $1",
+        )
+        .bind(customer.parse::<i64>().unwrap())
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+        assert_eq!(updates, 1, "an update to the values it has is no change, and no event");
 
         let (p, _) = app.call_as(&taker, via, "CreatePayment", payment(&customer, "manual"), None).await;
         let id = p.unwrap()["paymentID"].as_str().unwrap().to_string();

@@ -859,7 +859,6 @@ async fn haproxy(instances: &[(u16, u16)]) -> (Proc, String, String) {
     for (example, real) in ports {
         config = config.replace(&format!(":{example}\n"), &format!(":{real}\n"));
         config = config.replace(&format!(":{example} "), &format!(":{real} "));
-        config = config.replace(&format!("port {example}\n"), &format!("port {real}\n"));
     }
     let path = std::env::temp_dir().join(format!("haproxy-{}.cfg", uuid::Uuid::new_v4().simple()));
     std::fs::write(&path, config).unwrap();
