@@ -196,6 +196,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let settings = reconcile.settings()?;
             let app = App {
                 db: store::pool(&db.config()?),
+                reads: None,
                 stripe: stripe::Client::new(stripe.settings()?)?,
                 auth: crate::app::AuthSettings::new(true, crate::secret::Secret::new(""), Default::default()),
                 idempotency_ttl: std::time::Duration::from_secs(24 * 3600),
@@ -477,8 +478,17 @@ async fn serve_until_signal(
     let grpc =
         TcpListener::bind(config.grpc).await.with_context(|| format!("RPC_PORT: cannot listen on {}", config.grpc))?;
     let (rest_addr, grpc_addr) = (rest.local_addr()?, grpc.local_addr()?);
+    // The replica's pool, and its watchdog, stopped with the rest.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let reads = config.db.read.as_ref().map(|r| {
+        let replica = store::pool(&DbConfig { options: r.options.clone(), read: None, ..config.db.clone() });
+        let reads = store::replica::Replica::new(pool.clone(), replica, r.max_lag);
+        tokio::spawn(reads.clone().watch(r.options.clone(), stopped.clone()));
+        reads
+    });
     let app = App {
         db: pool,
+        reads,
         stripe,
         auth: config.auth,
         idempotency_ttl: config.idempotency_ttl,
@@ -490,8 +500,11 @@ async fn serve_until_signal(
     println!("REST:     http://{rest_addr}/v1/...");
     println!("gRPC:     {grpc_addr} (reflection on)");
     println!("API docs: http://{rest_addr}/docs (OpenAPI at /openapi.json)");
+    if let Some(r) = &config.db.read {
+        let o = &r.options;
+        println!("Reads:    gets and lists from the replica at {}:{} when caught up", o.get_host(), o.get_port());
+    }
     tracing::info!(rest = %rest_addr, grpc = %grpc_addr, "serving");
-    let (stop, stopped) = tokio::sync::watch::channel(false);
     let exposed = expose_metrics(&metrics, &app.db, stopped.clone()).await?;
     if app.webhooks.secrets.is_empty() {
         tracing::warn!("STRIPE_WEBHOOK_SECRET is not set: Stripe's webhooks will be refused");

@@ -107,6 +107,13 @@ pub struct DbArgs {
     /// Connections per instance.
     #[arg(long, env = "DB_MAX_CONNECTIONS", default_value = "20")]
     pub db_max_connections: String,
+    /// A streaming replica of the database, for gets and lists (URL as
+    /// DATABASE_URL's); unset: everything is read from the primary.
+    #[arg(long, env = "DATABASE_READ_URL", hide_env_values = true)]
+    pub database_read_url: Option<String>,
+    /// Seconds the replica may be behind the primary and still take reads.
+    #[arg(long, env = "DATABASE_READ_MAX_LAG", default_value = "5")]
+    pub database_read_max_lag: String,
 }
 
 /// The database settings, checked.
@@ -114,6 +121,16 @@ pub struct DbArgs {
 pub struct DbConfig {
     pub options: PgConnectOptions,
     pub max_connections: u32,
+    /// The read replica, if one is set.
+    pub read: Option<ReadConfig>,
+}
+
+/// Where reads that may be served by a replica go, and how far behind it
+/// may be.
+#[derive(Clone)]
+pub struct ReadConfig {
+    pub options: PgConnectOptions,
+    pub max_lag: Duration,
 }
 
 impl fmt::Debug for DbConfig {
@@ -127,7 +144,20 @@ impl fmt::Debug for DbConfig {
             o.get_port(),
             o.get_database().unwrap_or(""),
             self.max_connections
-        )
+        )?;
+        if let Some(r) = &self.read {
+            let o = &r.options;
+            write!(
+                f,
+                ", reads from postgres://{}:[redacted]@{}:{}/{} (max lag {:?})",
+                o.get_username(),
+                o.get_host(),
+                o.get_port(),
+                o.get_database().unwrap_or(""),
+                r.max_lag
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -157,7 +187,20 @@ impl DbArgs {
                     .database(self.db_name.trim())
             }
         };
-        Ok(DbConfig { options, max_connections })
+        let read = match self.database_read_url.as_deref().map(str::trim) {
+            Some(url) if !url.is_empty() => {
+                let options = PgConnectOptions::from_str(url).map_err(|_| {
+                    err("DATABASE_READ_URL", "is not a PostgreSQL URL such as postgres://user:pass@replica:5432/db")
+                })?;
+                let secs: f64 = number("DATABASE_READ_MAX_LAG", &self.database_read_max_lag)?;
+                if !(0.1..=3600.0).contains(&secs) {
+                    return Err(err("DATABASE_READ_MAX_LAG", "must be between 0.1 and 3600 seconds"));
+                }
+                Some(ReadConfig { options, max_lag: Duration::from_secs_f64(secs) })
+            }
+            _ => None,
+        };
+        Ok(DbConfig { options, max_connections, read })
     }
 }
 
@@ -759,6 +802,8 @@ mod tests {
     fn the_printed_configuration_shows_no_secret() {
         let db = DbArgs {
             database_url: Some("postgres://app:s3cret-pw@db.internal:5432/payments".into()),
+            database_read_url: Some("postgres://ro:replica-pw@replica.internal:5432/payments".into()),
+            database_read_max_lag: "5".into(),
             db_host: "localhost".into(),
             db_port: "5432".into(),
             db_user: "postgres".into(),
@@ -791,10 +836,10 @@ mod tests {
             ServeConfig::new(&serve, &db, &stripe_args(Some("sk_test_abcdef123456")), &auth, &notify_args()).unwrap();
         let printed = format!("{config:?}");
         assert!(config.notifier, "SMTP_URL is set, so the notifier runs");
-        for secret in ["s3cret-pw", "sk_test_abcdef123456", "a-long-enough-pepper", "mail-pw-123"] {
+        for secret in ["s3cret-pw", "replica-pw", "sk_test_abcdef123456", "a-long-enough-pepper", "mail-pw-123"] {
             assert!(!printed.contains(secret), "{secret} printed in {printed}");
         }
-        assert!(printed.contains("db.internal"));
+        assert!(printed.contains("db.internal") && printed.contains("replica.internal"), "{printed}");
     }
 
     #[test]
@@ -908,6 +953,8 @@ mod tests {
             db_name: "x".into(),
             db_pass: "p".into(),
             db_max_connections: "5".into(),
+            database_read_url: None,
+            database_read_max_lag: "5".into(),
         };
         assert_eq!(db.config().unwrap_err().variable, "DB_PORT");
     }

@@ -46,6 +46,9 @@ const DB_MAX: &str = "amazing_payments_db_pool_max_connections";
 const BUILD_INFO: &str = "amazing_payments_build_info";
 const SCRAPE_ERRORS: &str = "amazing_payments_metrics_scrape_errors_total";
 const DB_GAUGES_UP: &str = "amazing_payments_db_gauges_up";
+const DB_READS: &str = "amazing_payments_db_reads_total";
+const REPLICA_UP: &str = "amazing_payments_db_replica_up";
+const REPLICA_LAG: &str = "amazing_payments_db_replica_lag_seconds";
 
 /// Latency buckets, in seconds: 5 ms to 30 s (Stripe's own calls can take
 /// seconds; the overload target is 0.15 s).
@@ -97,6 +100,29 @@ fn describe() {
         DB_GAUGES_UP,
         "1 when the last reading of the database gauges succeeded, else 0 (they then show old values)."
     );
+    describe_counter!(
+        DB_READS,
+        "Reads (gets and lists) with a read replica set, by where they went (replica, primary)."
+    );
+    describe_gauge!(REPLICA_UP, "1 while the read replica takes reads, else 0 (down, lagging, or not a replica).");
+    describe_gauge!(
+        REPLICA_LAG,
+        metrics::Unit::Seconds,
+        "How long ago the primary first held a write the read replica has not replayed (0: caught up)."
+    );
+}
+
+/// A read, sent to the `replica` or the `primary`.
+pub fn db_read(target: &'static str) {
+    counter!(DB_READS, "target" => target).increment(1);
+}
+
+/// What the read replica's watchdog last found.
+pub fn replica(up: bool, lag: Option<Duration>) {
+    gauge!(REPLICA_UP).set(if up { 1.0 } else { 0.0 });
+    if let Some(lag) = lag {
+        gauge!(REPLICA_LAG).set(lag.as_secs_f64());
+    }
 }
 
 /// One answered request.

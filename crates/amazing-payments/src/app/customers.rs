@@ -129,7 +129,7 @@ impl App {
                     ops::finish_operation(&mut tx, op.id, State::Succeeded, None).await?;
                 }
                 tx.commit().await?;
-                self.get_customer(id).await
+                self.customer_on_primary(id).await
             }
             other => {
                 Err(AppError::internal(anyhow::anyhow!("operation {} ({}) is not a customer's", op.id, other.kind())))
@@ -164,7 +164,7 @@ impl App {
             ops::finish_operation(&mut tx, op.id, State::Succeeded, None).await?;
         }
         tx.commit().await?;
-        self.get_customer(id).await
+        self.customer_on_primary(id).await
     }
 
     /// Closes `op` as failed when Stripe refused it or it never left; keeps it
@@ -188,8 +188,13 @@ impl App {
         closed.unwrap_or_else(AppError::from)
     }
 
-    pub async fn get_customer(&self, id: CustomerId) -> Result<CustomerRow, AppError> {
+    /// The customer as the primary has it, for a change to build on.
+    pub(crate) async fn customer_on_primary(&self, id: CustomerId) -> Result<CustomerRow, AppError> {
         customers::get(&self.db, id).await?.ok_or_else(|| not_found(id))
+    }
+
+    pub async fn get_customer(&self, id: CustomerId) -> Result<CustomerRow, AppError> {
+        self.read(|db| async move { customers::get(&db, id).await }).await?.ok_or_else(|| not_found(id))
     }
 
     pub async fn update_customer(&self, cmd: UpdateCustomer, call: &Call) -> Result<CustomerRow, AppError> {
@@ -197,7 +202,7 @@ impl App {
         if let Some(done) = self.resume(key).await? {
             return done.customer();
         }
-        let current = self.get_customer(cmd.id).await?;
+        let current = self.customer_on_primary(cmd.id).await?;
         if let Some(stripe_key) = &cmd.stripe_customer_key
             && current.stripe_customer_key.as_deref() != Some(stripe_key.as_str())
         {
@@ -222,7 +227,8 @@ impl App {
     /// A page of customers and the token of the next page, if there is one.
     pub async fn list_customers(&self, q: ListCustomers) -> Result<(Vec<CustomerRow>, Option<String>), AppError> {
         let after = q.page.cursor.unwrap_or(0);
-        let mut rows = customers::list(&self.db, after, q.page.size + 1, q.email.as_ref()).await?;
+        let (size, email) = (q.page.size + 1, q.email.as_ref());
+        let mut rows = self.read(|db| async move { customers::list(&db, after, size, email).await }).await?;
         let next = q.page.finish(&mut rows, "customer", |r| r.id);
         Ok((rows, next))
     }

@@ -62,6 +62,9 @@ impl AuthSettings {
 #[derive(Clone, Debug)]
 pub struct App {
     pub db: PgPool,
+    /// The read replica, when `DATABASE_READ_URL` is set: gets and lists
+    /// go there when it has replayed what they must see ([`App::read`]).
+    pub reads: Option<crate::store::replica::Replica>,
     pub stripe: stripe::Client,
     pub auth: AuthSettings,
     /// How long a client's idempotency key is kept.
@@ -77,6 +80,37 @@ pub struct App {
     /// The own time per request (without Stripe's) above which requests
     /// are taken to queue, and the bound shrinks; zero keeps it fixed.
     pub overload_target: std::time::Duration,
+}
+
+impl App {
+    /// Runs a read (a get or a list, nothing that writes) on the replica
+    /// when it can serve it without going back in time, else on the
+    /// primary; a replica that fails it for want of a connection is left
+    /// for the primary, which runs it again.
+    pub(crate) async fn read<T, F, Fut>(&self, read: F) -> Result<T, sqlx::Error>
+    where
+        F: Fn(PgPool) -> Fut,
+        Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+    {
+        use crate::store::replica::Target;
+        let Some(reads) = &self.reads else {
+            return read(self.db.clone()).await;
+        };
+        if reads.target().await == Target::Replica {
+            match read(reads.replica_pool().clone()).await {
+                Err(e) if crate::store::is_lost_connection(&e) => {
+                    tracing::warn!(error = %e, "read replica failed a read: read from the primary");
+                    reads.lost();
+                }
+                answer => {
+                    crate::meter::db_read("replica");
+                    return answer;
+                }
+            }
+        }
+        crate::meter::db_read("primary");
+        read(self.db.clone()).await
+    }
 }
 
 /// The secrets of the Stripe webhook endpoint (several while one is

@@ -382,7 +382,7 @@ impl App {
         }
         Ok(Some(match &op.op {
             Operation::CreateCustomer { customer_id, .. } | Operation::UpdateCustomer { customer_id, .. } => {
-                let c = self.get_customer(crate::domain::customer::CustomerId::parse(*customer_id)?).await?;
+                let c = self.customer_on_primary(crate::domain::customer::CustomerId::parse(*customer_id)?).await?;
                 Driven::Customer(Box::new(c))
             }
             Operation::CreateProduct { product_id, .. } | Operation::DeactivateProduct { product_id, .. } => {

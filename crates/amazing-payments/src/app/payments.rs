@@ -80,7 +80,7 @@ impl App {
         if let Some(done) = self.resume(key).await? {
             return done.payment();
         }
-        let customer = self.get_customer(cmd.customer).await?;
+        let customer = self.customer_on_primary(cmd.customer).await?;
         if customer.stripe_customer_key.as_deref().unwrap_or("").is_empty() {
             return Err(AppError::new(
                 Kind::Conflict,
@@ -185,7 +185,7 @@ impl App {
     /// payment method is first re-read from Stripe, so that what happened in
     /// the customer's browser shows at once.
     pub async fn get_payment(&self, id: i64) -> Result<PaymentRow, AppError> {
-        let row = payments::get(&self.db, id).await?.ok_or_else(|| not_found(id))?;
+        let row = self.read(|db| async move { payments::get(&db, id).await }).await?.ok_or_else(|| not_found(id))?;
         match (row.status(), &row.stripe_payment_intent_id) {
             (Status::RequiresAction | Status::Processing, Some(pi)) => self.refresh(row.clone(), pi).await.or(Ok(row)),
             _ => Ok(row),
@@ -292,15 +292,15 @@ impl App {
     }
 
     pub async fn history(&self, id: i64) -> Result<Vec<payments::HistoryRow>, AppError> {
-        Ok(payments::history(&self.db, id).await?)
+        Ok(self.read(|db| async move { payments::history(&db, id).await }).await?)
     }
 
     /// A page of payments, newest first, and the next page's token.
     pub async fn list_payments(&self, q: ListPayments) -> Result<(Vec<PaymentRow>, Option<String>), AppError> {
         let status = q.status.map(Status::as_str);
         let before = q.page.cursor.unwrap_or(i64::MAX);
-        let mut rows =
-            payments::list(&self.db, q.customer.map(CustomerId::get), status, before, q.page.size + 1).await?;
+        let (customer, size) = (q.customer.map(CustomerId::get), q.page.size + 1);
+        let mut rows = self.read(|db| async move { payments::list(&db, customer, status, before, size).await }).await?;
         let next = q.page.finish(&mut rows, "payment", |r| r.id);
         Ok((rows, next))
     }

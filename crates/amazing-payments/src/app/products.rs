@@ -231,9 +231,13 @@ impl App {
     }
 
     pub async fn get_product(&self, id: i64) -> Result<(ProductRow, Vec<PriceRow>), AppError> {
-        let product = products::get_product(&self.db, id).await?.ok_or_else(|| product_not_found(id))?;
-        let prices = products::prices_of(&self.db, &[id]).await?;
-        Ok((product, prices))
+        let found = self
+            .read(|db| async move {
+                let Some(product) = products::get_product(&db, id).await? else { return Ok(None) };
+                Ok(Some((product, products::prices_of(&db, &[id]).await?)))
+            })
+            .await?;
+        found.ok_or_else(|| product_not_found(id))
     }
 
     /// A page of products with their prices, and the next page's token.
@@ -244,10 +248,16 @@ impl App {
         active_only: bool,
     ) -> Result<(Vec<(ProductRow, Vec<PriceRow>)>, Option<String>), AppError> {
         let page = Page::parse(page_size, token, "product")?;
-        let mut rows = products::list_products(&self.db, page.cursor.unwrap_or(0), page.size + 1, active_only).await?;
+        let (after, size) = (page.cursor.unwrap_or(0), page.size + 1);
+        let (mut rows, prices) = self
+            .read(|db| async move {
+                let rows = products::list_products(&db, after, size, active_only).await?;
+                let ids: Vec<i64> = rows.iter().map(|p| p.id).collect();
+                let prices = products::prices_of(&db, &ids).await?;
+                Ok((rows, prices))
+            })
+            .await?;
         let next = page.finish(&mut rows, "product", |r| r.id);
-        let ids: Vec<i64> = rows.iter().map(|p| p.id).collect();
-        let prices = products::prices_of(&self.db, &ids).await?;
         let out = rows
             .into_iter()
             .map(|p| {

@@ -328,13 +328,26 @@ impl App {
     }
 
     pub async fn get_refund(&self, id: i64) -> Result<(RefundRow, String), AppError> {
-        let refund = payments::get_refund(&self.db, id).await?.ok_or_else(|| refund_not_found(id))?;
-        let payment = payments::get(&self.db, refund.payment_id).await?.ok_or_else(|| not_found(refund.payment_id))?;
+        let found = self
+            .read(|db| async move {
+                let Some(refund) = payments::get_refund(&db, id).await? else { return Ok(None) };
+                let payment = payments::get(&db, refund.payment_id).await?;
+                Ok(Some((refund, payment)))
+            })
+            .await?;
+        let (refund, payment) = found.ok_or_else(|| refund_not_found(id))?;
+        let payment = payment.ok_or_else(|| not_found(refund.payment_id))?;
         Ok((refund, payment.currency))
     }
 
     pub async fn list_refunds(&self, payment_id: i64) -> Result<(Vec<RefundRow>, String), AppError> {
-        let payment = payments::get(&self.db, payment_id).await?.ok_or_else(|| not_found(payment_id))?;
-        Ok((payments::refunds_of(&self.db, payment_id).await?, payment.currency))
+        let (payment, refunds) = self
+            .read(|db| async move {
+                let Some(payment) = payments::get(&db, payment_id).await? else { return Ok((None, Vec::new())) };
+                Ok((Some(payment), payments::refunds_of(&db, payment_id).await?))
+            })
+            .await?;
+        let payment = payment.ok_or_else(|| not_found(payment_id))?;
+        Ok((refunds, payment.currency))
     }
 }

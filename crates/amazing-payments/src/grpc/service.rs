@@ -98,7 +98,14 @@ impl PaymentService for PaymentApi {
         _request: Request<proto::HealthCheckRequest>,
     ) -> Result<Response<proto::HealthCheckResponse>, Status> {
         self.app.health().await?;
-        Ok(Response::new(proto::HealthCheckResponse { is_healthy: true }))
+        let replica = self.app.reads.as_ref().map(|r| {
+            let status = r.status();
+            proto::ReplicaHealth {
+                state: status.state.as_str().into(),
+                lag_seconds: status.lag.map(|l| l.as_secs_f64()),
+            }
+        });
+        Ok(Response::new(proto::HealthCheckResponse { is_healthy: true, replica }))
     }
 
     async fn update_customer(

@@ -10,6 +10,7 @@ pub mod outbox;
 pub mod payments;
 pub mod products;
 pub mod queue;
+pub mod replica;
 pub mod webhooks;
 
 use crate::config::DbConfig;
@@ -144,6 +145,17 @@ pub fn is_unreachable(e: &dyn sqlx::error::DatabaseError) -> bool {
     let code = e.code();
     let code = code.as_deref().unwrap_or_default();
     is_connection_lost(code) || (code == "08P01" && is_pooler_connection_error(e.message()))
+}
+
+/// Whether a statement failed for want of a working connection (none to be
+/// had in time, one that broke, or a server that cannot be reached), not
+/// because the database refused it.
+pub fn is_lost_connection(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(d) => is_unreachable(d.as_ref()),
+        _ => false,
+    }
 }
 
 /// PgBouncer's messages for a PostgreSQL it cannot reach or lost.

@@ -17,6 +17,7 @@ mod payments;
 mod platform;
 mod proofs;
 mod ratelimit;
+mod replica;
 mod scaleout;
 mod stripe_client;
 mod traces;

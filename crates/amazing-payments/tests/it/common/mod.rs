@@ -48,7 +48,7 @@ pub async fn fresh_database() -> (String, PgConnectOptions) {
 /// A new database with our migrations applied.
 pub async fn migrated_database() -> (PgConnectOptions, PgPool) {
     let (_, options) = fresh_database().await;
-    let pool = store::pool(&DbConfig { options: options.clone(), max_connections: 5 });
+    let pool = store::pool(&DbConfig { options: options.clone(), max_connections: 5, read: None });
     store::migrate(&pool).await.unwrap();
     (options, pool)
 }
@@ -133,7 +133,7 @@ impl TestApp {
         };
         let (db_options, db) = migrated_database().await;
         let service_db = match &options.db {
-            Some(o) => store::pool(&DbConfig { options: o.clone(), max_connections: 5 }),
+            Some(o) => store::pool(&DbConfig { options: o.clone(), max_connections: 5, read: None }),
             None => db.clone(),
         };
         let stripe_base = options.stripe_base.clone().unwrap_or_else(|| sim.url());
@@ -147,6 +147,7 @@ impl TestApp {
         let auth = AuthSettings::new(options.auth_required, Secret::new(PEPPER), options.key_cache_ttl)
             .with_limiter(amazing_payments::app::ratelimit::Limiter::frozen(options.rate_limit));
         let app = App {
+            reads: None,
             idempotency_ttl: Duration::from_secs(24 * 3600),
             idempotency_lease: Duration::from_secs(30),
             webhooks,

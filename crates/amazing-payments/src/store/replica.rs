@@ -1,0 +1,385 @@
+//! Reads from a streaming replica (`DATABASE_READ_URL`) that never go back
+//! in time.
+//!
+//! Gets and lists may be answered by a replica, everything else by the
+//! primary. A read goes to the replica only when the replica has replayed
+//! every write the primary had committed when the read began, so nobody
+//! reads a state older than one they were answered before: a payment just
+//! made, captured or refunded is there, whichever instance made it. The
+//! check costs two positions:
+//!
+//! - the primary's WAL position, read once for all the reads that began
+//!   before the reading started ([`Sampler`]): under load one small query on
+//!   the primary serves many reads;
+//! - the replica's replay position, known from the last look (it only moves
+//!   forward) or read again, shared the same way.
+//!
+//! When the replica is behind that position the read is answered by the
+//! primary at once; it never waits for the replica. A watchdog looks at
+//! the replica four times a second on a connection of its own: while it
+//! cannot be reached, lags more than `DATABASE_READ_MAX_LAG`, or is no
+//! longer in recovery (promoted, so it may have left the primary's
+//! history), every read goes to the primary without asking, and health says
+//! why. A read that the replica fails for want of a connection is run again
+//! on the primary.
+
+use sqlx::{PgPool, postgres::PgConnectOptions};
+use std::{
+    collections::VecDeque,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+/// How long the positions a read needs are waited for before the read goes
+/// to the primary.
+const POSITION_WITHIN: Duration = Duration::from_secs(1);
+
+/// How often the watchdog looks.
+const EVERY: Duration = Duration::from_millis(250);
+
+/// What the watchdog last found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Not looked at yet: reads go to the primary.
+    Starting,
+    /// Reachable, in recovery and within the lag allowed: it takes reads.
+    Up,
+    /// Further behind the primary than allowed.
+    Lagging,
+    /// Cannot be reached or does not answer.
+    Down,
+    /// Answers, but is not in recovery: promoted, or not a replica at all.
+    NotAReplica,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Starting => "starting",
+            State::Up => "up",
+            State::Lagging => "lagging",
+            State::Down => "down",
+            State::NotAReplica => "not_a_replica",
+        }
+    }
+}
+
+/// The replica's state, and how far behind the primary it was when last
+/// seen (`None` when that could not be told).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Status {
+    pub state: State,
+    pub lag: Option<Duration>,
+}
+
+/// A position read from PostgreSQL, shared by the reads that began before
+/// the reading started.
+#[derive(Debug, Default)]
+struct Sampler {
+    /// When the last reading started, and what it read.
+    last: tokio::sync::Mutex<Option<(Instant, u64)>>,
+    /// The highest position read so far.
+    highest: AtomicU64,
+}
+
+impl Sampler {
+    /// A position read after `since`: the last one if its reading started
+    /// after `since`, else a new one (one reading at a time; those waiting
+    /// for it take the next one's).
+    async fn after<F>(&self, since: Instant, read: F) -> Result<u64, sqlx::Error>
+    where
+        F: std::future::Future<Output = Result<u64, sqlx::Error>>,
+    {
+        let mut last = self.last.lock().await;
+        if let Some((at, position)) = *last
+            && at >= since
+        {
+            return Ok(position);
+        }
+        let at = Instant::now();
+        let position = read.await?;
+        *last = Some((at, position));
+        self.highest.fetch_max(position, Ordering::AcqRel);
+        Ok(position)
+    }
+
+    fn highest(&self) -> u64 {
+        self.highest.load(Ordering::Acquire)
+    }
+
+    fn note(&self, position: u64) {
+        self.highest.fetch_max(position, Ordering::AcqRel);
+    }
+}
+
+/// The primary's WAL position: every transaction committed before it was
+/// read lies at or below it.
+async fn primary_position(db: &PgPool) -> Result<u64, sqlx::Error> {
+    let at: i64 =
+        sqlx::query_scalar("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint").fetch_one(db).await?;
+    Ok(at as u64)
+}
+
+/// How far the replica has replayed: what a query on it now sees.
+async fn replayed_position<'c>(db: impl sqlx::PgExecutor<'c>) -> Result<u64, sqlx::Error> {
+    let at: Option<i64> =
+        sqlx::query_scalar("SELECT pg_wal_lsn_diff(pg_last_wal_replay_lsn(), '0/0')::bigint").fetch_one(db).await?;
+    Ok(at.unwrap_or(0) as u64)
+}
+
+/// Where a read goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Replica,
+    Primary,
+}
+
+/// The read pools: the primary and its replica.
+#[derive(Clone, Debug)]
+pub struct Replica {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    primary: PgPool,
+    replica: PgPool,
+    max_lag: Duration,
+    primary_at: Sampler,
+    replayed: Sampler,
+    status: Mutex<Status>,
+}
+
+impl Replica {
+    /// Reads through `replica` when it can serve them, else through
+    /// `primary`; a replica further behind than `max_lag` serves none.
+    pub fn new(primary: PgPool, replica: PgPool, max_lag: Duration) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                primary,
+                replica,
+                max_lag,
+                primary_at: Sampler::default(),
+                replayed: Sampler::default(),
+                status: Mutex::new(Status { state: State::Starting, lag: None }),
+            }),
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        *self.inner.status.lock().unwrap()
+    }
+
+    pub fn replica_pool(&self) -> &PgPool {
+        &self.inner.replica
+    }
+
+    /// Where a read beginning now goes: the replica if it is up and has
+    /// replayed what the primary had committed by now.
+    pub async fn target(&self) -> Target {
+        let i = &self.inner;
+        if self.status().state != State::Up {
+            return Target::Primary;
+        }
+        let began = Instant::now();
+        let needed = match tokio::time::timeout(
+            POSITION_WITHIN,
+            i.primary_at.after(began, primary_position(&i.primary)),
+        )
+        .await
+        {
+            Ok(Ok(at)) => at,
+            // The primary's own trouble is the primary read's to report.
+            _ => return Target::Primary,
+        };
+        if i.replayed.highest() >= needed {
+            return Target::Replica;
+        }
+        let asked = Instant::now();
+        match tokio::time::timeout(POSITION_WITHIN, i.replayed.after(asked, replayed_position(&i.replica))).await {
+            Ok(Ok(at)) if at >= needed => Target::Replica,
+            _ => Target::Primary,
+        }
+    }
+
+    /// A read on the replica failed for want of a connection: until the
+    /// watchdog sees it answer again, reads go to the primary.
+    pub fn lost(&self) {
+        let mut status = self.inner.status.lock().unwrap();
+        if status.state == State::Up {
+            tracing::warn!("read replica: a read could not reach it; reads go to the primary");
+            status.state = State::Down;
+        }
+    }
+
+    fn set(&self, next: Status) {
+        let mut status = self.inner.status.lock().unwrap();
+        if status.state != next.state {
+            let lag = next.lag.map(|l| l.as_secs_f64());
+            match next.state {
+                State::Up => tracing::info!(lag_seconds = lag, "read replica: up, taking reads"),
+                State::Starting => {}
+                other => tracing::warn!(
+                    state = other.as_str(),
+                    lag_seconds = lag,
+                    "read replica: not taking reads; they go to the primary"
+                ),
+            }
+        }
+        *status = next;
+        crate::meter::replica(next.state == State::Up, next.lag);
+    }
+
+    /// The watchdog: looks at the replica four times a second until
+    /// `stopped` turns true (or its sender is dropped).
+    pub async fn watch(self, options: PgConnectOptions, mut stopped: tokio::sync::watch::Receiver<bool>) {
+        let mut conn: Option<sqlx::PgConnection> = None;
+        let mut history = History::default();
+        while !*stopped.borrow() {
+            let next = self.look(&mut conn, &options, &mut history).await;
+            self.set(next);
+            tokio::select! {
+                _ = tokio::time::sleep(EVERY) => {}
+                changed = stopped.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// One look: the primary's position, then the replica's.
+    async fn look(
+        &self,
+        conn: &mut Option<sqlx::PgConnection>,
+        options: &PgConnectOptions,
+        history: &mut History,
+    ) -> Status {
+        use sqlx::Connection;
+        const WITHIN: Duration = Duration::from_secs(2);
+        let primary = tokio::time::timeout(WITHIN, primary_position(&self.inner.primary)).await;
+        if let Ok(Ok(at)) = primary {
+            history.push(Instant::now(), at, self.inner.max_lag);
+        }
+        if conn.is_none() {
+            match tokio::time::timeout(WITHIN, sqlx::PgConnection::connect_with(options)).await {
+                Ok(Ok(c)) => *conn = Some(c),
+                _ => return Status { state: State::Down, lag: None },
+            }
+        }
+        let c = conn.as_mut().expect("connected above");
+        let seen = tokio::time::timeout(WITHIN, async {
+            let recovering: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()").fetch_one(&mut *c).await?;
+            Ok::<_, sqlx::Error>((recovering, replayed_position(&mut *c).await?))
+        })
+        .await;
+        let (recovering, replayed) = match seen {
+            Ok(Ok(seen)) => seen,
+            _ => {
+                *conn = None;
+                return Status { state: State::Down, lag: None };
+            }
+        };
+        if !recovering {
+            return Status { state: State::NotAReplica, lag: None };
+        }
+        self.inner.replayed.note(replayed);
+        let lag = history.lag(replayed, Instant::now());
+        let state = match lag {
+            Some(lag) if lag <= self.inner.max_lag => State::Up,
+            Some(_) => State::Lagging,
+            // The primary has not been read yet: nothing to compare with.
+            None => State::Starting,
+        };
+        Status { state, lag }
+    }
+}
+
+/// The primary's positions over the last while, to tell how long ago the
+/// primary passed the point the replica has replayed to.
+#[derive(Debug, Default)]
+struct History {
+    seen: VecDeque<(Instant, u64)>,
+}
+
+impl History {
+    fn push(&mut self, at: Instant, position: u64, max_lag: Duration) {
+        if self.seen.back().is_none_or(|&(_, last)| position > last) {
+            self.seen.push_back((at, position));
+        }
+        // Only the first position past the replica's matters, and a lag
+        // beyond twice the allowed one needs no precision.
+        let keep = (max_lag * 2).max(Duration::from_secs(2));
+        while self.seen.len() > 1 && self.seen.front().is_some_and(|&(t, _)| at.duration_since(t) > keep) {
+            // The oldest is dropped only if the next also predates the window,
+            // so that a lag past the window still reads as past it.
+            if self.seen.get(1).is_some_and(|&(t, _)| at.duration_since(t) > keep) {
+                self.seen.pop_front();
+            } else {
+                break;
+            }
+        }
+    }
+
+    /// How far behind a replica that has replayed to `replayed` is: zero if
+    /// it has everything the primary had when last read, else the time
+    /// since the primary first held something it lacks. `None` before the
+    /// primary was read.
+    fn lag(&self, replayed: u64, now: Instant) -> Option<Duration> {
+        let &(_, latest) = self.seen.back()?;
+        if replayed >= latest {
+            return Some(Duration::ZERO);
+        }
+        let first_ahead = self.seen.iter().find(|&&(_, at)| at > replayed).map(|&(t, _)| t)?;
+        Some(now.duration_since(first_ahead))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replica_that_has_replayed_what_the_primary_last_had_is_not_behind() {
+        let t = Instant::now();
+        let mut h = History::default();
+        h.push(t, 100, Duration::from_secs(5));
+        h.push(t + Duration::from_secs(1), 200, Duration::from_secs(5));
+        assert_eq!(h.lag(200, t + Duration::from_secs(2)), Some(Duration::ZERO));
+        assert_eq!(h.lag(300, t + Duration::from_secs(2)), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn a_replica_is_behind_since_the_primary_first_held_what_it_lacks() {
+        let t = Instant::now();
+        let mut h = History::default();
+        for (s, at) in [(0, 100), (1, 100), (2, 200), (3, 300)] {
+            h.push(t + Duration::from_secs(s), at, Duration::from_secs(5));
+        }
+        assert_eq!(h.lag(100, t + Duration::from_secs(4)), Some(Duration::from_secs(2)));
+        assert_eq!(h.lag(250, t + Duration::from_secs(4)), Some(Duration::from_secs(1)));
+        assert_eq!(h.lag(50, t + Duration::from_secs(4)), Some(Duration::from_secs(4)));
+    }
+
+    #[test]
+    fn a_lag_past_the_kept_window_still_reads_as_past_it() {
+        let t = Instant::now();
+        let mut h = History::default();
+        let max_lag = Duration::from_secs(1);
+        for s in 0..60 {
+            h.push(t + Duration::from_secs(s), 100 + s, max_lag);
+        }
+        assert!(h.seen.len() < 10, "old positions are dropped: {}", h.seen.len());
+        let lag = h.lag(100, t + Duration::from_secs(60)).unwrap();
+        assert!(lag > max_lag * 2, "{lag:?}");
+    }
+
+    #[test]
+    fn nothing_is_told_before_the_primary_was_read() {
+        assert_eq!(History::default().lag(10, Instant::now()), None);
+    }
+}

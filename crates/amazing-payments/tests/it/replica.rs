@@ -1,0 +1,173 @@
+//! Reads from a streaming replica (`DATABASE_READ_URL`), with a primary and
+//! a standby of the test's own made by `pg_basebackup`: gets and lists go to
+//! the replica while it has replayed what they must see, and to the primary
+//! while it lags (its replay paused), is down, or was promoted; a caller
+//! never reads less than it wrote.
+
+use crate::common::{
+    cluster::Cluster,
+    procs::{Stack, free_port, get_json, post_json},
+};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+/// The value of a metric series on the service's metrics listener (0 if absent).
+async fn metric(metrics: &str, series: &str) -> f64 {
+    let text = reqwest::get(format!("{metrics}/metrics")).await.unwrap().text().await.unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .next()
+        .unwrap_or(0.0)
+}
+
+const ON_REPLICA: &str = r#"amazing_payments_db_reads_total{target="replica"}"#;
+const ON_PRIMARY: &str = r#"amazing_payments_db_reads_total{target="primary"}"#;
+
+/// Waits up to 15 s for the health check to report the replica `state`; the report.
+async fn replica_becomes(rest: &str, state: &str) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..150 {
+        last = reqwest::get(format!("{rest}/v1/healthcheck")).await.unwrap().json().await.unwrap();
+        if last["replica"]["state"] == state {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the replica never became {state}: {last}");
+}
+
+async fn status_on(db: &sqlx::PgPool, payment: &str) -> Option<String> {
+    sqlx::query_scalar("SELECT status FROM payment.payment WHERE id = $1")
+        .bind(payment.parse::<i64>().unwrap())
+        .fetch_optional(db)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn reads_go_to_a_caught_up_replica_and_to_the_primary_while_it_lags_so_no_caller_reads_less_than_it_wrote() {
+    let primary = Cluster::primary();
+    let standby = Cluster::standby_of(&primary);
+    let metrics_port = free_port();
+    let metrics = format!("http://127.0.0.1:{metrics_port}");
+    let stack = Stack::start_on(
+        primary.url("payments"),
+        &[
+            ("DATABASE_READ_URL", standby.url("payments")),
+            ("DATABASE_READ_MAX_LAG", "1".into()),
+            ("METRICS_PORT", format!("127.0.0.1:{metrics_port}")),
+        ],
+    )
+    .await;
+    let key = stack.new_key();
+    let health = replica_becomes(&stack.rest, "up").await;
+    assert_eq!(health["isHealthy"], true);
+    let rest = &stack.rest;
+
+    // Caught up: a payment made is read back from the replica, at once.
+    let customer = post_json(&format!("{rest}/v1/customer"), &key, &json!({"name": "Ada", "email": "ada@example.com"}))
+        .await["customerID"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let body = json!({"customerID": customer, "amount": 5000, "currency": "eur", "payment_method": "pm_card_visa", "capture_method": "manual"});
+    let payment =
+        post_json(&format!("{rest}/v1/payment"), &key, &body).await["paymentID"].as_str().unwrap().to_string();
+    let on_replica = metric(&metrics, ON_REPLICA).await;
+    let read = get_json(&format!("{rest}/v1/payment/{payment}"), &key).await;
+    assert_eq!(read["status"], "authorized", "{read}");
+    assert_eq!(metric(&metrics, ON_REPLICA).await, on_replica + 1.0, "a caught-up replica answered the read");
+
+    // The replica stops replaying: what is written now is not on it.
+    let replica_db = sqlx::PgPool::connect(&standby.url("payments")).await.unwrap();
+    sqlx::query("SELECT pg_wal_replay_pause()").execute(&replica_db).await.unwrap();
+    let captured = post_json(&format!("{rest}/v1/payment/{payment}/capture"), &key, &json!({"amount": 3000})).await;
+    assert_eq!(captured["status"], "succeeded", "{captured}");
+    let newer = post_json(&format!("{rest}/v1/payment"), &key, &body).await["paymentID"].as_str().unwrap().to_string();
+    let (on_replica, on_primary) = (metric(&metrics, ON_REPLICA).await, metric(&metrics, ON_PRIMARY).await);
+
+    // Each read right after those writes shows them: the capture, the new
+    // payment the replica has never seen, in a get and in the list.
+    let read = get_json(&format!("{rest}/v1/payment/{payment}"), &key).await;
+    assert_eq!(
+        (read["status"].as_str(), read["amount_captured"].as_str()),
+        (Some("succeeded"), Some("3000")),
+        "{read}"
+    );
+    let read = get_json(&format!("{rest}/v1/payment/{newer}"), &key).await;
+    assert_eq!(read["status"], "authorized", "{read}");
+    let list = get_json(&format!("{rest}/v1/payment?customerID={customer}"), &key).await;
+    let listed: Vec<&str> =
+        list["payments"].as_array().unwrap().iter().map(|p| p["paymentID"].as_str().unwrap()).collect();
+    assert_eq!(listed, [newer.as_str(), payment.as_str()], "{list}");
+    assert_eq!(metric(&metrics, ON_REPLICA).await, on_replica, "none of them from the lagging replica");
+    assert_eq!(metric(&metrics, ON_PRIMARY).await, on_primary + 3.0, "all three from the primary");
+    // The replica really is behind: it still has the payment authorized,
+    // and not the newer one at all.
+    assert_eq!(status_on(&replica_db, &payment).await.as_deref(), Some("authorized"));
+    assert_eq!(status_on(&replica_db, &newer).await, None);
+
+    // Health says it lags, and by how much; the service stays healthy.
+    let health = replica_becomes(rest, "lagging").await;
+    assert_eq!(health["isHealthy"], true);
+    assert!(health["replica"]["lagSeconds"].as_f64().unwrap() > 1.0, "{health}");
+
+    // Replay resumes: it catches up and takes reads again.
+    sqlx::query("SELECT pg_wal_replay_resume()").execute(&replica_db).await.unwrap();
+    let health = replica_becomes(rest, "up").await;
+    assert!(health["replica"]["lagSeconds"].as_f64().unwrap() <= 1.0, "{health}");
+    let on_replica = metric(&metrics, ON_REPLICA).await;
+    let read = get_json(&format!("{rest}/v1/payment/{payment}"), &key).await;
+    assert_eq!(read["status"], "succeeded");
+    assert_eq!(metric(&metrics, ON_REPLICA).await, on_replica + 1.0);
+
+    // The replica goes away: reads are answered by the primary, none fails,
+    // and health says it is down.
+    replica_db.close().await;
+    assert!(standby.stop());
+    for _ in 0..20 {
+        let read =
+            reqwest::Client::new().get(format!("{rest}/v1/payment/{payment}")).bearer_auth(&key).send().await.unwrap();
+        assert_eq!(read.status(), 200, "a read while the replica is away");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let health = replica_becomes(rest, "down").await;
+    assert_eq!(health["isHealthy"], true, "{health}");
+    let up: f64 = metric(&metrics, "amazing_payments_db_replica_up").await;
+    assert_eq!(up, 0.0);
+
+    // Back, it takes reads again.
+    assert!(standby.start());
+    replica_becomes(rest, "up").await;
+    drop(stack);
+}
+
+#[tokio::test]
+async fn a_promoted_replica_takes_no_reads_and_health_says_it_is_no_longer_a_replica() {
+    let primary = Cluster::primary();
+    let standby = Cluster::standby_of(&primary);
+    let stack = Stack::start_on(primary.url("payments"), &[("DATABASE_READ_URL", standby.url("payments"))]).await;
+    let key = stack.new_key();
+    replica_becomes(&stack.rest, "up").await;
+    // Promoted, it leaves the primary's history: what the primary takes
+    // next is not on it, so it must not answer reads.
+    assert!(standby.promote());
+    let health = replica_becomes(&stack.rest, "not_a_replica").await;
+    assert_eq!(health["isHealthy"], true);
+    let customer =
+        post_json(&format!("{}/v1/customer", stack.rest), &key, &json!({"name": "Bo", "email": "bo@example.com"}))
+            .await["customerID"]
+            .as_str()
+            .unwrap()
+            .to_string();
+    let read = get_json(&format!("{}/v1/customer/{customer}", stack.rest), &key).await;
+    assert_eq!(read["customerID"], customer.as_str(), "{read}");
+}
+
+#[tokio::test]
+async fn without_a_read_url_health_reports_no_replica() {
+    let stack = Stack::start(&[]).await;
+    let health: Value = reqwest::get(format!("{}/v1/healthcheck", stack.rest)).await.unwrap().json().await.unwrap();
+    assert_eq!(health, json!({"isHealthy": true}));
+}
