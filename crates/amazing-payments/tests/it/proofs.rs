@@ -1035,25 +1035,48 @@ async fn behind_haproxy_a_sigterm_under_load_fails_no_request_and_a_sigkill_fail
 
 #[tokio::test]
 async fn a_database_restart_under_load_fails_fast_with_503_recovers_within_seconds_and_does_nothing_twice() {
-    restart_under_load(false).await;
+    break_under_load(Break::Restart).await;
 }
 
 #[tokio::test]
 async fn through_pgbouncer_a_database_restart_under_load_fails_fast_with_503_and_recovers_within_seconds() {
-    restart_under_load(true).await;
+    break_under_load(Break::RestartThroughPgBouncer).await;
 }
 
-/// Twelve callers over REST and gRPC while PostgreSQL (a cluster of the
-/// test's own, reached directly or through PgBouncer) is stopped for 6 s
-/// and started again.
-async fn restart_under_load(through_pgbouncer: bool) {
-    use crate::common::cluster::{Cluster, pgbouncer, wait_for_port};
+#[tokio::test]
+async fn a_failover_to_the_promoted_replica_under_load_fails_fast_with_503_loses_nothing_and_does_nothing_twice() {
+    break_under_load(Break::Failover).await;
+}
+
+/// What happens to the database under load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Break {
+    /// PostgreSQL stopped for 6 s and started again, reached directly.
+    Restart,
+    /// The same, reached through PgBouncer.
+    RestartThroughPgBouncer,
+    /// The primary, replicating synchronously to a standby made with
+    /// `pg_basebackup`, crashes; 4 s later (an operator's or an
+    /// orchestrator's decision) the standby is promoted and PgBouncer, which
+    /// the service reaches it through, is pointed at it and reloaded.
+    Failover,
+}
+
+/// Twelve callers over REST and gRPC while the database (clusters of the
+/// test's own) goes away and comes back, as `how` says.
+async fn break_under_load(how: Break) {
+    use crate::common::cluster::{Bouncer, Cluster, wait_for_port};
     let cluster = Cluster::primary();
-    let bouncer = through_pgbouncer.then(|| pgbouncer("127.0.0.1", cluster.port));
+    let standby = (how == Break::Failover).then(|| Cluster::standby_of(&cluster));
+    if standby.is_some() {
+        // Synchronous: a commit the service was told of is on the standby.
+        cluster.synchronous().await;
+    }
+    let bouncer = (how != Break::Restart).then(|| Bouncer::start("127.0.0.1", cluster.port));
     let db_url = match &bouncer {
-        Some((_, port)) => {
-            wait_for_port(*port).await;
-            format!("postgres://postgres@127.0.0.1:{port}/payments")
+        Some(b) => {
+            wait_for_port(b.port).await;
+            format!("postgres://postgres@127.0.0.1:{}/payments", b.port)
         }
         None => cluster.url("payments"),
     };
@@ -1074,13 +1097,26 @@ async fn restart_under_load(through_pgbouncer: bool) {
     let (stop, seen): (Arc<AtomicBool>, Seen) = Default::default();
     let load = callers(&rest, &grpc, &key, &customer, &stop, &seen);
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(cluster.stop(), "PostgreSQL stops");
-    let stopped = Instant::now();
-    // Longer than a caller's first wait (3 s) and its Retry-After (1 s).
-    tokio::time::sleep(Duration::from_secs(6)).await;
-    let restarting = Instant::now();
-    assert!(cluster.start(), "and starts again");
-    let back = Instant::now();
+    let (stopped, restarting, back) = match (&standby, &bouncer) {
+        (Some(standby), Some(bouncer)) => {
+            assert!(cluster.crash(), "the primary crashes");
+            let stopped = Instant::now();
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            let promoting = Instant::now();
+            assert!(standby.promote(), "the standby is promoted");
+            bouncer.repoint("127.0.0.1", standby.port);
+            (stopped, promoting, Instant::now())
+        }
+        _ => {
+            assert!(cluster.stop(), "PostgreSQL stops");
+            let stopped = Instant::now();
+            // Longer than a caller's first wait (3 s) and its Retry-After (1 s).
+            tokio::time::sleep(Duration::from_secs(6)).await;
+            let restarting = Instant::now();
+            assert!(cluster.start(), "and starts again");
+            (stopped, restarting, Instant::now())
+        }
+    };
     tokio::time::sleep(Duration::from_secs(6)).await;
     stop.store(true, Ordering::Release);
     for task in load {
@@ -1140,4 +1176,5 @@ async fn restart_under_load(through_pgbouncer: bool) {
     assert_eq!(world.stripe_all("/v1/payment_intents").await.len() as i64, local, "one PaymentIntent per payment");
     world.assert_books_match().await;
     drop(bouncer);
+    drop(standby);
 }

@@ -106,6 +106,32 @@ impl Cluster {
         run("pg_ctl", &["-D", &self.data(), "-m", "fast", "-w", "stop"])
     }
 
+    /// Stops it as a crash would: no checkpoint, and WAL not yet sent to
+    /// a standby stays behind.
+    pub fn crash(&self) -> bool {
+        run("pg_ctl", &["-D", &self.data(), "-m", "immediate", "-w", "stop"])
+    }
+
+    /// Makes every commit wait until a standby has it
+    /// (`synchronous_standby_names = '*'`), once one streams synchronously.
+    pub async fn synchronous(&self) {
+        let db = sqlx::PgPool::connect(&self.url("postgres")).await.unwrap();
+        sqlx::query("ALTER SYSTEM SET synchronous_standby_names = '*'").execute(&db).await.unwrap();
+        sqlx::query("SELECT pg_reload_conf()").execute(&db).await.unwrap();
+        for _ in 0..100 {
+            let sync: Option<String> =
+                sqlx::query_scalar("SELECT sync_state FROM pg_stat_replication WHERE sync_state = 'sync'")
+                    .fetch_optional(&db)
+                    .await
+                    .unwrap();
+            if sync.is_some() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("no standby streams synchronously");
+    }
+
     pub fn promote(&self) -> bool {
         run("pg_ctl", &["-D", &self.data(), "-w", "promote"])
     }
@@ -153,6 +179,38 @@ fn tool(name: &str) -> PathBuf {
 /// front of the PostgreSQL at `host:pg_port` (user `postgres`, trusted);
 /// its port.
 pub fn pgbouncer(host: &str, pg_port: u16) -> (Proc, u16) {
+    let b = Bouncer::start(host, pg_port);
+    (b.proc, b.port)
+}
+
+/// A PgBouncer of a test's own, which can be pointed at another server.
+pub struct Bouncer {
+    pub proc: Proc,
+    pub port: u16,
+    ini: PathBuf,
+}
+
+impl Bouncer {
+    pub fn start(host: &str, pg_port: u16) -> Self {
+        let (proc, port, ini) = start_pgbouncer(host, pg_port);
+        Bouncer { proc, port, ini }
+    }
+
+    /// Points it at the PostgreSQL at `host:pg_port`, as an operator does
+    /// after a failover: the `[databases]` entry rewritten, then a reload
+    /// (SIGHUP), which closes the connections to the old server.
+    pub fn repoint(&self, host: &str, pg_port: u16) {
+        let config = std::fs::read_to_string(&self.ini).unwrap();
+        let config: Vec<String> = config
+            .lines()
+            .map(|l| if l.starts_with("* = host=") { format!("* = host={host} port={pg_port}") } else { l.to_string() })
+            .collect();
+        std::fs::write(&self.ini, config.join("\n") + "\n").unwrap();
+        self.proc.signal("-HUP");
+    }
+}
+
+fn start_pgbouncer(host: &str, pg_port: u16) -> (Proc, u16, PathBuf) {
     let user = "postgres";
     let dir = shared_dir("pgbouncer");
     let port = free_port();
@@ -205,7 +263,7 @@ pub fn pgbouncer(host: &str, pg_port: u16) -> (Proc, u16) {
         cmd.args(["-u", "postgres"]);
     }
     let child = cmd.arg(&ini).stdout(Stdio::null()).stderr(std::fs::File::create(&stderr).unwrap()).spawn().unwrap();
-    (Proc { child, stderr }, port)
+    (Proc { child, stderr }, port, ini)
 }
 
 pub async fn wait_for_port(port: u16) {
