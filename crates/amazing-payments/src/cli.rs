@@ -481,7 +481,10 @@ async fn serve_until_signal(
     // The replica's pool, and its watchdog, stopped with the rest.
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let reads = config.db.read.as_ref().map(|r| {
-        let replica = store::pool(&DbConfig { options: r.options.clone(), read: None, ..config.db.clone() });
+        let replica = store::pool_waiting(
+            &DbConfig { options: r.options.clone(), read: None, ..config.db.clone() },
+            std::time::Duration::from_secs(1),
+        );
         let reads = store::replica::Replica::new(pool.clone(), replica, r.max_lag);
         tokio::spawn(reads.clone().watch(r.options.clone(), stopped.clone()));
         reads

@@ -108,7 +108,7 @@ fn describe() {
     describe_gauge!(
         REPLICA_LAG,
         metrics::Unit::Seconds,
-        "How long ago the primary first held a write the read replica has not replayed (0: caught up)."
+        "How long ago the primary first held a write the read replica has not replayed (0: caught up; NaN: unknown)."
     );
 }
 
@@ -120,9 +120,8 @@ pub fn db_read(target: &'static str) {
 /// What the read replica's watchdog last found.
 pub fn replica(up: bool, lag: Option<Duration>) {
     gauge!(REPLICA_UP).set(if up { 1.0 } else { 0.0 });
-    if let Some(lag) = lag {
-        gauge!(REPLICA_LAG).set(lag.as_secs_f64());
-    }
+    // Unknown (down, promoted, detached) is NaN, never a stale 0.
+    gauge!(REPLICA_LAG).set(lag.map_or(f64::NAN, |l| l.as_secs_f64()));
 }
 
 /// One answered request.

@@ -97,12 +97,21 @@ impl App {
             return read(self.db.clone()).await;
         };
         if reads.target().await == Target::Replica {
-            match read(reads.replica_pool().clone()).await {
-                Err(e) if crate::store::is_lost_connection(&e) => {
+            match tokio::time::timeout(REPLICA_READ_WITHIN, read(reads.replica_pool().clone())).await {
+                Err(_) => {
+                    tracing::warn!("read replica did not answer a read in time: read from the primary");
+                    reads.lost();
+                }
+                Ok(Err(e)) if crate::store::is_lost_connection(&e) => {
                     tracing::warn!(error = %e, "read replica failed a read: read from the primary");
                     reads.lost();
                 }
-                answer => {
+                // A query the standby cancelled for a conflict with what it
+                // replays: the primary has no such conflict.
+                Ok(Err(sqlx::Error::Database(d))) if matches!(d.code().as_deref(), Some("40001" | "40P01")) => {
+                    tracing::info!(error = %d, "read replica cancelled a read: read from the primary");
+                }
+                Ok(answer) => {
                     crate::meter::db_read("replica");
                     return answer;
                 }
@@ -112,6 +121,12 @@ impl App {
         read(self.db.clone()).await
     }
 }
+
+/// How long a read may take on the replica before it is given to the
+/// primary (and the replica taken to be down until its watchdog sees it
+/// answer): a replica cut off by the network would otherwise hold the read
+/// until TCP gives up.
+const REPLICA_READ_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The secrets of the Stripe webhook endpoint (several while one is
 /// rolled) and the timestamp tolerance.

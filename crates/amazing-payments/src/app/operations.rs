@@ -386,7 +386,7 @@ impl App {
                 Driven::Customer(Box::new(c))
             }
             Operation::CreateProduct { product_id, .. } | Operation::DeactivateProduct { product_id, .. } => {
-                Driven::product(self.get_product(*product_id).await?)
+                Driven::product(self.product_on_primary(*product_id).await?)
             }
             Operation::CreatePrice { price_id, .. } | Operation::DeactivatePrice { price_id, .. } => {
                 let price = products::get_price(&self.db, *price_id)

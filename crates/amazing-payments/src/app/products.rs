@@ -175,7 +175,7 @@ impl App {
                 products::deactivate_product(&mut tx, *product_id).await?;
                 ops::finish_operation(&mut tx, op.id, State::Succeeded, None).await?;
                 tx.commit().await?;
-                self.get_product(*product_id).await.map(Driven::product)
+                self.product_on_primary(*product_id).await.map(Driven::product)
             }
             Operation::DeactivatePrice { price_id, stripe_id } => {
                 if let Some(stripe_id) = stripe_id {
@@ -224,10 +224,16 @@ impl App {
         }
         tx.commit().await?;
         if matches!(op.op, Operation::CreateProduct { .. }) {
-            self.get_product(*product_id).await.map(Driven::product)
+            self.product_on_primary(*product_id).await.map(Driven::product)
         } else {
             products::get_price(&self.db, *price_id).await?.map(Driven::Price).ok_or_else(|| price_not_found(*price_id))
         }
+    }
+
+    /// The product as the primary has it, for a change's answer.
+    pub(crate) async fn product_on_primary(&self, id: i64) -> Result<(ProductRow, Vec<PriceRow>), AppError> {
+        let product = products::get_product(&self.db, id).await?.ok_or_else(|| product_not_found(id))?;
+        Ok((product, products::prices_of(&self.db, &[id]).await?))
     }
 
     pub async fn get_product(&self, id: i64) -> Result<(ProductRow, Vec<PriceRow>), AppError> {

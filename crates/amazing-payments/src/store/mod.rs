@@ -84,6 +84,12 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// all at once); one in steady use otherwise is not, which saves a round
 /// trip per statement under load.
 pub fn pool(db: &DbConfig) -> PgPool {
+    pool_waiting(db, Duration::from_secs(3))
+}
+
+/// A pool whose requests wait at most `wait` for a connection (a replica's
+/// reads, which the primary can take instead, wait less).
+pub fn pool_waiting(db: &DbConfig, wait: Duration) -> PgPool {
     let options = db
         .options
         .clone()
@@ -91,7 +97,7 @@ pub fn pool(db: &DbConfig) -> PgPool {
         .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1));
     PgPoolOptions::new()
         .max_connections(db.max_connections)
-        .acquire_timeout(Duration::from_secs(3))
+        .acquire_timeout(wait)
         .test_before_acquire(false)
         .before_acquire(|conn, meta| {
             Box::pin(async move {

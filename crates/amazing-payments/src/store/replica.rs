@@ -53,6 +53,11 @@ pub enum State {
     Down,
     /// Answers, but is not in recovery: promoted, or not a replica at all.
     NotAReplica,
+    /// In recovery, but on another history than the primary's: a replica
+    /// of another cluster, or on another timeline (one that still follows
+    /// a primary that was failed over from, or has not yet taken the new
+    /// primary's timeline at a restartpoint of its own).
+    Detached,
 }
 
 impl State {
@@ -63,6 +68,7 @@ impl State {
             State::Lagging => "lagging",
             State::Down => "down",
             State::NotAReplica => "not_a_replica",
+            State::Detached => "detached",
         }
     }
 }
@@ -113,14 +119,50 @@ impl Sampler {
     fn note(&self, position: u64) {
         self.highest.fetch_max(position, Ordering::AcqRel);
     }
+
+    /// Forgets what was read: the server behind the URL may have changed
+    /// (rebuilt, restarted from an older backup), and replay positions only
+    /// move forward on one server.
+    fn forget(&self) {
+        self.highest.store(0, Ordering::Release);
+        if let Ok(mut last) = self.last.try_lock() {
+            *last = None;
+        }
+    }
 }
 
 /// The primary's WAL position: every transaction committed before it was
-/// read lies at or below it.
+/// read lies at or below it. A commit waits for its WAL to be flushed, so
+/// the position written is enough, unless commits do not wait
+/// (`synchronous_commit = off`, read in a session of the service's own role
+/// and database): then the position inserted, which a replica reaches only
+/// once it is flushed.
 async fn primary_position(db: &PgPool) -> Result<u64, sqlx::Error> {
-    let at: i64 =
-        sqlx::query_scalar("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint").fetch_one(db).await?;
+    let at: i64 = sqlx::query_scalar(
+        "SELECT pg_wal_lsn_diff(CASE WHEN current_setting('synchronous_commit') = 'off' \
+         THEN pg_current_wal_insert_lsn() ELSE pg_current_wal_lsn() END, '0/0')::bigint",
+    )
+    .fetch_one(db)
+    .await?;
     Ok(at as u64)
+}
+
+/// The history a server's WAL belongs to: its cluster's system identifier
+/// and its timeline. Positions compare only within one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Lineage {
+    system: i64,
+    timeline: i64,
+}
+
+async fn primary_lineage(db: &PgPool) -> Result<Lineage, sqlx::Error> {
+    let (system, timeline): (i64, String) = sqlx::query_as(
+        "SELECT (SELECT system_identifier FROM pg_control_system())::bigint, \
+         substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)",
+    )
+    .fetch_one(db)
+    .await?;
+    Ok(Lineage { system, timeline: i64::from_str_radix(&timeline, 16).unwrap_or(-1) })
 }
 
 /// How far the replica has replayed: what a query on it now sees.
@@ -211,12 +253,17 @@ impl Replica {
         let mut status = self.inner.status.lock().unwrap();
         if status.state == State::Up {
             tracing::warn!("read replica: a read could not reach it; reads go to the primary");
-            status.state = State::Down;
+            *status = Status { state: State::Down, lag: None };
+            self.inner.replayed.forget();
+            crate::meter::replica(false, None);
         }
     }
 
     fn set(&self, next: Status) {
         let mut status = self.inner.status.lock().unwrap();
+        if next.state != State::Up {
+            self.inner.replayed.forget();
+        }
         if status.state != next.state {
             let lag = next.lag.map(|l| l.as_secs_f64());
             match next.state {
@@ -238,8 +285,9 @@ impl Replica {
     pub async fn watch(self, options: PgConnectOptions, mut stopped: tokio::sync::watch::Receiver<bool>) {
         let mut conn: Option<sqlx::PgConnection> = None;
         let mut history = History::default();
+        let mut primary: Option<Lineage> = None;
         while !*stopped.borrow() {
-            let next = self.look(&mut conn, &options, &mut history).await;
+            let next = self.look(&mut conn, &options, &mut history, &mut primary).await;
             self.set(next);
             tokio::select! {
                 _ = tokio::time::sleep(EVERY) => {}
@@ -258,11 +306,22 @@ impl Replica {
         conn: &mut Option<sqlx::PgConnection>,
         options: &PgConnectOptions,
         history: &mut History,
+        primary: &mut Option<Lineage>,
     ) -> Status {
         use sqlx::Connection;
         const WITHIN: Duration = Duration::from_secs(2);
-        let primary = tokio::time::timeout(WITHIN, primary_position(&self.inner.primary)).await;
-        if let Ok(Ok(at)) = primary {
+        let p = &self.inner.primary;
+        let seen = tokio::time::timeout(WITHIN, async {
+            Ok::<_, sqlx::Error>((primary_lineage(p).await?, primary_position(p).await?))
+        })
+        .await;
+        if let Ok(Ok((lineage, at))) = seen {
+            if *primary != Some(lineage) {
+                // Another primary (a failover): its positions are another
+                // history's.
+                *history = History::default();
+                *primary = Some(lineage);
+            }
             history.push(Instant::now(), at, self.inner.max_lag);
         }
         if conn.is_none() {
@@ -273,11 +332,16 @@ impl Replica {
         }
         let c = conn.as_mut().expect("connected above");
         let seen = tokio::time::timeout(WITHIN, async {
-            let recovering: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()").fetch_one(&mut *c).await?;
-            Ok::<_, sqlx::Error>((recovering, replayed_position(&mut *c).await?))
+            let (recovering, system, timeline): (bool, i64, i64) = sqlx::query_as(
+                "SELECT pg_is_in_recovery(), (SELECT system_identifier FROM pg_control_system())::bigint, \
+                 (SELECT timeline_id FROM pg_control_checkpoint())::bigint",
+            )
+            .fetch_one(&mut *c)
+            .await?;
+            Ok::<_, sqlx::Error>((recovering, Lineage { system, timeline }, replayed_position(&mut *c).await?))
         })
         .await;
-        let (recovering, replayed) = match seen {
+        let (recovering, lineage, replayed) = match seen {
             Ok(Ok(seen)) => seen,
             _ => {
                 *conn = None;
@@ -286,6 +350,12 @@ impl Replica {
         };
         if !recovering {
             return Status { state: State::NotAReplica, lag: None };
+        }
+        match *primary {
+            Some(p) if p == lineage => {}
+            Some(_) => return Status { state: State::Detached, lag: None },
+            // The primary has not been read yet: nothing to compare with.
+            None => return Status { state: State::Starting, lag: None },
         }
         self.inner.replayed.note(replayed);
         let lag = history.lag(replayed, Instant::now());
@@ -376,6 +446,33 @@ mod tests {
         assert!(h.seen.len() < 10, "old positions are dropped: {}", h.seen.len());
         let lag = h.lag(100, t + Duration::from_secs(60)).unwrap();
         assert!(lag > max_lag * 2, "{lag:?}");
+    }
+
+    #[tokio::test]
+    async fn reads_waiting_for_a_position_share_one_reading_that_began_after_they_did() {
+        let sampler = Arc::new(Sampler::default());
+        let readings = Arc::new(AtomicU64::new(0));
+        let read = |readings: Arc<AtomicU64>| async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            Ok(readings.fetch_add(1, Ordering::AcqRel) + 1)
+        };
+        let began = Instant::now();
+        let waiting: Vec<_> = (0..10)
+            .map(|_| {
+                let (sampler, readings) = (sampler.clone(), readings.clone());
+                tokio::spawn(async move { sampler.after(began, read(readings)).await.unwrap() })
+            })
+            .collect();
+        for w in waiting {
+            assert_eq!(w.await.unwrap(), 1, "all ten take the first reading");
+        }
+        assert_eq!(readings.load(Ordering::Acquire), 1);
+        // A read that began after that reading started needs a new one.
+        let later = Instant::now();
+        assert_eq!(sampler.after(later, read(readings.clone())).await.unwrap(), 2);
+        assert_eq!(sampler.highest(), 2);
+        sampler.forget();
+        assert_eq!(sampler.highest(), 0);
     }
 
     #[test]

@@ -24,6 +24,20 @@ async fn metric(metrics: &str, series: &str) -> f64 {
 const ON_REPLICA: &str = r#"amazing_payments_db_reads_total{target="replica"}"#;
 const ON_PRIMARY: &str = r#"amazing_payments_db_reads_total{target="primary"}"#;
 
+/// Reads `url` until the replica answers it (a caught-up replica may be a
+/// moment behind a write made in the background); the answer.
+async fn read_from_replica(metrics: &str, url: &str, key: &str) -> Value {
+    for _ in 0..50 {
+        let before = metric(metrics, ON_REPLICA).await;
+        let read = get_json(url, key).await;
+        if metric(metrics, ON_REPLICA).await > before {
+            return read;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the caught-up replica never answered a read of {url}");
+}
+
 /// Waits up to 15 s for the health check to report the replica `state`; the report.
 async fn replica_becomes(rest: &str, state: &str) -> Value {
     let mut last = Value::Null;
@@ -74,10 +88,10 @@ async fn reads_go_to_a_caught_up_replica_and_to_the_primary_while_it_lags_so_no_
     let body = json!({"customerID": customer, "amount": 5000, "currency": "eur", "payment_method": "pm_card_visa", "capture_method": "manual"});
     let payment =
         post_json(&format!("{rest}/v1/payment"), &key, &body).await["paymentID"].as_str().unwrap().to_string();
-    let on_replica = metric(&metrics, ON_REPLICA).await;
-    let read = get_json(&format!("{rest}/v1/payment/{payment}"), &key).await;
-    assert_eq!(read["status"], "authorized", "{read}");
-    assert_eq!(metric(&metrics, ON_REPLICA).await, on_replica + 1.0, "a caught-up replica answered the read");
+    assert_eq!(
+        read_from_replica(&metrics, &format!("{rest}/v1/payment/{payment}"), &key).await["status"],
+        "authorized"
+    );
 
     // The replica stops replaying: what is written now is not on it.
     let replica_db = sqlx::PgPool::connect(&standby.url("payments")).await.unwrap();
@@ -117,21 +131,22 @@ async fn reads_go_to_a_caught_up_replica_and_to_the_primary_while_it_lags_so_no_
     sqlx::query("SELECT pg_wal_replay_resume()").execute(&replica_db).await.unwrap();
     let health = replica_becomes(rest, "up").await;
     assert!(health["replica"]["lagSeconds"].as_f64().unwrap() <= 1.0, "{health}");
-    let on_replica = metric(&metrics, ON_REPLICA).await;
-    let read = get_json(&format!("{rest}/v1/payment/{payment}"), &key).await;
-    assert_eq!(read["status"], "succeeded");
-    assert_eq!(metric(&metrics, ON_REPLICA).await, on_replica + 1.0);
+    assert_eq!(read_from_replica(&metrics, &format!("{rest}/v1/payment/{payment}"), &key).await["status"], "succeeded");
 
     // The replica goes away: reads are answered by the primary, none fails,
     // and health says it is down.
     replica_db.close().await;
+    let on_primary = metric(&metrics, ON_PRIMARY).await;
     assert!(standby.stop());
     for _ in 0..20 {
+        let asked = std::time::Instant::now();
         let read =
             reqwest::Client::new().get(format!("{rest}/v1/payment/{payment}")).bearer_auth(&key).send().await.unwrap();
         assert_eq!(read.status(), 200, "a read while the replica is away");
+        assert!(asked.elapsed() < Duration::from_millis(1500), "answered without waiting out the replica");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    assert_eq!(metric(&metrics, ON_PRIMARY).await, on_primary + 20.0, "all by the primary");
     let health = replica_becomes(rest, "down").await;
     assert_eq!(health["isHealthy"], true, "{health}");
     let up: f64 = metric(&metrics, "amazing_payments_db_replica_up").await;
@@ -147,7 +162,13 @@ async fn reads_go_to_a_caught_up_replica_and_to_the_primary_while_it_lags_so_no_
 async fn a_promoted_replica_takes_no_reads_and_health_says_it_is_no_longer_a_replica() {
     let primary = Cluster::primary();
     let standby = Cluster::standby_of(&primary);
-    let stack = Stack::start_on(primary.url("payments"), &[("DATABASE_READ_URL", standby.url("payments"))]).await;
+    let metrics_port = free_port();
+    let metrics = format!("http://127.0.0.1:{metrics_port}");
+    let stack = Stack::start_on(
+        primary.url("payments"),
+        &[("DATABASE_READ_URL", standby.url("payments")), ("METRICS_PORT", format!("127.0.0.1:{metrics_port}"))],
+    )
+    .await;
     let key = stack.new_key();
     replica_becomes(&stack.rest, "up").await;
     // Promoted, it leaves the primary's history: what the primary takes
@@ -161,8 +182,13 @@ async fn a_promoted_replica_takes_no_reads_and_health_says_it_is_no_longer_a_rep
             .as_str()
             .unwrap()
             .to_string();
+    let (on_replica, on_primary) = (metric(&metrics, ON_REPLICA).await, metric(&metrics, ON_PRIMARY).await);
     let read = get_json(&format!("{}/v1/customer/{customer}", stack.rest), &key).await;
     assert_eq!(read["customerID"], customer.as_str(), "{read}");
+    assert_eq!(metric(&metrics, ON_REPLICA).await, on_replica);
+    assert_eq!(metric(&metrics, ON_PRIMARY).await, on_primary + 1.0, "read from the primary");
+    let text = reqwest::get(format!("{metrics}/metrics")).await.unwrap().text().await.unwrap();
+    assert!(text.lines().any(|l| l == "amazing_payments_db_replica_lag_seconds NaN"), "an unknown lag is NaN");
 }
 
 #[tokio::test]
@@ -170,4 +196,19 @@ async fn without_a_read_url_health_reports_no_replica() {
     let stack = Stack::start(&[]).await;
     let health: Value = reqwest::get(format!("{}/v1/healthcheck", stack.rest)).await.unwrap().json().await.unwrap();
     assert_eq!(health, json!({"isHealthy": true}));
+}
+
+#[tokio::test]
+async fn a_replica_of_another_cluster_takes_no_reads_and_health_says_it_is_detached() {
+    let primary = Cluster::primary();
+    let other = Cluster::primary();
+    let foreign = Cluster::standby_of(&other);
+    let stack = Stack::start_on(primary.url("payments"), &[("DATABASE_READ_URL", foreign.url("postgres"))]).await;
+    // Its positions are another history's: however far it has replayed,
+    // that says nothing of ours.
+    let health = replica_becomes(&stack.rest, "detached").await;
+    assert_eq!(health["isHealthy"], true);
+    let key = stack.new_key();
+    let list = get_json(&format!("{}/v1/customer", stack.rest), &key).await;
+    assert!(list["customers"].as_array().is_none_or(|c| c.is_empty()), "{list}");
 }
