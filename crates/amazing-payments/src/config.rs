@@ -161,6 +161,21 @@ impl fmt::Debug for DbConfig {
     }
 }
 
+/// A PostgreSQL URL, checked. Several hosts (libpq's `h1,h2` with
+/// `target_session_attrs`) are refused by name: the driver connects to one.
+fn postgres_url(variable: &'static str, url: &str, host: &str) -> Result<PgConnectOptions, ConfigError> {
+    let url = url.trim();
+    let authority = url.split_once("://").map_or("", |(_, rest)| rest.split(['/', '?']).next().unwrap_or(""));
+    if authority.rsplit('@').next().unwrap_or("").contains(',') {
+        return Err(err(
+            variable,
+            "names several hosts, and the driver connects to one: point it at PgBouncer, or at a name your failover moves (README, \"Failover to a replica\")",
+        ));
+    }
+    PgConnectOptions::from_str(url)
+        .map_err(|_| err(variable, format!("is not a PostgreSQL URL such as postgres://user:pass@{host}:5432/db")))
+}
+
 impl DbArgs {
     pub fn config(&self) -> Result<DbConfig, ConfigError> {
         let max_connections: u32 = number("DB_MAX_CONNECTIONS", &self.db_max_connections)?;
@@ -168,9 +183,7 @@ impl DbArgs {
             return Err(err("DB_MAX_CONNECTIONS", "must be at least 1"));
         }
         let options = match &self.database_url {
-            Some(url) if !url.trim().is_empty() => PgConnectOptions::from_str(url.trim()).map_err(|_| {
-                err("DATABASE_URL", "is not a PostgreSQL URL such as postgres://user:pass@host:5432/db")
-            })?,
+            Some(url) if !url.trim().is_empty() => postgres_url("DATABASE_URL", url, "host")?,
             _ => {
                 let port: u16 = number("DB_PORT", &self.db_port)?;
                 if self.db_host.trim().is_empty() {
@@ -189,9 +202,7 @@ impl DbArgs {
         };
         let read = match self.database_read_url.as_deref().map(str::trim) {
             Some(url) if !url.is_empty() => {
-                let options = PgConnectOptions::from_str(url).map_err(|_| {
-                    err("DATABASE_READ_URL", "is not a PostgreSQL URL such as postgres://user:pass@replica:5432/db")
-                })?;
+                let options = postgres_url("DATABASE_READ_URL", url, "replica")?;
                 let secs: f64 = number("DATABASE_READ_MAX_LAG", &self.database_read_max_lag)?;
                 if !(0.1..=3600.0).contains(&secs) {
                     return Err(err("DATABASE_READ_MAX_LAG", "must be between 0.1 and 3600 seconds"));
@@ -796,6 +807,22 @@ mod tests {
         assert!(stripe_args(None).settings().unwrap_err().to_string().starts_with("STRIPE_KEY: is not set"));
         assert_eq!(stripe_args(Some("pk_test_123")).settings().unwrap_err().variable, "STRIPE_KEY");
         assert!(stripe_args(Some("sk_test_123")).settings().is_ok());
+    }
+
+    #[test]
+    fn a_database_url_with_several_hosts_is_refused_with_what_to_do_instead() {
+        let e = postgres_url(
+            "DATABASE_URL",
+            "postgres://app:pw@db1:5432,db2:5432/payments?target_session_attrs=read-write",
+            "host",
+        )
+        .unwrap_err();
+        assert_eq!(e.variable, "DATABASE_URL");
+        assert!(e.to_string().contains("several hosts") && e.to_string().contains("PgBouncer"), "{e}");
+        // A comma in a password is not a host list.
+        assert!(postgres_url("DATABASE_URL", "postgres://app:p,w@db1:5432/payments", "host").is_ok());
+        let e = postgres_url("DATABASE_READ_URL", "postgres://db:port/x", "replica").unwrap_err();
+        assert!(e.to_string().contains("postgres://user:pass@replica:5432/db"), "{e}");
     }
 
     #[test]
