@@ -40,8 +40,32 @@ DB=ap_bench
 psql "$PG_ADMIN_URL" -qc "DROP DATABASE IF EXISTS $DB" -qc "CREATE DATABASE $DB" >/dev/null
 DB_URL="${PG_ADMIN_URL%/*}/$DB"
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+PAIR=
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  if [ -n "$PAIR" ]; then
+    for c in standby primary; do as_pg "$PGBIN/pg_ctl" -D "$PAIR/$c" -m immediate stop >/dev/null 2>&1 || true; done
+    rm -rf "$PAIR"
+  fi
+}
 trap cleanup EXIT
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+# BENCH_ONLY=scaleout runs on a primary and a streaming standby of its own
+# (initdb, then pg_basebackup), on ports 15432 and 15433.
+if [ "${BENCH_ONLY:-}" = scaleout ]; then
+  PGBIN="$(find_pg_bin)"
+  PAIR="$(mktemp -d /tmp/ap-bench-pg.XXXXXX)"
+  [ "$(id -u)" = 0 ] && chown postgres "$PAIR"
+  pg_opts() { echo "-p $1 -k $PAIR -c listen_addresses=127.0.0.1 -c max_connections=300"; }
+  log "a primary and a streaming standby for the scale-out runs"
+  as_pg "$PGBIN/initdb" -D "$PAIR/primary" -U postgres -A trust -E UTF8 >/dev/null
+  echo "host replication all 127.0.0.1/32 trust" >>"$PAIR/primary/pg_hba.conf"
+  as_pg "$PGBIN/pg_ctl" -D "$PAIR/primary" -l "$PAIR/primary.log" -w -o "$(pg_opts 15432)" start >/dev/null
+  as_pg "$PGBIN/pg_basebackup" -h 127.0.0.1 -p 15432 -U postgres -D "$PAIR/standby" -R -X stream -c fast
+  as_pg "$PGBIN/pg_ctl" -D "$PAIR/standby" -l "$PAIR/standby.log" -w -o "$(pg_opts 15433)" start >/dev/null
+  DB_URL="postgres://postgres@127.0.0.1:15432/$DB"
+  READ_URL="postgres://postgres@127.0.0.1:15433/$DB"
+fi
 
 SIM_PORT=12199 JSON=18480 RPC=18481
 "$BIN/stripe-sim" --port $SIM_PORT \
@@ -87,10 +111,12 @@ if [ "${BENCH_ONLY:-}" = scaleout ]; then
       -e "s/:8180 /:$JSON /" -e "s/:8181 /:$RPC /" \
       -e "s/:8280 /:18680 /" -e "s/:8281 /:18681 /" \
       -e "s/:8380 /:18780 /" -e "s/:8381 /:18781 /" ops/haproxy/haproxy.cfg >"$CFG"
+  instances=("$SERVICE")
   for p in 186 187; do
     JSON_PORT="127.0.0.1:${p}80" RPC_PORT="127.0.0.1:${p}81" SKIP_MIGRATIONS=true RECONCILER=false \
       "$BIN/amazing-payments" serve >"target/bench-service-$p.log" 2>&1 &
     pids+=($!)
+    instances+=($!)
   done
   haproxy -db -f "$CFG" >target/bench-haproxy.log 2>&1 &
   pids+=($!)
@@ -99,6 +125,29 @@ if [ "${BENCH_ONLY:-}" = scaleout ]; then
   log "REST reads, three instances behind HAProxy"
   THREE=$("$LOADGEN" get-customer-rest "http://127.0.0.1:18580" "$KEY" "$READERS" "$SECONDS_PER_RUN" "$CUSTOMERS")
   echo "$THREE"
+  # The same, each instance reading from the standby (DATABASE_READ_URL).
+  kill "${instances[@]}"
+  wait "${instances[@]}" 2>/dev/null || true
+  for p in 184 186 187; do
+    JSON_PORT="127.0.0.1:${p}80" RPC_PORT="127.0.0.1:${p}81" METRICS_PORT="127.0.0.1:${p}90" SKIP_MIGRATIONS=true RECONCILER=false \
+      DATABASE_READ_URL="$READ_URL" "$BIN/amazing-payments" serve >"target/bench-service-replica-$p.log" 2>&1 &
+    pids+=($!)
+  done
+  for p in 184 186 187; do
+    for _ in $(seq 100); do
+      curl -sf "http://127.0.0.1:${p}80/v1/healthcheck" | grep -q '"state":"up"' && break
+      sleep 0.1
+    done
+  done
+  sleep 3
+  log "REST reads, one instance reading from the replica"
+  echo "$(run get-customer-rest "$READERS")"
+  log "REST reads, three instances behind HAProxy reading from the replica"
+  "$LOADGEN" get-customer-rest "http://127.0.0.1:18580" "$KEY" "$READERS" "$SECONDS_PER_RUN" "$CUSTOMERS"
+  curl -s "http://127.0.0.1:18480/v1/healthcheck"; echo
+  # Where the reads went, over all three.
+  for p in 184 186 187; do curl -s "http://127.0.0.1:${p}90/metrics"; done |
+    awk '/^amazing_payments_db_reads_total/ {split($1, a, "\""); n[a[2]] += $2} END {for (t in n) printf "reads from the %s: %d\n", t, n[t]}'
   exit 0
 fi
 # BENCH_ONLY=reads: the REST reads alone, with the service's CPU per read.

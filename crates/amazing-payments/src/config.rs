@@ -166,10 +166,23 @@ impl fmt::Debug for DbConfig {
 fn postgres_url(variable: &'static str, url: &str, host: &str) -> Result<PgConnectOptions, ConfigError> {
     let url = url.trim();
     let authority = url.split_once("://").map_or("", |(_, rest)| rest.split(['/', '?']).next().unwrap_or(""));
-    if authority.rsplit('@').next().unwrap_or("").contains(',') {
+    let query: Vec<(&str, &str)> = url
+        .split_once('?')
+        .map(|(_, q)| q.split('&').filter_map(|kv| kv.split_once('=')).collect())
+        .unwrap_or_default();
+    let hosts_in_query = query.iter().any(|(k, v)| *k == "host" && v.contains(','));
+    if hosts_in_query || authority.rsplit('@').next().unwrap_or("").contains(',') {
         return Err(err(
             variable,
             "names several hosts, and the driver connects to one: point it at PgBouncer, or at a name your failover moves (README, \"Failover to a replica\")",
+        ));
+    }
+    if let Some((_, attrs)) = query.iter().find(|(k, _)| *k == "target_session_attrs")
+        && *attrs != "any"
+    {
+        return Err(err(
+            variable,
+            "sets target_session_attrs, which the driver does not honour: point it at the primary (PgBouncer, or a name your failover moves)",
         ));
     }
     PgConnectOptions::from_str(url)
@@ -188,6 +201,12 @@ impl DbArgs {
                 let port: u16 = number("DB_PORT", &self.db_port)?;
                 if self.db_host.trim().is_empty() {
                     return Err(err("DB_HOST", "is empty"));
+                }
+                if self.db_host.contains(',') {
+                    return Err(err(
+                        "DB_HOST",
+                        "names several hosts, and the driver connects to one: point it at PgBouncer, or at a name your failover moves",
+                    ));
                 }
                 if self.db_name.trim().is_empty() {
                     return Err(err("DB_NAME", "is empty"));
@@ -819,6 +838,11 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.variable, "DATABASE_URL");
         assert!(e.to_string().contains("several hosts") && e.to_string().contains("PgBouncer"), "{e}");
+        let e = postgres_url("DATABASE_URL", "postgres://app@/payments?host=db1,db2", "host").unwrap_err();
+        assert!(e.to_string().contains("several hosts"), "{e}");
+        let e = postgres_url("DATABASE_URL", "postgres://app@db1/payments?target_session_attrs=read-write", "host")
+            .unwrap_err();
+        assert!(e.to_string().contains("target_session_attrs"), "{e}");
         // A comma in a password is not a host list.
         assert!(postgres_url("DATABASE_URL", "postgres://app:p,w@db1:5432/payments", "host").is_ok());
         let e = postgres_url("DATABASE_READ_URL", "postgres://db:port/x", "replica").unwrap_err();

@@ -159,6 +159,13 @@ impl From<sqlx::Error> for AppError {
                 crate::store::note_connection_error();
                 AppError::unavailable("DATABASE_UNAVAILABLE", "the database is unavailable; try again later")
             }
+            // A write that reached a standby (a failover not finished, a
+            // pooler or name not yet moved): the primary is elsewhere or
+            // coming; try again shortly.
+            sqlx::Error::Database(d) if d.code().as_deref() == Some("25006") => {
+                crate::store::note_connection_error();
+                AppError::unavailable("DATABASE_UNAVAILABLE", "the database takes no writes right now; try again later")
+            }
             sqlx::Error::Database(d) if crate::store::is_unreachable(d.as_ref()) => {
                 // PgBouncer's wait for a server connection running out is a
                 // busy pool, not a broken connection.

@@ -102,6 +102,8 @@ impl App {
                     tracing::warn!("read replica did not answer a read in time: read from the primary");
                     reads.lost();
                 }
+                // Its pool busy: the primary takes this one; nothing wrong.
+                Ok(Err(sqlx::Error::PoolTimedOut)) => {}
                 Ok(Err(e)) if crate::store::is_lost_connection(&e) => {
                     tracing::warn!(error = %e, "read replica failed a read: read from the primary");
                     reads.lost();

@@ -112,8 +112,12 @@ pub async fn watch(
     }
 }
 
-/// Whether the database answers: on the watchdog's connection, else on a
-/// new one.
+/// Whether a server takes writes: not a standby (a failover's target not
+/// yet promoted, or an old primary come back as one) and not read-only.
+const WRITABLE: &str = "SELECT NOT pg_is_in_recovery() AND current_setting('transaction_read_only') = 'off'";
+
+/// Whether the database answers and takes writes: on the watchdog's
+/// connection, else on a new one.
 async fn reachable(conn: &mut Option<sqlx::PgConnection>, options: &sqlx::postgres::PgConnectOptions) -> bool {
     use sqlx::Connection;
     const WITHIN: Duration = Duration::from_secs(2);
@@ -121,20 +125,27 @@ async fn reachable(conn: &mut Option<sqlx::PgConnection>, options: &sqlx::postgr
     if let Some(c) = conn.as_mut() {
         // A statement, not a bare ping: through a pooler it must reach
         // PostgreSQL.
-        if matches!(tokio::time::timeout(HELD_WITHIN, sqlx::query("SELECT 1").execute(&mut *c)).await, Ok(Ok(_))) {
+        let writable = tokio::time::timeout(HELD_WITHIN, sqlx::query_scalar::<_, bool>(WRITABLE).fetch_one(&mut *c));
+        if matches!(writable.await, Ok(Ok(true))) {
             return true;
         }
+        // Read-only, broken or slow: a new connection may reach the
+        // primary (a pooler repointed, a name moved).
         *conn = None;
     }
     let fresh = async {
         let mut c = sqlx::PgConnection::connect_with(options).await?;
-        sqlx::query("SELECT 1").execute(&mut c).await?;
-        Ok::<_, sqlx::Error>(c)
+        let writable: bool = sqlx::query_scalar(WRITABLE).fetch_one(&mut c).await?;
+        Ok::<_, sqlx::Error>((c, writable))
     };
     match tokio::time::timeout(WITHIN, fresh).await {
-        Ok(Ok(c)) => {
+        Ok(Ok((c, true))) => {
             *conn = Some(c);
             true
+        }
+        Ok(Ok((_, false))) => {
+            tracing::warn!("the database answers but takes no writes (a standby, or read-only)");
+            false
         }
         // The server (or PgBouncer) answered with an error of its own:
         // there, unless the error says it cannot reach PostgreSQL.

@@ -172,6 +172,12 @@ pub fn is_pooler_connection_error(message: &str) -> bool {
         "query_wait_timeout",
         "server_login_retry",
         "server login has been failing",
+        // PostgreSQL's own refusals of PgBouncer's login, passed on as
+        // 08P01: starting (a restart, a promotion) or shutting down.
+        "the database system is starting up",
+        "the database system is shutting down",
+        "the database system is in recovery mode",
+        "the database system is not yet accepting connections",
     ]
     .iter()
     .any(|m| message.contains(m))
@@ -219,6 +225,7 @@ mod tests {
         assert!(is_pooler_connection_error("server conn crashed?"));
         assert!(is_pooler_connection_error("pgbouncer cannot connect to server"));
         assert!(is_pooler_connection_error("query_wait_timeout"));
+        assert!(is_pooler_connection_error("the database system is starting up"));
         assert!(!is_pooler_connection_error("invalid message format"));
     }
 

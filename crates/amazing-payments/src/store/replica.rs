@@ -26,16 +26,16 @@
 use sqlx::{PgPool, postgres::PgConnectOptions};
 use std::{
     collections::VecDeque,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 /// How long the positions a read needs are waited for before the read goes
 /// to the primary.
 const POSITION_WITHIN: Duration = Duration::from_secs(1);
+
+/// How long a replica that failed a read is left out.
+const HELD_DOWN: Duration = Duration::from_secs(5);
 
 /// How often the watchdog looks.
 const EVERY: Duration = Duration::from_millis(250);
@@ -82,52 +82,67 @@ pub struct Status {
 }
 
 /// A position read from PostgreSQL, shared by the reads that began before
-/// the reading started.
+/// the reading started. What it knows belongs to a generation, which
+/// [`Sampler::forget`] ends: a reading begun before is then thrown away.
 #[derive(Debug, Default)]
 struct Sampler {
-    /// When the last reading started, and what it read.
-    last: tokio::sync::Mutex<Option<(Instant, u64)>>,
-    /// The highest position read so far.
-    highest: AtomicU64,
+    /// When the last reading started, what it read, and its generation.
+    last: tokio::sync::Mutex<Option<(Instant, u64, u64)>>,
+    known: Mutex<Known>,
+}
+
+#[derive(Debug, Default)]
+struct Known {
+    generation: u64,
+    /// The highest position read in this generation.
+    highest: u64,
 }
 
 impl Sampler {
     /// A position read after `since`: the last one if its reading started
     /// after `since`, else a new one (one reading at a time; those waiting
-    /// for it take the next one's).
-    async fn after<F>(&self, since: Instant, read: F) -> Result<u64, sqlx::Error>
+    /// for it take the next one's). `None` if it was forgotten meanwhile.
+    async fn after<F>(&self, since: Instant, read: F) -> Result<Option<u64>, sqlx::Error>
     where
         F: std::future::Future<Output = Result<u64, sqlx::Error>>,
     {
+        let generation = self.known.lock().unwrap().generation;
         let mut last = self.last.lock().await;
-        if let Some((at, position)) = *last
+        if let Some((at, position, g)) = *last
+            && g == generation
             && at >= since
         {
-            return Ok(position);
+            return Ok(Some(position));
         }
         let at = Instant::now();
         let position = read.await?;
-        *last = Some((at, position));
-        self.highest.fetch_max(position, Ordering::AcqRel);
-        Ok(position)
+        {
+            let mut known = self.known.lock().unwrap();
+            if known.generation != generation {
+                return Ok(None);
+            }
+            known.highest = known.highest.max(position);
+        }
+        *last = Some((at, position, generation));
+        Ok(Some(position))
     }
 
     fn highest(&self) -> u64 {
-        self.highest.load(Ordering::Acquire)
+        self.known.lock().unwrap().highest
     }
 
     fn note(&self, position: u64) {
-        self.highest.fetch_max(position, Ordering::AcqRel);
+        let mut known = self.known.lock().unwrap();
+        known.highest = known.highest.max(position);
     }
 
-    /// Forgets what was read: the server behind the URL may have changed
-    /// (rebuilt, restarted from an older backup), and replay positions only
-    /// move forward on one server.
+    /// Forgets what was read, and whatever a reading under way brings: the
+    /// server behind the URL may have changed (rebuilt, restarted from an
+    /// older backup), and replay positions only move forward on one server.
     fn forget(&self) {
-        self.highest.store(0, Ordering::Release);
-        if let Ok(mut last) = self.last.try_lock() {
-            *last = None;
-        }
+        let mut known = self.known.lock().unwrap();
+        known.generation += 1;
+        known.highest = 0;
     }
 }
 
@@ -193,6 +208,9 @@ struct Inner {
     primary_at: Sampler,
     replayed: Sampler,
     status: Mutex<Status>,
+    /// Until when a replica that failed a read stays down, whatever its
+    /// watchdog sees: one that answers a ping but not reads must not flap.
+    held_down_until: Mutex<Option<Instant>>,
 }
 
 impl Replica {
@@ -207,6 +225,7 @@ impl Replica {
                 primary_at: Sampler::default(),
                 replayed: Sampler::default(),
                 status: Mutex::new(Status { state: State::Starting, lag: None }),
+                held_down_until: Mutex::new(None),
             }),
         }
     }
@@ -233,7 +252,7 @@ impl Replica {
         )
         .await
         {
-            Ok(Ok(at)) => at,
+            Ok(Ok(Some(at))) => at,
             // The primary's own trouble is the primary read's to report.
             _ => return Target::Primary,
         };
@@ -242,7 +261,7 @@ impl Replica {
         }
         let asked = Instant::now();
         match tokio::time::timeout(POSITION_WITHIN, i.replayed.after(asked, replayed_position(&i.replica))).await {
-            Ok(Ok(at)) if at >= needed => Target::Replica,
+            Ok(Ok(Some(at))) if at >= needed => Target::Replica,
             _ => Target::Primary,
         }
     }
@@ -251,6 +270,7 @@ impl Replica {
     /// watchdog sees it answer again, reads go to the primary.
     pub fn lost(&self) {
         let mut status = self.inner.status.lock().unwrap();
+        *self.inner.held_down_until.lock().unwrap() = Some(Instant::now() + HELD_DOWN);
         if status.state == State::Up {
             tracing::warn!("read replica: a read could not reach it; reads go to the primary");
             *status = Status { state: State::Down, lag: None };
@@ -259,7 +279,11 @@ impl Replica {
         }
     }
 
-    fn set(&self, next: Status) {
+    fn set(&self, mut next: Status) {
+        let held = self.inner.held_down_until.lock().unwrap().is_some_and(|until| Instant::now() < until);
+        if next.state == State::Up && held {
+            next.state = State::Down;
+        }
         let mut status = self.inner.status.lock().unwrap();
         if next.state != State::Up {
             self.inner.replayed.forget();
@@ -334,7 +358,8 @@ impl Replica {
         let seen = tokio::time::timeout(WITHIN, async {
             let (recovering, system, timeline): (bool, i64, i64) = sqlx::query_as(
                 "SELECT pg_is_in_recovery(), (SELECT system_identifier FROM pg_control_system())::bigint, \
-                 (SELECT timeline_id FROM pg_control_checkpoint())::bigint",
+                 COALESCE((SELECT received_tli FROM pg_stat_wal_receiver), \
+                          (SELECT timeline_id FROM pg_control_checkpoint()))::bigint",
             )
             .fetch_one(&mut *c)
             .await?;
@@ -412,6 +437,7 @@ impl History {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
 
     #[test]
     fn a_replica_that_has_replayed_what_the_primary_last_had_is_not_behind() {
@@ -464,15 +490,26 @@ mod tests {
             })
             .collect();
         for w in waiting {
-            assert_eq!(w.await.unwrap(), 1, "all ten take the first reading");
+            assert_eq!(w.await.unwrap(), Some(1), "all ten take the first reading");
         }
         assert_eq!(readings.load(Ordering::Acquire), 1);
         // A read that began after that reading started needs a new one.
         let later = Instant::now();
-        assert_eq!(sampler.after(later, read(readings.clone())).await.unwrap(), 2);
+        assert_eq!(sampler.after(later, read(readings.clone())).await.unwrap(), Some(2));
         assert_eq!(sampler.highest(), 2);
         sampler.forget();
         assert_eq!(sampler.highest(), 0);
+        // A reading under way when it is forgotten is thrown away, and the
+        // last one is not used again.
+        let reading = {
+            let (sampler, readings) = (sampler.clone(), readings.clone());
+            tokio::spawn(async move { sampler.after(Instant::now(), read(readings)).await.unwrap() })
+        };
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        sampler.forget();
+        assert_eq!(reading.await.unwrap(), None);
+        assert_eq!(sampler.highest(), 0);
+        assert_eq!(sampler.after(later, read(readings.clone())).await.unwrap(), Some(4), "read again");
     }
 
     #[test]

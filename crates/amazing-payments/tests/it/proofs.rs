@@ -1173,6 +1173,20 @@ async fn break_under_load(how: Break) {
     let local: i64 = sqlx::query_scalar("SELECT count(*) FROM payment.payment").fetch_one(&world.db).await.unwrap();
     let succeeded = all.iter().filter(|c| c.2.is_none()).count() + refused.len();
     assert!(local as usize >= succeeded, "every answered payment is recorded: {local} < {succeeded}");
+    // Each of them by its key: none lost, also across a failover.
+    let answered: Vec<String> =
+        all.iter().filter(|c| c.2.is_none()).map(|c| c.0.clone()).chain(refused.iter().map(|c| c.0.clone())).collect();
+    let found: Vec<String> = sqlx::query_scalar(
+        "SELECT o.request_key FROM payment.operation o JOIN payment.payment p ON p.id = o.payment_id \
+         WHERE o.kind = 'create_payment' AND o.request_key = ANY($1)",
+    )
+    .bind(&answered)
+    .fetch_all(&world.db)
+    .await
+    .unwrap();
+    let found: std::collections::HashSet<String> = found.into_iter().collect();
+    let missing: Vec<&String> = answered.iter().filter(|k| !found.contains(*k)).collect();
+    assert!(!answered.is_empty() && missing.is_empty(), "answered payments missing from the database: {missing:?}");
     assert_eq!(world.stripe_all("/v1/payment_intents").await.len() as i64, local, "one PaymentIntent per payment");
     world.assert_books_match().await;
     drop(bouncer);

@@ -212,3 +212,82 @@ async fn a_replica_of_another_cluster_takes_no_reads_and_health_says_it_is_detac
     let list = get_json(&format!("{}/v1/customer", stack.rest), &key).await;
     assert!(list["customers"].as_array().is_none_or(|c| c.is_empty()), "{list}");
 }
+
+#[tokio::test]
+async fn a_write_that_reaches_a_server_taking_no_writes_is_unavailable_not_an_internal_error() {
+    use amazing_payments::{
+        app::{App, Call, Kind, customers::CreateCustomer},
+        domain::customer::{CustomerName, Email},
+    };
+    let app = crate::common::TestApp::spawn().await;
+    // As a write that reaches a standby: the server refuses it (25006).
+    let read_only = sqlx::postgres::PgPoolOptions::new()
+        .connect_with(app.db_options.clone().options([("default_transaction_read_only", "on")]))
+        .await
+        .unwrap();
+    let on_standby = App { db: read_only, ..app.app.clone() };
+    let made = on_standby
+        .create_customer(
+            CreateCustomer {
+                name: CustomerName::parse("Ada").unwrap(),
+                email: Email::parse("ada@example.com").unwrap(),
+                charge_date: None,
+            },
+            &Call::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!((made.kind, made.reason), (Kind::Unavailable, "DATABASE_UNAVAILABLE"), "{}", made.message);
+    let customers: i64 = sqlx::query_scalar("SELECT count(*) FROM customer.customer").fetch_one(&app.db).await.unwrap();
+    assert_eq!(customers, 0, "nothing written");
+    assert!(app.sim.state().received().is_empty(), "nothing sent to Stripe");
+}
+
+#[tokio::test]
+async fn a_service_pointed_at_a_standby_refuses_with_503_until_it_is_promoted_then_serves() {
+    use crate::common::procs::{PEPPER, service_bin};
+    let primary = Cluster::primary();
+    // The database and a key, made on the primary before the standby is.
+    let run = |args: &[&str]| {
+        std::process::Command::new(service_bin())
+            .args(args)
+            .env("DATABASE_URL", primary.url("payments"))
+            .env("API_KEY_PEPPER", PEPPER)
+            .output()
+            .unwrap()
+    };
+    assert!(run(&["migrate"]).status.success());
+    let made = run(&["apikey", "create", "--name", "failover"]);
+    let key = String::from_utf8(made.stdout).unwrap().trim().to_string();
+    let standby = Cluster::standby_of(&primary);
+    let stack = Stack::start_on(standby.url("payments"), &[("SKIP_MIGRATIONS", "true".into())]).await;
+    let create = || async {
+        reqwest::Client::new()
+            .post(format!("{}/v1/customer", stack.rest))
+            .bearer_auth(&key)
+            .json(&json!({"name": "Ada", "email": "ada@example.com"}))
+            .send()
+            .await
+            .unwrap()
+    };
+    // It answers, but takes no writes: every write is refused, at once and
+    // as unavailable, never a 500.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    for _ in 0..5 {
+        let answer = create().await;
+        assert_eq!(answer.status(), 503);
+        let body: Value = answer.json().await.unwrap();
+        assert_eq!(body["reason"], "DATABASE_UNAVAILABLE", "{body}");
+    }
+    // The failover finishes: the same instance serves, with no restart.
+    assert!(standby.promote());
+    let mut status = 0;
+    for _ in 0..50 {
+        status = create().await.status().as_u16();
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 200, "served once the standby is the primary");
+}

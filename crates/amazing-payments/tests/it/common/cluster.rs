@@ -81,7 +81,21 @@ impl Cluster {
         let port = primary.port.to_string();
         assert!(run(
             "pg_basebackup",
-            &["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-D", data.to_str().unwrap(), "-R", "-X", "stream"]
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-D",
+                data.to_str().unwrap(),
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast"
+            ]
         ));
         let cluster = Cluster { dir, port: free_port() };
         assert!(cluster.start());
@@ -198,7 +212,10 @@ impl Bouncer {
 
     /// Points it at the PostgreSQL at `host:pg_port`, as an operator does
     /// after a failover: the `[databases]` entry rewritten, then a reload
-    /// (SIGHUP), which closes the connections to the old server.
+    /// (SIGHUP). PgBouncer drops a server connection whose entry changed
+    /// only once its client releases it; here the old server has crashed,
+    /// so they are all gone (README, "Failover to a replica", says how to
+    /// cut them when it has not).
     pub fn repoint(&self, host: &str, pg_port: u16) {
         let config = std::fs::read_to_string(&self.ini).unwrap();
         let config: Vec<String> = config
