@@ -14,7 +14,8 @@
 #     runs inside serve), then the notifier mailing the queued events into
 #     aiosmtpd (mails/s).
 # BENCH_ONLY=create stops after the rated run; BENCH_ONLY=reads runs the REST reads alone;
-# BENCH_ONLY=scaleout compares reads from one instance and from three behind HAProxy. With BENCH_PROFILE=1, `perf` samples the service during the rated run and
+# BENCH_ONLY=scaleout compares reads from one instance and from three behind HAProxy, without and
+# with a read replica (a primary and a standby of its own). With BENCH_PROFILE=1, `perf` samples the service during the rated run and
 # its hottest symbols go to target/bench-profile.txt.
 # Results are printed as JSON lines and a Markdown table (see BENCHMARKS.md).
 set -euo pipefail

@@ -32,8 +32,19 @@ pub async fn post_json(url: &str, key: &str, body: &Value) -> Value {
     reqwest::Client::new().post(url).bearer_auth(key).json(body).send().await.unwrap().json().await.unwrap()
 }
 
+/// A port nothing listens on now, never handed out before in this process:
+/// the kernel may give the same free port to two calls in a row (seen: a
+/// service given one port for both its listeners).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut given = GIVEN.lock().unwrap();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// A child process, killed when dropped; its stderr goes to a file.
