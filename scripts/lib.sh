@@ -101,6 +101,10 @@ ensure_debian_parts() {
       command -v "$cmd" >/dev/null || [ -x "/usr/sbin/$cmd" ] || { missing+=("$pkg"); break; }
     done
   done
+  # The scale-out proofs run clusters of their own (initdb, pg_ctl,
+  # pg_basebackup), also when a PostgreSQL is already reachable.
+  local pg
+  if ! pg="$(find_pg_bin)" || [ ! -x "$pg/pg_basebackup" ]; then missing+=(postgresql); fi
   [ ${#missing[@]} -eq 0 ] && return 0
   if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
     echo "missing Debian packages: ${missing[*]} (apt-get install ${missing[*]})" >&2

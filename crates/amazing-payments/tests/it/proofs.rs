@@ -987,7 +987,8 @@ async fn behind_haproxy_a_sigterm_under_load_fails_no_request_and_a_sigkill_fail
     let before_kill = seen.lock().unwrap().len();
     instances[1].signal("-KILL");
     let killed = Instant::now();
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Past the 2.5 s HAProxy may take to take it out, and as long again.
+    tokio::time::sleep(Duration::from_millis(5000)).await;
     stop.store(true, Ordering::Release);
     for task in load {
         task.await.unwrap();
@@ -1006,6 +1007,8 @@ async fn behind_haproxy_a_sigterm_under_load_fails_no_request_and_a_sigkill_fail
         offsets.iter().all(|o| *o < Duration::from_millis(2500)),
         "a call made after the instance was out failed: {failed:?}"
     );
+    let after_out = all.iter().filter(|c| c.3 - c.4 > killed + Duration::from_millis(2500)).count();
+    assert!(after_out > 20, "calls went on once the instance was out: {after_out}");
     let mut per_caller: HashMap<&str, usize> = HashMap::new();
     for (idem, _) in &failed {
         *per_caller.entry(idem.rsplit_once('-').unwrap().0).or_default() += 1;
@@ -1164,12 +1167,8 @@ async fn break_under_load(how: Break) {
     for (idem, (status, answer)) in futures::future::join_all(retries).await {
         assert_eq!(status, 200, "the retry of {idem}: {answer}");
     }
+    settled_by_the_instances(&world.db).await;
     world.reconcile();
-    let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM payment.payment WHERE status = 'pending'")
-        .fetch_one(&world.db)
-        .await
-        .unwrap();
-    assert_eq!(pending, 0, "every payment in flight at the break is settled");
     let local: i64 = sqlx::query_scalar("SELECT count(*) FROM payment.payment").fetch_one(&world.db).await.unwrap();
     let succeeded = all.iter().filter(|c| c.2.is_none()).count() + refused.len();
     assert!(local as usize >= succeeded, "every answered payment is recorded: {local} < {succeeded}");
@@ -1191,6 +1190,26 @@ async fn break_under_load(how: Break) {
     world.assert_books_match().await;
     drop(bouncer);
     drop(standby);
+}
+
+/// Waits up to 20 s for the instances' own reconciler to settle every
+/// operation and payment left pending (in flight at a break).
+async fn settled_by_the_instances(db: &PgPool) {
+    let mut left: (i64, i64) = (0, 0);
+    for _ in 0..200 {
+        left = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM payment.operation WHERE state = 'pending'), \
+                    (SELECT count(*) FROM payment.payment WHERE status = 'pending')",
+        )
+        .fetch_one(db)
+        .await
+        .unwrap();
+        if left == (0, 0) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the instances' reconciler left operations and payments pending: {left:?}");
 }
 
 /// Sum of a counter's series over instances' metrics listeners.
@@ -1308,11 +1327,22 @@ async fn the_whole_topology_keeps_every_answer_true_through_a_failover_and_no_ca
                     .json(&body)
                     .send()
                     .await;
-                let Ok(made) = made else { continue };
-                if made.status() != 200 {
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    continue;
-                }
+                let made = match made {
+                    Ok(made) if made.status() == 200 => made,
+                    // The database away (the failover): said so, retry.
+                    Ok(made) if made.status() == 503 => {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
+                    Ok(made) => {
+                        stale.lock().unwrap().push(format!("a write answered {}", made.status()));
+                        continue;
+                    }
+                    Err(e) => {
+                        stale.lock().unwrap().push(format!("a write failed: {e}"));
+                        continue;
+                    }
+                };
                 let made: Value = made.json().await.unwrap();
                 let id = made["paymentID"].as_str().unwrap().to_string();
                 let read = http.get(format!("{rest}/v1/payment/{id}")).bearer_auth(&key).send().await;
@@ -1327,7 +1357,7 @@ async fn the_whole_topology_keeps_every_answer_true_through_a_failover_and_no_ca
                     // The database away (the failover): not a stale read.
                     Ok(r) if r.status() == 503 => {}
                     Ok(r) => stale.lock().unwrap().push(format!("{id}: read {}", r.status())),
-                    Err(_) => {}
+                    Err(e) => stale.lock().unwrap().push(format!("{id}: read failed: {e}")),
                 }
             }
         }));
@@ -1339,9 +1369,22 @@ async fn the_whole_topology_keeps_every_answer_true_through_a_failover_and_no_ca
     // still wait for it to receive them): what was just written is not on
     // it, and the readers must not see that.
     let on_standby = PgPool::connect(&standby.url("payments")).await.unwrap();
+    let from_primary = r#"amazing_payments_db_reads_total{target="primary"}"#;
     sqlx::query("SELECT pg_wal_replay_pause()").execute(&on_standby).await.unwrap();
+    // The primary's count read before the readers' and after it, so that
+    // it covers every read counted between (but for one in each reader's
+    // hands when the window opened).
+    let primary_before = summed(&world.http, &metrics, from_primary).await;
+    let read_before = read_back.load(Ordering::Acquire);
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let read_during = read_back.load(Ordering::Acquire) - read_before;
+    let primary_during = summed(&world.http, &metrics, from_primary).await - primary_before;
     sqlx::query("SELECT pg_wal_replay_resume()").execute(&on_standby).await.unwrap();
+    assert!(read_during > 5, "payments were read back while the standby lagged: {read_during}");
+    assert!(
+        primary_during + 4.0 >= read_during as f64,
+        "those reads went to the primary: {primary_during} of {read_during}"
+    );
     on_standby.close().await;
     tokio::time::sleep(Duration::from_secs(1)).await;
 
@@ -1389,12 +1432,8 @@ async fn the_whole_topology_keeps_every_answer_true_through_a_failover_and_no_ca
         let (status, answer) = call(&world.http, &format!("{rest}/v1/payment"), &key, &c.0, &body, &statuses).await;
         assert_eq!(status, 200, "the retry of {}: {answer}", c.0);
     }
+    settled_by_the_instances(&world.db).await;
     world.reconcile();
-    let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM payment.payment WHERE status = 'pending'")
-        .fetch_one(&world.db)
-        .await
-        .unwrap();
-    assert_eq!(pending, 0, "every payment in flight at the failover is settled");
     let answered: Vec<String> = all.iter().filter(|c| c.2.is_none()).map(|c| c.0.clone()).collect();
     let found: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM payment.operation o JOIN payment.payment p ON p.id = o.payment_id \

@@ -203,14 +203,27 @@ async fn a_replica_of_another_cluster_takes_no_reads_and_health_says_it_is_detac
     let primary = Cluster::primary();
     let other = Cluster::primary();
     let foreign = Cluster::standby_of(&other);
-    let stack = Stack::start_on(primary.url("payments"), &[("DATABASE_READ_URL", foreign.url("postgres"))]).await;
+    let metrics_port = free_port();
+    let metrics = format!("http://127.0.0.1:{metrics_port}");
+    let stack = Stack::start_on(
+        primary.url("payments"),
+        &[("DATABASE_READ_URL", foreign.url("postgres")), ("METRICS_PORT", format!("127.0.0.1:{metrics_port}"))],
+    )
+    .await;
     // Its positions are another history's: however far it has replayed,
     // that says nothing of ours.
     let health = replica_becomes(&stack.rest, "detached").await;
     assert_eq!(health["isHealthy"], true);
     let key = stack.new_key();
-    let list = get_json(&format!("{}/v1/customer", stack.rest), &key).await;
-    assert!(list["customers"].as_array().is_none_or(|c| c.is_empty()), "{list}");
+    let made =
+        post_json(&format!("{}/v1/customer", stack.rest), &key, &json!({"name": "Cy", "email": "cy@example.com"}))
+            .await;
+    let list =
+        reqwest::Client::new().get(format!("{}/v1/customer", stack.rest)).bearer_auth(&key).send().await.unwrap();
+    assert_eq!(list.status(), 200);
+    let list: Value = list.json().await.unwrap();
+    assert_eq!(list["customers"][0]["customerID"], made["customerID"], "read from our primary: {list}");
+    assert_eq!(metric(&metrics, ON_REPLICA).await, 0.0, "the foreign replica took no read");
 }
 
 #[tokio::test]
