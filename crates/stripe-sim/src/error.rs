@@ -19,6 +19,8 @@ pub struct ApiError {
     pub param: Option<String>,
     /// The failed PaymentIntent, embedded in card errors.
     pub payment_intent: Option<Value>,
+    /// The failed SetupIntent, embedded in its card errors.
+    pub setup_intent: Option<Value>,
     /// Whether an idempotent result is saved for this error: Stripe saves the
     /// result of every request that started executing, and not that of a
     /// request that failed validation.
@@ -35,6 +37,7 @@ impl ApiError {
             message: message.into(),
             param: None,
             payment_intent: None,
+            setup_intent: None,
             started_executing: false,
         }
     }
@@ -148,6 +151,9 @@ impl ApiError {
         }
         if let Some(pi) = &self.payment_intent {
             err["payment_intent"] = pi.clone();
+        }
+        if let Some(si) = &self.setup_intent {
+            err["setup_intent"] = si.clone();
         }
         json!({ "error": err })
     }

@@ -71,6 +71,10 @@ pub struct Data {
     /// What each PaymentMethod's card does when charged.
     pub card_behaviour: std::collections::HashMap<String, resources::cards::Behaviour>,
     pub payment_intents: store::Collection,
+    pub setup_intents: store::Collection,
+    /// PaymentMethods set up for off-session use by an authenticated
+    /// SetupIntent (or payment with `setup_future_usage`).
+    pub set_up_off_session: HashSet<String>,
     pub charges: store::Collection,
     pub refunds: store::Collection,
     pub products: store::Collection,

@@ -35,6 +35,7 @@ pub fn router(sim: Arc<Sim>) -> Router {
         .route("/_sim/faults", post(set_faults).get(list_faults).delete(clear_faults))
         .route("/_sim/payment_intents/{id}/authenticate", post(complete_3ds))
         .route("/_sim/payment_intents/{id}/expire", post(expire_authorization))
+        .route("/_sim/setup_intents/{id}/authenticate", post(complete_setup_3ds))
         .route("/_sim/refunds", post(set_refund_options).get(refund_options))
         .route("/_sim/refunds/{id}/succeed", post(succeed_refund))
         .route("/_sim/refunds/{id}/fail", post(fail_refund))
@@ -65,19 +66,36 @@ struct Authentication {
     outcome: String,
 }
 
-/// Completes or fails 3-D Secure, as the customer's browser would.
-async fn complete_3ds(State(sim): State<Arc<Sim>>, Path(id): Path<String>, Json(a): Json<Authentication>) -> Response {
+/// Completes or fails 3-D Secure, as the customer's browser would: for a
+/// PaymentIntent, or (`setup`) a SetupIntent.
+fn finish_3ds(sim: &Sim, id: &str, a: &Authentication, setup: bool) -> Response {
     let succeed = match a.outcome.as_str() {
         "succeed" => true,
         "fail" => false,
         _ => return ApiError::invalid("outcome", "outcome must be succeed or fail").into_response(),
     };
-    let outcome = crate::resources::payment_intents::authenticate(&sim, &id, succeed);
+    let outcome = if setup {
+        crate::resources::setup_intents::authenticate(sim, id, succeed)
+    } else {
+        crate::resources::payment_intents::authenticate(sim, id, succeed)
+    };
     sim.flush_events();
     match outcome {
-        Ok(pi) => Json(pi).into_response(),
+        Ok(intent) => Json(intent).into_response(),
         Err(e) => e.into_response(),
     }
+}
+
+async fn complete_3ds(State(sim): State<Arc<Sim>>, Path(id): Path<String>, Json(a): Json<Authentication>) -> Response {
+    finish_3ds(&sim, &id, &a, false)
+}
+
+async fn complete_setup_3ds(
+    State(sim): State<Arc<Sim>>,
+    Path(id): Path<String>,
+    Json(a): Json<Authentication>,
+) -> Response {
+    finish_3ds(&sim, &id, &a, true)
 }
 
 /// Lets an authorization expire uncaptured.

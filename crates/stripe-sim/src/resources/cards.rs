@@ -13,8 +13,13 @@ pub enum Behaviour {
     },
     /// Attaches to a customer; every charge is declined.
     AttachThenDecline,
-    /// Always asks for 3-D Secure.
+    /// Always asks for 3-D Secure, on setup and on every charge, off-session
+    /// ones included (which are then declined `authentication_required`).
     RequireAuthentication,
+    /// Asks for 3-D Secure on setup and on one-time charges; once set up
+    /// for future use (a SetupIntent, or a payment with
+    /// `setup_future_usage`, authenticated), off-session charges succeed.
+    AuthenticateOnSetup,
     /// Succeeds, then the charge is disputed.
     Dispute,
 }
@@ -74,6 +79,10 @@ pub const CARDS: &[(&str, Card)] = &[
     (
         "pm_card_chargeCustomerFail",
         Card { number: "4000000000000341", brand: "visa", behaviour: Behaviour::AttachThenDecline },
+    ),
+    (
+        "pm_card_authenticationRequiredOnSetup",
+        Card { number: "4000002500003155", brand: "visa", behaviour: Behaviour::AuthenticateOnSetup },
     ),
     (
         "pm_card_authenticationRequired",

@@ -12,6 +12,7 @@ pub mod payment_methods;
 pub mod products;
 pub mod refunds;
 pub mod search;
+pub mod setup_intents;
 
 use crate::{Sim, error::ApiResult};
 use axum::http::Method;
@@ -34,6 +35,15 @@ pub fn route(method: &Method, segments: &[&str]) -> Option<Handler> {
         ("POST", ["v1", "payment_methods"]) => payment_methods::create,
         ("GET", ["v1", "payment_methods", _]) => payment_methods::retrieve,
         ("POST", ["v1", "payment_methods", _, "attach"]) => payment_methods::attach,
+        ("POST", ["v1", "payment_methods", _, "detach"]) => payment_methods::detach,
+        ("GET", ["v1", "payment_methods"]) => payment_methods::list,
+        ("GET", ["v1", "customers", _, "payment_methods"]) => payment_methods::list_for_customer,
+        ("POST", ["v1", "setup_intents"]) => setup_intents::create,
+        ("GET", ["v1", "setup_intents"]) => setup_intents::list,
+        ("GET", ["v1", "setup_intents", _]) => setup_intents::retrieve,
+        ("POST", ["v1", "setup_intents", _]) => setup_intents::update,
+        ("POST", ["v1", "setup_intents", _, "confirm"]) => setup_intents::confirm,
+        ("POST", ["v1", "setup_intents", _, "cancel"]) => setup_intents::cancel,
         ("POST", ["v1", "payment_intents"]) => payment_intents::create,
         ("GET", ["v1", "payment_intents"]) => payment_intents::list,
         ("GET", ["v1", "payment_intents", "search"]) => search::payment_intents,

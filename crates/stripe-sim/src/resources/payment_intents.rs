@@ -104,6 +104,7 @@ pub fn create(sim: &Sim, p: &Value, _path: &[&str]) -> ApiResult {
         ("payment_method_types", json!(["card"])),
         ("receipt_email", json!(params::text(p, "receipt_email")?)),
         ("status", json!(if pm.is_some() { "requires_confirmation" } else { "requires_payment_method" })),
+        ("setup_future_usage", json!(params::one_of(p, "setup_future_usage", &["on_session", "off_session"])?)),
         ("latest_charge", Value::Null),
         ("last_payment_error", Value::Null),
         ("next_action", Value::Null),
@@ -118,7 +119,7 @@ pub fn create(sim: &Sim, p: &Value, _path: &[&str]) -> ApiResult {
     data.payment_intents.insert(seq, pi);
     if confirm {
         let return_url = params::text(p, "return_url")?.map(str::to_string);
-        return confirm_intent(&mut data, &id, return_url);
+        return confirm_intent(&mut data, &id, return_url, off_session(p)?);
     }
     Ok(data.payment_intents.get(&id).cloned().expect("just inserted"))
 }
@@ -143,16 +144,42 @@ pub fn confirm(sim: &Sim, p: &Value, path: &[&str]) -> ApiResult {
     if get(&mut data, path[2])?["payment_method"].is_null() {
         return Err(ApiError::missing("payment_method"));
     }
-    confirm_intent(&mut data, path[2], params::text(p, "return_url")?.map(str::to_string))
+    confirm_intent(&mut data, path[2], params::text(p, "return_url")?.map(str::to_string), off_session(p)?)
 }
 
-/// Runs a confirmation with the intent's payment method.
-fn confirm_intent(data: &mut Data, id: &str, return_url: Option<String>) -> ApiResult {
+/// `off_session`: `true`, `one_off` or `recurring` mean the customer is not
+/// there to authenticate.
+fn off_session(p: &Value) -> Result<bool, ApiError> {
+    match params::text(p, "off_session")? {
+        None | Some("false") => Ok(false),
+        Some("true" | "one_off" | "recurring") => Ok(true),
+        Some(_) => Err(ApiError::invalid(
+            "off_session",
+            "Invalid boolean or enum: must be one of true, false, one_off, recurring",
+        )),
+    }
+}
+
+/// Runs a confirmation with the intent's payment method. Off-session, a
+/// card that wants the customer to authenticate is declined
+/// `authentication_required` (the intent back to `requires_payment_method`,
+/// so that it can be confirmed again on-session), unless it was set up for
+/// off-session use and only asks on setup.
+fn confirm_intent(data: &mut Data, id: &str, return_url: Option<String>, off_session: bool) -> ApiResult {
     let pm_id = get(data, id)?["payment_method"].as_str().unwrap_or_default().to_string();
     let behaviour = data.card_behaviour.get(&pm_id).copied().unwrap_or(Behaviour::Succeed);
+    let set_up = data.set_up_off_session.contains(&pm_id);
     match behaviour {
         Behaviour::Succeed | Behaviour::Dispute => authorize(data, id),
-        Behaviour::RequireAuthentication => {
+        Behaviour::AuthenticateOnSetup if off_session && set_up => authorize(data, id),
+        Behaviour::RequireAuthentication | Behaviour::AuthenticateOnSetup if off_session => Err(decline(
+            data,
+            id,
+            "authentication_required",
+            "authentication_required",
+            "Your card was declined. This transaction requires authentication.",
+        )),
+        Behaviour::RequireAuthentication | Behaviour::AuthenticateOnSetup => {
             let pi = get(data, id)?;
             pi["status"] = json!("requires_action");
             pi["next_action"] = match return_url {
@@ -221,8 +248,16 @@ fn new_charge(data: &mut Data, pi: &Value, status: &str, captured: bool, manual:
 }
 
 /// A successful authorization: captured at once unless capture is manual.
+/// With `setup_future_usage` and a customer, the method is saved to the
+/// customer and set up for later (off-session) charges.
 fn authorize(data: &mut Data, id: &str) -> ApiResult {
     let pi = get(data, id)?.clone();
+    if let (Some(_), Some(customer), Some(pm)) =
+        (pi["setup_future_usage"].as_str(), pi["customer"].as_str(), pi["payment_method"].as_str())
+    {
+        payment_methods::attach_to(data, pm, customer);
+        data.set_up_off_session.insert(pm.to_string());
+    }
     let manual = pi["capture_method"] == "manual";
     let charge = new_charge(data, &pi, "succeeded", !manual, manual);
     let amount = pi["amount"].clone();

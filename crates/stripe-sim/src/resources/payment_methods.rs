@@ -1,5 +1,7 @@
 //! PaymentMethods: created from card details or from Stripe's test ids
-//! (`pm_card_visa`, ...), retrieved, attached to a customer.
+//! (`pm_card_visa`, ...), retrieved, attached to a customer and detached,
+//! listed (a customer's, by `GET /v1/customers/{id}/payment_methods` or
+//! `GET /v1/payment_methods?customer=`).
 
 use super::{
     cards::{self, Behaviour},
@@ -128,7 +130,70 @@ pub fn attach(sim: &Sim, p: &Value, path: &[&str]) -> ApiResult {
         return Err(card_error(code, Some(decline_code), message, None));
     }
     let id = pm["id"].as_str().unwrap_or_default().to_string();
-    let stored = data.payment_methods.get_mut(&id).expect("just resolved");
+    Ok(attach_to(&mut data, &id, customer))
+}
+
+/// Attaches a known PaymentMethod to `customer` (no-op if it is), telling
+/// of it (`payment_method.attached`).
+pub fn attach_to(data: &mut Data, id: &str, customer: &str) -> Value {
+    let Some(stored) = data.payment_methods.get_mut(id) else { return Value::Null };
+    if stored["customer"] == customer {
+        return stored.clone();
+    }
     stored["customer"] = json!(customer);
-    Ok(stored.clone())
+    let pm = stored.clone();
+    data.emit("payment_method.attached", &pm, Some(json!({"customer": null})));
+    pm
+}
+
+/// Detaches a PaymentMethod from its customer: it can no longer be used
+/// (nor attached again, as Stripe has it).
+pub fn detach(sim: &Sim, p: &Value, path: &[&str]) -> ApiResult {
+    params::only(p, &[])?;
+    let mut data = sim.data.lock();
+    let Some(stored) = data.payment_methods.get_mut(path[2]) else {
+        return Err(ApiError::missing_object("payment_method", path[2], "payment_method"));
+    };
+    let Some(was) = stored["customer"].as_str().map(str::to_string) else {
+        return Err(ApiError::state(
+            "payment_method_unexpected_state",
+            "The payment method you provided is not attached to a customer so detachment is impossible.",
+        ));
+    };
+    stored["customer"] = Value::Null;
+    let pm = stored.clone();
+    data.set_up_off_session.remove(path[2]);
+    data.emit("payment_method.detached", &pm, Some(json!({"customer": was})));
+    Ok(pm)
+}
+
+/// `GET /v1/payment_methods?customer=cus_...&type=card`.
+pub fn list(sim: &Sim, p: &Value, _path: &[&str]) -> ApiResult {
+    params::only(p, &["customer", "type", "limit", "starting_after", "ending_before"])?;
+    let customer = params::text(p, "customer")?.map(str::to_string);
+    list_of(sim, p, customer, "/v1/payment_methods")
+}
+
+/// `GET /v1/customers/{id}/payment_methods`.
+pub fn list_for_customer(sim: &Sim, p: &Value, path: &[&str]) -> ApiResult {
+    params::only(p, &["type", "limit", "starting_after", "ending_before", "allow_redisplay"])?;
+    if sim.data.lock().customers.get(path[2]).is_none() {
+        return Err(ApiError::missing_object("customer", path[2], "customer"));
+    }
+    list_of(sim, p, Some(path[2].to_string()), &format!("/v1/customers/{}/payment_methods", path[2]))
+}
+
+fn list_of(sim: &Sim, p: &Value, customer: Option<String>, url: &str) -> ApiResult {
+    if let Some(t) = params::text(p, "type")?
+        && t != "card"
+    {
+        return Err(ApiError::invalid("type", "The simulator supports card PaymentMethods only."));
+    }
+    let page = crate::store::Page::from_params(p)?;
+    let data = sim.data.lock();
+    // Only attached methods are listed: a customer's, or any customer's.
+    data.payment_methods.list(url, &page, "payment_method", |pm| match &customer {
+        Some(c) => pm["customer"].as_str() == Some(c.as_str()),
+        None => !pm["customer"].is_null(),
+    })
 }

@@ -7,4 +7,5 @@ mod faults;
 mod payments;
 mod refunds;
 mod search;
+mod setup_intents;
 mod webhooks;
