@@ -72,6 +72,7 @@ pub struct Data {
     pub card_behaviour: std::collections::HashMap<String, resources::cards::Behaviour>,
     pub payment_intents: store::Collection,
     pub setup_intents: store::Collection,
+    pub disputes: store::Collection,
     /// PaymentMethods set up for off-session use by an authenticated
     /// SetupIntent (or payment with `setup_future_usage`).
     pub set_up_off_session: HashSet<String>,

@@ -20,8 +20,13 @@ pub enum Behaviour {
     /// for future use (a SetupIntent, or a payment with
     /// `setup_future_usage`, authenticated), off-session charges succeed.
     AuthenticateOnSetup,
-    /// Succeeds, then the charge is disputed.
-    Dispute,
+    /// Succeeds, then the charge is disputed: a chargeback (funds withdrawn,
+    /// the charge no longer refundable) or, `inquiry`, a request for
+    /// information (nothing withdrawn yet).
+    Dispute {
+        reason: &'static str,
+        inquiry: bool,
+    },
 }
 
 /// A test card.
@@ -88,7 +93,30 @@ pub const CARDS: &[(&str, Card)] = &[
         "pm_card_authenticationRequired",
         Card { number: "4000002760003184", brand: "visa", behaviour: Behaviour::RequireAuthentication },
     ),
-    ("pm_card_createDispute", Card { number: "4000000000000259", brand: "visa", behaviour: Behaviour::Dispute }),
+    (
+        "pm_card_createDispute",
+        Card {
+            number: "4000000000000259",
+            brand: "visa",
+            behaviour: Behaviour::Dispute { reason: "fraudulent", inquiry: false },
+        },
+    ),
+    (
+        "pm_card_createDisputeProductNotReceived",
+        Card {
+            number: "4000000000002685",
+            brand: "visa",
+            behaviour: Behaviour::Dispute { reason: "product_not_received", inquiry: false },
+        },
+    ),
+    (
+        "pm_card_createDisputeInquiry",
+        Card {
+            number: "4000000000001976",
+            brand: "visa",
+            behaviour: Behaviour::Dispute { reason: "fraudulent", inquiry: true },
+        },
+    ),
 ];
 
 /// The decline of a card that attaches but cannot be charged.

@@ -5,6 +5,7 @@ pub mod balance;
 pub mod cards;
 pub mod charges;
 pub mod customers;
+pub mod disputes;
 pub mod money;
 pub mod params;
 pub mod payment_intents;
@@ -51,6 +52,10 @@ pub fn route(method: &Method, segments: &[&str]) -> Option<Handler> {
         ("POST", ["v1", "payment_intents", _, "confirm"]) => payment_intents::confirm,
         ("POST", ["v1", "payment_intents", _, "capture"]) => payment_intents::capture,
         ("POST", ["v1", "payment_intents", _, "cancel"]) => payment_intents::cancel,
+        ("GET", ["v1", "disputes"]) => disputes::list,
+        ("GET", ["v1", "disputes", _]) => disputes::retrieve,
+        ("POST", ["v1", "disputes", _]) => disputes::update,
+        ("POST", ["v1", "disputes", _, "close"]) => disputes::close,
         ("GET", ["v1", "charges"]) => charges::list,
         ("GET", ["v1", "charges", "search"]) => search::charges,
         ("GET", ["v1", "charges", _]) => charges::retrieve,

@@ -170,7 +170,7 @@ fn confirm_intent(data: &mut Data, id: &str, return_url: Option<String>, off_ses
     let behaviour = data.card_behaviour.get(&pm_id).copied().unwrap_or(Behaviour::Succeed);
     let set_up = data.set_up_off_session.contains(&pm_id);
     match behaviour {
-        Behaviour::Succeed | Behaviour::Dispute => authorize(data, id),
+        Behaviour::Succeed | Behaviour::Dispute { .. } => authorize(data, id),
         Behaviour::AuthenticateOnSetup if off_session && set_up => authorize(data, id),
         Behaviour::RequireAuthentication | Behaviour::AuthenticateOnSetup if off_session => Err(decline(
             data,
@@ -286,33 +286,10 @@ fn authorize(data: &mut Data, id: &str) -> ApiResult {
         data.emit("payment_intent.succeeded", &pi, Some(json!({"status": before, "amount_received": 0})));
     }
     let pm = pi["payment_method"].as_str().unwrap_or_default().to_string();
-    if data.card_behaviour.get(&pm) == Some(&Behaviour::Dispute) {
-        dispute(data, &charge);
+    if let Some(Behaviour::Dispute { reason, inquiry }) = data.card_behaviour.get(&pm).copied() {
+        super::disputes::open(data, &charge, reason, inquiry);
     }
     Ok(pi)
-}
-
-/// The cardholder disputes the charge (`pm_card_createDispute`).
-fn dispute(data: &mut Data, charge_id: &str) {
-    let Some(ch) = data.charges.get_mut(charge_id) else { return };
-    ch["disputed"] = json!(true);
-    let ch = ch.clone();
-    let mut d = fixtures::template("dispute");
-    for (k, v) in [
-        ("id", json!(ids::new_id("dp"))),
-        ("amount", ch["amount"].clone()),
-        ("charge", json!(charge_id)),
-        ("currency", ch["currency"].clone()),
-        ("created", json!(ids::now())),
-        ("payment_intent", ch["payment_intent"].clone()),
-        ("reason", json!("fraudulent")),
-        ("status", json!("needs_response")),
-        ("livemode", json!(false)),
-        ("metadata", json!({})),
-    ] {
-        d[k] = v;
-    }
-    data.emit("charge.dispute.created", &d, None);
 }
 
 /// A declined confirmation: a failed charge, the intent back to

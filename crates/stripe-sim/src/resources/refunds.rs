@@ -52,6 +52,13 @@ pub fn create(sim: &Sim, p: &Value, _path: &[&str]) -> ApiResult {
         data.charges.get(&charge_id).cloned().ok_or_else(|| {
             ApiError::missing_object("charge", &charge_id, "charge").with_status(StatusCode::BAD_REQUEST)
         })?;
+    if super::disputes::charged_back(&data, &charge_id) {
+        return Err(ApiError::invalid(
+            "charge",
+            format!("Charge {charge_id} has been charged back; cannot issue a refund."),
+        )
+        .code("charge_disputed"));
+    }
     if charge["captured"] != true || charge["status"] != "succeeded" {
         return Err(ApiError::invalid(
             "charge",

@@ -174,7 +174,7 @@ fn confirm_setup(data: &mut Data, id: &str, return_url: Option<String>) -> ApiRe
     match behaviour {
         // A card whose charges fail is still saved: the failure comes when
         // it is charged.
-        Behaviour::Succeed | Behaviour::Dispute | Behaviour::AttachThenDecline => succeed(data, id),
+        Behaviour::Succeed | Behaviour::Dispute { .. } | Behaviour::AttachThenDecline => succeed(data, id),
         Behaviour::RequireAuthentication | Behaviour::AuthenticateOnSetup => {
             let si = get(data, id)?;
             si["status"] = json!("requires_action");

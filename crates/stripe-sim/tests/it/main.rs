@@ -3,6 +3,7 @@
 
 mod api;
 mod common;
+mod disputes;
 mod faults;
 mod payments;
 mod refunds;
