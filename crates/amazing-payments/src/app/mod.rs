@@ -16,6 +16,7 @@ pub mod payments;
 pub mod products;
 pub mod ratelimit;
 pub mod refunds;
+pub mod saved_cards;
 pub mod settle;
 pub mod sync;
 pub mod webhooks;

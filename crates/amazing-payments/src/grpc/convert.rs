@@ -258,3 +258,46 @@ pub fn cancellation_reason(raw: &str) -> Result<Option<&'static str>, AppError> 
 pub fn refund_reason(raw: &str) -> Result<Option<&'static str>, AppError> {
     Ok(request::choice("reason", raw, request::REFUND_REASONS)?)
 }
+
+impl TryFrom<proto::SetupPaymentMethodRequest> for crate::app::saved_cards::SetupPaymentMethod {
+    type Error = AppError;
+    fn try_from(r: proto::SetupPaymentMethodRequest) -> Result<Self, AppError> {
+        Ok(Self {
+            customer: crate::domain::customer::CustomerId::parse(r.customer_id)?,
+            payment_method: given(&r.payment_method).map(PaymentMethodId::parse).transpose()?,
+            return_url: request::url("return_url", &r.return_url)?,
+        })
+    }
+}
+
+/// A SetupIntent as the API shows it: its client secret only while the
+/// customer still has something to do.
+pub fn setup_intent(si: crate::stripe::types::SetupIntent, customer_id: i64) -> proto::SetupIntent {
+    let open = !matches!(si.status.as_str(), "succeeded" | "canceled");
+    let next_action = si.next_action.filter(|_| si.status == "requires_action").map(|a| proto::NextAction {
+        redirect_url: a.redirect_to_url.as_ref().and_then(|r| r.url.clone()).unwrap_or_default(),
+        return_url: a.redirect_to_url.as_ref().and_then(|r| r.return_url.clone()).unwrap_or_default(),
+        r#type: a.kind,
+    });
+    proto::SetupIntent {
+        setup_intent_id: si.id,
+        client_secret: if open { si.client_secret.unwrap_or_default() } else { String::new() },
+        status: si.status,
+        payment_method: si.payment_method.unwrap_or_default(),
+        next_action,
+        customer_id,
+    }
+}
+
+/// A saved card as the API shows it.
+pub fn payment_method(pm: crate::stripe::types::PaymentMethod) -> proto::PaymentMethod {
+    let card = pm.card.unwrap_or_default();
+    proto::PaymentMethod {
+        payment_method: pm.id,
+        brand: card.brand.unwrap_or_default(),
+        last4: card.last4.unwrap_or_default(),
+        exp_month: card.exp_month.unwrap_or_default(),
+        exp_year: card.exp_year.unwrap_or_default(),
+        created_at: chrono::DateTime::from_timestamp(pm.created, 0).map(timestamp).unwrap_or_default(),
+    }
+}

@@ -115,6 +115,45 @@ where
     F: Fn(Req, Call) -> Fut,
     Fut: Future<Output = Result<Resp, AppError>>,
 {
+    keyed(app, principal, rpc, request, render, run, true).await
+}
+
+/// Runs `run` once per idempotency key for an rpc that records no
+/// operation to claim its key with (saving a card): the key is claimed on
+/// its own first.
+pub async fn once_claimed<Req, Resp, F, Fut>(
+    app: &App,
+    principal: &Principal,
+    rpc: &'static str,
+    request: Request<Req>,
+    run: F,
+) -> Result<Response<Resp>, Status>
+where
+    Req: Serialize + Clone,
+    Resp: Serialize + DeserializeOwned + 'static,
+    F: Fn(Req, Call) -> Fut,
+    Fut: Future<Output = Result<Resp, AppError>>,
+{
+    keyed(app, principal, rpc, request, after, run, false).await
+}
+
+/// [`once`]; with `with_operation`, the key of a request never seen is
+/// claimed by the statement that records its operation.
+async fn keyed<Req, Resp, F, Fut>(
+    app: &App,
+    principal: &Principal,
+    rpc: &'static str,
+    request: Request<Req>,
+    render: fn(&Answered) -> Option<Resp>,
+    run: F,
+    with_operation: bool,
+) -> Result<Response<Resp>, Status>
+where
+    Req: Serialize + Clone,
+    Resp: Serialize + DeserializeOwned + 'static,
+    F: Fn(Req, Call) -> Fut,
+    Fut: Future<Output = Result<Resp, AppError>>,
+{
     let key = key_of(request.metadata())?;
     let message = request.into_inner();
     let Some(key) = key else {
@@ -129,23 +168,42 @@ where
         ttl: app.idempotency_ttl,
         holder: Uuid::new_v4(),
     };
-    // The common case, a key never seen: claimed by the statement that
-    // records the request's operation, so the claim costs no round trip.
-    let first = RequestKey { scope, key: key.clone(), claim: Some(claim.clone()) };
-    match run_keyed(
-        app,
-        first.clone(),
-        &claim,
-        render,
-        run(message.clone(), Call { by: principal.api_key_id, key: Some(first) }),
-    )
-    .await
-    {
-        Err(e) if e.reason == KEY_SEEN => {}
-        done => return done.map(Response::new).map_err(Status::from),
+    if with_operation {
+        // The common case, a key never seen: claimed by the statement that
+        // records the request's operation, so the claim costs no round trip.
+        let first = RequestKey { scope, key: key.clone(), claim: Some(claim.clone()) };
+        match run_keyed(
+            app,
+            first.clone(),
+            &claim,
+            render,
+            run(message.clone(), Call { by: principal.api_key_id, key: Some(first) }),
+        )
+        .await
+        {
+            Err(e) if e.reason == KEY_SEEN => {}
+            done => return done.map(Response::new).map_err(Status::from),
+        }
     }
-    // A key seen before: claimed on its own, which decides between a
-    // replay, a refusal and running the request again holding it.
+    claimed_first(app, principal, (key, scope, claim), message, render, run).await
+}
+
+/// The key claimed on its own, which decides between a replay, a refusal
+/// and running the request holding it.
+async fn claimed_first<Req, Resp, F, Fut>(
+    app: &App,
+    principal: &Principal,
+    (key, scope, claim): (String, i64, NewClaim),
+    message: Req,
+    render: fn(&Answered) -> Option<Resp>,
+    run: F,
+) -> Result<Response<Resp>, Status>
+where
+    Resp: Serialize + DeserializeOwned + 'static,
+    F: Fn(Req, Call) -> Fut,
+    Fut: Future<Output = Result<Resp, AppError>>,
+{
+    let rpc = claim.rpc;
     let holder = match idempotency::claim(
         &app.db,
         scope,

@@ -303,6 +303,46 @@ impl PaymentService for PaymentApi {
             refunds: refunds.into_iter().map(|r| convert::refund(r, &currency)).collect(),
         }))
     }
+
+    async fn setup_payment_method(
+        &self,
+        request: Request<proto::SetupPaymentMethodRequest>,
+    ) -> Result<Response<proto::SetupIntent>, Status> {
+        let who = self.principal(&request).await?;
+        let app = &self.app;
+        idempotency::once_claimed(app, &who, "SetupPaymentMethod", request, |r, call| async move {
+            let customer_id = r.customer_id;
+            let si = app.setup_payment_method(parse(r)?, &call).await?;
+            Ok(convert::setup_intent(si, customer_id))
+        })
+        .await
+    }
+
+    async fn list_payment_methods(
+        &self,
+        request: Request<proto::ListPaymentMethodsRequest>,
+    ) -> Result<Response<proto::ListPaymentMethodsResponse>, Status> {
+        self.principal(&request).await?;
+        let id = CustomerId::parse(request.get_ref().customer_id).map_err(AppError::from)?;
+        let methods = self.app.list_payment_methods(id).await?;
+        Ok(Response::new(proto::ListPaymentMethodsResponse {
+            payment_methods: methods.into_iter().map(convert::payment_method).collect(),
+        }))
+    }
+
+    async fn detach_payment_method(
+        &self,
+        request: Request<proto::DetachPaymentMethodRequest>,
+    ) -> Result<Response<proto::PaymentMethod>, Status> {
+        let who = self.principal(&request).await?;
+        let app = &self.app;
+        idempotency::once_claimed(app, &who, "DetachPaymentMethod", request, |r, _call| async move {
+            let id = CustomerId::parse(r.customer_id)?;
+            let pm = crate::domain::request::PaymentMethodId::parse(&r.payment_method)?;
+            Ok(convert::payment_method(app.detach_payment_method(id, pm).await?))
+        })
+        .await
+    }
 }
 
 /// The answer of an rpc that answers the payment its operation left: the

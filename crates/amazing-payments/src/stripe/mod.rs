@@ -242,6 +242,31 @@ impl Client {
         self.post(&format!("/v1/payment_intents/{id}/cancel"), &form, key).await
     }
 
+    /// `POST /v1/setup_intents`.
+    pub async fn create_setup_intent(&self, form: &Form, key: &str) -> Result<Reply<types::SetupIntent>, StripeError> {
+        self.post("/v1/setup_intents", form, key).await
+    }
+
+    /// `GET /v1/customers/{id}/payment_methods?type=card`: a customer's
+    /// saved cards, newest first (the first 100).
+    pub async fn list_customer_payment_methods(
+        &self,
+        customer: &str,
+    ) -> Result<Reply<types::List<types::PaymentMethod>>, StripeError> {
+        let query = Form::new().set("type", "card").set("limit", 100);
+        self.get(&format!("/v1/customers/{customer}/payment_methods"), &query).await
+    }
+
+    /// `GET /v1/payment_methods/{id}`.
+    pub async fn retrieve_payment_method(&self, id: &str) -> Result<Reply<types::PaymentMethod>, StripeError> {
+        self.get(&format!("/v1/payment_methods/{id}"), &Form::new()).await
+    }
+
+    /// `POST /v1/payment_methods/{id}/detach`.
+    pub async fn detach_payment_method(&self, id: &str, key: &str) -> Result<Reply<types::PaymentMethod>, StripeError> {
+        self.post(&format!("/v1/payment_methods/{id}/detach"), &Form::new(), key).await
+    }
+
     /// `POST /v1/refunds`.
     pub async fn create_refund(&self, form: &Form, key: &str) -> Result<Reply<types::Refund>, StripeError> {
         self.post("/v1/refunds", form, key).await

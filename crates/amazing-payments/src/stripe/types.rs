@@ -101,6 +101,39 @@ pub struct NextAction {
     pub redirect_to_url: Option<RedirectToUrl>,
 }
 
+/// A Stripe SetupIntent: a card being saved for later charges.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default)]
+pub struct SetupIntent {
+    pub id: String,
+    pub client_secret: Option<String>,
+    pub status: String,
+    pub customer: Option<String>,
+    pub payment_method: Option<String>,
+    pub next_action: Option<NextAction>,
+    pub last_setup_error: Option<PaymentError>,
+}
+
+/// A card's details on a PaymentMethod.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default)]
+pub struct Card {
+    pub brand: Option<String>,
+    pub last4: Option<String>,
+    pub exp_month: Option<i32>,
+    pub exp_year: Option<i32>,
+}
+
+/// A Stripe PaymentMethod.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default)]
+pub struct PaymentMethod {
+    pub id: String,
+    pub customer: Option<String>,
+    pub card: Option<Card>,
+    pub created: i64,
+}
+
 /// A Stripe PaymentIntent.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(default)]

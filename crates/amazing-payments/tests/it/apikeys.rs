@@ -453,9 +453,21 @@ async fn each_rpc_needs_the_scope_the_readme_gives_it() {
                 "ListPayments",
                 "GetRefund",
                 "ListRefunds",
+                "ListPaymentMethods",
             ][..],
         ),
-        ("write", &["CreateCustomer", "UpdateCustomer", "CreatePayment", "CapturePayment", "CancelPayment"][..]),
+        (
+            "write",
+            &[
+                "CreateCustomer",
+                "UpdateCustomer",
+                "CreatePayment",
+                "CapturePayment",
+                "CancelPayment",
+                "SetupPaymentMethod",
+                "DetachPaymentMethod",
+            ][..],
+        ),
         ("refund", &["RefundPayment"][..]),
         ("admin", &["CreateProduct", "AddPrice", "DeactivateProduct", "DeactivatePrice"][..]),
     ];

@@ -18,6 +18,7 @@ mod platform;
 mod proofs;
 mod ratelimit;
 mod replica;
+mod saved_cards;
 mod scaleout;
 mod stripe_client;
 mod traces;

@@ -1,0 +1,106 @@
+//! Saved cards: a customer's cards, kept by Stripe for later charges.
+//! Nothing of a card is stored here (Stripe holds it, out of our PCI
+//! scope): the service starts the saving (a SetupIntent, confirmed by
+//! Stripe.js or at once with a given PaymentMethod), lists what Stripe
+//! holds for the customer, and detaches a card. None of this moves money,
+//! so no operation is recorded; the Stripe idempotency key still comes from
+//! the client's key, so a retry does not make a second SetupIntent.
+
+use super::{App, AppError, Call, Kind, stripe_failure};
+use crate::{
+    domain::{customer::CustomerId, request::PaymentMethodId},
+    stripe::{form::Form, types},
+};
+use sha2::{Digest, Sha256};
+
+/// A card to save for `customer`.
+#[derive(Debug)]
+pub struct SetupPaymentMethod {
+    pub customer: CustomerId,
+    /// To confirm at once; else Stripe.js confirms with the client secret.
+    pub payment_method: Option<PaymentMethodId>,
+    pub return_url: Option<String>,
+}
+
+fn not_in_stripe(id: CustomerId) -> AppError {
+    AppError::unavailable("CUSTOMER_PENDING", format!("customer {} is not yet in Stripe; try again shortly", id.get()))
+}
+
+/// The Stripe idempotency key of a call: from the client's key (so that
+/// its retry is the same request to Stripe), else a new one.
+fn stripe_key(what: &str, call: &Call) -> String {
+    match call.key() {
+        Some(k) => {
+            let digest = Sha256::digest(format!("{}\n{}", k.scope, k.key));
+            format!("{what}-{}", hex::encode(&digest[..16]))
+        }
+        None => format!("{what}-{}", uuid::Uuid::new_v4().simple()),
+    }
+}
+
+impl App {
+    /// The customer's Stripe Customer id.
+    async fn stripe_customer(&self, id: CustomerId) -> Result<String, AppError> {
+        self.customer_on_primary(id).await?.stripe_customer_key.ok_or_else(|| not_in_stripe(id))
+    }
+
+    /// Starts saving a card: a SetupIntent for off-session use.
+    pub async fn setup_payment_method(
+        &self,
+        cmd: SetupPaymentMethod,
+        call: &Call,
+    ) -> Result<types::SetupIntent, AppError> {
+        let customer = self.stripe_customer(cmd.customer).await?;
+        let pm = cmd.payment_method.as_ref().map(|p| p.as_str());
+        let form = Form::new()
+            .set("customer", &customer)
+            .set("usage", "off_session")
+            .set("metadata[customerID]", cmd.customer.get())
+            .set_opt("payment_method", pm)
+            .set_opt("confirm", pm.map(|_| "true"))
+            .set_opt("return_url", cmd.return_url.as_deref());
+        let reply = self.stripe.create_setup_intent(&form, &stripe_key("setup", call)).await.map_err(stripe_failure)?;
+        Ok(reply.object)
+    }
+
+    /// The customer's saved cards, newest first.
+    pub async fn list_payment_methods(&self, id: CustomerId) -> Result<Vec<types::PaymentMethod>, AppError> {
+        let customer = self.stripe_customer(id).await?;
+        let reply = self.stripe.list_customer_payment_methods(&customer).await.map_err(stripe_failure)?;
+        Ok(reply.object.data)
+    }
+
+    /// Detaches one of the customer's saved cards; a card that is not the
+    /// customer's is not found.
+    pub async fn detach_payment_method(
+        &self,
+        id: CustomerId,
+        pm: PaymentMethodId,
+    ) -> Result<types::PaymentMethod, AppError> {
+        let customer = self.stripe_customer(id).await?;
+        let not_found = || {
+            AppError::not_found("PAYMENT_METHOD_NOT_FOUND", "the customer has no such saved card")
+                .detail("field", "payment_method")
+        };
+        let found = match self.stripe.retrieve_payment_method(pm.as_str()).await {
+            Ok(found) => found.object,
+            Err(crate::stripe::StripeError::Api(a)) if a.status == 404 => return Err(not_found()),
+            Err(e) => return Err(stripe_failure(e)),
+        };
+        if found.customer.as_deref() != Some(customer.as_str()) {
+            return Err(not_found());
+        }
+        // One detach per card: a retry replays it rather than failing on a
+        // card already detached.
+        let key = format!("detach-{}", pm.as_str());
+        let reply = self.stripe.detach_payment_method(pm.as_str(), &key).await.map_err(|e| match e {
+            crate::stripe::StripeError::Api(a) if a.status == 400 => AppError::new(
+                Kind::FailedPrecondition,
+                "PAYMENT_METHOD_NOT_ATTACHED",
+                "the card is no longer saved for the customer",
+            ),
+            e => stripe_failure(e),
+        })?;
+        Ok(reply.object)
+    }
+}

@@ -1,0 +1,195 @@
+//! Saved cards (issue 15, first part): a customer's card saved through a
+//! SetupIntent (at once with a PaymentMethod, or by Stripe.js with the
+//! client secret, 3-D Secure included), listed from Stripe, charged, and
+//! detached; over REST and gRPC, with clear refusals that send nothing to
+//! Stripe.
+
+use crate::common::{TestApp, reason};
+use amazing_payments::{
+    app::apikeys,
+    domain::scopes::Scope,
+    proto::{DetachPaymentMethodRequest, ListPaymentMethodsRequest, SetupPaymentMethodRequest},
+};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tonic::Code;
+
+async fn customer(app: &TestApp, email: &str) -> String {
+    let (status, body) = app.post("/v1/customer", json!({"name": "Ada", "email": email})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["customerID"].as_str().unwrap().to_string()
+}
+
+/// The customer's saved cards, read over gRPC.
+async fn saved_over_grpc(app: &TestApp, id: i64) -> Vec<amazing_payments::proto::PaymentMethod> {
+    let request = app.authed(ListPaymentMethodsRequest { customer_id: id });
+    app.grpc().await.list_payment_methods(request).await.unwrap().into_inner().payment_methods
+}
+
+fn setup_intents(app: &TestApp) -> usize {
+    app.sim.state().data.lock().setup_intents.values().count()
+}
+
+#[tokio::test]
+async fn a_card_saved_for_a_customer_is_listed_charged_and_detached_over_rest() {
+    let app = TestApp::spawn().await;
+    let id = customer(&app, "ada@example.com").await;
+    let (status, si) = app.post(&format!("/v1/customer/{id}/setup"), json!({"payment_method": "pm_card_visa"})).await;
+    assert_eq!(status, StatusCode::OK, "{si}");
+    assert_eq!(si["status"], "succeeded");
+    assert!(si["setup_intent_id"].as_str().unwrap().starts_with("seti_"));
+    assert_eq!(si["customerID"], id.as_str());
+    assert!(si.get("client_secret").is_none(), "no secret once there is nothing left to do: {si}");
+    let pm = si["payment_method"].as_str().unwrap().to_string();
+
+    let (status, saved) = app.get(&format!("/v1/customer/{id}/payment_methods")).await;
+    assert_eq!(status, StatusCode::OK, "{saved}");
+    let cards = saved["payment_methods"].as_array().unwrap();
+    assert_eq!(cards.len(), 1, "{saved}");
+    assert_eq!((cards[0]["payment_method"].as_str(), cards[0]["brand"].as_str()), (Some(pm.as_str()), Some("visa")));
+    assert_eq!((cards[0]["last4"].as_str(), cards[0]["exp_year"].as_i64()), (Some("4242"), Some(2034)));
+
+    // The saved card pays.
+    let (status, paid) = app
+        .post("/v1/payment", json!({"customerID": id, "amount": 1800, "currency": "eur", "payment_method": pm}))
+        .await;
+    assert_eq!((status, paid["status"].as_str()), (StatusCode::OK, Some("succeeded")), "{paid}");
+
+    let path = format!("/v1/customer/{id}/payment_methods/{pm}");
+    let (status, detached) = app.rest_call(Method::DELETE, &path, None, Some(&app.key)).await;
+    assert_eq!((status, detached["payment_method"].as_str()), (StatusCode::OK, Some(pm.as_str())), "{detached}");
+    let (_, saved) = app.get(&format!("/v1/customer/{id}/payment_methods")).await;
+    assert!(saved["payment_methods"].as_array().is_none_or(|c| c.is_empty()), "{saved}");
+    let (status, again) = app.rest_call(Method::DELETE, &path, None, Some(&app.key)).await;
+    assert_eq!((status, again["reason"].as_str()), (StatusCode::NOT_FOUND, Some("PAYMENT_METHOD_NOT_FOUND")));
+}
+
+#[tokio::test]
+async fn over_grpc_a_setup_waits_for_stripe_js_and_for_3d_secure_then_the_card_is_saved() {
+    let app = TestApp::spawn().await;
+    let id: i64 = customer(&app, "bo@example.com").await.parse().unwrap();
+    let mut grpc = app.grpc().await;
+    // Without a card: Stripe.js confirms it with the client secret.
+    let open = grpc
+        .setup_payment_method(app.authed(SetupPaymentMethodRequest { customer_id: id, ..Default::default() }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(open.status, "requires_payment_method");
+    assert!(open.client_secret.starts_with(&format!("{}_secret_", open.setup_intent_id)), "{open:?}");
+
+    // A card whose bank asks on setup: the customer must act.
+    let asked = grpc
+        .setup_payment_method(app.authed(SetupPaymentMethodRequest {
+            customer_id: id,
+            payment_method: "pm_card_authenticationRequiredOnSetup".into(),
+            return_url: "https://shop.example/back".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(asked.status, "requires_action");
+    assert!(!asked.client_secret.is_empty());
+    let action = asked.next_action.clone().unwrap();
+    assert_eq!((action.r#type.as_str(), action.return_url.as_str()), ("redirect_to_url", "https://shop.example/back"));
+    assert!(saved_over_grpc(&app, id).await.is_empty(), "not saved before the customer authenticates");
+    let done = app
+        .http
+        .post(format!("{}/_sim/setup_intents/{}/authenticate", app.sim.url(), asked.setup_intent_id))
+        .json(&json!({"outcome": "succeed"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), StatusCode::OK);
+    let cards = saved_over_grpc(&app, id).await;
+    assert_eq!(cards.len(), 1);
+    assert_eq!(cards[0].payment_method, asked.payment_method);
+
+    let gone = grpc
+        .detach_payment_method(
+            app.authed(DetachPaymentMethodRequest { customer_id: id, payment_method: asked.payment_method.clone() }),
+        )
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(gone.payment_method, asked.payment_method);
+    assert!(saved_over_grpc(&app, id).await.is_empty());
+}
+
+#[tokio::test]
+async fn bad_input_and_another_customers_card_are_refused_and_send_nothing_to_stripe() {
+    let app = TestApp::spawn().await;
+    let ada = customer(&app, "ada@example.com").await;
+    let cy = customer(&app, "cy@example.com").await;
+    let (_, si) = app.post(&format!("/v1/customer/{cy}/setup"), json!({"payment_method": "pm_card_visa"})).await;
+    let cys_card = si["payment_method"].as_str().unwrap().to_string();
+    let before = (setup_intents(&app), app.sim.state().received().len());
+
+    let (status, e) =
+        app.post(&format!("/v1/customer/{ada}/setup"), json!({"payment_method": "4242424242424242"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{e}");
+    let (status, e) =
+        app.post(&format!("/v1/customer/{ada}/setup"), json!({"return_url": "javascript:alert(1)"})).await;
+    assert_eq!((status, e["reason"].as_str()), (StatusCode::BAD_REQUEST, Some("INVALID_URL")));
+    let (status, e) = app.post("/v1/customer/999999/setup", json!({})).await;
+    assert_eq!((status, e["reason"].as_str()), (StatusCode::NOT_FOUND, Some("CUSTOMER_NOT_FOUND")), "{e}");
+    let path = format!("/v1/customer/{ada}/payment_methods/not-a-card");
+    let (status, e) = app.rest_call(Method::DELETE, &path, None, Some(&app.key)).await;
+    assert_eq!((status, e["reason"].as_str()), (StatusCode::BAD_REQUEST, Some("INVALID_PAYMENT_METHOD")), "{e}");
+    assert_eq!((setup_intents(&app), app.sim.state().received().len()), before, "nothing sent to Stripe");
+
+    // Cy's card is not Ada's to remove; it stays saved for Cy.
+    let path = format!("/v1/customer/{ada}/payment_methods/{cys_card}");
+    let (status, e) = app.rest_call(Method::DELETE, &path, None, Some(&app.key)).await;
+    assert_eq!((status, e["reason"].as_str()), (StatusCode::NOT_FOUND, Some("PAYMENT_METHOD_NOT_FOUND")));
+    let (_, saved) = app.get(&format!("/v1/customer/{cy}/payment_methods")).await;
+    assert_eq!(saved["payment_methods"][0]["payment_method"], cys_card.as_str());
+
+    // A declined card: the provider's refusal, with its code.
+    let (status, e) =
+        app.post(&format!("/v1/customer/{ada}/setup"), json!({"payment_method": "pm_card_chargeDeclined"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{e}");
+    assert_eq!(e["details"]["stripe_code"], "card_declined", "{e}");
+}
+
+#[tokio::test]
+async fn a_retried_setup_makes_one_setup_intent_and_a_read_key_may_list_but_not_save() {
+    let app = TestApp::spawn().await;
+    let id = customer(&app, "di@example.com").await;
+    let path = format!("/v1/customer/{id}/setup");
+    let send = || async {
+        let resp = app
+            .http
+            .post(format!("{}{path}", app.rest))
+            .bearer_auth(&app.key)
+            .header("Idempotency-Key", "save-card-1")
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        (resp.headers().get("idempotent-replayed").is_some(), resp.json::<Value>().await.unwrap())
+    };
+    let (replayed, first) = send().await;
+    let (replayed_again, second) = send().await;
+    assert_eq!((replayed, replayed_again), (false, true));
+    assert_eq!(first, second);
+    assert_eq!(setup_intents(&app), 1, "one SetupIntent at Stripe");
+
+    let reader = apikeys::create(&app.db, &app.app.auth, "reader", &[Scope::Read], None).await.unwrap();
+    let reader = reader.key.expose().to_string();
+    let (status, e) = app.rest_call(Method::POST, &path, Some(json!({})), Some(&reader)).await;
+    assert_eq!((status, e["reason"].as_str()), (StatusCode::FORBIDDEN, Some("INSUFFICIENT_SCOPE")));
+    let (status, _) =
+        app.rest_call(Method::GET, &format!("/v1/customer/{id}/payment_methods"), None, Some(&reader)).await;
+    assert_eq!(status, StatusCode::OK);
+    let refused = app
+        .grpc()
+        .await
+        .setup_payment_method(crate::common::with_key(
+            SetupPaymentMethodRequest { customer_id: id.parse().unwrap(), ..Default::default() },
+            &reader,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!((refused.code(), reason(&refused).as_str()), (Code::PermissionDenied, "INSUFFICIENT_SCOPE"));
+}
