@@ -289,12 +289,14 @@ pub fn render(
         paths.entry(b.path.clone()).or_default().insert(b.method.to_lowercase(), op);
     }
     // Links: an id in an answer feeds every operation that takes that id in
-    // its path (a created payment's paymentID → capture, refund, ...), so
-    // clients and tools can follow a resource's life.
+    // its path, and nothing else there (a created payment's paymentID →
+    // capture, refund, ...), so clients and tools can follow a resource's
+    // life. An operation whose path needs more (a customer's saved card)
+    // is not one the answer alone leads to.
     for b in bindings {
         let mut links = Map::new();
         for f in b.output.fields().filter(|f| f.name().ends_with("ID") && f.kind() == Kind::Int64 && !f.is_list()) {
-            for o in bindings.iter().filter(|o| o.path_params().contains(&f.name().to_string())) {
+            for o in bindings.iter().filter(|o| o.path_params() == [f.name().to_string()]) {
                 let target = &paths[&o.path][&o.method.to_lowercase()];
                 let id = target["operationId"].as_str().unwrap_or_default().to_string();
                 links.insert(

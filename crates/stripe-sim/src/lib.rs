@@ -76,6 +76,8 @@ pub struct Data {
     /// PaymentMethods set up for off-session use by an authenticated
     /// SetupIntent (or payment with `setup_future_usage`).
     pub set_up_off_session: HashSet<String>,
+    /// PaymentMethods detached from their customer: not usable again.
+    pub detached: HashSet<String>,
     pub charges: store::Collection,
     pub refunds: store::Collection,
     pub products: store::Collection,

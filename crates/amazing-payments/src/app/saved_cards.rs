@@ -1,25 +1,23 @@
 //! Saved cards: a customer's cards, kept by Stripe for later charges.
 //! Nothing of a card is stored here (Stripe holds it, out of our PCI
-//! scope): the service starts the saving (a SetupIntent, confirmed by
-//! Stripe.js or at once with a given PaymentMethod), lists what Stripe
+//! scope): the service starts the saving (a SetupIntent, which Stripe.js
+//! confirms with the card the customer gives), lists what Stripe
 //! holds for the customer, and detaches a card. None of this moves money,
 //! so no operation is recorded; the Stripe idempotency key still comes from
 //! the client's key, so a retry does not make a second SetupIntent.
 
-use super::{App, AppError, Call, Kind, stripe_failure};
+use super::{App, AppError, Call, stripe_failure};
 use crate::{
     domain::{customer::CustomerId, request::PaymentMethodId},
     stripe::{form::Form, types},
 };
 use sha2::{Digest, Sha256};
 
-/// A card to save for `customer`.
+/// A card to save for `customer`: Stripe.js takes it, with the client
+/// secret of the SetupIntent made here.
 #[derive(Debug)]
 pub struct SetupPaymentMethod {
     pub customer: CustomerId,
-    /// To confirm at once; else Stripe.js confirms with the client secret.
-    pub payment_method: Option<PaymentMethodId>,
-    pub return_url: Option<String>,
 }
 
 fn not_in_stripe(id: CustomerId) -> AppError {
@@ -51,14 +49,10 @@ impl App {
         call: &Call,
     ) -> Result<types::SetupIntent, AppError> {
         let customer = self.stripe_customer(cmd.customer).await?;
-        let pm = cmd.payment_method.as_ref().map(|p| p.as_str());
         let form = Form::new()
             .set("customer", &customer)
             .set("usage", "off_session")
-            .set("metadata[customerID]", cmd.customer.get())
-            .set_opt("payment_method", pm)
-            .set_opt("confirm", pm.map(|_| "true"))
-            .set_opt("return_url", cmd.return_url.as_deref());
+            .set("metadata[customerID]", cmd.customer.get());
         let reply = self.stripe.create_setup_intent(&form, &stripe_key("setup", call)).await.map_err(stripe_failure)?;
         Ok(reply.object)
     }
@@ -71,11 +65,14 @@ impl App {
     }
 
     /// Detaches one of the customer's saved cards; a card that is not the
-    /// customer's is not found.
+    /// customer's is not found. A retry with the client's key of a detach
+    /// whose answer was lost finds the card detached already: it sends the
+    /// same detach again, which Stripe answers as it did the first time.
     pub async fn detach_payment_method(
         &self,
         id: CustomerId,
         pm: PaymentMethodId,
+        call: &Call,
     ) -> Result<types::PaymentMethod, AppError> {
         let customer = self.stripe_customer(id).await?;
         let not_found = || {
@@ -87,18 +84,20 @@ impl App {
             Err(crate::stripe::StripeError::Api(a)) if a.status == 404 => return Err(not_found()),
             Err(e) => return Err(stripe_failure(e)),
         };
-        if found.customer.as_deref() != Some(customer.as_str()) {
+        let detached_already = found.customer.is_none() && call.key().is_some();
+        if found.customer.as_deref() != Some(customer.as_str()) && !detached_already {
             return Err(not_found());
         }
-        // One detach per card: a retry replays it rather than failing on a
-        // card already detached.
-        let key = format!("detach-{}", pm.as_str());
+        let key = stripe_key(&format!("detach-{}", pm.as_str()), call);
         let reply = self.stripe.detach_payment_method(pm.as_str(), &key).await.map_err(|e| match e {
-            crate::stripe::StripeError::Api(a) if a.status == 400 => AppError::new(
-                Kind::FailedPrecondition,
-                "PAYMENT_METHOD_NOT_ATTACHED",
-                "the card is no longer saved for the customer",
-            ),
+            // Not attached: detached before, and not by this request.
+            crate::stripe::StripeError::Api(a)
+                if a.status == 400
+                    && (a.code.as_deref() == Some("payment_method_unexpected_state")
+                        || a.message.as_deref().is_some_and(|m| m.contains("not attached"))) =>
+            {
+                not_found()
+            }
             e => stripe_failure(e),
         })?;
         Ok(reply.object)

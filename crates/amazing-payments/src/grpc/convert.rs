@@ -262,11 +262,7 @@ pub fn refund_reason(raw: &str) -> Result<Option<&'static str>, AppError> {
 impl TryFrom<proto::SetupPaymentMethodRequest> for crate::app::saved_cards::SetupPaymentMethod {
     type Error = AppError;
     fn try_from(r: proto::SetupPaymentMethodRequest) -> Result<Self, AppError> {
-        Ok(Self {
-            customer: crate::domain::customer::CustomerId::parse(r.customer_id)?,
-            payment_method: given(&r.payment_method).map(PaymentMethodId::parse).transpose()?,
-            return_url: request::url("return_url", &r.return_url)?,
-        })
+        Ok(Self { customer: crate::domain::customer::CustomerId::parse(r.customer_id)? })
     }
 }
 

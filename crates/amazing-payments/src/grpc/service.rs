@@ -336,10 +336,10 @@ impl PaymentService for PaymentApi {
     ) -> Result<Response<proto::PaymentMethod>, Status> {
         let who = self.principal(&request).await?;
         let app = &self.app;
-        idempotency::once_claimed(app, &who, "DetachPaymentMethod", request, |r, _call| async move {
+        idempotency::once_claimed(app, &who, "DetachPaymentMethod", request, |r, call| async move {
             let id = CustomerId::parse(r.customer_id)?;
             let pm = crate::domain::request::PaymentMethodId::parse(&r.payment_method)?;
-            Ok(convert::payment_method(app.detach_payment_method(id, pm).await?))
+            Ok(convert::payment_method(app.detach_payment_method(id, pm, &call).await?))
         })
         .await
     }

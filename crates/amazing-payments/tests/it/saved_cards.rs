@@ -20,6 +20,30 @@ async fn customer(app: &TestApp, email: &str) -> String {
     body["customerID"].as_str().unwrap().to_string()
 }
 
+/// Stripe.js's part: confirms the SetupIntent with the card the customer
+/// gave (`pm`); Stripe's answer.
+async fn confirm_in_browser(app: &TestApp, setup_intent: &str, pm: &str) -> Value {
+    app.http
+        .post(format!("{}/v1/setup_intents/{setup_intent}/confirm", app.sim.url()))
+        .bearer_auth("sk_test_as_stripe_js")
+        .form(&[("payment_method", pm)])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Saves `pm` for the customer `id`, as a shop's page does; the saved card.
+async fn save(app: &TestApp, id: &str, pm: &str) -> String {
+    let (status, si) = app.post(&format!("/v1/customer/{id}/setup"), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{si}");
+    let done = confirm_in_browser(app, si["setup_intent_id"].as_str().unwrap(), pm).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    done["payment_method"].as_str().unwrap().to_string()
+}
+
 /// The customer's saved cards, read over gRPC.
 async fn saved_over_grpc(app: &TestApp, id: i64) -> Vec<amazing_payments::proto::PaymentMethod> {
     let request = app.authed(ListPaymentMethodsRequest { customer_id: id });
@@ -34,13 +58,21 @@ fn setup_intents(app: &TestApp) -> usize {
 async fn a_card_saved_for_a_customer_is_listed_charged_and_detached_over_rest() {
     let app = TestApp::spawn().await;
     let id = customer(&app, "ada@example.com").await;
-    let (status, si) = app.post(&format!("/v1/customer/{id}/setup"), json!({"payment_method": "pm_card_visa"})).await;
+    let (status, si) = app.post(&format!("/v1/customer/{id}/setup"), json!({})).await;
     assert_eq!(status, StatusCode::OK, "{si}");
-    assert_eq!(si["status"], "succeeded");
-    assert!(si["setup_intent_id"].as_str().unwrap().starts_with("seti_"));
+    assert_eq!(si["status"], "requires_payment_method");
+    let seti = si["setup_intent_id"].as_str().unwrap();
+    assert!(seti.starts_with("seti_"));
     assert_eq!(si["customerID"], id.as_str());
-    assert!(si.get("client_secret").is_none(), "no secret once there is nothing left to do: {si}");
-    let pm = si["payment_method"].as_str().unwrap().to_string();
+    assert!(si["client_secret"].as_str().unwrap().starts_with(&format!("{seti}_secret_")), "for Stripe.js: {si}");
+    let stripe_side = app.sim.state().data.lock().setup_intents.get(seti).cloned().unwrap();
+    assert_eq!(
+        (stripe_side["usage"].as_str(), stripe_side["metadata"]["customerID"].as_str()),
+        (Some("off_session"), Some(id.as_str()))
+    );
+    let done = confirm_in_browser(&app, seti, "pm_card_visa").await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let pm = done["payment_method"].as_str().unwrap().to_string();
 
     let (status, saved) = app.get(&format!("/v1/customer/{id}/payment_methods")).await;
     assert_eq!(status, StatusCode::OK, "{saved}");
@@ -69,50 +101,38 @@ async fn over_grpc_a_setup_waits_for_stripe_js_and_for_3d_secure_then_the_card_i
     let app = TestApp::spawn().await;
     let id: i64 = customer(&app, "bo@example.com").await.parse().unwrap();
     let mut grpc = app.grpc().await;
-    // Without a card: Stripe.js confirms it with the client secret.
     let open = grpc
-        .setup_payment_method(app.authed(SetupPaymentMethodRequest { customer_id: id, ..Default::default() }))
+        .setup_payment_method(app.authed(SetupPaymentMethodRequest { customer_id: id }))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(open.status, "requires_payment_method");
     assert!(open.client_secret.starts_with(&format!("{}_secret_", open.setup_intent_id)), "{open:?}");
 
-    // A card whose bank asks on setup: the customer must act.
-    let asked = grpc
-        .setup_payment_method(app.authed(SetupPaymentMethodRequest {
-            customer_id: id,
-            payment_method: "pm_card_authenticationRequiredOnSetup".into(),
-            return_url: "https://shop.example/back".into(),
-        }))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(asked.status, "requires_action");
-    assert!(!asked.client_secret.is_empty());
-    let action = asked.next_action.clone().unwrap();
-    assert_eq!((action.r#type.as_str(), action.return_url.as_str()), ("redirect_to_url", "https://shop.example/back"));
+    // The customer gives a card whose bank asks on setup: Stripe.js asks
+    // the customer, and until then nothing is saved.
+    let asked = confirm_in_browser(&app, &open.setup_intent_id, "pm_card_authenticationRequiredOnSetup").await;
+    assert_eq!(asked["status"], "requires_action", "{asked}");
     assert!(saved_over_grpc(&app, id).await.is_empty(), "not saved before the customer authenticates");
     let done = app
         .http
-        .post(format!("{}/_sim/setup_intents/{}/authenticate", app.sim.url(), asked.setup_intent_id))
+        .post(format!("{}/_sim/setup_intents/{}/authenticate", app.sim.url(), open.setup_intent_id))
         .json(&json!({"outcome": "succeed"}))
         .send()
         .await
         .unwrap();
     assert_eq!(done.status(), StatusCode::OK);
+    let pm = asked["payment_method"].as_str().unwrap().to_string();
     let cards = saved_over_grpc(&app, id).await;
     assert_eq!(cards.len(), 1);
-    assert_eq!(cards[0].payment_method, asked.payment_method);
+    assert_eq!(cards[0].payment_method, pm);
 
     let gone = grpc
-        .detach_payment_method(
-            app.authed(DetachPaymentMethodRequest { customer_id: id, payment_method: asked.payment_method.clone() }),
-        )
+        .detach_payment_method(app.authed(DetachPaymentMethodRequest { customer_id: id, payment_method: pm.clone() }))
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(gone.payment_method, asked.payment_method);
+    assert_eq!(gone.payment_method, pm);
     assert!(saved_over_grpc(&app, id).await.is_empty());
 }
 
@@ -121,21 +141,18 @@ async fn bad_input_and_another_customers_card_are_refused_and_send_nothing_to_st
     let app = TestApp::spawn().await;
     let ada = customer(&app, "ada@example.com").await;
     let cy = customer(&app, "cy@example.com").await;
-    let (_, si) = app.post(&format!("/v1/customer/{cy}/setup"), json!({"payment_method": "pm_card_visa"})).await;
-    let cys_card = si["payment_method"].as_str().unwrap().to_string();
+    let cys_card = save(&app, &cy, "pm_card_visa").await;
     let before = (setup_intents(&app), app.sim.state().received().len());
 
-    let (status, e) =
-        app.post(&format!("/v1/customer/{ada}/setup"), json!({"payment_method": "4242424242424242"})).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{e}");
-    let (status, e) =
-        app.post(&format!("/v1/customer/{ada}/setup"), json!({"return_url": "javascript:alert(1)"})).await;
-    assert_eq!((status, e["reason"].as_str()), (StatusCode::BAD_REQUEST, Some("INVALID_URL")));
     let (status, e) = app.post("/v1/customer/999999/setup", json!({})).await;
     assert_eq!((status, e["reason"].as_str()), (StatusCode::NOT_FOUND, Some("CUSTOMER_NOT_FOUND")), "{e}");
-    let path = format!("/v1/customer/{ada}/payment_methods/not-a-card");
-    let (status, e) = app.rest_call(Method::DELETE, &path, None, Some(&app.key)).await;
-    assert_eq!((status, e["reason"].as_str()), (StatusCode::BAD_REQUEST, Some("INVALID_PAYMENT_METHOD")), "{e}");
+    let (status, e) = app.get("/v1/customer/999999/payment_methods").await;
+    assert_eq!((status, e["reason"].as_str()), (StatusCode::NOT_FOUND, Some("CUSTOMER_NOT_FOUND")), "{e}");
+    for (bad, reason) in [("not-a-card", "INVALID_PAYMENT_METHOD"), ("4242424242424242", "RAW_CARD_NUMBER")] {
+        let path = format!("/v1/customer/{ada}/payment_methods/{bad}");
+        let (status, e) = app.rest_call(Method::DELETE, &path, None, Some(&app.key)).await;
+        assert_eq!((status, e["reason"].as_str()), (StatusCode::BAD_REQUEST, Some(reason)), "{e}");
+    }
     assert_eq!((setup_intents(&app), app.sim.state().received().len()), before, "nothing sent to Stripe");
 
     // Cy's card is not Ada's to remove; it stays saved for Cy.
@@ -144,12 +161,8 @@ async fn bad_input_and_another_customers_card_are_refused_and_send_nothing_to_st
     assert_eq!((status, e["reason"].as_str()), (StatusCode::NOT_FOUND, Some("PAYMENT_METHOD_NOT_FOUND")));
     let (_, saved) = app.get(&format!("/v1/customer/{cy}/payment_methods")).await;
     assert_eq!(saved["payment_methods"][0]["payment_method"], cys_card.as_str());
-
-    // A declined card: the provider's refusal, with its code.
-    let (status, e) =
-        app.post(&format!("/v1/customer/{ada}/setup"), json!({"payment_method": "pm_card_chargeDeclined"})).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{e}");
-    assert_eq!(e["details"]["stripe_code"], "card_declined", "{e}");
+    let (_, adas) = app.get(&format!("/v1/customer/{ada}/payment_methods")).await;
+    assert!(adas["payment_methods"].as_array().is_none_or(|c| c.is_empty()), "Ada sees none of Cy's: {adas}");
 }
 
 #[tokio::test]
@@ -186,10 +199,46 @@ async fn a_retried_setup_makes_one_setup_intent_and_a_read_key_may_list_but_not_
         .grpc()
         .await
         .setup_payment_method(crate::common::with_key(
-            SetupPaymentMethodRequest { customer_id: id.parse().unwrap(), ..Default::default() },
+            SetupPaymentMethodRequest { customer_id: id.parse().unwrap() },
             &reader,
         ))
         .await
         .unwrap_err();
     assert_eq!((refused.code(), reason(&refused).as_str()), (Code::PermissionDenied, "INSUFFICIENT_SCOPE"));
+}
+
+#[tokio::test]
+async fn a_detach_whose_answer_was_lost_is_retried_with_its_key_and_answered_as_done() {
+    let app = TestApp::spawn().await;
+    let id = customer(&app, "ed@example.com").await;
+    let pm = save(&app, &id, "pm_card_visa").await;
+    // Stripe detaches the card, and every answer is lost on the way back.
+    let rule =
+        json!({"method": "POST", "path": format!("/v1/payment_methods/{pm}/detach"), "drop": "after", "times": 3});
+    app.sim.state().faults.add(serde_json::from_value(rule).unwrap());
+    let detach = || async {
+        let resp = app
+            .http
+            .delete(format!("{}/v1/customer/{id}/payment_methods/{pm}", app.rest))
+            .bearer_auth(&app.key)
+            .header("Idempotency-Key", "forget-card-1")
+            .send()
+            .await
+            .unwrap();
+        (resp.status(), resp.json::<Value>().await.unwrap())
+    };
+    let (status, first) = detach().await;
+    assert_eq!(
+        (status, first["reason"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("STRIPE_UNAVAILABLE")),
+        "{first}"
+    );
+    assert!(app.sim.state().data.lock().payment_methods.get(&pm).unwrap()["customer"].is_null(), "detached at Stripe");
+    // The retry with the same key finds the card detached, and is told it is done.
+    let (status, retried) = detach().await;
+    assert_eq!((status, retried["payment_method"].as_str()), (StatusCode::OK, Some(pm.as_str())), "{retried}");
+    // Without the key, a card detached already is not the customer's.
+    let path = format!("/v1/customer/{id}/payment_methods/{pm}");
+    let (status, e) = app.rest_call(Method::DELETE, &path, None, Some(&app.key)).await;
+    assert_eq!((status, e["reason"].as_str()), (StatusCode::NOT_FOUND, Some("PAYMENT_METHOD_NOT_FOUND")));
 }

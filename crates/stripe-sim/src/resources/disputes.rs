@@ -9,13 +9,15 @@
 //!
 //! Evidence is sent by updating the dispute (`evidence[...]`, `submit`,
 //! true by default). Submitted, it is `under_review` (`warning_under_review`
-//! for an inquiry), unless it carries Stripe's test values in
-//! `evidence[uncategorized_text]`: `winning_evidence` wins it (`won`, its
-//! funds reinstated; an inquiry `warning_closed`), `losing_evidence` loses
-//! it (`lost`). Closing it (`POST /v1/disputes/{id}/close`) accepts it:
-//! `lost` (an inquiry: `warning_closed`). A closed dispute takes no more
-//! evidence. Every change is an event (`charge.dispute.updated`,
-//! `charge.dispute.closed`).
+//! for an inquiry) and takes no more evidence. A chargeback's evidence
+//! carrying Stripe's test values in `evidence[uncategorized_text]` decides
+//! it: `winning_evidence` wins it (`won`, the amount and the fee
+//! reinstated, the charge refundable again), `losing_evidence` loses it
+//! (`lost`). The simulator decides at once, in the same request; Stripe
+//! may take a while. Closing a dispute (`POST /v1/disputes/{id}/close`)
+//! accepts it: `lost` (an inquiry: `warning_closed`). A closed dispute
+//! takes no more evidence. Every change is an event
+//! (`charge.dispute.updated`, `charge.dispute.closed`).
 
 use super::params;
 use crate::{
@@ -32,6 +34,7 @@ const DAYS_TO_RESPOND: i64 = 7;
 const FEE: i64 = 1500;
 
 const CLOSED: &[&str] = &["won", "lost", "warning_closed"];
+const UNDER_REVIEW: &[&str] = &["under_review", "warning_under_review"];
 
 fn is_inquiry(d: &Value) -> bool {
     d["payment_method_details"]["card"]["case_type"] == "inquiry"
@@ -49,7 +52,7 @@ fn movement(d: &Value, amount: i64, fee: i64, description: &str) -> Value {
         "currency": d["currency"].clone(), "created": ids::now(),
         "available_on": ids::now(), "description": description,
         "reporting_category": "dispute", "type": "adjustment", "status": "available",
-        "source": d["id"].clone(), "fee_details": if fee > 0 {
+        "source": d["id"].clone(), "fee_details": if fee != 0 {
             json!([{"amount": fee, "currency": d["currency"].clone(), "description": "Dispute fee", "type": "stripe_fee"}])
         } else { json!([]) },
         "exchange_rate": null,
@@ -107,9 +110,7 @@ pub fn open(data: &mut Data, charge_id: &str, reason: &str, inquiry: bool) {
 /// Whether `charge_id` was charged back and may not be refunded: a
 /// chargeback open or lost (an inquiry, or a chargeback won, may be).
 pub fn charged_back(data: &Data, charge_id: &str) -> bool {
-    data.disputes
-        .values()
-        .any(|d| d["charge"] == charge_id && d["is_charge_refundable"] != true && d["status"] != "won")
+    data.disputes.values().any(|d| d["charge"] == charge_id && d["is_charge_refundable"] != true)
 }
 
 pub fn retrieve(sim: &Sim, p: &Value, path: &[&str]) -> ApiResult {
@@ -149,6 +150,12 @@ pub fn update(sim: &Sim, p: &Value, path: &[&str]) -> ApiResult {
     let before = get(&mut data, path[2])?.clone();
     if CLOSED.contains(&before["status"].as_str().unwrap_or("")) {
         return Err(already_closed(&before));
+    }
+    if UNDER_REVIEW.contains(&before["status"].as_str().unwrap_or("")) && (p.get("evidence").is_some() || submit) {
+        return Err(ApiError::invalid(
+            "evidence",
+            "This dispute's evidence was already submitted and is under review: it can no longer be changed.",
+        ));
     }
     let mut evidence: Map<String, Value> = Map::new();
     if let Some(given) = p.get("evidence") {
@@ -197,8 +204,8 @@ pub fn update(sim: &Sim, p: &Value, path: &[&str]) -> ApiResult {
         return Ok(updated);
     }
     match updated["evidence"]["uncategorized_text"].as_str() {
-        Some("winning_evidence") => Ok(settle(&mut data, path[2], if inquiry { "warning_closed" } else { "won" })),
-        Some("losing_evidence") => Ok(settle(&mut data, path[2], "lost")),
+        Some("winning_evidence") if !inquiry => Ok(settle(&mut data, path[2], "won")),
+        Some("losing_evidence") if !inquiry => Ok(settle(&mut data, path[2], "lost")),
         _ => Ok(updated),
     }
 }
@@ -222,10 +229,12 @@ fn settle(data: &mut Data, id: &str, status: &str) -> Value {
     if status == "won" {
         let amount = d["amount"].as_i64().unwrap_or(0);
         let charge = d["charge"].as_str().unwrap_or_default().to_string();
-        let reinstated = movement(d, amount, 0, &format!("Chargeback reversal for {charge}"));
+        // The amount and the dispute fee are credited back.
+        let reinstated = movement(d, amount, -FEE, &format!("Chargeback reversal for {charge}"));
         if let Some(list) = d["balance_transactions"].as_array_mut() {
             list.push(reinstated);
         }
+        d["is_charge_refundable"] = json!(true);
     }
     let closed = d.clone();
     data.emit("charge.dispute.closed", &closed, Some(json!({"status": before})));

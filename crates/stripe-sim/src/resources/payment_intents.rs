@@ -84,6 +84,18 @@ pub fn create(sim: &Sim, p: &Value, _path: &[&str]) -> ApiResult {
     if confirm && pm.is_none() {
         return Err(ApiError::missing("payment_method"));
     }
+    // A saved card is charged for its own customer only.
+    if let Some(owner) = pm.as_ref().and_then(|m| m["customer"].as_str())
+        && customer != Some(owner)
+    {
+        return Err(ApiError::invalid(
+            "payment_method",
+            match customer {
+                None => "The provided PaymentMethod belongs to a Customer: pass that Customer as well.",
+                Some(_) => "The provided PaymentMethod does not belong to the Customer you supplied.",
+            },
+        ));
+    }
     let mut pi = fixtures::template("payment_intent");
     let id = ids::new_id("pi");
     let secret: String = ids::new_id("secret");
@@ -171,7 +183,8 @@ fn confirm_intent(data: &mut Data, id: &str, return_url: Option<String>, off_ses
     let set_up = data.set_up_off_session.contains(&pm_id);
     match behaviour {
         Behaviour::Succeed | Behaviour::Dispute { .. } => authorize(data, id),
-        Behaviour::AuthenticateOnSetup if off_session && set_up => authorize(data, id),
+        // Set up once, it asks no more, whoever starts the payment.
+        Behaviour::AuthenticateOnSetup if set_up => authorize(data, id),
         Behaviour::RequireAuthentication | Behaviour::AuthenticateOnSetup if off_session => Err(decline(
             data,
             id,
@@ -252,11 +265,13 @@ fn new_charge(data: &mut Data, pi: &Value, status: &str, captured: bool, manual:
 /// customer and set up for later (off-session) charges.
 fn authorize(data: &mut Data, id: &str) -> ApiResult {
     let pi = get(data, id)?.clone();
-    if let (Some(_), Some(customer), Some(pm)) =
+    if let (Some(usage), Some(customer), Some(pm)) =
         (pi["setup_future_usage"].as_str(), pi["customer"].as_str(), pi["payment_method"].as_str())
     {
         payment_methods::attach_to(data, pm, customer);
-        data.set_up_off_session.insert(pm.to_string());
+        if usage == "off_session" {
+            data.set_up_off_session.insert(pm.to_string());
+        }
     }
     let manual = pi["capture_method"] == "manual";
     let charge = new_charge(data, &pi, "succeeded", !manual, manual);
@@ -286,7 +301,8 @@ fn authorize(data: &mut Data, id: &str) -> ApiResult {
         data.emit("payment_intent.succeeded", &pi, Some(json!({"status": before, "amount_received": 0})));
     }
     let pm = pi["payment_method"].as_str().unwrap_or_default().to_string();
-    if let Some(Behaviour::Dispute { reason, inquiry }) = data.card_behaviour.get(&pm).copied() {
+    // Only money taken can be disputed: a manual capture's at its capture.
+    if !manual && let Some(Behaviour::Dispute { reason, inquiry }) = data.card_behaviour.get(&pm).copied() {
         super::disputes::open(data, &charge, reason, inquiry);
     }
     Ok(pi)
@@ -386,6 +402,10 @@ pub fn capture(sim: &Sim, p: &Value, path: &[&str]) -> ApiResult {
         &pi,
         Some(json!({"status": "requires_capture", "amount_received": 0, "amount_capturable": capturable})),
     );
+    let pm = pi["payment_method"].as_str().unwrap_or_default();
+    if let Some(Behaviour::Dispute { reason, inquiry }) = data.card_behaviour.get(pm).copied() {
+        super::disputes::open(&mut data, &charge_id, reason, inquiry);
+    }
     Ok(pi)
 }
 

@@ -51,7 +51,14 @@ fn new_method(data: &mut Data, brand: &str, last4: &str, exp_month: i64, exp_yea
 }
 
 /// The PaymentMethod `id`: an existing one, or a fresh one for a test id.
+/// One detached from its customer may not be used again.
 pub fn resolve(data: &mut Data, id: &str, param: &str) -> Result<(Value, Behaviour), ApiError> {
+    if data.detached.contains(id) {
+        return Err(ApiError::invalid(
+            param,
+            "The provided PaymentMethod was previously used with a PaymentIntent without Customer attachment, shared with a connected account without Customer attachment, or was detached from a Customer. It may not be used again. To use a PaymentMethod multiple times, you must attach it to a Customer first.",
+        ));
+    }
     if let Some(pm) = data.payment_methods.get(id) {
         let behaviour = data.card_behaviour.get(id).copied().unwrap_or(Behaviour::Succeed);
         return Ok((pm.clone(), behaviour));
@@ -130,7 +137,18 @@ pub fn attach(sim: &Sim, p: &Value, path: &[&str]) -> ApiResult {
         return Err(card_error(code, Some(decline_code), message, None));
     }
     let id = pm["id"].as_str().unwrap_or_default().to_string();
+    owned_by_none_but(&pm, customer, "id")?;
     Ok(attach_to(&mut data, &id, customer))
+}
+
+/// Refuses a PaymentMethod attached to a customer other than `customer`.
+pub fn owned_by_none_but(pm: &Value, customer: &str, param: &str) -> Result<(), ApiError> {
+    match pm["customer"].as_str() {
+        Some(other) if other != customer => {
+            Err(ApiError::invalid(param, "The payment method you provided has already been attached to a customer."))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Attaches a known PaymentMethod to `customer` (no-op if it is), telling
@@ -163,6 +181,7 @@ pub fn detach(sim: &Sim, p: &Value, path: &[&str]) -> ApiResult {
     stored["customer"] = Value::Null;
     let pm = stored.clone();
     data.set_up_off_session.remove(path[2]);
+    data.detached.insert(path[2].to_string());
     data.emit("payment_method.detached", &pm, Some(json!({"customer": was})));
     Ok(pm)
 }

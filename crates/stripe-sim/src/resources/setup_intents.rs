@@ -30,7 +30,7 @@ fn unexpected_state(si: &Value, action: &str, allowed: &[&str]) -> ApiError {
     let mut e = ApiError::state(
         "setup_intent_unexpected_state",
         format!(
-            "You cannot {action} this SetupIntent because it has a status of {}. Only a SetupIntent with one of the following statuses may be {action}ed: {}.",
+            "You cannot {action} this SetupIntent because it has a status of {}. Only a SetupIntent with one of the following statuses allows it: {}.",
             si["status"].as_str().unwrap_or(""),
             allowed.join(", ")
         ),
@@ -78,6 +78,12 @@ pub fn create(sim: &Sim, p: &Value, _path: &[&str]) -> ApiResult {
     };
     if confirm && pm.is_none() {
         return Err(ApiError::missing("payment_method"));
+    }
+    if !confirm && params::text(p, "return_url")?.is_some() {
+        return Err(ApiError::invalid("return_url", "You may only specify `return_url` when `confirm` is true."));
+    }
+    if let (Some(pm), Some(c)) = (&pm, &customer) {
+        payment_methods::owned_by_none_but(pm, c, "payment_method")?;
     }
     let mut si = fixtures::template("setup_intent");
     let id = ids::new_id("seti");
@@ -159,6 +165,9 @@ pub fn confirm(sim: &Sim, p: &Value, path: &[&str]) -> ApiResult {
     }
     if let Some(pm) = params::text(p, "payment_method")?.filter(|s| !s.is_empty()) {
         let pm = payment_methods::resolve(&mut data, pm, "payment_method")?.0;
+        if let Some(c) = si["customer"].as_str() {
+            payment_methods::owned_by_none_but(&pm, c, "payment_method")?;
+        }
         get(&mut data, path[2])?["payment_method"] = pm["id"].clone();
     }
     if get(&mut data, path[2])?["payment_method"].is_null() {

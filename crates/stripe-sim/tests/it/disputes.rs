@@ -83,6 +83,10 @@ async fn winning_evidence_wins_the_dispute_and_reinstates_the_funds() {
     let moves: Vec<i64> =
         won.body["balance_transactions"].as_array().unwrap().iter().map(|t| t["amount"].as_i64().unwrap()).collect();
     assert_eq!(moves, [-4200, 4200], "withdrawn, then reinstated");
+    let fees: Vec<i64> =
+        won.body["balance_transactions"].as_array().unwrap().iter().map(|t| t["fee"].as_i64().unwrap()).collect();
+    assert_eq!(fees, [1500, -1500], "the dispute fee taken, then credited back");
+    assert_eq!(won.body["is_charge_refundable"], true);
     let types = sim.event_types().await;
     for t in ["charge.dispute.updated", "charge.dispute.closed", "charge.dispute.funds_reinstated"] {
         assert!(types.contains(&t.to_string()), "{t} in {types:?}");
@@ -130,8 +134,11 @@ async fn an_inquiry_withdraws_nothing_leaves_the_charge_refundable_and_closes_as
     assert_eq!(d["balance_transactions"], serde_json::json!([]));
     assert_eq!(refund(&sim, &pi).await.0, StatusCode::OK, "an inquiry's charge may be refunded");
     let id = d["id"].as_str().unwrap();
-    let review = sim.post(&format!("/v1/disputes/{id}"), &[("evidence[customer_name]", "Ada")], None).await;
-    assert_eq!(review.body["status"], "warning_under_review");
+    let review =
+        sim.post(&format!("/v1/disputes/{id}"), &[("evidence[uncategorized_text]", "winning_evidence")], None).await;
+    assert_eq!(review.body["status"], "warning_under_review", "an inquiry is not decided by test evidence");
+    let locked = sim.post(&format!("/v1/disputes/{id}"), &[("evidence[customer_name]", "Ada")], None).await;
+    assert_eq!(locked.status, StatusCode::BAD_REQUEST, "submitted evidence is under review: {}", locked.body);
     let closed = sim.post(&format!("/v1/disputes/{id}/close"), &[], None).await;
     assert_eq!(closed.body["status"], "warning_closed");
 }

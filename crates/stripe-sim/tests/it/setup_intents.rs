@@ -77,6 +77,13 @@ async fn a_card_set_up_for_a_customer_is_saved_to_it_listed_and_can_be_detached(
     assert!(ids(&sim.get(&format!("/v1/customers/{customer}/payment_methods")).await.body).is_empty());
     let twice = sim.post(&format!("/v1/payment_methods/{pm}/detach"), &[], None).await;
     assert_eq!(twice.status, StatusCode::BAD_REQUEST, "{}", twice.body);
+    // Detached, it may not be used again.
+    let (status, reused) = charge_off_session(&sim, &customer, &pm).await;
+    assert_eq!(
+        (status, reused["error"]["param"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("payment_method")),
+        "{reused}"
+    );
     let types = sim.event_types().await;
     for t in ["setup_intent.created", "payment_method.attached", "setup_intent.succeeded", "payment_method.detached"] {
         assert!(types.contains(&t.to_string()), "{t} in {types:?}");
@@ -108,10 +115,19 @@ async fn a_card_that_asks_for_authentication_on_setup_is_charged_off_session_onc
     // Then charged off-session without the customer.
     let (status, pi) = charge_off_session(&sim, &customer, &pm).await;
     assert_eq!((status, pi["status"].as_str()), (StatusCode::OK, Some("succeeded")), "{pi}");
-    // On-session, a one-time charge of the same card still asks.
-    let form = [("amount", "900"), ("currency", "eur"), ("payment_method", pm.as_str()), ("confirm", "true")];
+    // Set up, it asks no more on-session either.
+    let form =
+        [("amount", "900"), ("currency", "eur"), ("customer", &customer), ("payment_method", &pm), ("confirm", "true")];
     let on_session = sim.post("/v1/payment_intents", &form, None).await;
-    assert_eq!(on_session.body["status"], "requires_action");
+    assert_eq!(on_session.body["status"], "succeeded", "{}", on_session.body);
+    // Not set up, the same kind of card still asks on-session.
+    let fresh = [
+        ("amount", "900"),
+        ("currency", "eur"),
+        ("payment_method", "pm_card_authenticationRequiredOnSetup"),
+        ("confirm", "true"),
+    ];
+    assert_eq!(sim.post("/v1/payment_intents", &fresh, None).await.body["status"], "requires_action");
 }
 
 #[tokio::test]
@@ -162,6 +178,28 @@ async fn a_declined_card_fails_its_setup_with_the_intent_in_the_error_and_a_fail
     assert!(
         types.contains(&"setup_intent.setup_failed".to_string())
             && types.contains(&"setup_intent.canceled".to_string())
+    );
+}
+
+#[tokio::test]
+async fn a_card_saved_for_one_customer_is_not_set_up_or_charged_for_another() {
+    let sim = Sim::start().await;
+    let (ada, bo) = (sim.customer("ada@example.com").await, sim.customer("bo@example.com").await);
+    let (_, si) = set_up(&sim, &ada, "pm_card_visa").await;
+    let adas = si["payment_method"].as_str().unwrap().to_string();
+    let (status, e) = set_up(&sim, &bo, &adas).await;
+    assert_eq!((status, e["error"]["param"].as_str()), (StatusCode::BAD_REQUEST, Some("payment_method")), "{e}");
+    let (status, e) = charge_off_session(&sim, &bo, &adas).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{e}");
+    let attach = sim.post(&format!("/v1/payment_methods/{adas}/attach"), &[("customer", &bo)], None).await;
+    assert_eq!(attach.status, StatusCode::BAD_REQUEST, "{}", attach.body);
+    assert_eq!(sim.get(&format!("/v1/payment_methods/{adas}")).await.body["customer"], ada.as_str(), "still Ada's");
+    // A return_url is for a confirmation.
+    let no_confirm =
+        sim.post("/v1/setup_intents", &[("customer", &ada), ("return_url", "https://shop.example")], None).await;
+    assert_eq!(
+        (no_confirm.status, no_confirm.body["error"]["param"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("return_url"))
     );
 }
 
