@@ -163,6 +163,18 @@ async fn bad_input_and_another_customers_card_are_refused_and_send_nothing_to_st
     assert_eq!(saved["payment_methods"][0]["payment_method"], cys_card.as_str());
     let (_, adas) = app.get(&format!("/v1/customer/{ada}/payment_methods")).await;
     assert!(adas["payment_methods"].as_array().is_none_or(|c| c.is_empty()), "Ada sees none of Cy's: {adas}");
+    // The same over gRPC.
+    let refused =
+        app.grpc()
+            .await
+            .detach_payment_method(app.authed(DetachPaymentMethodRequest {
+                customer_id: ada.parse().unwrap(),
+                payment_method: cys_card.clone(),
+            }))
+            .await
+            .unwrap_err();
+    assert_eq!((refused.code(), reason(&refused).as_str()), (Code::NotFound, "PAYMENT_METHOD_NOT_FOUND"));
+    assert_eq!(saved_over_grpc(&app, cy.parse().unwrap()).await[0].payment_method, cys_card, "still Cy's");
 }
 
 #[tokio::test]
