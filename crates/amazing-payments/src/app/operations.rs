@@ -102,14 +102,20 @@ pub(crate) fn refused(id: i64, r: Refused) -> AppError {
     AppError::new(Kind::Conflict, r.reason, r.message).detail("paymentID", id.to_string())
 }
 
-/// A declined card: 402 over REST, FAILED_PRECONDITION over gRPC.
+/// A declined card: 402 over REST, FAILED_PRECONDITION over gRPC. One
+/// declined off-session because the bank wants the customer
+/// (`AUTHENTICATION_REQUIRED`) can be confirmed again with them there: the
+/// payment keeps its client secret for Stripe.js.
 fn declined(row: &PaymentRow, e: &crate::stripe::ApiError) -> AppError {
-    let mut err = AppError::new(
-        Kind::FailedPrecondition,
-        "CARD_DECLINED",
-        e.message.clone().unwrap_or_else(|| "the card was declined".into()),
-    )
-    .detail("paymentID", row.id.to_string());
+    let (reason, fallback) = match e.code.as_deref() {
+        Some("authentication_required") => (
+            "AUTHENTICATION_REQUIRED",
+            "the bank wants the customer to authenticate: confirm the payment with Stripe.js and its client_secret, the customer present",
+        ),
+        _ => ("CARD_DECLINED", "the card was declined"),
+    };
+    let mut err = AppError::new(Kind::FailedPrecondition, reason, e.message.clone().unwrap_or_else(|| fallback.into()))
+        .detail("paymentID", row.id.to_string());
     for (k, v) in [("decline_code", &e.decline_code), ("stripe_code", &e.code), ("stripe_request_id", &e.request_id)] {
         if let Some(v) = v {
             err = err.detail(k, v.clone());
@@ -211,6 +217,7 @@ pub(crate) fn create_form(row: &PaymentRow, stripe_customer: &str, op: &Operatio
         .set_opt("description", row.description.as_deref())
         .set_opt("receipt_email", row.receipt_email.as_deref())
         .set_opt("return_url", row.return_url.as_deref())
+        .set_opt("off_session", row.off_session.then_some("true"))
         .map("metadata", metadata.into_iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .map("metadata", ids.iter().map(|(k, v)| (*k, v.as_str())))
 }

@@ -48,6 +48,8 @@ pub struct CreatePayment {
     pub metadata: Metadata,
     pub receipt_email: Option<Email>,
     pub return_url: Option<String>,
+    /// The customer is away: a saved card charged for a renewal, say.
+    pub off_session: bool,
 }
 
 /// A page request of payments.
@@ -112,6 +114,7 @@ impl App {
                 metadata: cmd.metadata.entries(),
                 receipt_email: cmd.receipt_email.as_ref().map(Email::as_str),
                 return_url: cmd.return_url.as_deref(),
+                off_session: cmd.off_session,
             },
         )
         .await?;

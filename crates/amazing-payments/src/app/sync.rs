@@ -91,7 +91,10 @@ pub fn apply_intent(
 
     row.stripe_payment_intent_id = Some(pi.id.clone());
     let waiting = next.status == Status::RequiresAction;
-    row.client_secret = if waiting { pi.client_secret.clone() } else { None };
+    // An off-session charge the bank wants the customer for: the secret
+    // lets Stripe.js confirm it again with the customer there.
+    let recoverable = next.status == Status::Failed && needs_customer(pi);
+    row.client_secret = if waiting || recoverable { pi.client_secret.clone() } else { None };
     row.next_action = match (&pi.next_action, waiting) {
         (Some(a), true) => Some(sqlx::types::Json(json!({
             "type": a.kind,
@@ -121,6 +124,14 @@ pub fn apply_intent(
     let changed = next != l;
     row.set_ledger(next);
     Ok(changed)
+}
+
+/// Whether a PaymentIntent failed because the bank wants the customer to
+/// authenticate (an off-session charge): it can be confirmed again
+/// on-session, with the same card.
+pub fn needs_customer(pi: &PaymentIntent) -> bool {
+    pi.status == "requires_payment_method"
+        && pi.last_payment_error.as_ref().is_some_and(|e| e.code.as_deref() == Some("authentication_required"))
 }
 
 /// Our status of a Stripe Refund.

@@ -143,6 +143,7 @@ impl TryFrom<proto::CreatePaymentRequest> for CreatePayment {
             metadata: Metadata::parse(r.metadata)?,
             receipt_email: given(&r.receipt_email).map(Email::parse).transpose()?,
             return_url: request::url("return_url", &r.return_url)?,
+            off_session: r.off_session,
         })
     }
 }
@@ -150,6 +151,9 @@ impl TryFrom<proto::CreatePaymentRequest> for CreatePayment {
 /// `payment` as the API shows it; with `history` when asked for.
 pub fn payment(p: PaymentRow, history: Vec<HistoryRow>) -> proto::Payment {
     let waiting = p.status == "requires_action";
+    // Failed off-session for want of the customer: confirmable again by
+    // Stripe.js with the secret, the customer there.
+    let recoverable = p.status == "failed" && p.failure_code.as_deref() == Some("authentication_required");
     let authorized = p.status == "authorized";
     let next_action = p.next_action.as_ref().filter(|_| waiting).map(|a| proto::NextAction {
         r#type: a.0["type"].as_str().unwrap_or_default().to_string(),
@@ -168,7 +172,7 @@ pub fn payment(p: PaymentRow, history: Vec<HistoryRow>) -> proto::Payment {
         capture_method: p.capture_method,
         capture_before: p.capture_before.filter(|_| authorized).map(timestamp).unwrap_or_default(),
         stripe_payment_intent_id: text_or_empty(p.stripe_payment_intent_id),
-        client_secret: if waiting { text_or_empty(p.client_secret) } else { String::new() },
+        client_secret: if waiting || recoverable { text_or_empty(p.client_secret) } else { String::new() },
         next_action,
         failure_code: text_or_empty(
             p.failure_code.or(p.integrity_error.as_ref().map(|_| "integrity_mismatch".to_string())),

@@ -30,6 +30,8 @@ pub struct PaymentRow {
     pub metadata: Json<HashMap<String, String>>,
     pub receipt_email: Option<String>,
     pub return_url: Option<String>,
+    /// Charged while the customer is away (`off_session` to Stripe).
+    pub off_session: bool,
     pub stripe_payment_intent_id: Option<String>,
     pub stripe_charge_id: Option<String>,
     pub client_secret: Option<String>,
@@ -68,7 +70,7 @@ impl PaymentRow {
 }
 
 pub(crate) const PAYMENT: &str = "id, customer_id, status, amount, currency, amount_capturable, amount_captured, amount_refunded, \
-    capture_method, price_id, quantity, payment_method, description, metadata, receipt_email, return_url, \
+    capture_method, price_id, quantity, payment_method, description, metadata, receipt_email, return_url, off_session, \
     stripe_payment_intent_id, stripe_charge_id, client_secret, next_action, capture_before, failure_code, \
     failure_message, decline_code, cancellation_reason, integrity_error, created_at, updated_at";
 
@@ -241,6 +243,7 @@ pub struct NewPayment<'a> {
     pub metadata: &'a HashMap<String, String>,
     pub receipt_email: Option<&'a str>,
     pub return_url: Option<&'a str>,
+    pub off_session: bool,
 }
 
 /// Records a new payment (status pending), its first history line and the
@@ -249,8 +252,8 @@ pub async fn insert(db: &PgPool, p: NewPayment<'_>) -> Result<(PaymentRow, Opera
     let mut tx = crate::store::begin(db).await?;
     let row: PaymentRow = sqlx::query_as(&format!(
         "INSERT INTO payment.payment (customer_id, status, amount, currency, capture_method, price_id, quantity,
-             payment_method, description, metadata, receipt_email, return_url)
-         VALUES ($1, 'pending', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING {PAYMENT}"
+             payment_method, description, metadata, receipt_email, return_url, off_session)
+         VALUES ($1, 'pending', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING {PAYMENT}"
     ))
     .bind(p.customer_id)
     .bind(p.amount)
@@ -263,6 +266,7 @@ pub async fn insert(db: &PgPool, p: NewPayment<'_>) -> Result<(PaymentRow, Opera
     .bind(Json(p.metadata))
     .bind(p.receipt_email)
     .bind(p.return_url)
+    .bind(p.off_session)
     .fetch_one(&mut *tx)
     .await?;
     add_history(&mut tx, None, &row, Source::api(p.api_key_id), &Cause::default()).await?;

@@ -240,6 +240,7 @@ async fn the_reconciler_finishes_an_operation_recorded_just_before_a_crash() {
             metadata: &metadata,
             receipt_email: None,
             return_url: None,
+            off_session: false,
         },
     )
     .await

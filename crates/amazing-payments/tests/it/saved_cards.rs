@@ -35,6 +35,19 @@ async fn confirm_in_browser(app: &TestApp, setup_intent: &str, pm: &str) -> Valu
         .unwrap()
 }
 
+/// The customer finishes 3-D Secure in the browser for a `kind`
+/// (`setup_intents` or `payment_intents`) of Stripe's.
+async fn authenticate_in_browser(app: &TestApp, kind: &str, id: &str) {
+    let done = app
+        .http
+        .post(format!("{}/_sim/{kind}/{id}/authenticate", app.sim.url()))
+        .json(&json!({"outcome": "succeed"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), StatusCode::OK);
+}
+
 /// Saves `pm` for the customer `id`, as a shop's page does; the saved card.
 async fn save(app: &TestApp, id: &str, pm: &str) -> String {
     let (status, si) = app.post(&format!("/v1/customer/{id}/setup"), json!({})).await;
@@ -114,14 +127,7 @@ async fn over_grpc_a_setup_waits_for_stripe_js_and_for_3d_secure_then_the_card_i
     let asked = confirm_in_browser(&app, &open.setup_intent_id, "pm_card_authenticationRequiredOnSetup").await;
     assert_eq!(asked["status"], "requires_action", "{asked}");
     assert!(saved_over_grpc(&app, id).await.is_empty(), "not saved before the customer authenticates");
-    let done = app
-        .http
-        .post(format!("{}/_sim/setup_intents/{}/authenticate", app.sim.url(), open.setup_intent_id))
-        .json(&json!({"outcome": "succeed"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(done.status(), StatusCode::OK);
+    authenticate_in_browser(&app, "setup_intents", &open.setup_intent_id).await;
     let pm = asked["payment_method"].as_str().unwrap().to_string();
     let cards = saved_over_grpc(&app, id).await;
     assert_eq!(cards.len(), 1);
@@ -253,4 +259,85 @@ async fn a_detach_whose_answer_was_lost_is_retried_with_its_key_and_answered_as_
     let path = format!("/v1/customer/{id}/payment_methods/{pm}");
     let (status, e) = app.rest_call(Method::DELETE, &path, None, Some(&app.key)).await;
     assert_eq!((status, e["reason"].as_str()), (StatusCode::NOT_FOUND, Some("PAYMENT_METHOD_NOT_FOUND")));
+}
+
+#[tokio::test]
+async fn a_saved_card_is_charged_off_session_and_one_the_bank_wants_the_customer_for_waits_for_them() {
+    let app = TestApp::spawn().await;
+    let id = customer(&app, "fy@example.com").await;
+    // A renewal on a saved card, the customer away (REST).
+    let visa = save(&app, &id, "pm_card_visa").await;
+    let (status, paid) = app
+        .post(
+            "/v1/payment",
+            json!({"customerID": id, "amount": 990, "currency": "eur", "payment_method": visa, "off_session": true}),
+        )
+        .await;
+    assert_eq!((status, paid["status"].as_str()), (StatusCode::OK, Some("succeeded")), "{paid}");
+    let sent = app.sim.state().received().into_iter().rev().find(|r| r.path == "/v1/payment_intents").unwrap();
+    assert!(sent.body.contains("off_session=true"), "sent to Stripe as off-session: {}", sent.body);
+
+    // A card whose bank asks every time, saved with 3-D Secure, charged
+    // off-session (gRPC): it fails, saying the customer is wanted, and keeps
+    // the secret Stripe.js needs.
+    let (_, si) = app.post(&format!("/v1/customer/{id}/setup"), json!({})).await;
+    let seti = si["setup_intent_id"].as_str().unwrap();
+    let asked = confirm_in_browser(&app, seti, "pm_card_authenticationRequired").await;
+    let card = asked["payment_method"].as_str().unwrap().to_string();
+    authenticate_in_browser(&app, "setup_intents", seti).await;
+    let refused = app
+        .grpc()
+        .await
+        .create_payment(app.authed(amazing_payments::proto::CreatePaymentRequest {
+            customer_id: id.parse().unwrap(),
+            amount: 990,
+            currency: "eur".into(),
+            payment_method: card.clone(),
+            off_session: true,
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!((refused.code(), reason(&refused).as_str()), (Code::FailedPrecondition, "AUTHENTICATION_REQUIRED"));
+    let (_, details) = amazing_payments::app::error::reason_of(&refused).unwrap();
+    let payment = details["paymentID"].clone();
+    let (_, failed) = app.get(&format!("/v1/payment/{payment}")).await;
+    assert_eq!(
+        (failed["status"].as_str(), failed["failure_code"].as_str()),
+        (Some("failed"), Some("authentication_required"))
+    );
+    let secret = failed["client_secret"].as_str().expect("the secret to bring the customer back").to_string();
+    let pi = failed["stripe_payment_intent_id"].as_str().unwrap().to_string();
+    assert!(secret.starts_with(&format!("{pi}_secret_")));
+    let events: Vec<String> = sqlx::query_scalar("SELECT type FROM notify.outbox WHERE payment_id = $1 ORDER BY seq")
+        .bind(payment.parse::<i64>().unwrap())
+        .fetch_all(&app.db)
+        .await
+        .unwrap();
+    assert!(events.contains(&"payment.failed".to_string()), "{events:?}");
+
+    // The customer comes back: Stripe.js confirms it on-session, they
+    // authenticate, and the payment goes on to succeed.
+    let again = app
+        .http
+        .post(format!("{}/v1/payment_intents/{pi}/confirm", app.sim.url()))
+        .bearer_auth("sk_test_as_stripe_js")
+        .form(&[("payment_method", card.as_str())])
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(again["status"], "requires_action", "{again}");
+    authenticate_in_browser(&app, "payment_intents", &pi).await;
+    let settings = amazing_payments::workers::reconciler::Settings {
+        min_age: std::time::Duration::ZERO,
+        failed_every: std::time::Duration::ZERO,
+        ..Default::default()
+    };
+    amazing_payments::workers::reconciler::pass(&app.app, &settings).await.unwrap();
+    let (_, done) = app.get(&format!("/v1/payment/{payment}")).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert!(done.get("client_secret").is_none(), "no secret once paid: {done}");
 }
