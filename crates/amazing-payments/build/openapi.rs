@@ -190,7 +190,7 @@ fn error_responses(rpc: &str, has_id: bool, has_body: bool) -> Map<String, Value
     }
     if rpc == "CreatePayment" {
         statuses
-            .push(("402", "The card was declined (`reason` CARD_DECLINED); the payment is kept, with status failed"));
+            .push(("402", "The card was declined (`reason` CARD_DECLINED, or AUTHENTICATION_REQUIRED off-session: the bank wants the customer, and the payment keeps its client_secret for Stripe.js); the payment is kept, with status failed"));
     }
     if has_body {
         statuses.extend([

@@ -117,6 +117,12 @@ pub fn apply_intent(
         row.failure_code = e.code.clone();
         row.failure_message = e.message.clone();
         row.decline_code = e.decline_code.clone();
+    } else if l.status == Status::Failed && next.status != Status::Failed {
+        // The customer came back and it went on: the old failure no
+        // longer describes the payment.
+        row.failure_code = None;
+        row.failure_message = None;
+        row.decline_code = None;
     }
     if next.status == Status::Canceled {
         row.cancellation_reason = pi.cancellation_reason.clone().or(row.cancellation_reason.take());

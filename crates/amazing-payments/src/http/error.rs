@@ -88,9 +88,11 @@ impl RestError {
 }
 
 /// Reasons whose HTTP status is not the one of their gRPC code: a declined
-/// card is FAILED_PRECONDITION over gRPC and 402 Payment Required over REST,
-/// as Stripe answers it.
-const REASON_STATUS: &[(&str, StatusCode)] = &[("CARD_DECLINED", StatusCode::PAYMENT_REQUIRED)];
+/// card (or one declined off-session for want of the customer) is
+/// FAILED_PRECONDITION over gRPC and 402 Payment Required over REST, as
+/// Stripe answers it.
+const REASON_STATUS: &[(&str, StatusCode)] =
+    &[("CARD_DECLINED", StatusCode::PAYMENT_REQUIRED), ("AUTHENTICATION_REQUIRED", StatusCode::PAYMENT_REQUIRED)];
 
 impl From<tonic::Status> for RestError {
     fn from(status: tonic::Status) -> Self {

@@ -340,4 +340,14 @@ async fn a_saved_card_is_charged_off_session_and_one_the_bank_wants_the_customer
     let (_, done) = app.get(&format!("/v1/payment/{payment}")).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert!(done.get("client_secret").is_none(), "no secret once paid: {done}");
+    assert!(done.get("failure_code").is_none(), "the old failure no longer describes it: {done}");
+
+    // Over REST the same refusal is 402, as Stripe answers a decline.
+    let (status, e) = app
+        .post(
+            "/v1/payment",
+            json!({"customerID": id, "amount": 500, "currency": "eur", "payment_method": card, "off_session": true}),
+        )
+        .await;
+    assert_eq!((status, e["reason"].as_str()), (StatusCode::PAYMENT_REQUIRED, Some("AUTHENTICATION_REQUIRED")), "{e}");
 }
