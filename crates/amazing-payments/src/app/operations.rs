@@ -258,7 +258,9 @@ pub(crate) fn settled_payment(row: PaymentRow) -> Result<PaymentRow, AppError> {
             message: row.failure_message.clone(),
             ..Default::default()
         };
-        return Err(if row.decline_code.is_some() {
+        // A decline, also one with no decline code (an off-session charge
+        // the bank wants the customer for): answered again as the first time.
+        return Err(if row.decline_code.is_some() || row.failure_code.as_deref() == Some("authentication_required") {
             declined(&row, &e)
         } else if row.failure_code.as_deref() == Some(UNKNOWN_PAYMENT_METHOD) {
             super::unknown_payment_method(None).detail("paymentID", row.id.to_string())

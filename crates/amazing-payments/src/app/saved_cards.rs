@@ -6,10 +6,10 @@
 //! so no operation is recorded; the Stripe idempotency key still comes from
 //! the client's key, so a retry does not make a second SetupIntent.
 
-use super::{App, AppError, Call, stripe_failure};
+use super::{App, AppError, Call, Kind, stripe_failure};
 use crate::{
     domain::{customer::CustomerId, request::PaymentMethodId},
-    stripe::{form::Form, types},
+    stripe::{StripeError, form::Form, types},
 };
 use sha2::{Digest, Sha256};
 
@@ -22,6 +22,17 @@ pub struct SetupPaymentMethod {
 
 fn not_in_stripe(id: CustomerId) -> AppError {
     AppError::unavailable("CUSTOMER_PENDING", format!("customer {} is not yet in Stripe; try again shortly", id.get()))
+}
+
+/// A failure Stripe saved under the request's key and replays to every
+/// retry: final (a retry with the same key can never succeed); a new key
+/// is a new request.
+fn replayed_failure() -> AppError {
+    AppError::new(
+        Kind::FailedPrecondition,
+        "STRIPE_FAILED",
+        "the payment provider failed this request and replays that failure to every retry; send it again with a new idempotency key",
+    )
 }
 
 /// The Stripe idempotency key of a call: from the client's key (so that
@@ -53,7 +64,11 @@ impl App {
             .set("customer", &customer)
             .set("usage", "off_session")
             .set("metadata[customerID]", cmd.customer.get());
-        let reply = self.stripe.create_setup_intent(&form, &stripe_key("setup", call)).await.map_err(stripe_failure)?;
+        let reply = self
+            .stripe
+            .create_setup_intent(&form, &stripe_key("setup", call))
+            .await
+            .map_err(|e| if e.is_replayed_failure() { replayed_failure() } else { stripe_failure(e) })?;
         Ok(reply.object)
     }
 
@@ -81,25 +96,33 @@ impl App {
         };
         let found = match self.stripe.retrieve_payment_method(pm.as_str()).await {
             Ok(found) => found.object,
-            Err(crate::stripe::StripeError::Api(a)) if a.status == 404 => return Err(not_found()),
+            Err(StripeError::Api(a)) if a.status == 404 => return Err(not_found()),
             Err(e) => return Err(stripe_failure(e)),
         };
         let detached_already = found.customer.is_none() && call.key().is_some();
         if found.customer.as_deref() != Some(customer.as_str()) && !detached_already {
             return Err(not_found());
         }
-        let key = stripe_key(&format!("detach-{}", pm.as_str()), call);
-        let reply = self.stripe.detach_payment_method(pm.as_str(), &key).await.map_err(|e| match e {
+        // The customer is in the key: the same client key for another
+        // customer's call is another request to Stripe, never its replay.
+        let key = stripe_key(&format!("detach-{}-{}", id.get(), pm.as_str()), call);
+        match self.stripe.detach_payment_method(pm.as_str(), &key).await {
+            Ok(reply) => Ok(reply.object),
             // Not attached: detached before, and not by this request.
-            crate::stripe::StripeError::Api(a)
+            Err(StripeError::Api(a))
                 if a.status == 400
                     && (a.code.as_deref() == Some("payment_method_unexpected_state")
                         || a.message.as_deref().is_some_and(|m| m.contains("not attached"))) =>
             {
-                not_found()
+                Err(not_found())
             }
-            e => stripe_failure(e),
-        })?;
-        Ok(reply.object)
+            // A failure Stripe saved under the key: whether the card is
+            // detached is read, not guessed.
+            Err(e) if e.is_replayed_failure() => {
+                let now = self.stripe.retrieve_payment_method(pm.as_str()).await.map_err(stripe_failure)?.object;
+                if now.customer.is_none() { Ok(now) } else { Err(replayed_failure()) }
+            }
+            Err(e) => Err(stripe_failure(e)),
+        }
     }
 }

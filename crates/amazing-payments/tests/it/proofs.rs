@@ -1236,15 +1236,10 @@ async fn settled_by_the_instances(db: &PgPool) {
 }
 
 /// Sum of a counter's series over instances' metrics listeners.
-async fn summed(http: &reqwest::Client, metrics: &[u16], series: &str) -> f64 {
+async fn summed(metrics: &[u16], series: &str) -> f64 {
     let mut total = 0.0;
     for port in metrics {
-        let text = http.get(format!("http://127.0.0.1:{port}/metrics")).send().await.unwrap().text().await.unwrap();
-        total += text
-            .lines()
-            .filter(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>();
+        total += crate::common::procs::scraped(&format!("http://127.0.0.1:{port}"), series).await;
     }
     total
 }
@@ -1386,7 +1381,7 @@ async fn the_whole_topology_keeps_every_answer_true_through_a_failover_and_no_ca
         }));
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let from_replica = summed(&world.http, &metrics, r#"amazing_payments_db_reads_total{target="replica"}"#).await;
+    let from_replica = summed(&metrics, r#"amazing_payments_db_reads_total{target="replica"}"#).await;
     assert!(from_replica > 0.0, "the standby answered reads before the failover");
     // For two seconds the standby falls behind (its replay paused; commits
     // still wait for it to receive them): what was just written is not on
@@ -1397,11 +1392,11 @@ async fn the_whole_topology_keeps_every_answer_true_through_a_failover_and_no_ca
     // The primary's count read before the readers' and after it, so that
     // it covers every read counted between (but for one in each reader's
     // hands when the window opened).
-    let primary_before = summed(&world.http, &metrics, from_primary).await;
+    let primary_before = summed(&metrics, from_primary).await;
     let read_before = read_back.load(Ordering::Acquire);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let read_during = read_back.load(Ordering::Acquire) - read_before;
-    let primary_during = summed(&world.http, &metrics, from_primary).await - primary_before;
+    let primary_during = summed(&metrics, from_primary).await - primary_before;
     sqlx::query("SELECT pg_wal_replay_resume()").execute(&on_standby).await.unwrap();
     assert!(read_during > 5, "payments were read back while the standby lagged: {read_during}");
     assert!(

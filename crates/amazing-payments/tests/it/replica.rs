@@ -11,14 +11,15 @@ use crate::common::{
 use serde_json::{Value, json};
 use std::time::Duration;
 
-/// The value of a metric series on the service's metrics listener (0 if absent).
-async fn metric(metrics: &str, series: &str) -> f64 {
-    let text = reqwest::get(format!("{metrics}/metrics")).await.unwrap().text().await.unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
-        .next()
-        .unwrap_or(0.0)
+use crate::common::procs::scraped as metric;
+
+/// The service on `primary`'s `payments`, reading from `read_url`, with
+/// `extra` settings; its metrics listener's base URL.
+async fn with_replica(primary: &Cluster, read_url: String, extra: &[(&str, String)]) -> (Stack, String) {
+    let metrics_port = free_port();
+    let mut env = vec![("DATABASE_READ_URL", read_url), ("METRICS_PORT", format!("127.0.0.1:{metrics_port}"))];
+    env.extend(extra.iter().cloned());
+    (Stack::start_on(primary.url("payments"), &env).await, format!("http://127.0.0.1:{metrics_port}"))
 }
 
 const ON_REPLICA: &str = r#"amazing_payments_db_reads_total{target="replica"}"#;
@@ -63,17 +64,8 @@ async fn status_on(db: &sqlx::PgPool, payment: &str) -> Option<String> {
 async fn reads_go_to_a_caught_up_replica_and_to_the_primary_while_it_lags_so_no_caller_reads_less_than_it_wrote() {
     let primary = Cluster::primary();
     let standby = Cluster::standby_of(&primary);
-    let metrics_port = free_port();
-    let metrics = format!("http://127.0.0.1:{metrics_port}");
-    let stack = Stack::start_on(
-        primary.url("payments"),
-        &[
-            ("DATABASE_READ_URL", standby.url("payments")),
-            ("DATABASE_READ_MAX_LAG", "1".into()),
-            ("METRICS_PORT", format!("127.0.0.1:{metrics_port}")),
-        ],
-    )
-    .await;
+    let (stack, metrics) =
+        with_replica(&primary, standby.url("payments"), &[("DATABASE_READ_MAX_LAG", "1".into())]).await;
     let key = stack.new_key();
     let health = replica_becomes(&stack.rest, "up").await;
     assert_eq!(health["isHealthy"], true);
@@ -162,13 +154,7 @@ async fn reads_go_to_a_caught_up_replica_and_to_the_primary_while_it_lags_so_no_
 async fn a_promoted_replica_takes_no_reads_and_health_says_it_is_no_longer_a_replica() {
     let primary = Cluster::primary();
     let standby = Cluster::standby_of(&primary);
-    let metrics_port = free_port();
-    let metrics = format!("http://127.0.0.1:{metrics_port}");
-    let stack = Stack::start_on(
-        primary.url("payments"),
-        &[("DATABASE_READ_URL", standby.url("payments")), ("METRICS_PORT", format!("127.0.0.1:{metrics_port}"))],
-    )
-    .await;
+    let (stack, metrics) = with_replica(&primary, standby.url("payments"), &[]).await;
     let key = stack.new_key();
     replica_becomes(&stack.rest, "up").await;
     // Promoted, it leaves the primary's history: what the primary takes
@@ -203,13 +189,7 @@ async fn a_replica_of_another_cluster_takes_no_reads_and_health_says_it_is_detac
     let primary = Cluster::primary();
     let other = Cluster::primary();
     let foreign = Cluster::standby_of(&other);
-    let metrics_port = free_port();
-    let metrics = format!("http://127.0.0.1:{metrics_port}");
-    let stack = Stack::start_on(
-        primary.url("payments"),
-        &[("DATABASE_READ_URL", foreign.url("postgres")), ("METRICS_PORT", format!("127.0.0.1:{metrics_port}"))],
-    )
-    .await;
+    let (stack, metrics) = with_replica(&primary, foreign.url("postgres"), &[]).await;
     // Its positions are another history's: however far it has replayed,
     // that says nothing of ours.
     let health = replica_becomes(&stack.rest, "detached").await;

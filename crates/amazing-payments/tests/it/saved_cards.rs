@@ -351,3 +351,22 @@ async fn a_saved_card_is_charged_off_session_and_one_the_bank_wants_the_customer
         .await;
     assert_eq!((status, e["reason"].as_str()), (StatusCode::PAYMENT_REQUIRED, Some("AUTHENTICATION_REQUIRED")), "{e}");
 }
+
+#[tokio::test]
+async fn a_failure_stripe_saved_under_the_key_is_final_for_a_setup_and_read_back_for_a_detach() {
+    let app = TestApp::spawn().await;
+    let id = customer(&app, "gi@example.com").await;
+    let pm = save(&app, &id, "pm_card_visa").await;
+    // Stripe fails each after doing the work, saves the 500 under the key,
+    // and replays it to every retry.
+    for path in ["/v1/setup_intents".to_string(), format!("/v1/payment_methods/{pm}/detach")] {
+        let rule = json!({"method": "POST", "path": path, "saved": "after_work", "status": 500, "times": 1});
+        app.sim.state().faults.add(serde_json::from_value(rule).unwrap());
+    }
+    let (status, e) = app.post(&format!("/v1/customer/{id}/setup"), json!({})).await;
+    assert_eq!((status, e["reason"].as_str()), (StatusCode::BAD_REQUEST, Some("STRIPE_FAILED")), "final, not 503: {e}");
+    // The detach was done: read back, it is answered as done.
+    let path = format!("/v1/customer/{id}/payment_methods/{pm}");
+    let (status, detached) = app.rest_call(Method::DELETE, &path, None, Some(&app.key)).await;
+    assert_eq!((status, detached["payment_method"].as_str()), (StatusCode::OK, Some(pm.as_str())), "{detached}");
+}

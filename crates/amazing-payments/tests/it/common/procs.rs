@@ -28,6 +28,16 @@ pub async fn get_json(url: &str, key: &str) -> Value {
 }
 
 /// A JSON POST with the API key; the answer's body.
+/// The value of the series `series` (name and labels, as exposed) on the
+/// metrics listener at `base`; 0 if absent.
+pub async fn scraped(base: &str, series: &str) -> f64 {
+    let text = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 pub async fn post_json(url: &str, key: &str, body: &Value) -> Value {
     reqwest::Client::new().post(url).bearer_auth(key).json(body).send().await.unwrap().json().await.unwrap()
 }
