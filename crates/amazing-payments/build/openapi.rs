@@ -48,6 +48,17 @@ fn ruled_schema(f: &FieldDescriptor, rule: &FieldRule) -> Value {
             s["maxProperties"] = json!(n);
         }
         s
+    } else if f.is_list() {
+        let mut item = rule.clone();
+        item.required = true;
+        let mut s = json!({"type": "array", "items": item.text_schema()});
+        if rule.required {
+            s["minItems"] = json!(1);
+        }
+        if let Some(n) = rule.max_entries {
+            s["maxItems"] = json!(n);
+        }
+        s
     } else {
         match f.kind() {
             Kind::Int64 => rule.int_schema(true),
@@ -68,6 +79,13 @@ fn field_schema(f: &FieldDescriptor) -> Value {
         json!({"type": "object", "additionalProperties": scalar(&entry.map_entry_value_field().kind())})
     } else if f.is_list() {
         json!({"type": "array", "items": scalar(&f.kind())})
+    } else if f.containing_oneof().is_some_and(|o| o.is_synthetic()) {
+        // A proto3 `optional` field: null is "not given", as absent.
+        let mut s = scalar(&f.kind());
+        if let Some(t) = s.get("type").cloned() {
+            s["type"] = json!([t, "null"]);
+        }
+        s
     } else {
         scalar(&f.kind())
     };

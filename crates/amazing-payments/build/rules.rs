@@ -405,6 +405,23 @@ pub fn render(pool: &DescriptorPool, service: &ServiceDescriptor) -> Result<Stri
                 );
                 continue;
             }
+            if f.is_list() && f.kind() == Kind::String {
+                // Each item within the rules (every item required: an
+                // empty one is no value); `required` asks for one at least.
+                let mut item = rule.clone();
+                item.required = true;
+                let p = pattern_static(&item)?;
+                let _ = writeln!(
+                    body,
+                    "        list(&self.{member}, {:?}, {}, {}, {:?}, &{})?;",
+                    f.name(),
+                    rule.required,
+                    rule.max_entries.map(|n| format!("Some({n})")).unwrap_or_else(|| "None".into()),
+                    rule.missing,
+                    text_rules(f.name(), &item, p.as_deref()),
+                );
+                continue;
+            }
             match f.kind() {
                 Kind::String => {
                     let p = pattern_static(&rule)?;

@@ -1,13 +1,14 @@
-//! The command line: `serve`, `migrate`, `reconcile`, `webhooks`, `relay`,
+//! The command line: `serve`, `migrate`, `reconcile`, `webhooks`, `relay`, `deliver`,
 //! `notifier`, `dlq` and `apikey`. Flags mirror the environment variables
 //! (see `--help` of each command).
 
 use crate::{
     app::{App, apikeys},
     config::{
-        AuthArgs, ConfigError, DbArgs, DbConfig, MetricsArgs, NotifyArgs, NotifyConfig, ReconcileArgs, ServeArgs,
-        ServeConfig, StripeArgs,
+        AuthArgs, ConfigError, DbArgs, DbConfig, HooksArgs, MetricsArgs, NotifyArgs, NotifyConfig, ReconcileArgs,
+        ServeArgs, ServeConfig, StripeArgs,
     },
+    hooks::deliverer::Deliverer,
     notify::{mailer::Mailer, notifier::Notifier, queue::Queue, relay::Relay, templates::Templates},
     server, store, stripe, telemetry,
     workers::reconciler,
@@ -42,6 +43,17 @@ pub enum Command {
         auth: AuthArgs,
         #[command(flatten)]
         notify: NotifyArgs,
+        #[command(flatten)]
+        hooks: HooksArgs,
+        #[command(flatten)]
+        metrics: MetricsArgs,
+    },
+    /// Deliver webhooks to callers' endpoints (the deliverer serve runs).
+    Deliver {
+        #[command(flatten)]
+        hooks: HooksArgs,
+        #[command(flatten)]
+        db: DbArgs,
         #[command(flatten)]
         metrics: MetricsArgs,
     },
@@ -181,8 +193,8 @@ pub enum ApiKeyAction {
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve { serve, reconcile, db, stripe, auth, notify, metrics } => {
-            let config = ServeConfig::new(&serve, &db, &stripe, &auth, &notify)?;
+        Command::Serve { serve, reconcile, db, stripe, auth, notify, hooks, metrics } => {
+            let config = ServeConfig::new(&serve, &db, &stripe, &auth, &notify, &hooks)?;
             metrics.addr()?;
             let reconciler = config.reconciler.then(|| reconcile.settings()).transpose()?;
             if auth.pepper_is_default() {
@@ -204,6 +216,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 webhooks: Default::default(),
                 max_in_flight: 1,
                 overload_target: Default::default(),
+                hooks: Default::default(),
             };
             if once {
                 let p = reconciler::until_idle(&app, &settings).await?;
@@ -259,6 +272,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 relay.run(stop).await;
                 finish(exposed).await;
             }
+            Ok(())
+        }
+        Command::Deliver { hooks, db, metrics } => {
+            let settings = hooks.settings()?;
+            let pool = store::pool(&db.config()?);
+            let stop = stop_on_signal();
+            let exposed = expose_metrics(&metrics, &pool, stop.clone()).await?;
+            Deliverer::new(pool, settings)?.run(stop).await;
+            finish(exposed).await;
             Ok(())
         }
         Command::Notifier { notify, db, metrics } => {
@@ -499,6 +521,7 @@ async fn serve_until_signal(
         webhooks: config.webhooks,
         max_in_flight: config.max_in_flight,
         overload_target: config.overload_target,
+        hooks: config.hooks.clone(),
     };
     println!("REST:     http://{rest_addr}/v1/...");
     println!("gRPC:     {grpc_addr} (reflection on)");
@@ -519,10 +542,13 @@ async fn serve_until_signal(
     ));
     let mut background = Vec::new();
     let mut notices = Vec::new();
-    // The relay and the notifier have connections of their own, so that a
-    // burst of requests cannot starve them (nor they the requests).
+    // The relay, the deliverer and the notifier have connections of their
+    // own, so that a burst of requests cannot starve them (nor they the
+    // requests). The relay and the deliverer share two: each holds one for
+    // a short statement at a time, never while it sends.
+    let background_db = store::pool(&DbConfig { max_connections: 2, ..config.db.clone() });
     if config.relay {
-        let db = store::pool(&DbConfig { max_connections: 2, ..config.db.clone() });
+        let db = background_db.clone();
         let queue = Queue::open(&config.notify.target, &db).await?;
         notices.push(format!("events relayed to {}", queue.describe()));
         let relay = Relay::new(db, queue, config.notify.relay.clone());
@@ -537,6 +563,11 @@ async fn serve_until_signal(
         background.push(tokio::spawn(n.run(stopped.clone())));
     } else {
         notices.push("notifier off (set SMTP_URL, or NOTIFIER=true for the log transport)".into());
+    }
+    if config.deliverer {
+        let deliverer = Deliverer::new(background_db, config.hooks.clone())?;
+        background.push(tokio::spawn(deliverer.run(stopped.clone())));
+        notices.push("webhooks delivered to callers' endpoints".into());
     }
     println!("Notify:   {}", notices.join("; "));
     let worker = reconcile.map(|s| tokio::spawn(reconciler::run(app.clone(), s, stopped)));

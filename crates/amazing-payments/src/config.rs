@@ -69,6 +69,38 @@ pub fn listen_addr(variable: &'static str, raw: &str) -> Result<SocketAddr, Conf
     full.parse().map_err(|_| err(variable, format!("{raw:?} is not a listen address such as :8080 or 127.0.0.1:8080")))
 }
 
+/// Webhooks to callers' endpoints (`crate::hooks`).
+#[derive(Args, Debug, Clone)]
+pub struct HooksArgs {
+    /// Let endpoints be on loopback and private addresses, and plain http:
+    /// for development and tests only (server-side request forgery).
+    #[arg(long, env = "WEBHOOK_ALLOW_PRIVATE", default_value = "false")]
+    pub webhook_allow_private: String,
+    /// The waits before each retry of a failed delivery (s, m, h, d); after
+    /// the last, the delivery fails (and can be redelivered by hand).
+    #[arg(long, env = "WEBHOOK_RETRY_SCHEDULE", default_value = crate::hooks::DEFAULT_SCHEDULE)]
+    pub webhook_retry_schedule: String,
+    /// Seconds an endpoint may fail every delivery before it is disabled (5 days).
+    #[arg(long, env = "WEBHOOK_DISABLE_AFTER", default_value = "432000")]
+    pub webhook_disable_after: String,
+    /// Seconds one delivery attempt may take.
+    #[arg(long, env = "WEBHOOK_TIMEOUT", default_value = "15")]
+    pub webhook_timeout: String,
+}
+
+impl HooksArgs {
+    pub fn settings(&self) -> Result<crate::hooks::Settings, ConfigError> {
+        Ok(crate::hooks::Settings {
+            allow_private: flag("WEBHOOK_ALLOW_PRIVATE", &self.webhook_allow_private)?,
+            schedule: crate::hooks::parse_schedule(&self.webhook_retry_schedule)
+                .map_err(|e| err("WEBHOOK_RETRY_SCHEDULE", e))?,
+            disable_after: positive_seconds("WEBHOOK_DISABLE_AFTER", &self.webhook_disable_after, 365.0 * 86400.0)?,
+            timeout: positive_seconds("WEBHOOK_TIMEOUT", &self.webhook_timeout, 300.0)?,
+            ..crate::hooks::Settings::default()
+        })
+    }
+}
+
 /// Where Prometheus scrapes this process.
 #[derive(Args, Debug, Clone)]
 pub struct MetricsArgs {
@@ -598,6 +630,9 @@ pub struct ServeArgs {
     /// SMTP_URL is set).
     #[arg(long, env = "NOTIFIER", default_value = "auto")]
     pub notifier: String,
+    /// Deliver webhooks to callers' endpoints in this process.
+    #[arg(long, env = "DELIVERER", default_value = "true")]
+    pub deliverer: String,
     #[command(flatten)]
     pub connections: ConnectionArgs,
 }
@@ -701,6 +736,8 @@ pub struct ServeConfig {
     pub reconciler: bool,
     pub relay: bool,
     pub notifier: bool,
+    pub deliverer: bool,
+    pub hooks: crate::hooks::Settings,
     pub notify: NotifyConfig,
     pub db: DbConfig,
     pub stripe: stripe::Settings,
@@ -714,6 +751,7 @@ impl ServeConfig {
         stripe: &StripeArgs,
         auth: &AuthArgs,
         notify: &NotifyArgs,
+        hooks: &HooksArgs,
     ) -> Result<Self, ConfigError> {
         let notify = notify.config()?;
         let stripe_settings = stripe.settings()?;
@@ -788,6 +826,8 @@ impl ServeConfig {
             reconciler: flag("RECONCILER", &serve.reconciler)?,
             relay: flag("RELAY", &serve.relay)?,
             notifier,
+            deliverer: flag("DELIVERER", &serve.deliverer)?,
+            hooks: hooks.settings()?,
             notify,
             db: db.config()?,
             stripe: stripe_settings,
@@ -881,10 +921,18 @@ mod tests {
             reconciler: "true".into(),
             relay: "true".into(),
             notifier: "auto".into(),
+            deliverer: "true".into(),
             connections: connection_args(),
         };
+        let hooks = HooksArgs {
+            webhook_allow_private: "false".into(),
+            webhook_retry_schedule: crate::hooks::DEFAULT_SCHEDULE.into(),
+            webhook_disable_after: "432000".into(),
+            webhook_timeout: "15".into(),
+        };
         let config =
-            ServeConfig::new(&serve, &db, &stripe_args(Some("sk_test_abcdef123456")), &auth, &notify_args()).unwrap();
+            ServeConfig::new(&serve, &db, &stripe_args(Some("sk_test_abcdef123456")), &auth, &notify_args(), &hooks)
+                .unwrap();
         let printed = format!("{config:?}");
         assert!(config.notifier, "SMTP_URL is set, so the notifier runs");
         for secret in ["s3cret-pw", "replica-pw", "sk_test_abcdef123456", "a-long-enough-pepper", "mail-pw-123"] {

@@ -177,6 +177,25 @@ pub fn map(
     Ok(())
 }
 
+/// A list of text values: at least one if `required`, at most
+/// `max_entries`, each within `items`.
+pub fn list(
+    values: &[String],
+    field: &'static str,
+    required: bool,
+    max_entries: Option<usize>,
+    missing: &'static str,
+    items: &Text,
+) -> Result<(), AppError> {
+    if required && values.is_empty() {
+        return Err(refuse(field, missing, format!("{field} must list at least one value")));
+    }
+    if let Some(max) = max_entries.filter(|max| values.len() > *max) {
+        return Err(refuse(field, items.reason, format!("{field} may list at most {max} values")));
+    }
+    values.iter().try_for_each(|v| items.check(v))
+}
+
 /// An amount in a currency (`rules.Charge`): both given or, when the message
 /// has another way to charge (`instead`, a price), exactly one of the two.
 pub fn charge(

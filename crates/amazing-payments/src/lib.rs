@@ -27,6 +27,7 @@ pub mod config;
 pub mod contract;
 pub mod domain;
 pub mod grpc;
+pub mod hooks;
 pub mod http;
 pub mod meter;
 pub mod notify;

@@ -49,6 +49,11 @@ const DB_GAUGES_UP: &str = "amazing_payments_db_gauges_up";
 const DB_READS: &str = "amazing_payments_db_reads_total";
 const REPLICA_UP: &str = "amazing_payments_db_replica_up";
 const REPLICA_LAG: &str = "amazing_payments_db_replica_lag_seconds";
+const HOOK_ATTEMPTS: &str = "amazing_payments_webhook_delivery_attempts_total";
+const HOOK_SECONDS: &str = "amazing_payments_webhook_delivery_duration_seconds";
+const HOOK_DISABLED: &str = "amazing_payments_webhook_endpoints_disabled_total";
+const HOOK_PENDING: &str = "amazing_payments_webhook_deliveries_pending";
+const HOOK_DUE_SECONDS: &str = "amazing_payments_webhook_delivery_lag_seconds";
 
 /// Latency buckets, in seconds: 5 ms to 30 s (Stripe's own calls can take
 /// seconds; the overload target is 0.15 s).
@@ -103,6 +108,18 @@ fn describe() {
     describe_counter!(
         DB_READS,
         "Reads (gets and lists) with a read replica set, by where they went (replica, primary)."
+    );
+    describe_counter!(
+        HOOK_ATTEMPTS,
+        "Webhook deliveries to callers' endpoints attempted, by outcome (succeeded, retrying, gave_up)."
+    );
+    describe_histogram!(HOOK_SECONDS, metrics::Unit::Seconds, "Time of one webhook delivery attempt.");
+    describe_counter!(HOOK_DISABLED, "Callers' webhook endpoints disabled after failing for WEBHOOK_DISABLE_AFTER.");
+    describe_gauge!(HOOK_PENDING, "Webhook deliveries not yet succeeded nor given up.");
+    describe_gauge!(
+        HOOK_DUE_SECONDS,
+        metrics::Unit::Seconds,
+        "How long the oldest due webhook delivery has waited for its attempt."
     );
     describe_gauge!(REPLICA_UP, "1 while the read replica takes reads, else 0 (down, lagging, or not a replica).");
     describe_gauge!(
@@ -191,6 +208,16 @@ pub fn webhook(outcome: &'static str) {
     counter!(WEBHOOKS, "outcome" => outcome).increment(1);
 }
 
+/// An attempt at a webhook delivery: `outcome` and how long it took.
+pub fn hook_attempt(outcome: &'static str, took: Duration) {
+    counter!(HOOK_ATTEMPTS, "outcome" => outcome).increment(1);
+    histogram!(HOOK_SECONDS).record(took.as_secs_f64());
+}
+
+pub fn hook_endpoint_disabled() {
+    counter!(HOOK_DISABLED).increment(1);
+}
+
 pub fn mail(outcome: &'static str) {
     counter!(MAILS, "outcome" => outcome).increment(1);
 }
@@ -214,10 +241,19 @@ async fn read_gauges(db: &PgPool) {
             sqlx::query_as("SELECT state, count(*) FROM notify.message GROUP BY state").fetch_all(db).await?;
         let parked: i64 =
             sqlx::query_scalar("SELECT count(*) FROM webhook.event WHERE state = 'parked'").fetch_one(db).await?;
-        Ok::<_, sqlx::Error>((lag_events, lag_seconds, queue, parked))
+        let hooks: (i64, f64) = sqlx::query_as(
+            "SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(next_attempt_at)
+                                              FILTER (WHERE next_attempt_at <= now()))::float8, 0)
+               FROM hooks.delivery WHERE state = 'pending'",
+        )
+        .fetch_one(db)
+        .await?;
+        Ok::<_, sqlx::Error>((lag_events, lag_seconds, queue, parked, hooks))
     };
     match tokio::time::timeout(Duration::from_secs(2), read).await {
-        Ok(Ok((lag_events, lag_seconds, queue, parked))) => {
+        Ok(Ok((lag_events, lag_seconds, queue, parked, (hooks_pending, hooks_due)))) => {
+            gauge!(HOOK_PENDING).set(hooks_pending as f64);
+            gauge!(HOOK_DUE_SECONDS).set(hooks_due.max(0.0));
             gauge!(DB_GAUGES_UP).set(1.0);
             gauge!(OUTBOX_LAG_EVENTS).set(lag_events as f64);
             gauge!(OUTBOX_LAG_SECONDS).set(lag_seconds.max(0.0));

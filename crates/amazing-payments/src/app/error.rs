@@ -43,6 +43,8 @@ pub const CONFLICT_REASONS: &[&str] = &[
     "PRICE_INACTIVE",
     "CUSTOMER_NOT_IN_STRIPE",
     "STRIPE_CUSTOMER_KEY_IMMUTABLE",
+    // webhook endpoints
+    "TOO_MANY_WEBHOOK_ENDPOINTS",
 ];
 
 /// What kind of failure; decides the gRPC code.

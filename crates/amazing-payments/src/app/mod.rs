@@ -8,6 +8,7 @@
 pub mod answer;
 pub mod apikeys;
 pub mod customers;
+pub mod endpoints;
 pub mod error;
 pub mod health;
 pub mod operations;
@@ -81,6 +82,8 @@ pub struct App {
     /// The own time per request (without Stripe's) above which requests
     /// are taken to queue, and the bound shrinks; zero keeps it fixed.
     pub overload_target: std::time::Duration,
+    /// How webhooks to callers are delivered (and which URLs they may go to).
+    pub hooks: crate::hooks::Settings,
 }
 
 impl App {

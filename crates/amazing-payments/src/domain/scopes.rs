@@ -51,6 +51,9 @@ pub const RPC_SCOPES: &[(&str, Scope)] = &[
     ("GetRefund", Scope::Read),
     ("ListRefunds", Scope::Read),
     ("ListPaymentMethods", Scope::Read),
+    ("ListWebhookEndpoints", Scope::Read),
+    ("GetWebhookEndpoint", Scope::Read),
+    ("ListWebhookDeliveries", Scope::Read),
     ("SetupPaymentMethod", Scope::Write),
     ("DetachPaymentMethod", Scope::Write),
     ("CreateCustomer", Scope::Write),
@@ -63,6 +66,11 @@ pub const RPC_SCOPES: &[(&str, Scope)] = &[
     ("AddPrice", Scope::Admin),
     ("DeactivateProduct", Scope::Admin),
     ("DeactivatePrice", Scope::Admin),
+    ("CreateWebhookEndpoint", Scope::Admin),
+    ("UpdateWebhookEndpoint", Scope::Admin),
+    ("DeleteWebhookEndpoint", Scope::Admin),
+    ("RollWebhookEndpointSecret", Scope::Admin),
+    ("RedeliverWebhook", Scope::Admin),
 ];
 
 /// The scope `rpc` needs.

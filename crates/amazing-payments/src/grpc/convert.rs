@@ -301,3 +301,50 @@ pub fn payment_method(pm: crate::stripe::types::PaymentMethod) -> proto::Payment
         created_at: chrono::DateTime::from_timestamp(pm.created, 0).map(timestamp).unwrap_or_default(),
     }
 }
+
+/// An endpoint; its secret only in the answer that made it (`with_secret`).
+pub fn endpoint(e: crate::store::hooks::EndpointRow, with_secret: bool) -> proto::WebhookEndpoint {
+    let overlapping = e.previous_secret.is_some() && e.previous_secret_until.is_some_and(|t| t > Utc::now());
+    proto::WebhookEndpoint {
+        endpoint_id: e.id,
+        url: e.url,
+        description: e.description,
+        event_types: e.event_types,
+        secret: if with_secret { e.secret } else { String::new() },
+        status: if e.disabled { "disabled" } else { "enabled" }.into(),
+        disabled_reason: e.disabled_reason.unwrap_or_default(),
+        failing_since: e.failing_since.map(timestamp).unwrap_or_default(),
+        previous_secret_expires_at: if overlapping {
+            e.previous_secret_until.map(timestamp).unwrap_or_default()
+        } else {
+            String::new()
+        },
+        created_at: timestamp(e.created_at),
+        updated_at: timestamp(e.updated_at),
+    }
+}
+
+pub fn delivery(d: crate::app::endpoints::Delivery) -> proto::WebhookDelivery {
+    let r = d.row;
+    proto::WebhookDelivery {
+        delivery_id: r.id,
+        endpoint_id: r.endpoint_id,
+        event_id: r.event_id.to_string(),
+        event_type: r.event_type,
+        next_attempt_at: if r.state == "pending" { timestamp(r.next_attempt_at) } else { String::new() },
+        state: r.state,
+        attempts: r.attempts,
+        created_at: timestamp(r.created_at),
+        delivered_at: r.delivered_at.map(timestamp).unwrap_or_default(),
+        attempt_log: d
+            .attempts
+            .into_iter()
+            .map(|a| proto::WebhookAttempt {
+                attempted_at: timestamp(a.attempted_at),
+                response_status: a.response_status.unwrap_or(0),
+                latency_ms: a.latency_ms,
+                error: a.error.unwrap_or_default(),
+            })
+            .collect(),
+    }
+}

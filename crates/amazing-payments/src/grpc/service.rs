@@ -8,7 +8,13 @@ use super::{
     idempotency,
 };
 use crate::{
-    app::{App, AppError, Principal, answer::Answered, payments::ListPayments, products::CreateProduct},
+    app::{
+        App, AppError, Principal,
+        answer::Answered,
+        endpoints::{EndpointChanges, NewEndpoint},
+        payments::ListPayments,
+        products::CreateProduct,
+    },
     domain::customer::CustomerId,
     proto::{self, payment_service_server::PaymentService},
 };
@@ -340,6 +346,112 @@ impl PaymentService for PaymentApi {
             let id = CustomerId::parse(r.customer_id)?;
             let pm = crate::domain::request::PaymentMethodId::parse(&r.payment_method)?;
             Ok(convert::payment_method(app.detach_payment_method(id, pm, &call).await?))
+        })
+        .await
+    }
+
+    async fn create_webhook_endpoint(
+        &self,
+        request: Request<proto::CreateWebhookEndpointRequest>,
+    ) -> Result<Response<proto::WebhookEndpoint>, Status> {
+        let who = self.principal(&request).await?;
+        let app = &self.app;
+        idempotency::once_claimed(app, &who, "CreateWebhookEndpoint", request, |r, call| async move {
+            let new = NewEndpoint { url: r.url, description: r.description, event_types: r.event_types };
+            Ok(convert::endpoint(app.create_endpoint(new, call.by).await?, true))
+        })
+        .await
+    }
+
+    async fn list_webhook_endpoints(
+        &self,
+        request: Request<proto::ListWebhookEndpointsRequest>,
+    ) -> Result<Response<proto::ListWebhookEndpointsResponse>, Status> {
+        self.principal(&request).await?;
+        let rows = self.app.list_endpoints().await?;
+        Ok(Response::new(proto::ListWebhookEndpointsResponse {
+            endpoints: rows.into_iter().map(|r| convert::endpoint(r, false)).collect(),
+        }))
+    }
+
+    async fn get_webhook_endpoint(
+        &self,
+        request: Request<proto::GetWebhookEndpointRequest>,
+    ) -> Result<Response<proto::WebhookEndpoint>, Status> {
+        self.principal(&request).await?;
+        let row = self.app.get_endpoint(id("endpointID", request.get_ref().endpoint_id)?).await?;
+        Ok(Response::new(convert::endpoint(row, false)))
+    }
+
+    async fn update_webhook_endpoint(
+        &self,
+        request: Request<proto::UpdateWebhookEndpointRequest>,
+    ) -> Result<Response<proto::WebhookEndpoint>, Status> {
+        let who = self.principal(&request).await?;
+        let app = &self.app;
+        idempotency::once_claimed(app, &who, "UpdateWebhookEndpoint", request, |r, _| async move {
+            let changes = EndpointChanges {
+                url: Some(r.url),
+                description: Some(r.description),
+                event_types: Some(r.event_types),
+                disabled: r.disabled,
+            };
+            Ok(convert::endpoint(app.update_endpoint(id("endpointID", r.endpoint_id)?, changes).await?, false))
+        })
+        .await
+    }
+
+    async fn delete_webhook_endpoint(
+        &self,
+        request: Request<proto::DeleteWebhookEndpointRequest>,
+    ) -> Result<Response<proto::DeleteWebhookEndpointResponse>, Status> {
+        let who = self.principal(&request).await?;
+        let app = &self.app;
+        idempotency::once_claimed(app, &who, "DeleteWebhookEndpoint", request, |r, _| async move {
+            app.delete_endpoint(id("endpointID", r.endpoint_id)?).await?;
+            Ok(proto::DeleteWebhookEndpointResponse { deleted: true })
+        })
+        .await
+    }
+
+    async fn roll_webhook_endpoint_secret(
+        &self,
+        request: Request<proto::RollWebhookEndpointSecretRequest>,
+    ) -> Result<Response<proto::WebhookEndpoint>, Status> {
+        let who = self.principal(&request).await?;
+        let app = &self.app;
+        idempotency::once_claimed(app, &who, "RollWebhookEndpointSecret", request, |r, _| async move {
+            let overlap = std::time::Duration::from_secs(u64::try_from(r.overlap_seconds).unwrap_or(0));
+            let row =
+                app.roll_endpoint_secret(id("endpointID", r.endpoint_id)?, overlap, r.expire_previous_now).await?;
+            Ok(convert::endpoint(row, true))
+        })
+        .await
+    }
+
+    async fn list_webhook_deliveries(
+        &self,
+        request: Request<proto::ListWebhookDeliveriesRequest>,
+    ) -> Result<Response<proto::ListWebhookDeliveriesResponse>, Status> {
+        self.principal(&request).await?;
+        let r = request.into_inner();
+        let (rows, next) =
+            self.app.list_deliveries(id("endpointID", r.endpoint_id)?, r.page_size, &r.page_token).await?;
+        Ok(Response::new(proto::ListWebhookDeliveriesResponse {
+            deliveries: rows.into_iter().map(convert::delivery).collect(),
+            next_page_token: next.unwrap_or_default(),
+        }))
+    }
+
+    async fn redeliver_webhook(
+        &self,
+        request: Request<proto::RedeliverWebhookRequest>,
+    ) -> Result<Response<proto::WebhookDelivery>, Status> {
+        let who = self.principal(&request).await?;
+        let app = &self.app;
+        idempotency::once_claimed(app, &who, "RedeliverWebhook", request, |r, _| async move {
+            let d = app.redeliver(id("endpointID", r.endpoint_id)?, id("deliveryID", r.delivery_id)?).await?;
+            Ok(convert::delivery(d))
         })
         .await
     }

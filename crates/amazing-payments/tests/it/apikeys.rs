@@ -454,6 +454,9 @@ async fn each_rpc_needs_the_scope_the_readme_gives_it() {
                 "GetRefund",
                 "ListRefunds",
                 "ListPaymentMethods",
+                "ListWebhookEndpoints",
+                "GetWebhookEndpoint",
+                "ListWebhookDeliveries",
             ][..],
         ),
         (
@@ -469,7 +472,20 @@ async fn each_rpc_needs_the_scope_the_readme_gives_it() {
             ][..],
         ),
         ("refund", &["RefundPayment"][..]),
-        ("admin", &["CreateProduct", "AddPrice", "DeactivateProduct", "DeactivatePrice"][..]),
+        (
+            "admin",
+            &[
+                "CreateProduct",
+                "AddPrice",
+                "DeactivateProduct",
+                "DeactivatePrice",
+                "CreateWebhookEndpoint",
+                "UpdateWebhookEndpoint",
+                "DeleteWebhookEndpoint",
+                "RollWebhookEndpointSecret",
+                "RedeliverWebhook",
+            ][..],
+        ),
     ];
     let mut listed = 0;
     for (scope, rpcs) in expected {

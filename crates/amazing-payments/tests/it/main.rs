@@ -3,6 +3,7 @@
 //! is their harness.
 
 mod apikeys;
+mod caller_webhooks;
 mod common;
 mod conformance;
 mod connections;

@@ -87,6 +87,8 @@ pub struct Options {
     pub stripe_backoff: Option<Duration>,
     /// The listeners' limits (the service's defaults unless a test shortens them).
     pub connections: server::ConnectionLimits,
+    /// How webhooks to callers go (public addresses only, by default).
+    pub hooks: amazing_payments::hooks::Settings,
 }
 
 impl Default for Options {
@@ -103,6 +105,7 @@ impl Default for Options {
             max_in_flight: 1024,
             stripe_backoff: None,
             connections: server::ConnectionLimits::default(),
+            hooks: Default::default(),
         }
     }
 }
@@ -163,6 +166,7 @@ impl TestApp {
             auth: auth.clone(),
             max_in_flight: options.max_in_flight,
             overload_target: Duration::from_millis(150),
+            hooks: options.hooks.clone(),
         };
         let key = apikeys::create(&db, &auth, "tests", &Scope::ALL, None).await.unwrap().key.expose().to_string();
         let rest_url = format!("http://{}", rest.local_addr().unwrap());

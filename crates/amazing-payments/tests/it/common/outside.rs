@@ -292,3 +292,170 @@ impl Moto {
         }
     }
 }
+
+/// A receiver of the service's webhooks: Python's HTTP server checking
+/// each delivery with the `standardwebhooks` package (the specification's
+/// own library, not our code) against the secrets in `dir/secrets` (one a
+/// line, read at each delivery), and writing a line of JSON per delivery
+/// to `dir/received`. `dir/slow` (seconds) makes it answer that late;
+/// `dir/status` makes it answer that status.
+pub struct Receiver {
+    pub port: u16,
+    pub dir: PathBuf,
+    proc: Option<Proc>,
+}
+
+/// One delivery as the receiver saw it.
+#[derive(Debug, Clone)]
+pub struct Delivered {
+    /// The `webhook-id` header.
+    pub id: String,
+    /// Whether `standardwebhooks` verified it against one of the secrets.
+    pub verified: bool,
+    pub error: String,
+    /// The body, parsed.
+    pub body: Value,
+    /// How many `v1,` signatures it carried.
+    pub signatures: usize,
+}
+
+const RECEIVER: &str = r#"
+import json, os, sys, time, threading
+from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
+from standardwebhooks.webhooks import Webhook
+port, d = int(sys.argv[1]), sys.argv[2]
+lock = threading.Lock()
+def read(name):
+    try:
+        with open(os.path.join(d, name)) as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        return ""
+class H(BaseHTTPRequestHandler):
+    def log_message(self, *a):
+        pass
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("content-length", "0")))
+        headers = {k: v for k, v in self.headers.items()}
+        with lock, open(os.path.join(d, "started"), "a") as f:
+            f.write(headers.get("webhook-id", "") + "\n")
+        slow = read("slow")
+        if slow:
+            time.sleep(float(slow))
+        verified, error = False, ""
+        for secret in read("secrets").splitlines():
+            try:
+                Webhook(secret).verify(body, headers)
+                verified = True
+                break
+            except Exception as e:
+                error = repr(e)
+        line = {"id": headers.get("webhook-id", ""), "verified": verified, "error": error,
+                "body": json.loads(body or b"null"),
+                "signatures": len(headers.get("webhook-signature", "").split())}
+        with lock, open(os.path.join(d, "received"), "a") as f:
+            f.write(json.dumps(line) + "\n")
+        status = int(read("status") or "200")
+        self.send_response(status)
+        self.send_header("content-length", "0")
+        self.end_headers()
+ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
+"#;
+
+impl Receiver {
+    pub async fn start() -> Self {
+        let dir = std::env::temp_dir().join(format!("ap-receiver-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut r = Receiver { port: free_port(), dir, proc: None };
+        r.up().await;
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/hooks", self.port)
+    }
+
+    pub async fn up(&mut self) {
+        let (port, dir) = (self.port.to_string(), self.dir.to_str().unwrap().to_string());
+        self.proc = Some(spawn_py("python", &["-c", RECEIVER, &port, &dir]));
+        wait_for_port(self.port).await;
+    }
+
+    /// Stops it: deliveries find nothing listening.
+    pub fn down(&mut self) {
+        self.proc = None;
+    }
+
+    /// The secrets deliveries are verified against.
+    pub fn trust(&self, secrets: &[&str]) {
+        std::fs::write(self.dir.join("secrets"), secrets.join("\n")).unwrap();
+    }
+
+    fn set(&self, name: &str, value: Option<&str>) {
+        let path = self.dir.join(name);
+        match value {
+            Some(v) => std::fs::write(path, v).unwrap(),
+            None => {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+
+    /// Answer `status` (none: 200).
+    pub fn answer(&self, status: Option<u16>) {
+        self.set("status", status.map(|s| s.to_string()).as_deref());
+    }
+
+    /// Answer this many seconds late (none: at once).
+    pub fn slow(&self, seconds: Option<f64>) {
+        self.set("slow", seconds.map(|s| s.to_string()).as_deref());
+    }
+
+    /// The `webhook-id`s of the deliveries that began, answered or not.
+    pub fn started(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.join("started")).unwrap_or_default().lines().map(String::from).collect()
+    }
+
+    pub fn received(&self) -> Vec<Delivered> {
+        std::fs::read_to_string(self.dir.join("received"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| {
+                let v: Value = serde_json::from_str(l).unwrap();
+                Delivered {
+                    id: v["id"].as_str().unwrap().to_string(),
+                    verified: v["verified"].as_bool().unwrap(),
+                    error: v["error"].as_str().unwrap().to_string(),
+                    signatures: v["signatures"].as_u64().unwrap() as usize,
+                    body: v["body"].clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// Waits until deliveries of every one of `ids` arrived; all deliveries.
+    pub async fn wait_for_ids(&self, ids: &[String], within: Duration) -> Vec<Delivered> {
+        let start = Instant::now();
+        loop {
+            let got = self.received();
+            let missing: Vec<&String> = ids.iter().filter(|id| !got.iter().any(|d| &d.id == *id)).collect();
+            if missing.is_empty() {
+                return got;
+            }
+            assert!(
+                start.elapsed() < within,
+                "{} of {} events not delivered after {within:?}: {missing:?}",
+                missing.len(),
+                ids.len()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.proc = None;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
