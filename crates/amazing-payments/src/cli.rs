@@ -446,7 +446,7 @@ fn stop_on_signal() -> tokio::sync::watch::Receiver<bool> {
 
 /// The notifier of `config`, its templates checked.
 async fn notifier(config: &NotifyConfig, pool: &sqlx::PgPool) -> anyhow::Result<Notifier> {
-    let templates = Templates::new(config.templates.as_deref());
+    let templates = Templates::new(config.templates.as_deref()).with_action_url(config.action_url.clone());
     let mut mailed: Vec<_> = config.notifier.mailed.iter().copied().collect();
     mailed.sort_by_key(|t| t.as_str());
     templates.check(&mailed).map_err(|m| ConfigError { variable: "MAIL_TEMPLATES", message: m })?;

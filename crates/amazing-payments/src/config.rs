@@ -457,6 +457,12 @@ pub struct NotifyArgs {
     /// A directory whose <type>.subject|txt|html files replace the built-in templates.
     #[arg(long, env = "MAIL_TEMPLATES")]
     pub mail_templates: Option<String>,
+    /// The shop's page where a customer confirms a payment their bank wants
+    /// them for (an off-session charge that failed AUTHENTICATION_REQUIRED),
+    /// `{paymentID}` replaced by the payment's id: the link of that
+    /// payment.failed mail.
+    #[arg(long, env = "MAIL_ACTION_URL")]
+    pub mail_action_url: Option<String>,
     /// Seconds allowed for one SMTP conversation.
     #[arg(long, env = "SMTP_TIMEOUT", default_value = "30")]
     pub smtp_timeout: String,
@@ -497,6 +503,7 @@ pub struct NotifyConfig {
     pub smtp: Option<crate::notify::mailer::SmtpSettings>,
     pub mail_from: String,
     pub templates: Option<std::path::PathBuf>,
+    pub action_url: Option<String>,
     pub smtp_timeout: Duration,
     pub notifier: crate::notify::notifier::Settings,
     pub relay: crate::notify::relay::Settings,
@@ -547,6 +554,19 @@ impl NotifyArgs {
         {
             return Err(err("MAIL_TEMPLATES", format!("{} is not a directory", dir.display())));
         }
+        let action_url = match self.mail_action_url.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+            Some(raw) => {
+                let parsed = url::Url::parse(&raw.replace("{paymentID}", "1"));
+                if !parsed.is_ok_and(|u| matches!(u.scheme(), "https" | "http")) {
+                    return Err(err(
+                        "MAIL_ACTION_URL",
+                        format!("{raw:?} is not an http(s) URL such as https://shop.example/pay/{{paymentID}}"),
+                    ));
+                }
+                Some(raw.to_string())
+            }
+            None => None,
+        };
         let interval = secs("NOTIFY_INTERVAL", &self.notify_interval, 20.0)?;
         let smtp_timeout = secs("SMTP_TIMEOUT", &self.smtp_timeout, 600.0)?;
         Ok(NotifyConfig {
@@ -554,6 +574,7 @@ impl NotifyArgs {
             smtp,
             mail_from,
             templates,
+            action_url,
             smtp_timeout,
             notifier: crate::notify::notifier::Settings {
                 mailed,
@@ -996,6 +1017,7 @@ mod tests {
             mail_from: "Shop <payments@shop.example>".into(),
             mail_events: DEFAULT_MAIL_EVENTS.into(),
             mail_templates: None,
+            mail_action_url: None,
             smtp_timeout: "30".into(),
             notify_max_attempts: "5".into(),
             notify_retry_base: "10".into(),

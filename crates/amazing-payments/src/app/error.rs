@@ -45,6 +45,10 @@ pub const CONFLICT_REASONS: &[&str] = &[
     "STRIPE_CUSTOMER_KEY_IMMUTABLE",
     // webhook endpoints
     "TOO_MANY_WEBHOOK_ENDPOINTS",
+    // disputes
+    "CHARGE_DISPUTED",
+    "DISPUTE_CLOSED",
+    "DISPUTE_UNDER_REVIEW",
 ];
 
 /// What kind of failure; decides the gRPC code.

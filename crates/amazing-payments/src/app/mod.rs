@@ -8,6 +8,7 @@
 pub mod answer;
 pub mod apikeys;
 pub mod customers;
+pub mod disputes;
 pub mod endpoints;
 pub mod error;
 pub mod health;
@@ -224,6 +225,7 @@ pub fn stripe_failure(e: stripe::StripeError) -> AppError {
         // A PaymentMethod id of the right form that Stripe does not know: the
         // caller named something that does not exist.
         Api(a) if is_unknown_payment_method(&a) => unknown_payment_method(a.request_id),
+        Api(a) if a.code.as_deref() == Some("charge_disputed") => disputes::charge_disputed(),
         Api(a) => {
             let mut err = AppError::new(
                 Kind::FailedPrecondition,

@@ -1,7 +1,7 @@
 //! Paging of lists: a page size (1 to 100, 0 meaning 50) and an opaque token
 //! naming the last row seen, tied to the kind of list that gave it.
 //!
-//! A token is a letter naming the list (`c`ustomers, p`r`oducts, `p`ayments, `w`ebhook deliveries)
+//! A token is a letter naming the list (`c`ustomers, p`r`oducts, `p`ayments, `w`ebhook deliveries, `d`isputes)
 //! and the last id's eight bytes in unpadded base64url: twelve characters
 //! that the contract can state as a pattern (`proto/payment/payment.proto`),
 //! and any string of that form decodes to a place in the list, so a token the
@@ -31,6 +31,7 @@ fn letter(kind: &str) -> char {
         "customer" => 'c',
         "product" => 'r',
         "delivery" => 'w',
+        "dispute" => 'd',
         _ => 'p',
     }
 }

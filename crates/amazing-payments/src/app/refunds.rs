@@ -47,6 +47,11 @@ impl App {
         if let Some(a) = amount {
             super::operations::fits(payment_id, a, &row.currency)?;
         }
+        // A chargeback open or lost: Stripe refuses the refund (the money
+        // is with the bank); nothing is written or sent.
+        if crate::store::disputes::blocks_refunds(&mut tx, payment_id).await? {
+            return Err(super::disputes::charge_disputed().detail("paymentID", payment_id.to_string()));
+        }
         let in_flight = payments::refunds_in_flight(&mut tx, payment_id).await?;
         let amount = row.ledger().plan_refund(amount, in_flight).map_err(|r| refused(payment_id, r))?;
         let refund = payments::insert_refund(&mut tx, payment_id, amount, reason, Source::api(call.by)).await?;

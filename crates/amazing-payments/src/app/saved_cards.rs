@@ -27,7 +27,7 @@ fn not_in_stripe(id: CustomerId) -> AppError {
 /// A failure Stripe saved under the request's key and replays to every
 /// retry: final (a retry with the same key can never succeed); a new key
 /// is a new request.
-fn replayed_failure() -> AppError {
+pub(super) fn replayed_failure() -> AppError {
     AppError::new(
         Kind::FailedPrecondition,
         "STRIPE_FAILED",
@@ -37,7 +37,7 @@ fn replayed_failure() -> AppError {
 
 /// The Stripe idempotency key of a call: from the client's key (so that
 /// its retry is the same request to Stripe), else a new one.
-fn stripe_key(what: &str, call: &Call) -> String {
+pub(super) fn stripe_key(what: &str, call: &Call) -> String {
     match call.key() {
         Some(k) => {
             let digest = Sha256::digest(format!("{}\n{}", k.scope, k.key));

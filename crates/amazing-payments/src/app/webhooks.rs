@@ -78,11 +78,10 @@ impl App {
                 None => return Ok(()),
             },
         };
-        if kind == "charge.dispute.created" {
-            let status = object["status"].as_str().unwrap_or("needs_response");
-            let reason = object["reason"].as_str();
-            let note = format!("dispute opened ({})", reason.unwrap_or("no reason given"));
-            payments::set_dispute(&self.db, row.id, status, reason, &note).await?;
+        if kind.starts_with("charge.dispute.") {
+            // The dispute as Stripe holds it now, whatever this event said.
+            let id = object["id"].as_str().unwrap_or_default();
+            return self.refresh_dispute(row.id, id, Source::WEBHOOK).await;
         }
         if kind.starts_with("refund.") {
             self.refresh_refund(object["id"].as_str().unwrap_or_default(), &row, Source::WEBHOOK).await?;

@@ -32,6 +32,12 @@ pub enum EventType {
     RefundFailed,
     RefundCanceled,
     DisputeCreated,
+    /// A dispute moved (evidence submitted, under review, funds withdrawn
+    /// or reinstated) without closing.
+    DisputeUpdated,
+    /// A dispute ended: `data.dispute.status` is won, lost or
+    /// warning_closed (an inquiry closed).
+    DisputeClosed,
     CustomerCreated,
     /// A customer's name, e-mail or charge date changed (`data.customer` is
     /// the customer after the change).
@@ -39,7 +45,7 @@ pub enum EventType {
 }
 
 impl EventType {
-    pub const ALL: [EventType; 15] = [
+    pub const ALL: [EventType; 17] = [
         EventType::PaymentCreated,
         EventType::PaymentRequiresAction,
         EventType::PaymentProcessing,
@@ -53,6 +59,8 @@ impl EventType {
         EventType::RefundFailed,
         EventType::RefundCanceled,
         EventType::DisputeCreated,
+        EventType::DisputeUpdated,
+        EventType::DisputeClosed,
         EventType::CustomerCreated,
         EventType::CustomerUpdated,
     ];
@@ -84,6 +92,8 @@ impl EventType {
             EventType::RefundFailed => "refund.failed",
             EventType::RefundCanceled => "refund.canceled",
             EventType::DisputeCreated => "dispute.created",
+            EventType::DisputeUpdated => "dispute.updated",
+            EventType::DisputeClosed => "dispute.closed",
             EventType::CustomerCreated => "customer.created",
             EventType::CustomerUpdated => "customer.updated",
         }
@@ -225,6 +235,24 @@ pub struct DisputeSnapshot {
     pub status: String,
     #[serde(default)]
     pub reason: Option<String>,
+    /// Ours (`GetDispute`); absent in events from before disputes had rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stripe_dispute_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence_due_by: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub is_charge_refundable: Option<bool>,
+    /// What the dispute took from the balance, and gave back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount_withdrawn: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount_reinstated: Option<i64>,
 }
 
 impl Event {

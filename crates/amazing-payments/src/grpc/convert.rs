@@ -204,6 +204,8 @@ pub fn payment(p: PaymentRow, history: Vec<HistoryRow>) -> proto::Payment {
             })
             .collect(),
         updated_at: timestamp(p.updated_at),
+        dispute_status: p.dispute_status.unwrap_or_default(),
+        amount_disputed: p.amount_disputed,
     }
 }
 
@@ -346,5 +348,24 @@ pub fn delivery(d: crate::app::endpoints::Delivery) -> proto::WebhookDelivery {
                 error: a.error.unwrap_or_default(),
             })
             .collect(),
+    }
+}
+
+pub fn dispute(d: crate::store::disputes::DisputeRow) -> proto::Dispute {
+    proto::Dispute {
+        dispute_id: d.id,
+        payment_id: d.payment_id,
+        stripe_dispute_id: d.stripe_dispute_id,
+        status: d.status,
+        reason: d.reason.unwrap_or_default(),
+        amount: d.amount,
+        currency: d.currency,
+        evidence_due_by: d.evidence_due_by.map(timestamp).unwrap_or_default(),
+        is_charge_refundable: d.is_charge_refundable,
+        evidence_submission_count: d.submission_count,
+        amount_withdrawn: d.amount_withdrawn,
+        amount_reinstated: d.amount_reinstated,
+        created_at: timestamp(d.created_at),
+        updated_at: timestamp(d.updated_at),
     }
 }

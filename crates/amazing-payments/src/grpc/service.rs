@@ -455,6 +455,57 @@ impl PaymentService for PaymentApi {
         })
         .await
     }
+
+    async fn list_disputes(
+        &self,
+        request: Request<proto::ListDisputesRequest>,
+    ) -> Result<Response<proto::ListDisputesResponse>, Status> {
+        self.principal(&request).await?;
+        let r = request.into_inner();
+        let payment = (r.payment_id != 0).then_some(r.payment_id);
+        let (rows, next) = self.app.list_disputes(payment, r.page_size, &r.page_token).await?;
+        Ok(Response::new(proto::ListDisputesResponse {
+            disputes: rows.into_iter().map(convert::dispute).collect(),
+            next_page_token: next.unwrap_or_default(),
+        }))
+    }
+
+    async fn get_dispute(
+        &self,
+        request: Request<proto::GetDisputeRequest>,
+    ) -> Result<Response<proto::Dispute>, Status> {
+        self.principal(&request).await?;
+        let row = self.app.get_dispute(id("disputeID", request.get_ref().dispute_id)?).await?;
+        Ok(Response::new(convert::dispute(row)))
+    }
+
+    async fn submit_dispute_evidence(
+        &self,
+        request: Request<proto::SubmitDisputeEvidenceRequest>,
+    ) -> Result<Response<proto::Dispute>, Status> {
+        let who = self.principal(&request).await?;
+        let app = &self.app;
+        idempotency::once_claimed(app, &who, "SubmitDisputeEvidence", request, |r, call| async move {
+            let evidence = r.evidence.into_iter().collect();
+            let row = app
+                .submit_dispute_evidence(id("disputeID", r.dispute_id)?, evidence, r.submit.unwrap_or(true), &call)
+                .await?;
+            Ok(convert::dispute(row))
+        })
+        .await
+    }
+
+    async fn accept_dispute(
+        &self,
+        request: Request<proto::AcceptDisputeRequest>,
+    ) -> Result<Response<proto::Dispute>, Status> {
+        let who = self.principal(&request).await?;
+        let app = &self.app;
+        idempotency::once_claimed(app, &who, "AcceptDispute", request, |r, call| async move {
+            Ok(convert::dispute(app.accept_dispute(id("disputeID", r.dispute_id)?, &call).await?))
+        })
+        .await
+    }
 }
 
 /// The answer of an rpc that answers the payment its operation left: the

@@ -4,7 +4,8 @@
 //! overridable file by file from `MAIL_TEMPLATES` (a directory).
 //!
 //! A template sees `event` (the whole envelope), `customer`, `payment`,
-//! `refund`, `dispute` (each absent when the event has none) and the filter
+//! `refund`, `dispute` (each absent when the event has none), `action_url`
+//! (`MAIL_ACTION_URL` for the payment, when set) and the filter
 //! `money(currency)`: `payment.amount|money(payment.currency)` gives
 //! `1,234.56 USD` or `150,000 JPY`, following the currency's decimals.
 
@@ -56,6 +57,8 @@ const BUILT_IN: &[(&str, &str)] = embedded!(
 
 pub struct Templates {
     env: Environment<'static>,
+    /// `MAIL_ACTION_URL`: where a customer confirms a payment.
+    action_url: Option<String>,
 }
 
 fn money(amount: i64, currency: String) -> String {
@@ -84,7 +87,14 @@ impl Templates {
             }
             Ok(BUILT_IN.iter().find(|(n, _)| *n == name).map(|(_, t)| t.to_string()))
         });
-        Templates { env }
+        Templates { env, action_url: None }
+    }
+
+    /// The shop's page where a customer confirms a payment (`{paymentID}`
+    /// replaced): `action_url` in the templates.
+    pub fn with_action_url(mut self, url: Option<String>) -> Self {
+        self.action_url = url;
+        self
     }
 
     /// Checks that every type in `types` has its three templates and that
@@ -107,6 +117,10 @@ impl Templates {
             payment => Value::from(Serde(&event.data.payment)),
             refund => Value::from(Serde(&event.data.refund)),
             dispute => Value::from(Serde(&event.data.dispute)),
+            action_url => match (&self.action_url, &event.data.payment) {
+                (Some(url), Some(p)) => Some(url.replace("{paymentID}", &p.id.to_string())),
+                _ => None,
+            },
         };
         let render = |ext: &str| -> Result<String, String> {
             let name = format!("{}.{ext}", event.kind);
@@ -180,6 +194,43 @@ mod tests {
         let mail = Templates::new(None).render(&captured(100, "usd", "<script>x</script>")).unwrap();
         assert!(!mail.html.contains("<script>") && mail.html.contains("&lt;script&gt;"), "{}", mail.html);
         assert!(!mail.html.contains("<mug>"));
+    }
+
+    /// `captured` made a payment.failed with `failure_code`.
+    fn failed(failure_code: &str) -> Event {
+        let mut e = captured(4200, "eur", "Ada");
+        e.kind = EventType::PaymentFailed.as_str().into();
+        let p = e.data.payment.as_mut().unwrap();
+        p.status = "failed".into();
+        p.failure_code = Some(failure_code.into());
+        p.failure_message = Some("Your card was declined.".into());
+        e
+    }
+
+    #[test]
+    fn a_charge_the_bank_wants_the_customer_for_mails_a_link_back_to_confirm_it() {
+        let t = Templates::new(None).with_action_url(Some("https://shop.example/pay/{paymentID}?again=1".into()));
+        let mail = t.render(&failed("authentication_required")).unwrap();
+        assert_eq!(mail.subject, "Please confirm your payment of 42.00 EUR with your bank");
+        assert!(mail.text.contains("Confirm it here: https://shop.example/pay/42?again=1"), "{}", mail.text);
+        assert!(mail.text.contains("Nothing has been charged yet"), "{}", mail.text);
+        // Escaped as HTML escapes attributes (a browser reads it back as is).
+        assert!(
+            mail.html.contains(r#"<a href="https:&#x2f;&#x2f;shop.example&#x2f;pay&#x2f;42?again=1">"#),
+            "{}",
+            mail.html
+        );
+        assert!(!mail.text.contains("declined"), "{}", mail.text);
+        // Without MAIL_ACTION_URL the customer is asked back to the shop.
+        let plain = Templates::new(None).render(&failed("authentication_required")).unwrap();
+        assert!(plain.text.contains("come back to the shop"), "{}", plain.text);
+        // Any other decline reads as a decline.
+        let declined = t.render(&failed("card_declined")).unwrap();
+        assert!(
+            declined.subject.contains("was declined") && !declined.text.contains("shop.example"),
+            "{}",
+            declined.text
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 pub mod apikeys;
 pub mod customers;
+pub mod disputes;
 pub mod hooks;
 pub mod idempotency;
 pub mod mail;

@@ -130,20 +130,33 @@ pub async fn refund_changed(
     record(conn, &Event::new(kind, source.as_str(), data).by(source.api_key_id)).await
 }
 
-/// Records `dispute.created` for `row`.
-pub async fn dispute_created(
+/// Records the dispute event `kind` of `dispute`, on `payment` (as this
+/// transaction sees it).
+pub async fn dispute_changed(
     conn: &mut PgConnection,
-    row: &PaymentRow,
-    status: &str,
-    reason: Option<&str>,
+    kind: EventType,
+    payment: &PaymentRow,
+    dispute: &super::disputes::DisputeRow,
+    source: Source,
 ) -> Result<(), sqlx::Error> {
     let data = EventData {
-        customer: customer(row.customer_id),
-        payment: Some(payment_snapshot(row, None)),
+        customer: customer(payment.customer_id),
+        payment: Some(payment_snapshot(payment, None)),
         refund: None,
-        dispute: Some(DisputeSnapshot { status: status.to_string(), reason: reason.map(String::from) }),
+        dispute: Some(DisputeSnapshot {
+            status: dispute.status.clone(),
+            reason: dispute.reason.clone(),
+            id: Some(dispute.id),
+            stripe_dispute_id: Some(dispute.stripe_dispute_id.clone()),
+            amount: Some(dispute.amount),
+            currency: Some(dispute.currency.clone()),
+            evidence_due_by: dispute.evidence_due_by,
+            is_charge_refundable: Some(dispute.is_charge_refundable),
+            amount_withdrawn: Some(dispute.amount_withdrawn),
+            amount_reinstated: Some(dispute.amount_reinstated),
+        }),
     };
-    record(conn, &Event::new(EventType::DisputeCreated, "webhook", data)).await
+    record(conn, &Event::new(kind, source.as_str(), data).by(source.api_key_id)).await
 }
 
 /// Records `customer.updated` for the customer `id` (changed in this

@@ -42,6 +42,10 @@ pub struct PaymentRow {
     pub decline_code: Option<String>,
     pub cancellation_reason: Option<String>,
     pub integrity_error: Option<String>,
+    /// The status of its latest dispute, if one was opened.
+    pub dispute_status: Option<String>,
+    /// What its disputes hold back now: withdrawn less reinstated.
+    pub amount_disputed: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -72,7 +76,8 @@ impl PaymentRow {
 pub(crate) const PAYMENT: &str = "id, customer_id, status, amount, currency, amount_capturable, amount_captured, amount_refunded, \
     capture_method, price_id, quantity, payment_method, description, metadata, receipt_email, return_url, off_session, \
     stripe_payment_intent_id, stripe_charge_id, client_secret, next_action, capture_before, failure_code, \
-    failure_message, decline_code, cancellation_reason, integrity_error, created_at, updated_at";
+    failure_message, decline_code, cancellation_reason, integrity_error, dispute_status, amount_disputed, created_at, \
+    updated_at";
 
 #[derive(Debug, Clone, FromRow)]
 pub struct RefundRow {
@@ -664,7 +669,7 @@ pub async fn save(
 
 /// Appends a history line for `row` (changed from `before`; `None` for a new
 /// payment) and the notification event of the change, if it is one.
-async fn add_history(
+pub(crate) async fn add_history(
     conn: &mut PgConnection,
     before: Option<&PaymentRow>,
     row: &PaymentRow,
@@ -855,35 +860,6 @@ pub async fn adopt(
     .await?;
     tx.commit().await?;
     Ok(row)
-}
-
-/// Records a dispute on a payment, with a history line, and the
-/// `dispute.created` event the first time.
-pub async fn set_dispute(
-    db: &PgPool,
-    id: i64,
-    status: &str,
-    reason: Option<&str>,
-    note: &str,
-) -> Result<(), sqlx::Error> {
-    let mut tx = crate::store::begin(db).await?;
-    let Some(before) = lock(&mut tx, id).await? else { return Ok(()) };
-    let earlier: Option<String> = sqlx::query_scalar(
-        "UPDATE payment.payment p SET dispute_status = $2, updated_at = now()
-         FROM (SELECT dispute_status FROM payment.payment WHERE id = $1) old
-         WHERE p.id = $1 RETURNING old.dispute_status",
-    )
-    .bind(id)
-    .bind(status)
-    .fetch_one(&mut *tx)
-    .await?;
-    add_history(&mut tx, Some(&before), &before, Source::WEBHOOK, &Cause { note: Some(note), ..Default::default() })
-        .await?;
-    if earlier.is_none() {
-        outbox::dispute_created(&mut tx, &before, status, reason).await?;
-    }
-    tx.commit().await?;
-    Ok(())
 }
 
 /// The refund, locked for the rest of the transaction (after its payment:

@@ -267,6 +267,21 @@ impl Client {
         self.post(&format!("/v1/payment_methods/{id}/detach"), &Form::new(), key).await
     }
 
+    /// `GET /v1/disputes/{id}`.
+    pub async fn retrieve_dispute(&self, id: &str) -> Result<Reply<types::Dispute>, StripeError> {
+        self.get(&format!("/v1/disputes/{id}"), &Form::new()).await
+    }
+
+    /// `POST /v1/disputes/{id}`: evidence, submitted unless `submit=false`.
+    pub async fn update_dispute(&self, id: &str, form: &Form, key: &str) -> Result<Reply<types::Dispute>, StripeError> {
+        self.post(&format!("/v1/disputes/{id}"), form, key).await
+    }
+
+    /// `POST /v1/disputes/{id}/close`: accepts the dispute.
+    pub async fn close_dispute(&self, id: &str, key: &str) -> Result<Reply<types::Dispute>, StripeError> {
+        self.post(&format!("/v1/disputes/{id}/close"), &Form::new(), key).await
+    }
+
     /// `POST /v1/refunds`.
     pub async fn create_refund(&self, form: &Form, key: &str) -> Result<Reply<types::Refund>, StripeError> {
         self.post("/v1/refunds", form, key).await

@@ -208,6 +208,55 @@ pub struct Refund {
     pub created: i64,
 }
 
+/// A Stripe Dispute: a chargeback or an inquiry about a charge.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default)]
+pub struct Dispute {
+    pub id: String,
+    pub amount: i64,
+    pub currency: String,
+    pub status: String,
+    pub reason: Option<String>,
+    pub payment_intent: Option<String>,
+    pub charge: Option<String>,
+    pub is_charge_refundable: bool,
+    pub evidence_details: EvidenceDetails,
+    /// The money the dispute moved: negative withdrawn, positive reinstated.
+    pub balance_transactions: Vec<DisputeMovement>,
+    pub created: i64,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default)]
+pub struct EvidenceDetails {
+    pub due_by: Option<i64>,
+    pub has_evidence: bool,
+    pub submission_count: i32,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default)]
+pub struct DisputeMovement {
+    pub amount: i64,
+}
+
+impl Dispute {
+    /// Whether Stripe has closed it (won, lost, or an inquiry closed).
+    pub fn is_closed(&self) -> bool {
+        matches!(self.status.as_str(), "won" | "lost" | "warning_closed")
+    }
+
+    /// (withdrawn, reinstated), both positive.
+    pub fn movements(&self) -> (i64, i64) {
+        self.balance_transactions.iter().fold(
+            (0, 0),
+            |(w, r), m| {
+                if m.amount < 0 { (w - m.amount, r) } else { (w, r + m.amount) }
+            },
+        )
+    }
+}
+
 /// A Stripe Product.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(default)]

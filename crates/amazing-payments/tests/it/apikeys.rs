@@ -457,6 +457,8 @@ async fn each_rpc_needs_the_scope_the_readme_gives_it() {
                 "ListWebhookEndpoints",
                 "GetWebhookEndpoint",
                 "ListWebhookDeliveries",
+                "ListDisputes",
+                "GetDispute",
             ][..],
         ),
         (
@@ -469,9 +471,10 @@ async fn each_rpc_needs_the_scope_the_readme_gives_it() {
                 "CancelPayment",
                 "SetupPaymentMethod",
                 "DetachPaymentMethod",
+                "SubmitDisputeEvidence",
             ][..],
         ),
-        ("refund", &["RefundPayment"][..]),
+        ("refund", &["RefundPayment", "AcceptDispute"][..]),
         (
             "admin",
             &[

@@ -9,6 +9,7 @@ mod conformance;
 mod connections;
 mod customers;
 mod deadlines;
+mod disputes;
 mod e2e;
 mod exactly_once;
 mod metrics;

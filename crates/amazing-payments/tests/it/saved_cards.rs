@@ -315,6 +315,20 @@ async fn a_saved_card_is_charged_off_session_and_one_the_bank_wants_the_customer
         .await
         .unwrap();
     assert!(events.contains(&"payment.failed".to_string()), "{events:?}");
+    // Its mail asks the customer back, to the shop's page (MAIL_ACTION_URL).
+    let body: Value = sqlx::query_scalar(
+        "SELECT body FROM notify.outbox WHERE payment_id = $1 AND type = 'payment.failed' ORDER BY seq DESC LIMIT 1",
+    )
+    .bind(payment.parse::<i64>().unwrap())
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    let mail = amazing_payments::notify::templates::Templates::new(None)
+        .with_action_url(Some("https://shop.example/pay/{paymentID}".into()))
+        .render(&serde_json::from_value(body).unwrap())
+        .unwrap();
+    assert_eq!(mail.subject, "Please confirm your payment of 9.90 EUR with your bank");
+    assert!(mail.text.contains(&format!("Confirm it here: https://shop.example/pay/{payment}")), "{}", mail.text);
 
     // The customer comes back: Stripe.js confirms it on-session, they
     // authenticate, and the payment goes on to succeed.

@@ -166,6 +166,10 @@ impl TestApp {
             "RefundPayment" => refund_payment(proto::RefundPaymentRequest),
             "GetRefund" => get_refund(proto::GetRefundRequest),
             "ListRefunds" => list_refunds(proto::ListRefundsRequest),
+            "ListDisputes" => list_disputes(proto::ListDisputesRequest),
+            "GetDispute" => get_dispute(proto::GetDisputeRequest),
+            "SubmitDisputeEvidence" => submit_dispute_evidence(proto::SubmitDisputeEvidenceRequest),
+            "AcceptDispute" => accept_dispute(proto::AcceptDisputeRequest),
         );
         match result {
             Ok((v, replayed)) => (Ok(v), replayed),

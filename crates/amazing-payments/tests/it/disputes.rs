@@ -1,0 +1,247 @@
+//! Disputes (issue 15, third part): opened by the simulator with Stripe's
+//! dispute test cards, told by Stripe's webhooks and read back, listed and
+//! shown with the money they withdrew; answered with evidence that wins or
+//! loses (Stripe's test values decide), or accepted; refunds of a charge
+//! charged back refused. Over REST and gRPC, each change in the payment's
+//! history and an event.
+
+use crate::common::{
+    Options, TestApp,
+    call::{BOTH, Via, int},
+};
+use amazing_payments::workers::webhooks;
+use serde_json::{Value, json};
+use std::time::Duration;
+use tonic::Code;
+
+fn app_options() -> Options {
+    Options { register_webhook: true, ..Default::default() }
+}
+
+/// Lets the stored Stripe events be applied.
+async fn settle(app: &TestApp) {
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        while webhooks::pass(&app.app, 100).await.unwrap() > 0 {}
+    }
+}
+
+/// A payment of 900 USD charged with the test card `pm`; its id.
+async fn disputed_payment(app: &TestApp, via: Via, pm: &str) -> i64 {
+    let customer = app.new_customer().await;
+    let p = app
+        .call(
+            via,
+            "CreatePayment",
+            json!({"customerID": customer, "amount": 900, "currency": "usd", "payment_method": pm}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(p["status"], "succeeded", "{p}");
+    settle(app).await;
+    int(&p, "paymentID")
+}
+
+async fn only_dispute(app: &TestApp, via: Via, payment: i64) -> Value {
+    let list = app.call(via, "ListDisputes", json!({"paymentID": payment})).await.unwrap();
+    let disputes = list["disputes"].as_array().cloned().unwrap_or_default();
+    assert_eq!(disputes.len(), 1, "{list}");
+    disputes[0].clone()
+}
+
+/// The dispute events of a payment: (type, data.dispute.status).
+async fn dispute_events(app: &TestApp, payment: i64) -> Vec<(String, String)> {
+    sqlx::query_as(
+        "SELECT type, body->'data'->'dispute'->>'status' FROM notify.outbox
+         WHERE payment_id = $1 AND type LIKE 'dispute.%' ORDER BY seq",
+    )
+    .bind(payment)
+    .fetch_all(&app.db)
+    .await
+    .unwrap()
+}
+
+async fn notes(app: &TestApp, payment: i64) -> Vec<String> {
+    sqlx::query_scalar("SELECT note FROM payment.history WHERE payment_id = $1 AND note LIKE '%dispute%' ORDER BY id")
+        .bind(payment)
+        .fetch_all(&app.db)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_chargeback_opened_by_the_simulator_shows_its_funds_withdrawn_and_a_refund_of_it_is_refused_over_both_transports()
+ {
+    let app = TestApp::spawn_with(app_options()).await;
+    let payment = disputed_payment(&app, Via::Rest, "pm_card_createDispute").await;
+    for via in BOTH {
+        let d = only_dispute(&app, via, payment).await;
+        assert_eq!(d["status"], "needs_response", "{d}");
+        assert_eq!(d["reason"], "fraudulent");
+        assert_eq!((int(&d, "amount"), int(&d, "amount_withdrawn"), int(&d, "amount_reinstated")), (900, 900, 0));
+        assert!(!d["is_charge_refundable"].as_bool().unwrap_or(false), "proto3 JSON leaves false out: {d}");
+        assert!(d["evidence_due_by"].as_str().is_some_and(|t| !t.is_empty()), "{d}");
+        assert!(d["stripe_dispute_id"].as_str().unwrap().starts_with("dp_"));
+        let shown = app.call(via, "GetDispute", json!({"disputeID": d["disputeID"]})).await.unwrap();
+        assert_eq!(shown["stripe_dispute_id"], d["stripe_dispute_id"]);
+    }
+    let p = app.call(Via::Grpc, "GetPayment", json!({"paymentID": payment})).await.unwrap();
+    assert_eq!((p["dispute_status"].as_str(), int(&p, "amount_disputed")), (Some("needs_response"), 900), "{p}");
+    let history = notes(&app, payment).await;
+    assert!(history.iter().any(|n| n.starts_with("dispute opened (fraudulent)")), "{history:?}");
+    assert!(history.iter().any(|n| n.ends_with("900 usd withdrawn")), "{history:?}");
+    assert_eq!(dispute_events(&app, payment).await, [("dispute.created".to_string(), "needs_response".to_string())]);
+
+    // Refunds are refused as Stripe refuses them, and nothing is written.
+    for via in BOTH {
+        let refused = app.call(via, "RefundPayment", json!({"paymentID": payment, "amount": 100})).await.unwrap_err();
+        assert_eq!(refused.reason, "CHARGE_DISPUTED", "{refused:?}");
+        assert_eq!(refused.code, Code::FailedPrecondition);
+        if via == Via::Rest {
+            assert_eq!(refused.http, Some(409));
+        }
+    }
+    assert_eq!(app.count("payment.refund").await, 0, "nothing written");
+    let missing = app.call(Via::Rest, "GetDispute", json!({"disputeID": 999})).await.unwrap_err();
+    assert_eq!((missing.http, missing.reason.as_str()), (Some(404), "DISPUTE_NOT_FOUND"));
+}
+
+#[tokio::test]
+async fn evidence_that_wins_closes_the_dispute_won_reinstates_the_funds_and_makes_the_charge_refundable_again() {
+    let app = TestApp::spawn_with(app_options()).await;
+    let payment = disputed_payment(&app, Via::Grpc, "pm_card_createDisputeProductNotReceived").await;
+    let d = only_dispute(&app, Via::Grpc, payment).await;
+    assert_eq!(d["reason"], "product_not_received");
+    let won = app
+        .call(
+            Via::Grpc,
+            "SubmitDisputeEvidence",
+            json!({"disputeID": d["disputeID"], "evidence": {
+                "uncategorized_text": "winning_evidence",
+                "product_description": "A tea set, delivered",
+                "shipping_tracking_number": "1Z999AA10123456784",
+            }}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(won["status"], "won", "{won}");
+    assert_eq!((int(&won, "amount_reinstated"), won["is_charge_refundable"].as_bool()), (900, Some(true)));
+    assert_eq!(int(&won, "evidence_submission_count"), 1);
+    settle(&app).await;
+    let p = app.call(Via::Rest, "GetPayment", json!({"paymentID": payment})).await.unwrap();
+    assert_eq!((p["dispute_status"].as_str(), int(&p, "amount_disputed")), (Some("won"), 0), "{p}");
+    assert_eq!(
+        dispute_events(&app, payment).await,
+        [("dispute.created".into(), "needs_response".into()), ("dispute.closed".into(), "won".into())],
+        "one event per change, whatever number of webhooks told it"
+    );
+    let history = notes(&app, payment).await;
+    for note in ["won", "evidence submitted", "900 usd reinstated"] {
+        assert!(history.iter().any(|n| n.contains(note)), "{note}: {history:?}");
+    }
+    // Closed: no more evidence; the charge may be refunded again.
+    let late = app
+        .call(
+            Via::Rest,
+            "SubmitDisputeEvidence",
+            json!({"disputeID": d["disputeID"], "evidence": {"customer_name": "Ada"}}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!((late.http, late.reason.as_str()), (Some(409), "DISPUTE_CLOSED"));
+    let refund = app.call(Via::Rest, "RefundPayment", json!({"paymentID": payment, "amount": 100})).await.unwrap();
+    assert_eq!(refund["status"], "succeeded", "{refund}");
+}
+
+#[tokio::test]
+async fn evidence_that_loses_and_an_accepted_dispute_both_end_lost_and_the_money_stays_withdrawn() {
+    let app = TestApp::spawn_with(app_options()).await;
+    let losing = disputed_payment(&app, Via::Rest, "pm_card_createDispute").await;
+    let accepted = disputed_payment(&app, Via::Rest, "pm_card_createDispute").await;
+
+    let d = only_dispute(&app, Via::Rest, losing).await;
+    let bad = app
+        .call(
+            Via::Rest,
+            "SubmitDisputeEvidence",
+            json!({"disputeID": d["disputeID"], "evidence": {"card_number": "x"}}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!((bad.http, bad.reason.as_str()), (Some(400), "INVALID_EVIDENCE"), "not a field of Stripe's");
+    let lost = app
+        .call(
+            Via::Rest,
+            "SubmitDisputeEvidence",
+            json!({"disputeID": d["disputeID"], "evidence": {"uncategorized_text": "losing_evidence"}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(lost["status"], "lost", "{lost}");
+
+    let d = only_dispute(&app, Via::Grpc, accepted).await;
+    let closed = app.call(Via::Grpc, "AcceptDispute", json!({"disputeID": d["disputeID"]})).await.unwrap();
+    assert_eq!(closed["status"], "lost", "{closed}");
+    let again = app.call(Via::Rest, "AcceptDispute", json!({"disputeID": d["disputeID"]})).await.unwrap_err();
+    assert_eq!((again.http, again.reason.as_str()), (Some(409), "DISPUTE_CLOSED"));
+    settle(&app).await;
+
+    for payment in [losing, accepted] {
+        let p = app.call(Via::Rest, "GetPayment", json!({"paymentID": payment})).await.unwrap();
+        assert_eq!((p["dispute_status"].as_str(), int(&p, "amount_disputed")), (Some("lost"), 900), "{p}");
+        assert_eq!(
+            dispute_events(&app, payment).await,
+            [("dispute.created".into(), "needs_response".into()), ("dispute.closed".into(), "lost".into())]
+        );
+        let refused = app.call(Via::Grpc, "RefundPayment", json!({"paymentID": payment})).await.unwrap_err();
+        assert_eq!(refused.reason, "CHARGE_DISPUTED");
+    }
+    // The event names the key that answered the dispute.
+    let by: Option<i64> = sqlx::query_scalar(
+        "SELECT (body->>'api_key_id')::bigint FROM notify.outbox WHERE payment_id = $1 AND type = 'dispute.closed'",
+    )
+    .bind(accepted)
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert!(by.is_some(), "dispute.closed names the API key that accepted it");
+}
+
+#[tokio::test]
+async fn an_inquiry_takes_evidence_kept_unsubmitted_and_its_charge_stays_refundable() {
+    let app = TestApp::spawn_with(app_options()).await;
+    let payment = disputed_payment(&app, Via::Rest, "pm_card_createDisputeInquiry").await;
+    let d = only_dispute(&app, Via::Rest, payment).await;
+    assert_eq!(d["status"], "warning_needs_response", "{d}");
+    assert_eq!((d["is_charge_refundable"].as_bool(), int(&d, "amount_withdrawn")), (Some(true), 0));
+    let kept = app
+        .call(
+            Via::Rest,
+            "SubmitDisputeEvidence",
+            json!({"disputeID": d["disputeID"], "evidence": {"customer_name": "Ada Lovelace"}, "submit": false}),
+        )
+        .await
+        .unwrap();
+    assert_eq!((kept["status"].as_str(), int(&kept, "evidence_submission_count")), (Some("warning_needs_response"), 0));
+    let submitted = app.call(Via::Grpc, "SubmitDisputeEvidence", json!({"disputeID": d["disputeID"]})).await.unwrap();
+    assert_eq!(submitted["status"], "warning_under_review", "{submitted}");
+    settle(&app).await;
+    assert_eq!(
+        dispute_events(&app, payment).await,
+        [
+            ("dispute.created".into(), "warning_needs_response".into()),
+            ("dispute.updated".into(), "warning_under_review".into())
+        ]
+    );
+    let under_review = app
+        .call(
+            Via::Rest,
+            "SubmitDisputeEvidence",
+            json!({"disputeID": d["disputeID"], "evidence": {"customer_name": "A"}}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!((under_review.http, under_review.reason.as_str()), (Some(409), "DISPUTE_UNDER_REVIEW"));
+    let refund = app.call(Via::Grpc, "RefundPayment", json!({"paymentID": payment, "amount": 300})).await.unwrap();
+    assert_eq!(refund["status"], "succeeded", "an inquiry moves no money: the charge can be refunded");
+}
