@@ -15,9 +15,11 @@ CREATE TABLE hooks.endpoint (
     previous_secret_until timestamptz,
     disabled boolean NOT NULL DEFAULT false,
     disabled_reason text,
-    -- When its deliveries began to fail without a success since: an
-    -- endpoint failing for WEBHOOK_DISABLE_AFTER is disabled.
+    -- When its deliveries began to fail without a success since (a run of
+    -- failures restarts after a quiet gap): an endpoint failing for
+    -- WEBHOOK_DISABLE_AFTER is disabled.
     failing_since timestamptz,
+    last_failed_at timestamptz,
     api_key_id bigint,
     created_at timestamptz NOT NULL DEFAULT now(),
     updated_at timestamptz NOT NULL DEFAULT now()
@@ -38,13 +40,17 @@ CREATE TABLE hooks.delivery (
     attempts int NOT NULL DEFAULT 0,
     next_attempt_at timestamptz NOT NULL DEFAULT now(),
     -- Held by the deliverer sending it; past it, another may send it again.
+    -- Only the holder of `claim_token` records the attempt's outcome.
     lease_until timestamptz,
+    claim_token uuid,
     created_at timestamptz NOT NULL DEFAULT now(),
     delivered_at timestamptz,
     UNIQUE (endpoint_id, event_id)
 );
 CREATE INDEX delivery_due_idx ON hooks.delivery (next_attempt_at) WHERE state = 'pending';
 CREATE INDEX delivery_endpoint_idx ON hooks.delivery (endpoint_id, id);
+CREATE INDEX delivery_endpoint_due_idx ON hooks.delivery (endpoint_id, next_attempt_at, id) WHERE state = 'pending';
+CREATE INDEX delivery_leased_idx ON hooks.delivery (endpoint_id) WHERE lease_until IS NOT NULL;
 CREATE INDEX delivery_created_idx ON hooks.delivery (created_at);
 
 -- The delivery log: every attempt, its answer and how long it took.

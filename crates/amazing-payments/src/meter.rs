@@ -244,7 +244,8 @@ async fn read_gauges(db: &PgPool) {
         let hooks: (i64, f64) = sqlx::query_as(
             "SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(next_attempt_at)
                                               FILTER (WHERE next_attempt_at <= now()))::float8, 0)
-               FROM hooks.delivery WHERE state = 'pending'",
+               FROM hooks.delivery d JOIN hooks.endpoint e ON e.id = d.endpoint_id AND NOT e.disabled
+              WHERE d.state = 'pending'",
         )
         .fetch_one(db)
         .await?;

@@ -20,29 +20,6 @@ use crate::{
 };
 use std::collections::BTreeMap;
 
-/// The text evidence Stripe takes (`evidence[...]`); files are uploaded to
-/// Stripe and named there, not through this service.
-pub const EVIDENCE_FIELDS: &[&str] = &[
-    "access_activity_log",
-    "billing_address",
-    "cancellation_policy_disclosure",
-    "cancellation_rebuttal",
-    "customer_email_address",
-    "customer_name",
-    "customer_purchase_ip",
-    "duplicate_charge_explanation",
-    "duplicate_charge_id",
-    "product_description",
-    "refund_policy_disclosure",
-    "refund_refusal_explanation",
-    "service_date",
-    "shipping_address",
-    "shipping_carrier",
-    "shipping_date",
-    "shipping_tracking_number",
-    "uncategorized_text",
-];
-
 pub fn charge_disputed() -> AppError {
     AppError::new(
         Kind::Conflict,
@@ -53,6 +30,21 @@ pub fn charge_disputed() -> AppError {
 
 fn not_found(id: i64) -> AppError {
     AppError::not_found("DISPUTE_NOT_FOUND", format!("dispute {id} not found"))
+}
+
+/// Why a dispute takes no answer now, if it does not.
+fn refuse_answer(row: &DisputeRow) -> Result<(), AppError> {
+    if is_closed(&row.status) {
+        return Err(closed(row));
+    }
+    if row.status.ends_with("under_review") {
+        return Err(AppError::new(
+            Kind::Conflict,
+            "DISPUTE_UNDER_REVIEW",
+            format!("dispute {}'s evidence was submitted and is under review: it can no longer be changed", row.id),
+        ));
+    }
+    Ok(())
 }
 
 fn closed(row: &DisputeRow) -> AppError {
@@ -111,39 +103,62 @@ impl App {
         call: &Call,
     ) -> Result<DisputeRow, AppError> {
         let row = disputes::get(&self.db, id).await?.ok_or_else(|| not_found(id))?;
-        if is_closed(&row.status) {
-            return Err(closed(&row));
+        // A retry with the client's key goes to Stripe whatever we hold:
+        // if the first attempt did the work (its answer lost), Stripe
+        // replays that answer under the same key.
+        if call.key().is_none() {
+            refuse_answer(&row)?;
         }
-        if row.status.ends_with("under_review") {
-            return Err(AppError::new(
-                Kind::Conflict,
-                "DISPUTE_UNDER_REVIEW",
-                format!("dispute {id}'s evidence was submitted and is under review: it can no longer be changed"),
-            ));
-        }
-        let form =
-            Form::new().map("evidence", evidence.iter().map(|(k, v)| (k.as_str(), v.trim()))).set("submit", submit);
+        // A value of only white space is not sent: to Stripe it would erase
+        // what was saved before.
+        let given = evidence.iter().map(|(k, v)| (k.as_str(), v.trim())).filter(|(_, v)| !v.is_empty());
+        let form = Form::new().map("evidence", given).set("submit", submit);
         let key = stripe_key(&format!("dispute-evidence-{id}"), call);
-        let d = match self.stripe.update_dispute(&row.stripe_dispute_id, &form, &key).await {
-            Ok(reply) => reply.object,
-            Err(e) if e.is_replayed_failure() => return Err(replayed_failure()),
-            Err(e) => return Err(stripe_failure(e)),
-        };
+        let answer = self.stripe.update_dispute(&row.stripe_dispute_id, &form, &key).await;
+        let d = self.answered(&row, answer).await?;
         self.apply_dispute(row.payment_id, &d, Source::api(call.by)).await
     }
 
     /// Accepts the dispute: Stripe closes it, lost (an inquiry: closed).
     pub async fn accept_dispute(&self, id: i64, call: &Call) -> Result<DisputeRow, AppError> {
         let row = disputes::get(&self.db, id).await?.ok_or_else(|| not_found(id))?;
-        if is_closed(&row.status) {
+        if call.key().is_none() && is_closed(&row.status) {
             return Err(closed(&row));
         }
         let key = stripe_key(&format!("dispute-close-{id}"), call);
-        let d = match self.stripe.close_dispute(&row.stripe_dispute_id, &key).await {
-            Ok(reply) => reply.object,
-            Err(e) if e.is_replayed_failure() => return Err(replayed_failure()),
-            Err(e) => return Err(stripe_failure(e)),
-        };
+        let answer = self.stripe.close_dispute(&row.stripe_dispute_id, &key).await;
+        let d = self.answered(&row, answer).await?;
         self.apply_dispute(row.payment_id, &d, Source::api(call.by)).await
+    }
+
+    /// Stripe's answer to a call about `row`: the dispute, or why not. A
+    /// refusal of a dispute that moved on (closed, under review) is told as
+    /// that, after the dispute is read back.
+    async fn answered(
+        &self,
+        row: &DisputeRow,
+        answer: Result<crate::stripe::Reply<Dispute>, crate::stripe::StripeError>,
+    ) -> Result<Dispute, AppError> {
+        match answer {
+            Ok(reply) => Ok(reply.object),
+            Err(e) if e.is_replayed_failure() => Err(replayed_failure()),
+            Err(crate::stripe::StripeError::Api(a)) if a.status == 400 => {
+                let now = self.stripe.retrieve_dispute(&row.stripe_dispute_id).await.map_err(stripe_failure)?.object;
+                let current = self.apply_dispute(row.payment_id, &now, Source::api(None)).await?;
+                refuse_answer(&current)?;
+                Err(stripe_failure(crate::stripe::StripeError::Api(a)))
+            }
+            Err(e) => Err(stripe_failure(e)),
+        }
+    }
+
+    /// Reads the disputes of a payment back from Stripe (a refund Stripe
+    /// refused for a chargeback our records did not know yet).
+    pub(crate) async fn refresh_disputes_of(&self, payment_id: i64, intent: &str) -> Result<(), AppError> {
+        let list = self.stripe.list_disputes(intent).await.map_err(stripe_failure)?.object;
+        for d in &list.data {
+            self.apply_dispute(payment_id, d, Source::WEBHOOK).await?;
+        }
+        Ok(())
     }
 }

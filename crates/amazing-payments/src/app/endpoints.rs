@@ -172,6 +172,14 @@ impl App {
 
     /// Sends a delivery again now.
     pub async fn redeliver(&self, endpoint: i64, delivery: i64) -> Result<Delivery, AppError> {
+        let e = store::endpoint(&self.db, endpoint).await?.ok_or_else(|| endpoint_not_found(endpoint))?;
+        if e.disabled {
+            return Err(AppError::new(
+                Kind::Conflict,
+                "WEBHOOK_ENDPOINT_DISABLED",
+                format!("webhook endpoint {endpoint} is disabled: enable it, and its waiting deliveries go out"),
+            ));
+        }
         let row = store::redeliver(&self.db, endpoint, delivery).await?.ok_or_else(|| {
             AppError::not_found(
                 "WEBHOOK_DELIVERY_NOT_FOUND",

@@ -45,6 +45,7 @@ pub const CONFLICT_REASONS: &[&str] = &[
     "STRIPE_CUSTOMER_KEY_IMMUTABLE",
     // webhook endpoints
     "TOO_MANY_WEBHOOK_ENDPOINTS",
+    "WEBHOOK_ENDPOINT_DISABLED",
     // disputes
     "CHARGE_DISPUTED",
     "DISPUTE_CLOSED",

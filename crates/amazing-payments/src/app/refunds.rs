@@ -105,6 +105,11 @@ impl App {
                     return self.answer_of_settled_refund(op, refund.id).await;
                 }
                 let err = stripe_failure(e);
+                if err.reason == "CHARGE_DISPUTED"
+                    && let Err(e) = self.refresh_disputes_of(payment_id, pi).await
+                {
+                    tracing::warn!(payment_id, error = %e, "the payment's disputes could not be read back");
+                }
                 Err(err.detail("paymentID", payment_id.to_string()).detail("refundID", refund.id.to_string()))
             }
         }

@@ -7,8 +7,11 @@
 use super::{Settings, guard, sign};
 use crate::store::hooks::{self, Claimed, Failed, Outcome};
 use sqlx::PgPool;
-use std::time::{Duration, Instant};
-use tokio::sync::watch;
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+use tokio::{sync::watch, task::JoinSet};
 
 pub struct Deliverer {
     db: PgPool,
@@ -34,28 +37,40 @@ impl Deliverer {
             .no_proxy()
             .user_agent(concat!("amazing-payments-webhooks/", env!("CARGO_PKG_VERSION")));
         if !settings.allow_private {
-            http = http.dns_resolver(std::sync::Arc::new(guard::PublicOnly));
+            http = http.dns_resolver(Arc::new(guard::PublicOnly));
         }
         Ok(Deliverer { db, http: http.build()?, settings })
     }
 
-    /// Makes the deliveries of new events, then sends those due.
+    /// How long a claim is held: past the attempt's own timeout, so that no
+    /// other deliverer sends it meanwhile unless this one died.
+    fn lease(&self) -> Duration {
+        self.settings.timeout + Duration::from_secs(10)
+    }
+
+    /// Deliveries of one endpoint in flight at once, at most.
+    fn per_endpoint(&self) -> i64 {
+        (self.settings.batch / 4).max(1)
+    }
+
+    /// One pass, all at once: makes the deliveries of new events, sends
+    /// those due (up to a batch), and waits for them. (`run` keeps sending
+    /// as slots free up instead.)
     pub async fn pass(&self) -> Result<Pass, sqlx::Error> {
         let events = hooks::fan_out(&self.db, 500).await?;
-        // Held past the attempt's own timeout, so that no other deliverer
-        // sends it meanwhile unless this one died.
-        let lease = self.settings.timeout + Duration::from_secs(10);
-        let due = hooks::claim(&self.db, self.settings.batch, lease).await?;
+        let due = hooks::claim(&self.db, self.settings.batch, self.per_endpoint(), self.lease()).await?;
         let attempted = due.len();
-        let sends = due.into_iter().map(|d| async move {
-            let outcome = self.send(&d).await;
-            if let Err(e) = self.record(&d, &outcome).await {
-                // The lease runs out and the delivery is sent again.
-                tracing::warn!(error = %e, delivery = d.id, "a webhook attempt could not be recorded");
-            }
-        });
-        futures::future::join_all(sends).await;
+        futures::future::join_all(due.iter().map(|d| self.deliver(d))).await;
         Ok(Pass { events, attempted })
+    }
+
+    /// Sends one claimed delivery and records how it went.
+    async fn deliver(&self, d: &Claimed) {
+        let outcome = self.send(d).await;
+        if let Err(e) = self.record(d, &outcome).await {
+            // The lease runs out and the delivery is sent again.
+            tracing::warn!(error = %e, delivery = d.id, "a webhook attempt could not be recorded");
+        }
     }
 
     /// POSTs one delivery; never fails, tells how it went.
@@ -66,10 +81,13 @@ impl Deliverer {
             Ok(u) => u,
             Err(e) => return refused(format!("the endpoint's URL does not parse: {e}")),
         };
-        if !self.settings.allow_private
-            && let Some(why) = guard::literal_refused(&url)
-        {
-            return refused(why);
+        if !self.settings.allow_private {
+            if url.scheme() != "https" {
+                return refused("plain http is not delivered to (WEBHOOK_ALLOW_PRIVATE is off)".into());
+            }
+            if let Some(why) = guard::literal_refused(&url) {
+                return refused(why);
+            }
         }
         let id = d.event_id.to_string();
         let timestamp = chrono::Utc::now().timestamp();
@@ -101,10 +119,17 @@ impl Deliverer {
     async fn record(&self, d: &Claimed, o: &Outcome) -> Result<(), sqlx::Error> {
         if o.succeeded() {
             crate::meter::hook_attempt("succeeded", o.latency);
-            return hooks::succeeded(&self.db, d, o).await;
+            if !hooks::succeeded(&self.db, d, o).await? {
+                tracing::info!(delivery = d.id, "a webhook attempt finished after its claim was taken: logged only");
+            }
+            return Ok(());
         }
         let retry_in = self.settings.schedule.get(usize::try_from(d.step).unwrap_or(usize::MAX)).copied();
-        match hooks::failed(&self.db, d, o, retry_in, self.settings.disable_after).await? {
+        // A run of failures is over once the endpoint went quiet for longer
+        // than any retry waits: failures days apart are not one outage.
+        let longest = self.settings.schedule.iter().max().copied().unwrap_or_default();
+        let run_gap = longest + self.settings.timeout + Duration::from_secs(60);
+        match hooks::failed(&self.db, d, o, retry_in, run_gap, self.settings.disable_after).await? {
             Failed::Retrying => crate::meter::hook_attempt("retrying", o.latency),
             Failed::GaveUp => {
                 crate::meter::hook_attempt("gave_up", o.latency);
@@ -119,39 +144,74 @@ impl Deliverer {
                     "a webhook endpoint was disabled: its deliveries have failed for WEBHOOK_DISABLE_AFTER"
                 );
             }
+            Failed::Superseded => {
+                tracing::info!(delivery = d.id, "a webhook attempt finished after its claim was taken: logged only");
+            }
         }
         Ok(())
     }
 
-    /// Passes until `stop`; at once again while there is work.
+    /// Makes deliveries and sends them until `stop`, keeping up to a batch
+    /// in flight: a slot freed by one answer is filled at once, so a slow
+    /// endpoint holds only its own slots (at most a quarter of the batch).
+    /// At `stop`, the attempts in flight finish (each within its timeout).
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         tracing::info!("webhook deliverer started");
-        let mut passes: u64 = 0;
+        let me = Arc::new(self);
+        let mut in_flight: JoinSet<()> = JoinSet::new();
+        let mut purged = Instant::now() - PURGE_EVERY;
         loop {
-            let busy = match self.pass().await {
-                Ok(p) => {
-                    passes += 1;
-                    if passes % 7200 == 1
-                        && let Err(e) = hooks::purge(&self.db, self.settings.keep).await
-                    {
-                        tracing::warn!(error = %e, "purging old webhook deliveries failed");
+            while in_flight.try_join_next().is_some() {}
+            let mut busy = false;
+            match hooks::fan_out(&me.db, 500).await {
+                Ok(n) => busy |= n > 0,
+                Err(e) => tracing::warn!(error = %e, "making webhook deliveries failed; retrying"),
+            }
+            let free = me.settings.batch - in_flight.len() as i64;
+            if free > 0 {
+                match hooks::claim(&me.db, free, me.per_endpoint(), me.lease()).await {
+                    Ok(due) => {
+                        busy |= !due.is_empty();
+                        for d in due {
+                            let me = me.clone();
+                            in_flight.spawn(async move { me.deliver(&d).await });
+                        }
                     }
-                    p.events > 0 || p.attempted > 0
+                    Err(e) => tracing::warn!(error = %e, "claiming webhook deliveries failed; retrying"),
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "webhook deliverer pass failed; retrying");
-                    false
-                }
-            };
-            let wait = if busy { Duration::ZERO } else { self.settings.interval };
+            }
+            if purged.elapsed() >= PURGE_EVERY {
+                purged = Instant::now();
+                me.purge().await;
+            }
+            let wait = if busy { Duration::ZERO } else { me.settings.interval };
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
+                Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
                 _ = stop.wait_for(|s| *s) => break,
             }
         }
+        while in_flight.join_next().await.is_some() {}
         tracing::info!("webhook deliverer stopped");
     }
+
+    /// Deletes what the log keeps no longer, a thousand at a time.
+    async fn purge(&self) {
+        loop {
+            match hooks::purge(&self.db, self.settings.keep).await {
+                Ok(n) if n >= 1000 => continue,
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "purging old webhook deliveries failed");
+                    return;
+                }
+            }
+        }
+    }
 }
+
+/// How often the delivery log is purged of what it keeps no longer.
+const PURGE_EVERY: Duration = Duration::from_secs(3600);
 
 /// A transport failure in words for the delivery log: what happened, not
 /// the URL (the log shows it beside).

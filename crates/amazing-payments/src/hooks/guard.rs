@@ -49,11 +49,18 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
     if s[0] == 0x2002 {
         return is_public_v4(Ipv4Addr::new((s[1] >> 8) as u8, s[1] as u8, (s[2] >> 8) as u8, s[2] as u8));
     }
+    // SIIT's IPv4-translated form (::ffff:0:a.b.c.d).
+    if s[0..4] == [0, 0, 0, 0] && s[4] == 0xffff && s[5] == 0 {
+        return is_public_v4(Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8));
+    }
     !(ip.is_unspecified()
         || ip.is_loopback()
         || ip.is_multicast()
         || (s[0] & 0xfe00) == 0xfc00
         || (s[0] & 0xffc0) == 0xfe80
+        || (s[0] & 0xffc0) == 0xfec0
+        || (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1)
+        || (s[0] == 0x2001 && s[1] == 0)
         || (s[0] == 0x2001 && s[1] == 0x0db8)
         || s[0..6] == [0, 0, 0, 0, 0, 0])
 }
@@ -97,15 +104,24 @@ pub async fn check_url(raw: &str, allow_private: bool) -> Result<Url, Refusal> {
                 return Err(Refusal::NotAllowed(format!("{name} is a local name")));
             }
             let port = url.port_or_known_default().unwrap_or(443);
-            if let Ok(addrs) = tokio::net::lookup_host((name.as_str(), port)).await {
+            let lookup = tokio::time::timeout(LOOKUP_WITHIN, tokio::net::lookup_host((name.as_str(), port))).await;
+            if let Ok(Ok(addrs)) = lookup {
                 for a in addrs {
-                    allowed(a.ip(), &url)?;
+                    // Which address is not told: that would map the
+                    // operator's private names for whoever asks.
+                    if !is_public(a.ip()) {
+                        return Err(Refusal::NotAllowed(format!("{name} resolves to a non-public address")));
+                    }
                 }
             }
             Ok(url)
         }
     }
 }
+
+/// How long registration waits for a name to resolve (a name that does not
+/// resolve in time is let through: every delivery checks it again).
+const LOOKUP_WITHIN: std::time::Duration = std::time::Duration::from_secs(3);
 
 fn allowed(ip: IpAddr, url: &Url) -> Result<Url, Refusal> {
     if is_public(ip) { Ok(url.clone()) } else { Err(Refusal::NotAllowed(format!("{ip} is not a public address"))) }
@@ -175,6 +191,10 @@ mod tests {
             "2002:7f00:1::",
             "2001:db8::1",
             "::127.0.0.1",
+            "::ffff:0:7f00:1",
+            "fec0::1",
+            "64:ff9b:1::a",
+            "2001::1",
         ] {
             assert!(!is_public(ip.parse().unwrap()), "{ip}");
         }

@@ -39,6 +39,19 @@ pub fn is_closed(status: &str) -> bool {
     matches!(status, "won" | "lost" | "warning_closed")
 }
 
+/// How far along Stripe moves a dispute (an inquiry may become a
+/// chargeback): a report ranked below what is stored is older news.
+fn rank(status: &str) -> u8 {
+    match status {
+        "warning_needs_response" => 1,
+        "warning_under_review" => 2,
+        "needs_response" => 3,
+        "under_review" => 4,
+        s if is_closed(s) => 5,
+        _ => 0,
+    }
+}
+
 /// What applying a report changed.
 #[derive(Debug, Clone)]
 pub struct Applied {
@@ -55,13 +68,23 @@ pub async fn apply(db: &PgPool, payment_id: i64, d: &Dispute, source: Source) ->
             .bind(&d.id)
             .fetch_optional(&mut *tx)
             .await?;
+    // The money in the charge's currency: a withdrawal takes the disputed
+    // amount, a reinstatement gives it back (the balance transactions are
+    // in the account's currency, and carry the fee).
     let (withdrawn, reinstated) = d.movements();
-    let due = d.evidence_details.due_by.and_then(|t| DateTime::from_timestamp(t, 0));
-    // An older report never undoes a newer one: a closed dispute stays as
-    // it closed, counts and money only grow.
-    let status = match &before {
-        Some(b) if is_closed(&b.status) => b.status.clone(),
-        _ => d.status.clone(),
+    let (withdrawn, reinstated) = (if withdrawn > 0 { d.amount } else { 0 }, if reinstated > 0 { d.amount } else { 0 });
+    // An older report (read from Stripe before one applied since) never
+    // undoes a newer one: its status, reason, due date and refundability
+    // are not taken; counts and money only grow.
+    let stale = before.as_ref().is_some_and(|b| rank(&d.status) < rank(&b.status));
+    let (status, reason, due, refundable) = match (&before, stale) {
+        (Some(b), true) => (b.status.clone(), b.reason.clone(), b.evidence_due_by, b.is_charge_refundable),
+        _ => (
+            d.status.clone(),
+            d.reason.clone(),
+            d.evidence_details.due_by.and_then(|t| DateTime::from_timestamp(t, 0)),
+            d.is_charge_refundable,
+        ),
     };
     let row: DisputeRow = sqlx::query_as(&format!(
         "INSERT INTO payment.dispute (payment_id, stripe_dispute_id, status, reason, amount, currency, evidence_due_by,
@@ -79,11 +102,11 @@ pub async fn apply(db: &PgPool, payment_id: i64, d: &Dispute, source: Source) ->
     .bind(payment_id)
     .bind(&d.id)
     .bind(&status)
-    .bind(&d.reason)
+    .bind(&reason)
     .bind(d.amount)
     .bind(d.currency.to_ascii_lowercase())
     .bind(due)
-    .bind(d.is_charge_refundable)
+    .bind(refundable)
     .bind(d.evidence_details.submission_count)
     .bind(withdrawn)
     .bind(reinstated)
@@ -96,10 +119,33 @@ pub async fn apply(db: &PgPool, payment_id: i64, d: &Dispute, source: Source) ->
     match &before {
         None => {
             notes.push(format!("dispute opened ({reason}): {} (dispute {})", row.status, row.id));
-            events.push(EventType::DisputeCreated);
+            // A dispute the service told of before it kept disputes (the
+            // payment's status set, no row) had its dispute.created then.
+            let told: bool = sqlx::query_scalar(
+                "SELECT p.dispute_status IS NOT NULL AND NOT EXISTS (
+                     SELECT 1 FROM payment.dispute d WHERE d.payment_id = p.id AND d.id <> $2)
+                 FROM payment.payment p WHERE p.id = $1",
+            )
+            .bind(payment_id)
+            .bind(row.id)
+            .fetch_one(&mut *tx)
+            .await?;
+            if !told {
+                events.push(EventType::DisputeCreated);
+            }
         }
-        Some(b) if b.status != row.status => notes.push(format!("dispute {} {}", row.id, row.status)),
-        Some(_) => {}
+        Some(b) => {
+            if b.status != row.status {
+                notes.push(format!("dispute {} {}", row.id, row.status));
+            }
+            if b.reason != row.reason {
+                notes.push(format!("dispute {}: reason now {reason}", row.id));
+            }
+            if b.is_charge_refundable != row.is_charge_refundable {
+                let can = if row.is_charge_refundable { "can be refunded again" } else { "can no longer be refunded" };
+                notes.push(format!("dispute {}: the charge {can}", row.id));
+            }
+        }
     }
     let (w0, r0, s0) =
         before.as_ref().map_or((0, 0, 0), |b| (b.amount_withdrawn, b.amount_reinstated, b.submission_count));

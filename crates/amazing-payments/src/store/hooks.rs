@@ -15,7 +15,7 @@ use uuid::Uuid;
 const ENDPOINT: &str = "id, url, description, event_types, secret, previous_secret, previous_secret_until, \
                         disabled, disabled_reason, failing_since, created_at, updated_at";
 
-#[derive(Debug, Clone, FromRow)]
+#[derive(Clone, FromRow)]
 pub struct EndpointRow {
     pub id: i64,
     pub url: String,
@@ -29,6 +29,18 @@ pub struct EndpointRow {
     pub failing_since: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// Without its secrets: a row printed never shows them.
+impl std::fmt::Debug for EndpointRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointRow")
+            .field("id", &self.id)
+            .field("url", &self.url)
+            .field("event_types", &self.event_types)
+            .field("disabled", &self.disabled)
+            .finish_non_exhaustive()
+    }
 }
 
 /// An endpoint's new values; `None` leaves one unchanged.
@@ -91,7 +103,8 @@ pub async fn update_endpoint(db: &PgPool, id: i64, changes: &Changes<'_>) -> Res
              disabled_reason = CASE WHEN $5 IS NULL THEN disabled_reason
                                     WHEN $5 THEN coalesce(CASE WHEN disabled THEN disabled_reason END, 'requested')
                                     ELSE NULL END,
-             failing_since = CASE WHEN $5 = false THEN NULL ELSE failing_since END,
+             failing_since = CASE WHEN ($5 = false AND disabled) OR ($2 IS NOT NULL AND $2 <> url) THEN NULL
+                                  ELSE failing_since END,
              updated_at = now()
          WHERE id = $1 RETURNING {ENDPOINT}"
     ))
@@ -193,10 +206,13 @@ pub async fn attempts_of(db: &PgPool, ids: &[i64]) -> Result<Vec<AttemptRow>, sq
     .await
 }
 
-/// Makes a delivery due now, with a new round of the schedule.
+/// Makes a delivery due now, with a new round of the schedule. An attempt
+/// in flight loses its claim: its outcome is logged, not recorded, and the
+/// delivery is sent again.
 pub async fn redeliver(db: &PgPool, endpoint_id: i64, id: i64) -> Result<Option<DeliveryRow>, sqlx::Error> {
     sqlx::query_as(&format!(
-        "UPDATE hooks.delivery SET state = 'pending', step = 0, next_attempt_at = now()
+        "UPDATE hooks.delivery SET state = 'pending', step = 0, next_attempt_at = now(),
+                lease_until = NULL, claim_token = NULL
          WHERE id = $1 AND endpoint_id = $2 RETURNING {DELIVERY}"
     ))
     .bind(id)
@@ -230,9 +246,11 @@ pub async fn fan_out(db: &PgPool, batch: i64) -> Result<u64, sqlx::Error> {
 }
 
 /// A delivery a deliverer holds, with what it needs to send it.
-#[derive(Debug, Clone, FromRow)]
+#[derive(Clone, FromRow)]
 pub struct Claimed {
     pub id: i64,
+    /// Its claim: the outcome is recorded only while the delivery holds it.
+    pub claim_token: Uuid,
     pub endpoint_id: i64,
     pub event_id: Uuid,
     pub event_type: String,
@@ -243,24 +261,50 @@ pub struct Claimed {
     pub previous_secret: Option<String>,
 }
 
-/// Takes up to `batch` due deliveries of enabled endpoints for `lease`.
-pub async fn claim(db: &PgPool, batch: i64, lease: Duration) -> Result<Vec<Claimed>, sqlx::Error> {
+impl std::fmt::Debug for Claimed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Claimed")
+            .field("id", &self.id)
+            .field("endpoint_id", &self.endpoint_id)
+            .field("event_type", &self.event_type)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Takes up to `batch` due deliveries of enabled endpoints for `lease`, at
+/// most `per_endpoint` in flight for any one endpoint (counting those
+/// already held), so that a slow or broken endpoint, or one enabled again
+/// with a backlog, never takes every slot.
+pub async fn claim(db: &PgPool, batch: i64, per_endpoint: i64, lease: Duration) -> Result<Vec<Claimed>, sqlx::Error> {
     sqlx::query_as(
-        "WITH due AS (
-             SELECT d.id FROM hooks.delivery d JOIN hooks.endpoint e ON e.id = d.endpoint_id AND NOT e.disabled
-             WHERE d.state = 'pending' AND d.next_attempt_at <= now()
+        "WITH candidates AS (
+             SELECT x.id FROM hooks.endpoint e
+             CROSS JOIN LATERAL (
+                 SELECT count(*) AS busy FROM hooks.delivery l
+                 WHERE l.endpoint_id = e.id AND l.lease_until > now() AND l.state = 'pending') b
+             CROSS JOIN LATERAL (
+                 SELECT d.id, row_number() OVER (ORDER BY d.next_attempt_at, d.id) AS n FROM hooks.delivery d
+                 WHERE d.endpoint_id = e.id AND d.state = 'pending' AND d.next_attempt_at <= now()
+                   AND (d.lease_until IS NULL OR d.lease_until < now())
+                 ORDER BY d.next_attempt_at, d.id LIMIT $3) x
+             WHERE NOT e.disabled AND x.n + b.busy <= $3),
+         due AS (
+             SELECT d.id FROM hooks.delivery d
+             WHERE d.id IN (SELECT id FROM candidates) AND d.state = 'pending'
                AND (d.lease_until IS NULL OR d.lease_until < now())
              ORDER BY d.next_attempt_at, d.id LIMIT $1 FOR UPDATE OF d SKIP LOCKED),
          held AS (
-             UPDATE hooks.delivery d SET lease_until = now() + make_interval(secs => $2)
+             UPDATE hooks.delivery d SET lease_until = now() + make_interval(secs => $2),
+                                         claim_token = gen_random_uuid()
              FROM due WHERE d.id = due.id
-             RETURNING d.id, d.endpoint_id, d.event_id, d.event_type, d.payload, d.step)
+             RETURNING d.id, d.claim_token, d.endpoint_id, d.event_id, d.event_type, d.payload, d.step)
          SELECT h.*, e.url, e.secret,
                 CASE WHEN e.previous_secret_until > now() THEN e.previous_secret END AS previous_secret
          FROM held h JOIN hooks.endpoint e ON e.id = h.endpoint_id",
     )
     .bind(batch)
     .bind(lease.as_secs_f64())
+    .bind(per_endpoint)
     .fetch_all(db)
     .await
 }
@@ -290,55 +334,82 @@ pub enum Failed {
     GaveUp,
     /// The endpoint had failed for `disable_after`, and is now disabled.
     Disabled { url: String },
+    /// The claim no longer held (redelivered, or taken over after the
+    /// lease ran out): only the log has the attempt.
+    Superseded,
 }
 
 /// Records a successful attempt: the delivery succeeded, and the endpoint
-/// is failing no more.
-pub async fn succeeded(db: &PgPool, d: &Claimed, o: &Outcome) -> Result<(), sqlx::Error> {
+/// is failing no more. Whether the claim still held (else the attempt is
+/// only logged: the delivery was redelivered or taken over meanwhile).
+pub async fn succeeded(db: &PgPool, d: &Claimed, o: &Outcome) -> Result<bool, sqlx::Error> {
     let mut tx = db.begin().await?;
     log_attempt(&mut tx, d.id, o).await?;
-    sqlx::query(
+    let done = sqlx::query(
         "UPDATE hooks.delivery SET state = 'succeeded', attempts = attempts + 1, delivered_at = now(),
-                lease_until = NULL WHERE id = $1",
+                lease_until = NULL, claim_token = NULL
+         WHERE id = $1 AND claim_token = $2 AND state = 'pending'",
     )
     .bind(d.id)
+    .bind(d.claim_token)
     .execute(&mut *tx)
     .await?;
-    sqlx::query("UPDATE hooks.endpoint SET failing_since = NULL WHERE id = $1 AND failing_since IS NOT NULL")
-        .bind(d.endpoint_id)
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await
+    let held = done.rows_affected() == 1;
+    if held {
+        sqlx::query("UPDATE hooks.endpoint SET failing_since = NULL WHERE id = $1 AND failing_since IS NOT NULL")
+            .bind(d.endpoint_id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(held)
 }
 
 /// Records a failed attempt: the delivery waits `retry_in` for its next
-/// one, or (none left) fails; the endpoint, failing since its first
-/// unanswered delivery, is disabled once that is `disable_after` ago, and
-/// a `webhook_endpoint.disabled` event goes to the endpoints that take it.
+/// one, or (none left) fails; the endpoint is failing since the first
+/// failure of the current run (a run ends with a success, or after a quiet
+/// `run_gap` without failures), and is disabled once that is
+/// `disable_after` ago, a `webhook_endpoint.disabled` event going to the
+/// endpoints that take it. Nothing but the log changes unless the claim
+/// still held.
 pub async fn failed(
     db: &PgPool,
     d: &Claimed,
     o: &Outcome,
     retry_in: Option<Duration>,
+    run_gap: Duration,
     disable_after: Duration,
 ) -> Result<Failed, sqlx::Error> {
     let mut tx = db.begin().await?;
     log_attempt(&mut tx, d.id, o).await?;
-    sqlx::query(
-        "UPDATE hooks.delivery SET attempts = attempts + 1, step = step + 1, lease_until = NULL,
+    let done = sqlx::query(
+        "UPDATE hooks.delivery SET attempts = attempts + 1, step = step + 1, lease_until = NULL, claim_token = NULL,
                 state = CASE WHEN $2::float8 IS NULL THEN 'failed' ELSE 'pending' END,
                 next_attempt_at = CASE WHEN $2::float8 IS NULL THEN next_attempt_at
                                        ELSE now() + make_interval(secs => $2::float8) END
-         WHERE id = $1 AND state = 'pending'",
+         WHERE id = $1 AND claim_token = $3 AND state = 'pending'",
     )
     .bind(d.id)
     .bind(retry_in.map(|r| r.as_secs_f64()))
+    .bind(d.claim_token)
     .execute(&mut *tx)
     .await?;
-    sqlx::query("UPDATE hooks.endpoint SET failing_since = coalesce(failing_since, now()) WHERE id = $1")
-        .bind(d.endpoint_id)
-        .execute(&mut *tx)
-        .await?;
+    if done.rows_affected() == 0 {
+        tx.commit().await?;
+        return Ok(Failed::Superseded);
+    }
+    sqlx::query(
+        "UPDATE hooks.endpoint SET
+             failing_since = CASE WHEN failing_since IS NULL OR last_failed_at IS NULL
+                                       OR last_failed_at < now() - make_interval(secs => $2)
+                                  THEN now() ELSE failing_since END,
+             last_failed_at = now()
+         WHERE id = $1",
+    )
+    .bind(d.endpoint_id)
+    .bind(run_gap.as_secs_f64())
+    .execute(&mut *tx)
+    .await?;
     let disabled: Option<(String, DateTime<Utc>)> = sqlx::query_as(
         "UPDATE hooks.endpoint SET disabled = true, disabled_reason = 'failing', updated_at = now()
          WHERE id = $1 AND NOT disabled AND failing_since < now() - make_interval(secs => $2)

@@ -228,12 +228,14 @@ pub async fn lag(db: &PgPool) -> Result<(i64, Option<DateTime<Utc>>), sqlx::Erro
 }
 
 /// Deletes events published longer than `keep` ago whose webhook
-/// deliveries are made; how many.
+/// deliveries are made (or that no endpoint could take); how many.
 pub async fn purge_published(db: &PgPool, keep: Duration) -> Result<u64, sqlx::Error> {
     let done = sqlx::query(
         "DELETE FROM notify.outbox WHERE seq IN (
              SELECT seq FROM notify.outbox WHERE published_at < now() - make_interval(secs => $1)
-                                               AND hooked_at IS NOT NULL LIMIT 1000)",
+                                               AND (hooked_at IS NOT NULL
+                                                    OR NOT EXISTS (SELECT 1 FROM hooks.endpoint))
+                                             LIMIT 1000)",
     )
     .bind(keep.as_secs_f64())
     .execute(db)

@@ -272,6 +272,12 @@ impl Client {
         self.get(&format!("/v1/disputes/{id}"), &Form::new()).await
     }
 
+    /// `GET /v1/disputes?payment_intent=`: a PaymentIntent's disputes (the
+    /// first 100).
+    pub async fn list_disputes(&self, intent: &str) -> Result<Reply<types::List<types::Dispute>>, StripeError> {
+        self.get("/v1/disputes", &Form::new().set("payment_intent", intent).set("limit", 100)).await
+    }
+
     /// `POST /v1/disputes/{id}`: evidence, submitted unless `submit=false`.
     pub async fn update_dispute(&self, id: &str, form: &Form, key: &str) -> Result<Reply<types::Dispute>, StripeError> {
         self.post(&format!("/v1/disputes/{id}"), form, key).await

@@ -75,7 +75,9 @@ async fn a_receiver_verifies_every_event_of_a_payment_flow_and_loses_none_throug
     let env = [
         ("WEBHOOK_ALLOW_PRIVATE", "true".to_string()),
         ("WEBHOOK_RETRY_SCHEDULE", "1s,1s,1s,2s,2s,2s,3s,3s,3s,3s,3s,3s".to_string()),
-        ("WEBHOOK_TIMEOUT", "2".to_string()),
+        // Longer than the receiver's slow answer below: the resend after the
+        // SIGKILL can only come from the lost claim's lease running out.
+        ("WEBHOOK_TIMEOUT", "6".to_string()),
     ];
     let stack = Stack::start(&env).await;
     let key = stack.new_key();
@@ -127,7 +129,7 @@ async fn a_receiver_verifies_every_event_of_a_payment_flow_and_loses_none_throug
 
     // 3. The service is killed while a delivery is in flight: it is sent
     // again by the service started in its place.
-    receiver.slow(Some(4.0));
+    receiver.slow(Some(3.0));
     let before = receiver.started().len();
     let c = post_json(&format!("{rest}/v1/customer"), &key, &json!({"name": "Cy", "email": "cy@example.com"})).await;
     assert!(c["customerID"].is_string(), "{c}");
@@ -149,6 +151,17 @@ async fn a_receiver_verifies_every_event_of_a_payment_flow_and_loses_none_throug
     })
     .await;
     assert_all_verified(&receiver.received());
+    // No attempt at it failed: the second send is the lease's doing, not a
+    // timed-out attempt's retry.
+    let failures: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM hooks.attempt a JOIN hooks.delivery d ON d.id = a.delivery_id
+         WHERE d.event_id = $1::uuid AND a.error IS NOT NULL",
+    )
+    .bind(&interrupted)
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(failures, 0);
     // Every event of the service reached the receiver, and the log says so.
     let log = get_json(&format!("{}/v1/webhook_endpoint/{id}/deliveries?page_size=100", stack.rest), &key).await;
     let deliveries = log["deliveries"].as_array().unwrap();
@@ -236,7 +249,7 @@ async fn an_endpoint_on_a_private_address_is_refused_over_both_transports_and_th
     let id: i64 = sqlx::query_scalar(
         "INSERT INTO hooks.endpoint (url, event_types, secret) VALUES ($1, '{*}', 'whsec_AAAA') RETURNING id",
     )
-    .bind(receiver.url())
+    .bind(format!("https://127.0.0.1:{}/hooks", receiver.port))
     .fetch_one(&app.db)
     .await
     .unwrap();
@@ -374,6 +387,8 @@ async fn a_failing_endpoint_is_retried_on_schedule_then_disabled_with_an_event_a
         short.pass().await.unwrap();
     }
     assert_eq!(failing.started().len(), sent, "nothing sent to a disabled endpoint");
+    let (status, refused) = app.post(&format!("{log_url}/{delivery_id}/redeliver"), json!({})).await;
+    assert_eq!((status, refused["reason"].as_str()), (StatusCode::CONFLICT, Some("WEBHOOK_ENDPOINT_DISABLED")));
     failing.answer(None);
     let enabled = app
         .grpc()
@@ -458,4 +473,104 @@ async fn endpoints_are_listed_changed_and_deleted_over_both_transports_and_only_
     assert_eq!((status, gone["deleted"].clone()), (StatusCode::OK, json!(true)), "{gone}");
     let (status, missing) = app.get(&format!("/v1/webhook_endpoint/{id}")).await;
     assert_eq!((status, missing["reason"].as_str()), (StatusCode::NOT_FOUND, Some("WEBHOOK_ENDPOINT_NOT_FOUND")));
+}
+
+#[tokio::test]
+async fn a_name_that_resolves_to_a_private_address_is_never_connected_to() {
+    let app = app_with(false).await;
+    let receiver = Receiver::start().await;
+    // Registered by other means (or a name pointed elsewhere since).
+    sqlx::query("INSERT INTO hooks.endpoint (url, event_types, secret) VALUES ($1, '{*}', 'whsec_AAAA')")
+        .bind(format!("https://localhost:{}/hooks", receiver.port))
+        .execute(&app.db)
+        .await
+        .unwrap();
+    customer(&app, "ada@example.com").await;
+    let d = deliverer(&app, &[10_000], Duration::from_secs(3600));
+    deliver_until(&d, Duration::from_secs(10), async || app.count("hooks.attempt").await >= 1).await;
+    let error: String = sqlx::query_scalar("SELECT error FROM hooks.attempt").fetch_one(&app.db).await.unwrap();
+    assert!(error.contains("no public address"), "{error}");
+    assert!(receiver.started().is_empty(), "the receiver was never reached");
+}
+
+#[tokio::test]
+async fn two_deliverers_at_once_send_each_event_once_to_each_endpoint() {
+    let app = app_with(true).await;
+    let (a, b) = (Receiver::start().await, Receiver::start().await);
+    for r in [&a, &b] {
+        let e = register(&app, &r.url(), json!(["customer.created"])).await;
+        r.trust(&[e["secret"].as_str().unwrap()]);
+    }
+    for i in 0..12 {
+        customer(&app, &format!("c{i}@example.com")).await;
+    }
+    let (d1, d2) =
+        (deliverer(&app, &[10_000], Duration::from_secs(3600)), deliverer(&app, &[10_000], Duration::from_secs(3600)));
+    let start = Instant::now();
+    while a.received().len() < 12 || b.received().len() < 12 {
+        assert!(start.elapsed() < Duration::from_secs(20), "{} and {} of 12", a.received().len(), b.received().len());
+        let (r1, r2) = tokio::join!(d1.pass(), d2.pass());
+        r1.unwrap();
+        r2.unwrap();
+    }
+    for _ in 0..3 {
+        let (r1, r2) = tokio::join!(d1.pass(), d2.pass());
+        r1.unwrap();
+        r2.unwrap();
+    }
+    for r in [&a, &b] {
+        let got = r.received();
+        let ids: std::collections::HashSet<&str> = got.iter().map(|d| d.id.as_str()).collect();
+        assert_eq!((got.len(), ids.len()), (12, 12), "each event once");
+        assert_all_verified(&got);
+    }
+    assert_eq!(app.count("hooks.delivery").await, 24, "one delivery per event and endpoint");
+}
+
+#[tokio::test]
+async fn an_attempt_whose_claim_was_taken_only_logs_its_outcome_and_a_quiet_gap_ends_a_run_of_failures() {
+    use amazing_payments::store::hooks::{self, Failed, Outcome};
+    let app = app_with(true).await;
+    let receiver = Receiver::start().await;
+    let e = register(&app, &receiver.url(), json!(["*"])).await;
+    let endpoint: i64 = e["endpointID"].as_str().unwrap().parse().unwrap();
+    customer(&app, "ada@example.com").await;
+    hooks::fan_out(&app.db, 10).await.unwrap();
+    let claimed = hooks::claim(&app.db, 10, 10, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    let failure = Outcome { status: Some(500), latency: Duration::from_millis(5), error: Some("500".into()) };
+    let (gap, disable_after) = (Duration::from_secs(3600), Duration::from_secs(5 * 86400));
+
+    // Redelivered while the attempt was in flight: its late failure (the
+    // last of the schedule) fails nothing, and the redelivery stands.
+    let (status, again) =
+        app.post(&format!("/v1/webhook_endpoint/{endpoint}/deliveries/{}/redeliver", claimed[0].id), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    let late = hooks::failed(&app.db, &claimed[0], &failure, None, gap, disable_after).await.unwrap();
+    assert_eq!(late, Failed::Superseded);
+    let state: String = sqlx::query_scalar("SELECT state FROM hooks.delivery").fetch_one(&app.db).await.unwrap();
+    assert_eq!(state, "pending");
+    assert_eq!(app.count("hooks.attempt").await, 1, "the attempt is in the log");
+    let failing: Option<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("SELECT failing_since FROM hooks.endpoint").fetch_one(&app.db).await.unwrap();
+    assert_eq!(failing, None, "a superseded attempt says nothing of the endpoint");
+
+    // Failures ten days apart are not one outage: not disabled.
+    sqlx::query("UPDATE hooks.endpoint SET failing_since = now() - interval '10 days', last_failed_at = now() - interval '10 days'")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let held = hooks::claim(&app.db, 10, 10, Duration::from_secs(60)).await.unwrap();
+    let r = hooks::failed(&app.db, &held[0], &failure, Some(Duration::ZERO), gap, disable_after).await.unwrap();
+    assert_eq!(r, Failed::Retrying);
+    let (_, shown) = app.get(&format!("/v1/webhook_endpoint/{endpoint}")).await;
+    assert_eq!(shown["status"], "enabled", "{shown}");
+    // Failing without a break for longer than WEBHOOK_DISABLE_AFTER: disabled.
+    sqlx::query("UPDATE hooks.endpoint SET failing_since = now() - interval '6 days', last_failed_at = now() - interval '1 minute'")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let held = hooks::claim(&app.db, 10, 10, Duration::from_secs(60)).await.unwrap();
+    let r = hooks::failed(&app.db, &held[0], &failure, Some(Duration::ZERO), gap, disable_after).await.unwrap();
+    assert!(matches!(r, Failed::Disabled { .. }), "{r:?}");
 }

@@ -245,3 +245,123 @@ async fn an_inquiry_takes_evidence_kept_unsubmitted_and_its_charge_stays_refunda
     let refund = app.call(Via::Grpc, "RefundPayment", json!({"paymentID": payment, "amount": 300})).await.unwrap();
     assert_eq!(refund["status"], "succeeded", "an inquiry moves no money: the charge can be refunded");
 }
+
+#[tokio::test]
+async fn an_older_report_read_back_late_never_moves_a_dispute_backwards_nor_tells_it_twice() {
+    use amazing_payments::{store::disputes, stripe::types::Dispute};
+    let app = TestApp::spawn_with(app_options()).await;
+    let payment = disputed_payment(&app, Via::Rest, "pm_card_createDispute").await;
+    let d = only_dispute(&app, Via::Rest, payment).await;
+    let stripe_id = d["stripe_dispute_id"].as_str().unwrap().to_string();
+    // As Stripe held it at the start: a webhook's read that took long.
+    let old: Dispute =
+        serde_json::from_value(app.sim.state().data.lock().disputes.get(&stripe_id).unwrap().clone()).unwrap();
+    let won = app
+        .call(
+            Via::Rest,
+            "SubmitDisputeEvidence",
+            json!({"disputeID": d["disputeID"], "evidence": {"uncategorized_text": "winning_evidence"}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(won["status"], "won");
+    let applied = disputes::apply(&app.db, payment, &old, amazing_payments::store::payments::Source::WEBHOOK)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((applied.row.status.as_str(), applied.row.is_charge_refundable), ("won", true));
+    assert!(applied.events.is_empty(), "{:?}", applied.events);
+    let p = app.call(Via::Rest, "GetPayment", json!({"paymentID": payment})).await.unwrap();
+    assert_eq!((p["dispute_status"].as_str(), int(&p, "amount_disputed")), (Some("won"), 0), "{p}");
+}
+
+#[tokio::test]
+async fn a_retry_with_its_key_of_evidence_whose_answer_was_lost_gets_the_answer_not_a_refusal() {
+    let app = TestApp::spawn_with(app_options()).await;
+    let payment = disputed_payment(&app, Via::Rest, "pm_card_createDispute").await;
+    let d = only_dispute(&app, Via::Rest, payment).await;
+    let body = json!({"disputeID": d["disputeID"], "evidence": {"product_description": "Tea set"}});
+    let (first, _) = app.call_keyed(Via::Rest, "SubmitDisputeEvidence", body.clone(), Some("evidence-1")).await;
+    assert_eq!(first.unwrap()["status"], "under_review");
+    // The answer never reached the client, and the service kept nothing of
+    // it (the key was released as for an answer whose outcome was unknown).
+    sqlx::query("DELETE FROM auth.idempotency_key").execute(&app.db).await.unwrap();
+    let (again, _) = app.call_keyed(Via::Grpc, "SubmitDisputeEvidence", body, Some("evidence-1")).await;
+    let again = again.expect("the retry is answered what was done, not DISPUTE_UNDER_REVIEW");
+    assert_eq!((again["status"].as_str(), int(&again, "evidence_submission_count")), (Some("under_review"), 1));
+    // Without a key, the same request is a new one, refused: submitted
+    // evidence is final.
+    let refused = app
+        .call(
+            Via::Rest,
+            "SubmitDisputeEvidence",
+            json!({"disputeID": d["disputeID"], "evidence": {"customer_name": "Ada"}}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(refused.reason, "DISPUTE_UNDER_REVIEW");
+}
+
+#[tokio::test]
+async fn a_refund_stripe_refuses_for_a_chargeback_not_yet_told_reads_the_dispute_back_and_the_next_is_refused_at_once()
+{
+    // No webhook endpoint: the service hears nothing of the dispute.
+    let app = TestApp::spawn().await;
+    let customer = app.new_customer().await;
+    let p = app
+        .call(
+            Via::Rest,
+            "CreatePayment",
+            json!({"customerID": customer, "amount": 900, "currency": "usd", "payment_method": "pm_card_createDispute"}),
+        )
+        .await
+        .unwrap();
+    let payment = int(&p, "paymentID");
+    let refused = app.call(Via::Rest, "RefundPayment", json!({"paymentID": payment, "amount": 100})).await.unwrap_err();
+    assert_eq!((refused.http, refused.reason.as_str()), (Some(409), "CHARGE_DISPUTED"), "{refused:?}");
+    let d = only_dispute(&app, Via::Rest, payment).await;
+    assert_eq!(d["status"], "needs_response", "read back from Stripe: {d}");
+    let refunds = app.count("payment.refund").await;
+    let sent = app.sim.state().received().len();
+    let again = app.call(Via::Grpc, "RefundPayment", json!({"paymentID": payment, "amount": 100})).await.unwrap_err();
+    assert_eq!(again.reason, "CHARGE_DISPUTED");
+    assert_eq!(app.count("payment.refund").await, refunds, "refused before anything is written");
+    assert_eq!(app.sim.state().received().len(), sent, "nor sent");
+}
+
+#[tokio::test]
+async fn a_dispute_told_before_disputes_were_kept_is_not_announced_again() {
+    use amazing_payments::{store::disputes, stripe::types::Dispute};
+    let app = TestApp::spawn().await;
+    let customer = app.new_customer().await;
+    let p = app
+        .call(
+            Via::Rest,
+            "CreatePayment",
+            json!({"customerID": customer, "amount": 900, "currency": "usd", "payment_method": "pm_card_createDispute"}),
+        )
+        .await
+        .unwrap();
+    let payment = int(&p, "paymentID");
+    // What the earlier version recorded: the status on the payment, its
+    // dispute.created sent, no dispute row.
+    sqlx::query("UPDATE payment.payment SET dispute_status = 'needs_response' WHERE id = $1")
+        .bind(payment)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let stripe: Dispute = serde_json::from_value(
+        app.sim.state().data.lock().disputes.values().next().expect("the simulator opened one").clone(),
+    )
+    .unwrap();
+    let applied = disputes::apply(&app.db, payment, &stripe, amazing_payments::store::payments::Source::WEBHOOK)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        !applied.events.contains(&amazing_payments::domain::event::EventType::DisputeCreated),
+        "{:?}",
+        applied.events
+    );
+    assert_eq!(only_dispute(&app, Via::Rest, payment).await["status"], "needs_response");
+}
