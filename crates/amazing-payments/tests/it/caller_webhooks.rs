@@ -574,3 +574,69 @@ async fn an_attempt_whose_claim_was_taken_only_logs_its_outcome_and_a_quiet_gap_
     let r = hooks::failed(&app.db, &held[0], &failure, Some(Duration::ZERO), gap, disable_after).await.unwrap();
     assert!(matches!(r, Failed::Disabled { .. }), "{r:?}");
 }
+
+#[tokio::test]
+async fn the_deliverer_runs_alone_when_serve_does_not_deliver() {
+    use crate::common::procs::{service_bin, spawn};
+    let receiver = Receiver::start().await;
+    let stack = Stack::start(&[("DELIVERER", "false".into()), ("WEBHOOK_ALLOW_PRIVATE", "true".into())]).await;
+    let key = stack.new_key();
+    let db = PgPool::connect(&stack.db_url).await.unwrap();
+    let e = post_json(
+        &format!("{}/v1/webhook_endpoint", stack.rest),
+        &key,
+        &json!({"url": receiver.url(), "event_types": ["customer.created"]}),
+    )
+    .await;
+    receiver.trust(&[e["secret"].as_str().unwrap()]);
+    let c =
+        post_json(&format!("{}/v1/customer", stack.rest), &key, &json!({"name": "Ada", "email": "ada@example.com"}))
+            .await;
+    assert!(c["customerID"].is_string(), "{c}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(receiver.started().is_empty(), "serve with DELIVERER=false sends nothing");
+    let _deliverer = spawn(
+        &service_bin(),
+        &["deliver"],
+        &[("DATABASE_URL", stack.db_url.clone()), ("WEBHOOK_ALLOW_PRIVATE", "true".into())],
+    );
+    let ids = event_ids(&db).await;
+    let got = receiver.wait_for_ids(&ids, Duration::from_secs(30)).await;
+    assert_all_verified(&got);
+}
+
+#[tokio::test]
+async fn every_endpoint_rpc_answers_alike_over_rest_and_grpc() {
+    use crate::common::call::BOTH;
+    let app = app_with(true).await;
+    let receiver = Receiver::start().await;
+    for via in BOTH {
+        let e = app
+            .call(via, "CreateWebhookEndpoint", json!({"url": receiver.url(), "event_types": ["customer.created"]}))
+            .await
+            .unwrap();
+        let id = e["endpointID"].clone();
+        let first = e["secret"].as_str().unwrap().to_string();
+        let rolled =
+            app.call(via, "RollWebhookEndpointSecret", json!({"endpointID": id, "overlap_seconds": 60})).await.unwrap();
+        assert_ne!(rolled["secret"].as_str().unwrap(), first, "{via:?}");
+        receiver.trust(&[rolled["secret"].as_str().unwrap()]);
+        let listed = app.call(via, "ListWebhookEndpoints", json!({})).await.unwrap();
+        assert!(listed["endpoints"].as_array().unwrap().iter().all(|e| e.get("secret").is_none()), "{listed}");
+        customer(&app, &format!("{}@example.com", uuid::Uuid::new_v4().simple())).await;
+        let d = deliverer(&app, &[100], Duration::from_secs(3600));
+        deliver_until(&d, Duration::from_secs(10), async || {
+            let log = app.call(via, "ListWebhookDeliveries", json!({"endpointID": id})).await.unwrap();
+            log["deliveries"].as_array().is_some_and(|l| l.iter().any(|x| x["state"] == "succeeded"))
+        })
+        .await;
+        let log = app.call(via, "ListWebhookDeliveries", json!({"endpointID": id, "page_size": 1})).await.unwrap();
+        let delivery = log["deliveries"][0]["deliveryID"].clone();
+        let again = app.call(via, "RedeliverWebhook", json!({"endpointID": id, "deliveryID": delivery})).await.unwrap();
+        assert_eq!(again["state"], "pending", "{via:?}: {again}");
+        let gone = app.call(via, "DeleteWebhookEndpoint", json!({"endpointID": id})).await.unwrap();
+        assert_eq!(gone["deleted"], true);
+        let missing = app.call(via, "GetWebhookEndpoint", json!({"endpointID": id})).await.unwrap_err();
+        assert_eq!((missing.code, missing.reason.as_str()), (Code::NotFound, "WEBHOOK_ENDPOINT_NOT_FOUND"), "{via:?}");
+    }
+}

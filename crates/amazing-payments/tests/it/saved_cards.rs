@@ -364,6 +364,40 @@ async fn a_saved_card_is_charged_off_session_and_one_the_bank_wants_the_customer
         )
         .await;
     assert_eq!((status, e["reason"].as_str()), (StatusCode::PAYMENT_REQUIRED, Some("AUTHENTICATION_REQUIRED")), "{e}");
+    // ...and that payment too ends on-session once the customer is back.
+    let rest_payment = e["details"]["paymentID"].as_str().expect("the payment named in the refusal").to_string();
+    let (_, waiting) = app.get(&format!("/v1/payment/{rest_payment}")).await;
+    let rest_pi = waiting["stripe_payment_intent_id"].as_str().unwrap().to_string();
+    let back = app
+        .http
+        .post(format!("{}/v1/payment_intents/{rest_pi}/confirm", app.sim.url()))
+        .bearer_auth("sk_test_as_stripe_js")
+        .form(&[("payment_method", card.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert!(back.status().is_success());
+    authenticate_in_browser(&app, "payment_intents", &rest_pi).await;
+    amazing_payments::workers::reconciler::pass(&app.app, &settings).await.unwrap();
+    let (_, done) = app.get(&format!("/v1/payment/{rest_payment}")).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+
+    // A renewal on the saved Visa over gRPC too: charged off-session at once.
+    let renewed = app
+        .grpc()
+        .await
+        .create_payment(app.authed(amazing_payments::proto::CreatePaymentRequest {
+            customer_id: id.parse().unwrap(),
+            amount: 990,
+            currency: "eur".into(),
+            payment_method: visa.clone(),
+            off_session: true,
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(renewed.status, "succeeded");
 }
 
 #[tokio::test]

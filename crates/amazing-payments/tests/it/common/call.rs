@@ -170,6 +170,14 @@ impl TestApp {
             "GetDispute" => get_dispute(proto::GetDisputeRequest),
             "SubmitDisputeEvidence" => submit_dispute_evidence(proto::SubmitDisputeEvidenceRequest),
             "AcceptDispute" => accept_dispute(proto::AcceptDisputeRequest),
+            "CreateWebhookEndpoint" => create_webhook_endpoint(proto::CreateWebhookEndpointRequest),
+            "ListWebhookEndpoints" => list_webhook_endpoints(proto::ListWebhookEndpointsRequest),
+            "GetWebhookEndpoint" => get_webhook_endpoint(proto::GetWebhookEndpointRequest),
+            "UpdateWebhookEndpoint" => update_webhook_endpoint(proto::UpdateWebhookEndpointRequest),
+            "DeleteWebhookEndpoint" => delete_webhook_endpoint(proto::DeleteWebhookEndpointRequest),
+            "RollWebhookEndpointSecret" => roll_webhook_endpoint_secret(proto::RollWebhookEndpointSecretRequest),
+            "ListWebhookDeliveries" => list_webhook_deliveries(proto::ListWebhookDeliveriesRequest),
+            "RedeliverWebhook" => redeliver_webhook(proto::RedeliverWebhookRequest),
         );
         match result {
             Ok((v, replayed)) => (Ok(v), replayed),
