@@ -159,7 +159,9 @@ impl Deliverer {
         tracing::info!("webhook deliverer started");
         let me = Arc::new(self);
         let mut in_flight: JoinSet<()> = JoinSet::new();
-        let mut purged = Instant::now() - PURGE_EVERY;
+        // Not `now - PURGE_EVERY`: the monotonic clock starts at boot, and a
+        // machine up for less than that would make it panic.
+        let mut purged: Option<Instant> = None;
         loop {
             while in_flight.try_join_next().is_some() {}
             let mut busy = false;
@@ -180,8 +182,8 @@ impl Deliverer {
                     Err(e) => tracing::warn!(error = %e, "claiming webhook deliveries failed; retrying"),
                 }
             }
-            if purged.elapsed() >= PURGE_EVERY {
-                purged = Instant::now();
+            if purged.is_none_or(|at| at.elapsed() >= PURGE_EVERY) {
+                purged = Some(Instant::now());
                 me.purge().await;
             }
             let wait = if busy { Duration::ZERO } else { me.settings.interval };
