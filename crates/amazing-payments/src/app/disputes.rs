@@ -115,7 +115,7 @@ impl App {
         let form = Form::new().map("evidence", given).set("submit", submit);
         let key = stripe_key(&format!("dispute-evidence-{id}"), call);
         let answer = self.stripe.update_dispute(&row.stripe_dispute_id, &form, &key).await;
-        let d = self.answered(&row, answer).await?;
+        let d = self.answered(&row, answer, call).await?;
         self.apply_dispute(row.payment_id, &d, Source::api(call.by)).await
     }
 
@@ -127,7 +127,7 @@ impl App {
         }
         let key = stripe_key(&format!("dispute-close-{id}"), call);
         let answer = self.stripe.close_dispute(&row.stripe_dispute_id, &key).await;
-        let d = self.answered(&row, answer).await?;
+        let d = self.answered(&row, answer, call).await?;
         self.apply_dispute(row.payment_id, &d, Source::api(call.by)).await
     }
 
@@ -138,13 +138,17 @@ impl App {
         &self,
         row: &DisputeRow,
         answer: Result<crate::stripe::Reply<Dispute>, crate::stripe::StripeError>,
+        call: &Call,
     ) -> Result<Dispute, AppError> {
         match answer {
             Ok(reply) => Ok(reply.object),
             Err(e) if e.is_replayed_failure() => Err(replayed_failure()),
             Err(crate::stripe::StripeError::Api(a)) if a.status == 400 => {
-                let now = self.stripe.retrieve_dispute(&row.stripe_dispute_id).await.map_err(stripe_failure)?.object;
-                let current = self.apply_dispute(row.payment_id, &now, Source::api(None)).await?;
+                // Not read back: the refusal as Stripe gave it.
+                let Ok(now) = self.stripe.retrieve_dispute(&row.stripe_dispute_id).await else {
+                    return Err(stripe_failure(crate::stripe::StripeError::Api(a)));
+                };
+                let current = self.apply_dispute(row.payment_id, &now.object, Source::api(call.by)).await?;
                 refuse_answer(&current)?;
                 Err(stripe_failure(crate::stripe::StripeError::Api(a)))
             }
@@ -154,10 +158,15 @@ impl App {
 
     /// Reads the disputes of a payment back from Stripe (a refund Stripe
     /// refused for a chargeback our records did not know yet).
-    pub(crate) async fn refresh_disputes_of(&self, payment_id: i64, intent: &str) -> Result<(), AppError> {
+    pub(crate) async fn refresh_disputes_of(
+        &self,
+        payment_id: i64,
+        intent: &str,
+        source: Source,
+    ) -> Result<(), AppError> {
         let list = self.stripe.list_disputes(intent).await.map_err(stripe_failure)?.object;
         for d in &list.data {
-            self.apply_dispute(payment_id, d, Source::WEBHOOK).await?;
+            self.apply_dispute(payment_id, d, source).await?;
         }
         Ok(())
     }

@@ -106,7 +106,7 @@ impl App {
                 }
                 let err = stripe_failure(e);
                 if err.reason == "CHARGE_DISPUTED"
-                    && let Err(e) = self.refresh_disputes_of(payment_id, pi).await
+                    && let Err(e) = self.refresh_disputes_of(payment_id, pi, source).await
                 {
                     tracing::warn!(payment_id, error = %e, "the payment's disputes could not be read back");
                 }

@@ -159,9 +159,8 @@ impl Deliverer {
         tracing::info!("webhook deliverer started");
         let me = Arc::new(self);
         let mut in_flight: JoinSet<()> = JoinSet::new();
-        // Not `now - PURGE_EVERY`: the monotonic clock starts at boot, and a
-        // machine up for less than that would make it panic.
-        let mut purged: Option<Instant> = None;
+        // The log's purge runs beside the sending, never in its way.
+        let purger = tokio::spawn(me.clone().purge_every(stop.clone()));
         loop {
             while in_flight.try_join_next().is_some() {}
             let mut busy = false;
@@ -182,10 +181,6 @@ impl Deliverer {
                     Err(e) => tracing::warn!(error = %e, "claiming webhook deliveries failed; retrying"),
                 }
             }
-            if purged.is_none_or(|at| at.elapsed() >= PURGE_EVERY) {
-                purged = Some(Instant::now());
-                me.purge().await;
-            }
             let wait = if busy { Duration::ZERO } else { me.settings.interval };
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
@@ -194,19 +189,32 @@ impl Deliverer {
             }
         }
         while in_flight.join_next().await.is_some() {}
+        let _ = purger.await;
         tracing::info!("webhook deliverer stopped");
     }
 
-    /// Deletes what the log keeps no longer, a thousand at a time.
-    async fn purge(&self) {
+    /// Deletes what the log keeps no longer, every hour until `stop`: a
+    /// thousand rows at a time, with a pause between, so that the
+    /// connections it shares stay free for the sending.
+    async fn purge_every(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         loop {
-            match hooks::purge(&self.db, self.settings.keep).await {
-                Ok(n) if n >= 1000 => continue,
-                Ok(_) => return,
-                Err(e) => {
-                    tracing::warn!(error = %e, "purging old webhook deliveries failed");
-                    return;
+            loop {
+                match hooks::purge(&self.db, self.settings.keep).await {
+                    Ok(n) if n >= 1000 => {}
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "purging old webhook deliveries failed");
+                        break;
+                    }
                 }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(PURGE_EVERY) => {}
+                _ = stop.wait_for(|s| *s) => return,
             }
         }
     }

@@ -39,16 +39,19 @@ pub fn is_closed(status: &str) -> bool {
     matches!(status, "won" | "lost" | "warning_closed")
 }
 
-/// How far along Stripe moves a dispute (an inquiry may become a
-/// chargeback): a report ranked below what is stored is older news.
-fn rank(status: &str) -> u8 {
+/// How far along Stripe moves a dispute: an inquiry (`warning_*`) may
+/// close, or become a chargeback, which is decided won or lost. A report
+/// ranked below what is stored is older news; a status not known here
+/// (one Stripe added since) is never taken for older news.
+fn rank(status: &str) -> Option<u8> {
     match status {
-        "warning_needs_response" => 1,
-        "warning_under_review" => 2,
-        "needs_response" => 3,
-        "under_review" => 4,
-        s if is_closed(s) => 5,
-        _ => 0,
+        "warning_needs_response" => Some(1),
+        "warning_under_review" => Some(2),
+        "warning_closed" => Some(3),
+        "needs_response" => Some(4),
+        "under_review" => Some(5),
+        "won" | "lost" => Some(6),
+        _ => None,
     }
 }
 
@@ -76,7 +79,10 @@ pub async fn apply(db: &PgPool, payment_id: i64, d: &Dispute, source: Source) ->
     // An older report (read from Stripe before one applied since) never
     // undoes a newer one: its status, reason, due date and refundability
     // are not taken; counts and money only grow.
-    let stale = before.as_ref().is_some_and(|b| rank(&d.status) < rank(&b.status));
+    let stale = before.as_ref().is_some_and(|b| match (rank(&d.status), rank(&b.status)) {
+        (Some(new), Some(old)) => new < old,
+        _ => false,
+    });
     let (status, reason, due, refundable) = match (&before, stale) {
         (Some(b), true) => (b.status.clone(), b.reason.clone(), b.evidence_due_by, b.is_charge_refundable),
         _ => (

@@ -365,3 +365,28 @@ async fn a_dispute_told_before_disputes_were_kept_is_not_announced_again() {
     );
     assert_eq!(only_dispute(&app, Via::Rest, payment).await["status"], "needs_response");
 }
+
+#[tokio::test]
+async fn an_inquiry_closed_then_escalated_to_a_chargeback_is_taken_as_the_chargeback_it_became() {
+    use amazing_payments::{store::disputes, stripe::types::Dispute};
+    let app = TestApp::spawn_with(app_options()).await;
+    let payment = disputed_payment(&app, Via::Rest, "pm_card_createDisputeInquiry").await;
+    let d = only_dispute(&app, Via::Rest, payment).await;
+    let stripe_id = d["stripe_dispute_id"].as_str().unwrap().to_string();
+    let mut report: Dispute =
+        serde_json::from_value(app.sim.state().data.lock().disputes.get(&stripe_id).unwrap().clone()).unwrap();
+    let source = amazing_payments::store::payments::Source::WEBHOOK;
+    report.status = "warning_closed".into();
+    disputes::apply(&app.db, payment, &report, source).await.unwrap().unwrap();
+    // The bank escalates: a chargeback, the charge no longer refundable.
+    report.status = "needs_response".into();
+    report.is_charge_refundable = false;
+    let applied = disputes::apply(&app.db, payment, &report, source).await.unwrap().unwrap();
+    assert_eq!((applied.row.status.as_str(), applied.row.is_charge_refundable), ("needs_response", false));
+    let refused = app.call(Via::Rest, "RefundPayment", json!({"paymentID": payment, "amount": 100})).await.unwrap_err();
+    assert_eq!(refused.reason, "CHARGE_DISPUTED");
+    // A status Stripe added since is taken, never thought older news.
+    report.status = "prevented".into();
+    let applied = disputes::apply(&app.db, payment, &report, source).await.unwrap().unwrap();
+    assert_eq!(applied.row.status, "prevented");
+}
