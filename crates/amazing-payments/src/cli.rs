@@ -545,7 +545,9 @@ async fn serve_until_signal(
     // The relay, the deliverer and the notifier have connections of their
     // own, so that a burst of requests cannot starve them (nor they the
     // requests). The relay and the deliverer share two: each holds one for
-    // a short statement at a time, never while it sends.
+    // a statement or a short transaction at a time (the deliverer records
+    // an outcome in one), never while it sends; attempts finishing at once
+    // wait their turn for it (PostgreSQL's connections are the scarcer).
     let background_db = store::pool(&DbConfig { max_connections: 2, ..config.db.clone() });
     if config.relay {
         let db = background_db.clone();

@@ -165,29 +165,22 @@ pub struct ReadConfig {
     pub max_lag: Duration,
 }
 
+/// A database's URL without its password.
+fn redacted(o: &PgConnectOptions) -> String {
+    format!(
+        "postgres://{}:[redacted]@{}:{}/{}",
+        o.get_username(),
+        o.get_host(),
+        o.get_port(),
+        o.get_database().unwrap_or("")
+    )
+}
+
 impl fmt::Debug for DbConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let o = &self.options;
-        write!(
-            f,
-            "postgres://{}:[redacted]@{}:{}/{} (max {} connections)",
-            o.get_username(),
-            o.get_host(),
-            o.get_port(),
-            o.get_database().unwrap_or(""),
-            self.max_connections
-        )?;
+        write!(f, "{} (max {} connections)", redacted(&self.options), self.max_connections)?;
         if let Some(r) = &self.read {
-            let o = &r.options;
-            write!(
-                f,
-                ", reads from postgres://{}:[redacted]@{}:{}/{} (max lag {:?})",
-                o.get_username(),
-                o.get_host(),
-                o.get_port(),
-                o.get_database().unwrap_or(""),
-                r.max_lag
-            )?;
+            write!(f, ", reads from {} (max lag {:?})", redacted(&r.options), r.max_lag)?;
         }
         Ok(())
     }

@@ -5,12 +5,7 @@
 //! (submitted now or saved for later) or acceptance. A chargeback open or
 //! lost keeps the charge from being refunded.
 
-use super::{
-    App, AppError, Call, Kind,
-    page::Page,
-    saved_cards::{replayed_failure, stripe_key},
-    stripe_failure,
-};
+use super::{App, AppError, Call, Kind, page::Page, replayed_failure, stripe_failure, stripe_key};
 use crate::{
     store::{
         disputes::{self, DisputeRow, is_closed},
@@ -19,6 +14,11 @@ use crate::{
     stripe::{form::Form, types::Dispute},
 };
 use std::collections::BTreeMap;
+
+/// What a refund Stripe refused for a chargeback (`charge_disputed`) is
+/// recorded with (its operation's error, the refund's failure reason), so
+/// that whoever later answers for it says `CHARGE_DISPUTED` too.
+pub const CHARGE_DISPUTED_NOTE: &str = "the charge is disputed (charge_disputed)";
 
 pub fn charge_disputed() -> AppError {
     AppError::new(
@@ -102,58 +102,64 @@ impl App {
         submit: bool,
         call: &Call,
     ) -> Result<DisputeRow, AppError> {
+        // Stripe decides whether the dispute still takes evidence, not the
+        // row we hold (its news may be late: an inquiry escalated); a retry
+        // with the client's key whose first attempt did the work gets
+        // Stripe's replay of it. A refusal is told after a read back.
         let row = disputes::get(&self.db, id).await?.ok_or_else(|| not_found(id))?;
-        // A retry with the client's key goes to Stripe whatever we hold:
-        // if the first attempt did the work (its answer lost), Stripe
-        // replays that answer under the same key.
-        if call.key().is_none() {
-            refuse_answer(&row)?;
-        }
         // A value of only white space is not sent: to Stripe it would erase
         // what was saved before.
         let given = evidence.iter().map(|(k, v)| (k.as_str(), v.trim())).filter(|(_, v)| !v.is_empty());
         let form = Form::new().map("evidence", given).set("submit", submit);
         let key = stripe_key(&format!("dispute-evidence-{id}"), call);
         let answer = self.stripe.update_dispute(&row.stripe_dispute_id, &form, &key).await;
-        let d = self.answered(&row, answer, call).await?;
+        let done = |d: &Dispute| submit && d.evidence_details.submission_count > row.submission_count;
+        let d = self.answered(&row, answer, call, done).await?;
         self.apply_dispute(row.payment_id, &d, Source::api(call.by)).await
     }
 
     /// Accepts the dispute: Stripe closes it, lost (an inquiry: closed).
     pub async fn accept_dispute(&self, id: i64, call: &Call) -> Result<DisputeRow, AppError> {
         let row = disputes::get(&self.db, id).await?.ok_or_else(|| not_found(id))?;
-        if call.key().is_none() && is_closed(&row.status) {
-            return Err(closed(&row));
-        }
         let key = stripe_key(&format!("dispute-close-{id}"), call);
         let answer = self.stripe.close_dispute(&row.stripe_dispute_id, &key).await;
-        let d = self.answered(&row, answer, call).await?;
+        let d = self.answered(&row, answer, call, |d| is_closed(&d.status)).await?;
         self.apply_dispute(row.payment_id, &d, Source::api(call.by)).await
     }
 
-    /// Stripe's answer to a call about `row`: the dispute, or why not. A
-    /// refusal of a dispute that moved on (closed, under review) is told as
-    /// that, after the dispute is read back.
+    /// Stripe's answer to a call about `row`: the dispute, or why not.
+    /// Whether the call did its work is read back, never guessed: a refusal
+    /// of a dispute that moved on (closed, under review) is told as that,
+    /// and a failure Stripe saved under the key and replays is final only if
+    /// the dispute shows the work undone (`done` tells it done).
     async fn answered(
         &self,
         row: &DisputeRow,
         answer: Result<crate::stripe::Reply<Dispute>, crate::stripe::StripeError>,
         call: &Call,
+        done: impl Fn(&Dispute) -> bool,
     ) -> Result<Dispute, AppError> {
-        match answer {
-            Ok(reply) => Ok(reply.object),
-            Err(e) if e.is_replayed_failure() => Err(replayed_failure()),
-            Err(crate::stripe::StripeError::Api(a)) if a.status == 400 => {
-                // Not read back: the refusal as Stripe gave it.
-                let Ok(now) = self.stripe.retrieve_dispute(&row.stripe_dispute_id).await else {
-                    return Err(stripe_failure(crate::stripe::StripeError::Api(a)));
-                };
-                let current = self.apply_dispute(row.payment_id, &now.object, Source::api(call.by)).await?;
-                refuse_answer(&current)?;
-                Err(stripe_failure(crate::stripe::StripeError::Api(a)))
+        let e = match answer {
+            Ok(reply) => return Ok(reply.object),
+            Err(e)
+                if e.is_replayed_failure() || matches!(&e, crate::stripe::StripeError::Api(a) if a.status == 400) =>
+            {
+                e
             }
-            Err(e) => Err(stripe_failure(e)),
+            Err(e) => return Err(stripe_failure(e)),
+        };
+        let refusal = |e: crate::stripe::StripeError| {
+            if e.is_replayed_failure() { replayed_failure() } else { stripe_failure(e) }
+        };
+        // Not read back: the answer as Stripe gave it.
+        let Ok(now) = self.stripe.retrieve_dispute(&row.stripe_dispute_id).await else { return Err(refusal(e)) };
+        // Only a replay can be this request's own work; a refusal is not.
+        if e.is_replayed_failure() && done(&now.object) {
+            return Ok(now.object);
         }
+        let current = self.apply_dispute(row.payment_id, &now.object, Source::api(call.by)).await?;
+        refuse_answer(&current)?;
+        Err(refusal(e))
     }
 
     /// Reads the disputes of a payment back from Stripe (a refund Stripe

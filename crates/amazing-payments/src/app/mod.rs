@@ -183,6 +183,30 @@ impl Call {
     }
 }
 
+/// A failure Stripe saved under the request's key and replays to every
+/// retry: final (a retry with the same key can never succeed); a new key
+/// is a new request.
+pub(crate) fn replayed_failure() -> AppError {
+    AppError::new(
+        Kind::FailedPrecondition,
+        "STRIPE_FAILED",
+        "the payment provider failed this request and replays that failure to every retry; send it again with a new idempotency key",
+    )
+}
+
+/// The Stripe idempotency key of a call that records no operation (saved
+/// cards, disputes): from the client's key (so that its retry is the same
+/// request to Stripe), else a new one.
+pub(crate) fn stripe_key(what: &str, call: &Call) -> String {
+    match call.key() {
+        Some(k) => {
+            let digest = <sha2::Sha256 as sha2::Digest>::digest(format!("{}\n{}", k.scope, k.key));
+            format!("{what}-{}", hex::encode(&digest[..16]))
+        }
+        None => format!("{what}-{}", uuid::Uuid::new_v4().simple()),
+    }
+}
+
 /// The reason of the error that ends a request whose key turned out to be
 /// known when its claim was made with its operation: nothing was written,
 /// and the door claims the key the long way and runs the request again.

@@ -448,6 +448,13 @@ impl App {
         let refused = refused.detail("paymentID", row.id.to_string());
         Ok(match &op.op {
             Operation::CreatePayment { .. } => settled_payment(row).err().unwrap_or(refused),
+            Operation::Refund { refund_id, .. }
+                if op.last_error.as_deref() == Some(super::disputes::CHARGE_DISPUTED_NOTE) =>
+            {
+                super::disputes::charge_disputed()
+                    .detail("paymentID", row.id.to_string())
+                    .detail("refundID", refund_id.to_string())
+            }
             Operation::Refund { refund_id, .. } => refused.detail("refundID", refund_id.to_string()),
             _ => refused,
         })

@@ -100,7 +100,12 @@ impl App {
                 Err(still_pending("refund", payment_id).detail("refundID", refund.id.to_string()))
             }
             Err(e) => {
-                let message = super::operations::failure_of(&e).message.unwrap_or_else(|| e.to_string());
+                let failure = super::operations::failure_of(&e);
+                let message = if failure.code.as_deref() == Some("charge_disputed") {
+                    super::disputes::CHARGE_DISPUTED_NOTE.to_string()
+                } else {
+                    failure.message.unwrap_or_else(|| e.to_string())
+                };
                 if !self.fail_refund(op, refund.id, &message, source, e.never_sent()).await? {
                     return self.answer_of_settled_refund(op, refund.id).await;
                 }
@@ -108,7 +113,7 @@ impl App {
                 if err.reason == "CHARGE_DISPUTED"
                     && let Err(e) = self.refresh_disputes_of(payment_id, pi, source).await
                 {
-                    tracing::warn!(payment_id, error = %e, "the payment's disputes could not be read back");
+                    tracing::warn!(payment_id, reason = e.reason, "the payment's disputes could not be read back");
                 }
                 Err(err.detail("paymentID", payment_id.to_string()).detail("refundID", refund.id.to_string()))
             }

@@ -6,12 +6,11 @@
 //! so no operation is recorded; the Stripe idempotency key still comes from
 //! the client's key, so a retry does not make a second SetupIntent.
 
-use super::{App, AppError, Call, Kind, stripe_failure};
+use super::{App, AppError, Call, replayed_failure, stripe_failure, stripe_key};
 use crate::{
     domain::{customer::CustomerId, request::PaymentMethodId},
     stripe::{StripeError, form::Form, types},
 };
-use sha2::{Digest, Sha256};
 
 /// A card to save for `customer`: Stripe.js takes it, with the client
 /// secret of the SetupIntent made here.
@@ -22,29 +21,6 @@ pub struct SetupPaymentMethod {
 
 fn not_in_stripe(id: CustomerId) -> AppError {
     AppError::unavailable("CUSTOMER_PENDING", format!("customer {} is not yet in Stripe; try again shortly", id.get()))
-}
-
-/// A failure Stripe saved under the request's key and replays to every
-/// retry: final (a retry with the same key can never succeed); a new key
-/// is a new request.
-pub(super) fn replayed_failure() -> AppError {
-    AppError::new(
-        Kind::FailedPrecondition,
-        "STRIPE_FAILED",
-        "the payment provider failed this request and replays that failure to every retry; send it again with a new idempotency key",
-    )
-}
-
-/// The Stripe idempotency key of a call: from the client's key (so that
-/// its retry is the same request to Stripe), else a new one.
-pub(super) fn stripe_key(what: &str, call: &Call) -> String {
-    match call.key() {
-        Some(k) => {
-            let digest = Sha256::digest(format!("{}\n{}", k.scope, k.key));
-            format!("{what}-{}", hex::encode(&digest[..16]))
-        }
-        None => format!("{what}-{}", uuid::Uuid::new_v4().simple()),
-    }
 }
 
 impl App {

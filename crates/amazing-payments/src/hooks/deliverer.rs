@@ -19,14 +19,8 @@ pub struct Deliverer {
     settings: Settings,
 }
 
-/// What one pass did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Pass {
-    /// Outbox events turned into deliveries.
-    pub events: u64,
-    /// Deliveries attempted.
-    pub attempted: usize,
-}
+/// Outbox events turned into deliveries by one statement at most.
+const FAN_OUT_BATCH: i64 = 500;
 
 impl Deliverer {
     pub fn new(db: PgPool, settings: Settings) -> anyhow::Result<Self> {
@@ -56,12 +50,11 @@ impl Deliverer {
     /// One pass, all at once: makes the deliveries of new events, sends
     /// those due (up to a batch), and waits for them. (`run` keeps sending
     /// as slots free up instead.)
-    pub async fn pass(&self) -> Result<Pass, sqlx::Error> {
-        let events = hooks::fan_out(&self.db, 500).await?;
+    pub async fn pass(&self) -> Result<(), sqlx::Error> {
+        hooks::fan_out(&self.db, FAN_OUT_BATCH).await?;
         let due = hooks::claim(&self.db, self.settings.batch, self.per_endpoint(), self.lease()).await?;
-        let attempted = due.len();
         futures::future::join_all(due.iter().map(|d| self.deliver(d))).await;
-        Ok(Pass { events, attempted })
+        Ok(())
     }
 
     /// Sends one claimed delivery and records how it went.
@@ -86,7 +79,7 @@ impl Deliverer {
                 return refused("plain http is not delivered to (WEBHOOK_ALLOW_PRIVATE is off)".into());
             }
             if let Some(why) = guard::literal_refused(&url) {
-                return refused(why);
+                return refused(format!("{why}: delivery refused"));
             }
         }
         let id = d.event_id.to_string();
@@ -136,7 +129,7 @@ impl Deliverer {
                 tracing::warn!(endpoint = d.endpoint_id, delivery = d.id, event_type = %d.event_type,
                     "a webhook delivery failed every attempt of the schedule");
             }
-            Failed::Disabled { .. } => {
+            Failed::Disabled => {
                 crate::meter::hook_attempt(if retry_in.is_some() { "retrying" } else { "gave_up" }, o.latency);
                 crate::meter::hook_endpoint_disabled();
                 tracing::warn!(
@@ -164,7 +157,7 @@ impl Deliverer {
         loop {
             while in_flight.try_join_next().is_some() {}
             let mut busy = false;
-            match hooks::fan_out(&me.db, 500).await {
+            match hooks::fan_out(&me.db, FAN_OUT_BATCH).await {
                 Ok(n) => busy |= n > 0,
                 Err(e) => tracing::warn!(error = %e, "making webhook deliveries failed; retrying"),
             }
@@ -200,7 +193,7 @@ impl Deliverer {
         loop {
             loop {
                 match hooks::purge(&self.db, self.settings.keep).await {
-                    Ok(n) if n >= 1000 => {}
+                    Ok(n) if n >= hooks::PURGE_BATCH => {}
                     Ok(_) => break,
                     Err(e) => {
                         tracing::warn!(error = %e, "purging old webhook deliveries failed");

@@ -82,7 +82,6 @@ pub async fn check_url(raw: &str, allow_private: bool) -> Result<Url, Refusal> {
     match url.scheme() {
         "https" => {}
         "http" if allow_private => {}
-        "http" => return Err(Refusal::Invalid("url must be https")),
         _ => return Err(Refusal::Invalid("url must be https")),
     }
     if !url.username().is_empty() || url.password().is_some() {
@@ -96,8 +95,10 @@ pub async fn check_url(raw: &str, allow_private: bool) -> Result<Url, Refusal> {
     }
     match url.host() {
         None => Err(Refusal::Invalid("url has no host")),
-        Some(Host::Ipv4(ip)) => allowed(IpAddr::V4(ip), &url),
-        Some(Host::Ipv6(ip)) => allowed(IpAddr::V6(ip), &url),
+        Some(Host::Ipv4(_) | Host::Ipv6(_)) => match literal_refused(&url) {
+            Some(why) => Err(Refusal::NotAllowed(why)),
+            None => Ok(url),
+        },
         Some(Host::Domain(name)) => {
             let name = name.trim_end_matches('.').to_ascii_lowercase();
             if name == "localhost" || name.ends_with(".localhost") || name.ends_with(".internal") {
@@ -122,10 +123,6 @@ pub async fn check_url(raw: &str, allow_private: bool) -> Result<Url, Refusal> {
 /// How long registration waits for a name to resolve (a name that does not
 /// resolve in time is let through: every delivery checks it again).
 const LOOKUP_WITHIN: std::time::Duration = std::time::Duration::from_secs(3);
-
-fn allowed(ip: IpAddr, url: &Url) -> Result<Url, Refusal> {
-    if is_public(ip) { Ok(url.clone()) } else { Err(Refusal::NotAllowed(format!("{ip} is not a public address"))) }
-}
 
 /// Resolves names for deliveries, keeping only public addresses: the
 /// connection goes to an address checked here, never to one the name
@@ -152,15 +149,15 @@ impl reqwest::dns::Resolve for PublicOnly {
     }
 }
 
-/// Whether a URL's host is an address literal deliveries may not reach
-/// (the resolver never sees those).
+/// Why a URL's host, an address literal, may not be reached (the resolver
+/// never sees those); `None` for a public address or a name.
 pub fn literal_refused(url: &Url) -> Option<String> {
     let ip = match url.host()? {
         Host::Ipv4(ip) => IpAddr::V4(ip),
         Host::Ipv6(ip) => IpAddr::V6(ip),
         Host::Domain(_) => return None,
     };
-    (!is_public(ip)).then(|| format!("{ip} is not a public address: delivery refused"))
+    (!is_public(ip)).then(|| format!("{ip} is not a public address"))
 }
 
 #[cfg(test)]

@@ -174,15 +174,15 @@ pub async fn apply(db: &PgPool, payment_id: i64, d: &Dispute, source: Source) ->
         tx.commit().await?;
         return Ok(Some(Applied { row, events }));
     }
-    let held = row.amount_withdrawn - row.amount_reinstated - (w0 - r0);
     let after: payments::PaymentRow = sqlx::query_as(&format!(
-        "UPDATE payment.payment SET dispute_status = $2, amount_disputed = amount_disputed + $3, updated_at = now()
+        "UPDATE payment.payment SET dispute_status = $2, amount_disputed = (
+             SELECT coalesce(sum(amount_withdrawn - amount_reinstated), 0)::bigint
+             FROM payment.dispute WHERE payment_id = $1), updated_at = now()
          WHERE id = $1 RETURNING {}",
         payments::PAYMENT
     ))
     .bind(payment_id)
     .bind(&row.status)
-    .bind(held)
     .fetch_one(&mut *tx)
     .await?;
     for note in &notes {

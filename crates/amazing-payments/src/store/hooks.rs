@@ -333,7 +333,7 @@ pub enum Failed {
     /// The schedule ran out: the delivery failed for good.
     GaveUp,
     /// The endpoint had failed for `disable_after`, and is now disabled.
-    Disabled { url: String },
+    Disabled,
     /// The claim no longer held (redelivered, or taken over after the
     /// lease ran out): only the log has the attempt.
     Superseded,
@@ -422,7 +422,7 @@ pub async fn failed(
     let result = match disabled {
         Some((url, since)) => {
             announce_disabled(&mut tx, d.endpoint_id, &url, since).await?;
-            Failed::Disabled { url }
+            Failed::Disabled
         }
         None if retry_in.is_none() => Failed::GaveUp,
         None => Failed::Retrying,
@@ -475,16 +475,20 @@ async fn announce_disabled(
     Ok(())
 }
 
-/// Deletes deliveries (and their log) older than `keep` that are finished
-/// or wait for an endpoint still disabled; how many.
+/// Deliveries deleted by one [`purge`] at most.
+pub const PURGE_BATCH: u64 = 1000;
+
+/// Deletes up to [`PURGE_BATCH`] deliveries (and their log) older than
+/// `keep` that are finished or wait for an endpoint still disabled; how many.
 pub async fn purge(db: &PgPool, keep: Duration) -> Result<u64, sqlx::Error> {
     let done = sqlx::query(
         "DELETE FROM hooks.delivery WHERE id IN (
              SELECT d.id FROM hooks.delivery d JOIN hooks.endpoint e ON e.id = d.endpoint_id
              WHERE (d.state <> 'pending' OR e.disabled)
-               AND d.created_at < now() - make_interval(secs => $1) LIMIT 1000)",
+               AND d.created_at < now() - make_interval(secs => $1) LIMIT $2)",
     )
     .bind(keep.as_secs_f64())
+    .bind(PURGE_BATCH as i64)
     .execute(db)
     .await?;
     Ok(done.rows_affected())

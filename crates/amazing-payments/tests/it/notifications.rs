@@ -8,6 +8,7 @@ use crate::common::{
     call::int,
     outside::{Moto, Smtp, pytools},
     procs::{Proc, Stack, service_bin, spawn},
+    wait_until,
 };
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use serde_json::{Value, json};
@@ -36,14 +37,6 @@ async fn outbox(app: &TestApp) -> Vec<(Uuid, String, Option<i64>, Value)> {
         .fetch_all(&app.db)
         .await
         .unwrap()
-}
-
-async fn wait_until<F: AsyncFn() -> bool>(what: &str, within: Duration, check: F) {
-    let start = Instant::now();
-    while !check().await {
-        assert!(start.elapsed() < within, "{what}: not after {within:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 async fn customer(app: &TestApp, name: &str, email: &str) -> String {

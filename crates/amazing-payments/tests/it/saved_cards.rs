@@ -57,6 +57,52 @@ async fn save(app: &TestApp, id: &str, pm: &str) -> String {
     done["payment_method"].as_str().unwrap().to_string()
 }
 
+/// Charges the saved card `pm` of the customer `id` off-session (990 EUR
+/// cents), over gRPC.
+async fn charge_off_session_over_grpc(
+    app: &TestApp,
+    id: &str,
+    pm: &str,
+) -> Result<tonic::Response<amazing_payments::proto::Payment>, tonic::Status> {
+    app.grpc()
+        .await
+        .create_payment(app.authed(amazing_payments::proto::CreatePaymentRequest {
+            customer_id: id.parse().unwrap(),
+            amount: 990,
+            currency: "eur".into(),
+            payment_method: pm.into(),
+            off_session: true,
+            ..Default::default()
+        }))
+        .await
+}
+
+/// The customer is back: Stripe.js confirms the PaymentIntent `pi` with
+/// `card` on-session, they authenticate, and the reconciler reads the
+/// payment back. Stripe's answer to the confirm, and the payment then.
+async fn back_on_session(app: &TestApp, payment: &str, pi: &str, card: &str) -> (Value, Value) {
+    let confirmed = app
+        .http
+        .post(format!("{}/v1/payment_intents/{pi}/confirm", app.sim.url()))
+        .bearer_auth("sk_test_as_stripe_js")
+        .form(&[("payment_method", card)])
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    authenticate_in_browser(app, "payment_intents", pi).await;
+    let settings = amazing_payments::workers::reconciler::Settings {
+        min_age: std::time::Duration::ZERO,
+        failed_every: std::time::Duration::ZERO,
+        ..Default::default()
+    };
+    amazing_payments::workers::reconciler::pass(&app.app, &settings).await.unwrap();
+    let (_, done) = app.get(&format!("/v1/payment/{payment}")).await;
+    (confirmed, done)
+}
+
 /// The customer's saved cards, read over gRPC.
 async fn saved_over_grpc(app: &TestApp, id: i64) -> Vec<amazing_payments::proto::PaymentMethod> {
     let request = app.authed(ListPaymentMethodsRequest { customer_id: id });
@@ -285,19 +331,7 @@ async fn a_saved_card_is_charged_off_session_and_one_the_bank_wants_the_customer
     let asked = confirm_in_browser(&app, seti, "pm_card_authenticationRequired").await;
     let card = asked["payment_method"].as_str().unwrap().to_string();
     authenticate_in_browser(&app, "setup_intents", seti).await;
-    let refused = app
-        .grpc()
-        .await
-        .create_payment(app.authed(amazing_payments::proto::CreatePaymentRequest {
-            customer_id: id.parse().unwrap(),
-            amount: 990,
-            currency: "eur".into(),
-            payment_method: card.clone(),
-            off_session: true,
-            ..Default::default()
-        }))
-        .await
-        .unwrap_err();
+    let refused = charge_off_session_over_grpc(&app, &id, &card).await.unwrap_err();
     assert_eq!((refused.code(), reason(&refused).as_str()), (Code::FailedPrecondition, "AUTHENTICATION_REQUIRED"));
     let (_, details) = amazing_payments::app::error::reason_of(&refused).unwrap();
     let payment = details["paymentID"].clone();
@@ -332,26 +366,8 @@ async fn a_saved_card_is_charged_off_session_and_one_the_bank_wants_the_customer
 
     // The customer comes back: Stripe.js confirms it on-session, they
     // authenticate, and the payment goes on to succeed.
-    let again = app
-        .http
-        .post(format!("{}/v1/payment_intents/{pi}/confirm", app.sim.url()))
-        .bearer_auth("sk_test_as_stripe_js")
-        .form(&[("payment_method", card.as_str())])
-        .send()
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap();
+    let (again, done) = back_on_session(&app, &payment, &pi, &card).await;
     assert_eq!(again["status"], "requires_action", "{again}");
-    authenticate_in_browser(&app, "payment_intents", &pi).await;
-    let settings = amazing_payments::workers::reconciler::Settings {
-        min_age: std::time::Duration::ZERO,
-        failed_every: std::time::Duration::ZERO,
-        ..Default::default()
-    };
-    amazing_payments::workers::reconciler::pass(&app.app, &settings).await.unwrap();
-    let (_, done) = app.get(&format!("/v1/payment/{payment}")).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert!(done.get("client_secret").is_none(), "no secret once paid: {done}");
     assert!(done.get("failure_code").is_none(), "the old failure no longer describes it: {done}");
@@ -368,35 +384,12 @@ async fn a_saved_card_is_charged_off_session_and_one_the_bank_wants_the_customer
     let rest_payment = e["details"]["paymentID"].as_str().expect("the payment named in the refusal").to_string();
     let (_, waiting) = app.get(&format!("/v1/payment/{rest_payment}")).await;
     let rest_pi = waiting["stripe_payment_intent_id"].as_str().unwrap().to_string();
-    let back = app
-        .http
-        .post(format!("{}/v1/payment_intents/{rest_pi}/confirm", app.sim.url()))
-        .bearer_auth("sk_test_as_stripe_js")
-        .form(&[("payment_method", card.as_str())])
-        .send()
-        .await
-        .unwrap();
-    assert!(back.status().is_success());
-    authenticate_in_browser(&app, "payment_intents", &rest_pi).await;
-    amazing_payments::workers::reconciler::pass(&app.app, &settings).await.unwrap();
-    let (_, done) = app.get(&format!("/v1/payment/{rest_payment}")).await;
+    let (back, done) = back_on_session(&app, &rest_payment, &rest_pi, &card).await;
+    assert_eq!(back["status"], "requires_action", "{back}");
     assert_eq!(done["status"], "succeeded", "{done}");
 
     // A renewal on the saved Visa over gRPC too: charged off-session at once.
-    let renewed = app
-        .grpc()
-        .await
-        .create_payment(app.authed(amazing_payments::proto::CreatePaymentRequest {
-            customer_id: id.parse().unwrap(),
-            amount: 990,
-            currency: "eur".into(),
-            payment_method: visa.clone(),
-            off_session: true,
-            ..Default::default()
-        }))
-        .await
-        .unwrap()
-        .into_inner();
+    let renewed = charge_off_session_over_grpc(&app, &id, &visa).await.unwrap().into_inner();
     assert_eq!(renewed.status, "succeeded");
 }
 

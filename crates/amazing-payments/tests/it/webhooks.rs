@@ -4,6 +4,7 @@
 use crate::common::{
     Options, TestApp,
     call::{Via, int},
+    webhook_options,
 };
 use amazing_payments::{app::WebhookSettings, secret::Secret, workers::webhooks};
 use hmac::{Hmac, Mac};
@@ -86,13 +87,6 @@ async fn a_duplicate_delivery_is_acknowledged_and_stored_once() {
 }
 
 /// Waits for the simulator's deliveries, then applies every stored event.
-async fn settle(app: &TestApp) {
-    for _ in 0..30 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        while webhooks::pass(&app.app, 100).await.unwrap() > 0 {}
-    }
-}
-
 async fn payment_row(app: &TestApp, id: i64) -> (String, i64, i64, Option<String>) {
     sqlx::query_as("SELECT status, amount_captured, amount_refunded, dispute_status FROM payment.payment WHERE id = $1")
         .bind(id)
@@ -114,13 +108,9 @@ fn has(events: &[(String, String)], kind: &str, source: &str) -> usize {
     events.iter().filter(|(k, s)| k == kind && s == source).count()
 }
 
-fn webhook_app() -> Options {
-    Options { register_webhook: true, ..Default::default() }
-}
-
 #[tokio::test]
 async fn three_d_secure_completed_in_the_browser_reaches_the_payment_through_the_webhook_only() {
-    let app = TestApp::spawn_with(webhook_app()).await;
+    let app = TestApp::spawn_with(webhook_options()).await;
     let customer = app.new_customer().await;
     let p = app
         .call(Via::Rest, "CreatePayment", json!({"customerID": customer, "amount": 1200, "currency": "usd", "payment_method": "pm_card_authenticationRequired", "capture_method": "manual"}))
@@ -133,7 +123,7 @@ async fn three_d_secure_completed_in_the_browser_reaches_the_payment_through_the
         .send()
         .await
         .unwrap();
-    settle(&app).await;
+    app.apply_webhooks().await;
     let id = int(&p, "paymentID");
     assert_eq!(payment_row(&app, id).await.0, "authorized", "no GetPayment was needed");
     let sources: Vec<String> =
@@ -148,10 +138,10 @@ async fn three_d_secure_completed_in_the_browser_reaches_the_payment_through_the
 
 #[tokio::test]
 async fn a_dispute_is_recorded_on_its_payment() {
-    let app = TestApp::spawn_with(webhook_app()).await;
+    let app = TestApp::spawn_with(webhook_options()).await;
     let customer = app.new_customer().await;
     let p = app.call(Via::Grpc, "CreatePayment", json!({"customerID": customer, "amount": 900, "currency": "usd", "payment_method": "pm_card_createDispute"})).await.unwrap();
-    settle(&app).await;
+    app.apply_webhooks().await;
     let (status, captured, _, dispute) = payment_row(&app, int(&p, "paymentID")).await;
     assert_eq!((status.as_str(), captured, dispute.as_deref()), ("succeeded", 900, Some("needs_response")));
     let notes: Vec<Option<String>> = sqlx::query_scalar("SELECT note FROM payment.history WHERE payment_id = $1")
@@ -166,7 +156,7 @@ async fn a_dispute_is_recorded_on_its_payment() {
 
 #[tokio::test]
 async fn a_payment_made_outside_the_service_for_a_known_customer_is_recorded() {
-    let app = TestApp::spawn_with(webhook_app()).await;
+    let app = TestApp::spawn_with(webhook_options()).await;
     app.new_customer().await;
     let stripe_customer = app.stripe_customers()[0]["id"].as_str().unwrap().to_string();
     let pi: Value = app
@@ -181,7 +171,7 @@ async fn a_payment_made_outside_the_service_for_a_known_customer_is_recorded() {
             ],
         )
         .await;
-    settle(&app).await;
+    app.apply_webhooks().await;
     let (status, amount, currency): (String, i64, String) =
         sqlx::query_as("SELECT status, amount, currency FROM payment.payment WHERE stripe_payment_intent_id = $1")
             .bind(pi["id"].as_str().unwrap())
@@ -194,7 +184,7 @@ async fn a_payment_made_outside_the_service_for_a_known_customer_is_recorded() {
 
 #[tokio::test]
 async fn duplicated_and_reordered_deliveries_never_move_a_payment_backwards() {
-    let app = TestApp::spawn_with(webhook_app()).await;
+    let app = TestApp::spawn_with(webhook_options()).await;
     app.http
         .post(format!("{}/_sim/webhooks", app.sim.url()))
         .json(&json!({"duplicate_rate": 1.0, "max_delay_ms": 400}))
@@ -206,7 +196,7 @@ async fn duplicated_and_reordered_deliveries_never_move_a_payment_backwards() {
     let id = int(&p, "paymentID");
     app.call(Via::Rest, "CapturePayment", json!({"paymentID": id.to_string(), "amount": 4000})).await.unwrap();
     app.call(Via::Rest, "RefundPayment", json!({"paymentID": id.to_string(), "amount": 1500})).await.unwrap();
-    settle(&app).await;
+    app.apply_webhooks().await;
     assert_eq!(payment_row(&app, id).await, ("partially_refunded".to_string(), 4000, 1500, None));
     let steps: Vec<String> =
         sqlx::query_scalar("SELECT to_status FROM payment.history WHERE payment_id = $1 ORDER BY id")
@@ -230,13 +220,13 @@ async fn duplicated_and_reordered_deliveries_never_move_a_payment_backwards() {
 
 #[tokio::test]
 async fn an_authorization_that_expires_uncaptured_is_canceled_through_the_webhook() {
-    let app = TestApp::spawn_with(webhook_app()).await;
+    let app = TestApp::spawn_with(webhook_options()).await;
     let customer = app.new_customer().await;
     let p = app.call(Via::Rest, "CreatePayment", json!({"customerID": customer, "amount": 800, "currency": "usd", "payment_method": "pm_card_visa", "capture_method": "manual"})).await.unwrap();
     let pi = p["stripe_payment_intent_id"].as_str().unwrap();
     let resp = app.http.post(format!("{}/_sim/payment_intents/{pi}/expire", app.sim.url())).send().await.unwrap();
     assert_eq!(resp.status(), 200);
-    settle(&app).await;
+    app.apply_webhooks().await;
     let id = int(&p, "paymentID");
     assert_eq!(payment_row(&app, id).await.0, "canceled");
     let reason: Option<String> = sqlx::query_scalar("SELECT cancellation_reason FROM payment.payment WHERE id = $1")
@@ -250,7 +240,7 @@ async fn an_authorization_that_expires_uncaptured_is_canceled_through_the_webhoo
 
 #[tokio::test]
 async fn a_refund_that_fails_after_succeeding_gives_its_amount_back_to_the_payment() {
-    let app = TestApp::spawn_with(webhook_app()).await;
+    let app = TestApp::spawn_with(webhook_options()).await;
     let customer = app.new_customer().await;
     let p = app
         .call(
@@ -262,11 +252,11 @@ async fn a_refund_that_fails_after_succeeding_gives_its_amount_back_to_the_payme
         .unwrap();
     let id = int(&p, "paymentID");
     let r = app.call(Via::Rest, "RefundPayment", json!({"paymentID": id.to_string(), "amount": 1000})).await.unwrap();
-    settle(&app).await;
+    app.apply_webhooks().await;
     assert_eq!(payment_row(&app, id).await.2, 1000);
     let re = r["stripe_refund_id"].as_str().unwrap();
     app.http.post(format!("{}/_sim/refunds/{re}/fail", app.sim.url())).send().await.unwrap();
-    settle(&app).await;
+    app.apply_webhooks().await;
     assert_eq!(payment_row(&app, id).await, ("succeeded".to_string(), 3000, 0, None));
     let events = events_of(&app, id).await;
     assert_eq!(has(&events, "refund.failed", "webhook"), 1, "{events:?}");
@@ -331,7 +321,7 @@ async fn events_applied_in_reverse_order_leave_the_payment_where_stripe_has_it()
 
 #[tokio::test]
 async fn an_event_that_arrives_before_its_payment_is_bound_is_kept_and_applied_later() {
-    let app = TestApp::spawn_with(webhook_app()).await;
+    let app = TestApp::spawn_with(webhook_options()).await;
     let customer = app.new_customer().await;
     // Stripe creates the intent (and sends its events), but every answer to us is lost.
     app.sim.state().faults.add(
@@ -347,7 +337,7 @@ async fn an_event_that_arrives_before_its_payment_is_bound_is_kept_and_applied_l
         .await
         .unwrap_err();
     let id: i64 = f.details["paymentID"].as_str().unwrap().parse().unwrap();
-    settle(&app).await;
+    app.apply_webhooks().await;
     let waiting: Vec<(String, Option<String>)> =
         sqlx::query_as("SELECT state, last_error FROM webhook.event WHERE type LIKE 'payment_intent.%'")
             .fetch_all(&app.db)
@@ -369,7 +359,7 @@ async fn an_event_that_arrives_before_its_payment_is_bound_is_kept_and_applied_l
     .await
     .unwrap();
     sqlx::query("UPDATE webhook.event SET next_attempt_at = now()").execute(&app.db).await.unwrap();
-    settle(&app).await;
+    app.apply_webhooks().await;
     assert_eq!(payment_row(&app, id).await.0, "succeeded");
     let left: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook.event WHERE state <> 'processed'")
         .fetch_one(&app.db)

@@ -296,3 +296,30 @@ pub async fn register_webhook(sim_url: &str, stripe_key: &str, url: &str) -> Str
 pub fn reason(status: &tonic::Status) -> String {
     amazing_payments::app::error::reason_of(status).map(|(r, _)| r).unwrap_or_default()
 }
+
+/// Waits until `done` holds, looking every 100 ms; fails the test after
+/// `within`, naming `what`.
+pub async fn wait_until(what: &str, within: Duration, mut done: impl AsyncFnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !done().await {
+        assert!(start.elapsed() < within, "{what}: not after {within:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A service whose webhook endpoint is registered with its simulator
+/// (every event), so that Stripe's events reach it.
+pub fn webhook_options() -> Options {
+    Options { register_webhook: true, ..Default::default() }
+}
+
+impl TestApp {
+    /// Lets the Stripe events delivered so far be applied (for 3 s: the
+    /// simulator delivers in the background).
+    pub async fn apply_webhooks(&self) {
+        for _ in 0..30 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            while amazing_payments::workers::webhooks::pass(&self.app, 100).await.unwrap() > 0 {}
+        }
+    }
+}

@@ -27,7 +27,6 @@ pub async fn get_json(url: &str, key: &str) -> Value {
     reqwest::Client::new().get(url).bearer_auth(key).send().await.unwrap().json().await.unwrap()
 }
 
-/// A JSON POST with the API key; the answer's body.
 /// The value of the series `series` (name and labels, as exposed) on the
 /// metrics listener at `base`; 0 if absent.
 pub async fn scraped(base: &str, series: &str) -> f64 {
@@ -38,6 +37,7 @@ pub async fn scraped(base: &str, series: &str) -> f64 {
         .sum()
 }
 
+/// A JSON POST with the API key; the answer's body.
 pub async fn post_json(url: &str, key: &str, body: &Value) -> Value {
     reqwest::Client::new().post(url).bearer_auth(key).json(body).send().await.unwrap().json().await.unwrap()
 }
